@@ -1,0 +1,128 @@
+//! Builds the eBPF object (`sockwatch-ebpf`) so the binary can embed it.
+//!
+//! The kernel programs need a compiler with a precompiled `core` for `bpfel-unknown-none`
+//! (Debian's rustc-web, see shared/TOOLCHAIN.md) and bpf-linker; `cargo xtask setup` installs
+//! both. The object is built once into `<target>/bpf`, shared by every profile and by clippy,
+//! so tests and lints never rebuild it needlessly.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+const OBJECT_NAME: &str = "sockwatch.bpf.o";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let workspace = manifest_dir
+        .parent()
+        .expect("sockwatch-tui lives in the workspace");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    let object = out_dir.join(OBJECT_NAME);
+
+    for input in [
+        "sockwatch-ebpf/src",
+        "sockwatch-ebpf/Cargo.toml",
+        "sockwatch-common/src",
+    ] {
+        println!("cargo:rerun-if-changed={}", workspace.join(input).display());
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("Cargo.lock").display()
+    );
+    for var in [
+        "SOCKWATCH_BPF_CARGO",
+        "SOCKWATCH_BPF_RUSTC",
+        "SOCKWATCH_BPF_OBJECT",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+
+    // A prebuilt object (e.g. for a cross build) skips the eBPF build entirely.
+    if let Some(prebuilt) = env::var_os("SOCKWATCH_BPF_OBJECT") {
+        std::fs::copy(&prebuilt, &object).unwrap_or_else(|e| {
+            fail(&format!(
+                "cannot copy SOCKWATCH_BPF_OBJECT {prebuilt:?}: {e}"
+            ))
+        });
+        return;
+    }
+
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("bpf");
+    let cargo = tool("SOCKWATCH_BPF_CARGO", "/usr/bin/cargo");
+    let rustc = tool("SOCKWATCH_BPF_RUSTC", "/usr/bin/rustc");
+
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(workspace)
+        .args([
+            "build",
+            "--package",
+            "sockwatch-ebpf",
+            "--release",
+            "--target",
+            EBPF_TARGET,
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The outer build's wrappers (clippy-driver), flags and target must not leak in.
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUSTC", &rustc)
+        // aya-ebpf and our kernel programs use `asm_experimental_arch`; allow it for them only.
+        .env("RUSTC_BOOTSTRAP", "aya_ebpf,sockwatch")
+        // BTF in the object lets the kernel check our types and lets bpftool show them.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
+
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", cargo.display())));
+    if !status.success() {
+        fail(&format!(
+            "building the eBPF programs failed ({status}); run `cargo xtask setup` to install \
+             the eBPF toolchain (Debian rustc-web, libstd-rust-web-dev-bpf, bpf-linker)"
+        ));
+    }
+    let built = target_dir
+        .join(EBPF_TARGET)
+        .join("release")
+        .join("sockwatch");
+    std::fs::copy(&built, &object)
+        .unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
+}
+
+/// The program named by `var`, or `default` when it exists; fails with a hint otherwise.
+fn tool(var: &str, default: &str) -> PathBuf {
+    if let Some(path) = env::var_os(var) {
+        return PathBuf::from(path);
+    }
+    if !Path::new(default).exists() {
+        fail(&format!(
+            "{default} not found: the eBPF programs need Debian's rustc-web toolchain; \
+             run `cargo xtask setup` (or set {var})"
+        ));
+    }
+    PathBuf::from(default)
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
+}

@@ -1,0 +1,111 @@
+//! Command-line flags.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// Which kernel mechanism carries the entry/exit probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProbeChoice {
+    /// Syscall tracepoints when the kernel has them, kprobes otherwise.
+    Auto,
+    /// `syscalls:sys_enter_*` / `sys_exit_*` tracepoints.
+    Tracepoint,
+    /// kprobe + kretprobe on the syscall entry symbols (`__x64_sys_*`).
+    Kprobe,
+}
+
+/// Watch IPv4 sockets live with eBPF: every connect, the bytes each socket sends, every close.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "sockwatch-tui", version, about)]
+pub struct Args {
+    /// Probe backend.
+    #[arg(long, value_enum, default_value_t = ProbeChoice::Auto)]
+    pub probe: ProbeChoice,
+
+    /// Headless: write one JSON object per line to stdout for each connect and close.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Stop by itself after this many seconds (with the dashboard too).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+
+    /// Refresh interval of the dashboard and of byte counters, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub interval: u64,
+
+    /// Write diagnostics to this file (never to the dashboard's screen).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// Most sockets tracked at once in the kernel map.
+    #[arg(long, value_name = "N", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
+    pub max_sockets: u32,
+
+    /// Size of the kernel-to-user event ring buffer, in KiB (a power of two).
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+}
+
+impl Args {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval)
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 31_536_000.0) {
+        return Err(format!("`{text}` must be between 0 and one year"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of KiB"))?;
+    // The kernel wants a power-of-two multiple of the page size.
+    if !(4..=1_048_576).contains(&kib) || !kib.is_power_of_two() {
+        return Err(format!(
+            "`{text}` must be a power of two between 4 and 1048576"
+        ));
+    }
+    Ok(kib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_must_be_positive_numbers() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-3").is_err());
+        assert!(parse_seconds("soon").is_err());
+        assert!(parse_seconds("NaN").is_err());
+    }
+
+    #[test]
+    fn ring_size_must_be_a_power_of_two() {
+        assert_eq!(parse_ring_kib("4096"), Ok(4096));
+        assert!(parse_ring_kib("3000").is_err());
+        assert!(parse_ring_kib("2").is_err());
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let args = Args::try_parse_from(["sockwatch-tui"]).expect("defaults are valid");
+        assert_eq!(args.probe, ProbeChoice::Auto);
+        assert!(!args.json);
+        assert_eq!(args.interval(), Duration::from_secs(1));
+        assert!(Args::try_parse_from(["sockwatch-tui", "--probe", "fentry"]).is_err());
+        assert!(Args::try_parse_from(["sockwatch-tui", "--interval", "5"]).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! What the running kernel offers, and the preconditions for loading probes.
+
+use std::{fs, io, path::Path};
+
+use super::ProbeError;
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+/// The kernel has the kprobe PMU (`CONFIG_KPROBES`), which aya attaches kprobes through.
+pub fn kprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
+/// The kernel has syscall tracepoints (`CONFIG_FTRACE_SYSCALLS`), visible in a mounted tracefs.
+pub fn syscall_tracepoints_available() -> bool {
+    [TRACEFS, DEBUGFS_TRACING].iter().any(|root| {
+        Path::new(root)
+            .join("events/syscalls/sys_enter_connect/id")
+            .exists()
+    })
+}
+
+/// Mounts tracefs at its usual place when no tracefs is mounted (as `perf` and bpftrace
+/// expect root to be able to), since the tracepoint ids are read from there.
+pub fn ensure_tracefs() -> Result<(), ProbeError> {
+    if [TRACEFS, DEBUGFS_TRACING]
+        .iter()
+        .any(|root| Path::new(root).join("events").exists())
+    {
+        return Ok(());
+    }
+    if !Path::new(TRACEFS).exists() {
+        return Err(ProbeError::NoTracefs(format!("{TRACEFS} does not exist")));
+    }
+    let source = c"nodev";
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    // SAFETY: all pointers are valid NUL-terminated strings and no data argument is passed.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::NoTracefs(
+            io::Error::last_os_error().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Fails early, with a useful message, when the process cannot load eBPF programs.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Some(caps) = effective_capabilities() else {
+        // Cannot tell: let the kernel decide, errors are translated on load.
+        return Ok(());
+    };
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(ProbeError::NotPermitted)
+    }
+}
+
+fn effective_capabilities() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so maps fit.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass and nothing else. Failure is harmless on
+    // modern kernels (memcg accounting), so the result is ignored.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+/// The kernel function behind each syscall, found as bcc's `get_syscall_fnname` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyscallSymbols {
+    /// One symbol per requested syscall, in order.
+    pub names: Vec<String>,
+    /// Whether those functions take a `struct pt_regs *` of the user registers (the
+    /// arch-prefixed wrappers of Linux 4.17+) rather than the arguments themselves.
+    pub takes_pt_regs: bool,
+}
+
+/// The prefix of the syscall wrappers on this architecture.
+const ARCH_PREFIX: &str = if cfg!(target_arch = "aarch64") {
+    "__arm64_sys_"
+} else {
+    "__x64_sys_"
+};
+
+impl SyscallSymbols {
+    pub fn resolve(syscalls: &[&'static str]) -> Result<Self, ProbeError> {
+        let kallsyms = fs::read_to_string("/proc/kallsyms").map_err(|e| ProbeError::Kernel {
+            context: "reading /proc/kallsyms".into(),
+            source: e.into(),
+        })?;
+        Self::resolve_in(&kallsyms, syscalls)
+    }
+
+    /// Resolves against the text of `/proc/kallsyms`.
+    pub fn resolve_in(kallsyms: &str, syscalls: &[&'static str]) -> Result<Self, ProbeError> {
+        let has = |symbol: &str| {
+            kallsyms
+                .lines()
+                .any(|line| line.split_whitespace().nth(2) == Some(symbol))
+        };
+        let wrapped = syscalls
+            .first()
+            .is_some_and(|first| has(&format!("{ARCH_PREFIX}{first}")));
+        let prefix = if wrapped { ARCH_PREFIX } else { "sys_" };
+        let mut names = Vec::with_capacity(syscalls.len());
+        for syscall in syscalls {
+            let name = format!("{prefix}{syscall}");
+            if !has(&name) {
+                return Err(ProbeError::MissingSymbol(syscall));
+            }
+            names.push(name);
+        }
+        Ok(Self {
+            names,
+            takes_pt_regs: wrapped,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefers_the_arch_wrappers() {
+        let kallsyms =
+            format!("0000 T {ARCH_PREFIX}connect\n0000 T {ARCH_PREFIX}close\n0000 T sys_connect\n");
+        let symbols = SyscallSymbols::resolve_in(&kallsyms, &["connect", "close"]).expect("found");
+        assert_eq!(
+            symbols.names,
+            [
+                format!("{ARCH_PREFIX}connect"),
+                format!("{ARCH_PREFIX}close")
+            ]
+        );
+        assert!(symbols.takes_pt_regs);
+    }
+
+    #[test]
+    fn falls_back_to_plain_sys_symbols() {
+        let kallsyms = "0000 T sys_connect\n0000 T sys_close\n";
+        let symbols = SyscallSymbols::resolve_in(kallsyms, &["connect", "close"]).expect("found");
+        assert_eq!(symbols.names, ["sys_connect", "sys_close"]);
+        assert!(!symbols.takes_pt_regs);
+    }
+
+    #[test]
+    fn a_missing_symbol_is_named() {
+        let kallsyms = "0000 T sys_connect\n";
+        let error = SyscallSymbols::resolve_in(kallsyms, &["connect", "sendto"]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "kernel symbol for the sendto syscall not found in /proc/kallsyms"
+        );
+    }
+}
