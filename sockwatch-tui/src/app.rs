@@ -2,7 +2,7 @@
 //! and signals, turns each into reducer actions, and renders or prints the result.
 
 use std::{
-    io::{self, Write},
+    io::{self, IsTerminal, Write},
     time::Duration,
 };
 
@@ -33,6 +33,9 @@ type EventRing = AsyncFd<RingBuf<MapData>>;
 /// Runs until `q`, a signal, or `--duration`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut log = Log::open(args.log_file.as_deref())?;
+    if !args.json && !std::io::stdout().is_terminal() {
+        anyhow::bail!("the dashboard needs a terminal on stdout; use --json for scripts");
+    }
     let sizes = MapSizes {
         max_sockets: args.max_sockets,
         ring_bytes: args.ring_kib * 1024,

@@ -3,7 +3,7 @@
 //! `ratatui::init` installs a panic hook that restores the terminal before the panic message is
 //! printed; this guard's `Drop` covers returns, errors and signals, which all unwind through it.
 
-use std::io::Stdout;
+use std::io::{IsTerminal, Stdout};
 
 use anyhow::Context;
 use ratatui::{backend::CrosstermBackend, CompletedFrame, Frame, Terminal};
@@ -14,6 +14,9 @@ pub struct TerminalGuard {
 
 impl TerminalGuard {
     pub fn enter() -> anyhow::Result<Self> {
+        if !std::io::stdout().is_terminal() {
+            anyhow::bail!("the dashboard needs a terminal on stdout; use --json for scripts");
+        }
         let terminal =
             ratatui::try_init().context("setting up the terminal (is stdout a terminal?)")?;
         Ok(Self { terminal })

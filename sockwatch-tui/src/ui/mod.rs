@@ -2,6 +2,8 @@
 
 pub mod format;
 pub mod keys;
+#[cfg(test)]
+mod snapshot_tests;
 
 use ratatui::{
     layout::{Constraint, Layout, Rect},
@@ -53,7 +55,7 @@ fn status_line(model: &Model) -> Paragraph<'static> {
     let mut spans = vec![
         Span::styled(" sockwatch ", Style::new().bold().reversed()),
         Span::raw(format!(
-            "  probe: {}  open: {}  connects: {} ({} failed)  closes: {}  ",
+            " probe: {}  open: {}  connects: {} ({} failed)  closes: {}  ",
             model.backend,
             model.rows().len(),
             model.totals.connects,
@@ -61,7 +63,7 @@ fn status_line(model: &Model) -> Paragraph<'static> {
             model.totals.closes,
         )),
     ];
-    let lost = format!("lost events: {drops}");
+    let lost = format!("lost: {drops}");
     spans.push(if drops > 0 {
         Span::styled(lost, Style::new().bold())
     } else {

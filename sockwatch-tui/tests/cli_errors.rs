@@ -1,0 +1,98 @@
+//! Bad input and missing kernel features end with one clear line and a non-zero exit.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+
+use support::BIN;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running sockwatch-tui")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn kprobe_backend_without_kprobes_is_one_clear_error() {
+    support::assert_root();
+    let output = run(&["--json", "--probe", "kprobe", "--duration", "1"]);
+    if sockwatch_tui::probes::kprobes_available() {
+        // Kernels with kprobes (the VM test) must run the backend instead.
+        assert!(
+            output.status.success(),
+            "kprobe backend failed: {}",
+            stderr(&output)
+        );
+        let first = String::from_utf8_lossy(&output.stdout);
+        assert!(first.starts_with(r#"{"event":"start""#) && first.contains(r#""probe":"kprobe""#));
+        return;
+    }
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+    assert!(text.contains("this kernel has no kprobes"), "{text:?}");
+    assert!(
+        text.contains("--probe tracepoint"),
+        "says what to do instead: {text:?}"
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn without_privileges_it_says_to_use_sudo() {
+    support::assert_root();
+    // Drop to nobody with no capabilities, as an ordinary user would run it.
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .args([BIN, "--json", "--duration", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running setpriv (util-linux)");
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+    assert!(
+        text.contains("needs root") && text.contains("sudo"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn the_dashboard_refuses_a_non_terminal_stdout() {
+    let output = run(&["--duration", "1"]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+    assert!(
+        text.contains("needs a terminal") && text.contains("--json"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn bad_flags_are_rejected_before_anything_runs() {
+    for args in [
+        &["--probe", "fentry"][..],
+        &["--interval", "5"],
+        &["--duration", "-1"],
+        &["--ring-kib", "1000"],
+        &["--no-such-flag"],
+    ] {
+        let output = run(args);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.starts_with("error: "), "{args:?}: {text:?}");
+    }
+}

@@ -1,0 +1,181 @@
+//! The walking skeleton against the real kernel: load the real eBPF object (through the real
+//! binary), drive real sockets on 127.0.0.1, and check the exact records.
+
+mod support;
+
+use std::{process::Command, thread, time::Duration};
+
+use support::{gettid, net, record_of, Sockwatch};
+
+#[test]
+fn connect_sendto_close_are_reported_with_exact_numbers() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let tid = gettid();
+
+    let fd = net::connected(server.port);
+    net::sendto_all(fd, 1000);
+    net::sendto_all(fd, 234);
+    // The kernel's own count for this socket must agree with what we sent.
+    assert_eq!(
+        net::ss_bytes_sent(net::local_port(fd)),
+        Some(1234),
+        "ss -tin bytes_sent"
+    );
+    net::close(fd);
+    assert_eq!(server.next_total(), 1234);
+
+    let connect = sw.wait_for("connect", record_of("connect", pid, fd));
+    assert_eq!(connect["result"], "ok");
+    assert_eq!(connect["tid"], tid);
+    assert_eq!(connect["daddr"], "127.0.0.1");
+    assert_eq!(connect["dport"], server.port);
+    assert_eq!(connect["bytes_sent"], 0);
+    assert!(connect["comm"].as_str().is_some_and(|c| !c.is_empty()));
+
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    assert_eq!(close["bytes_sent"], 1234);
+    assert_eq!(close["dport"], server.port);
+    assert_eq!(close["daddr"], "127.0.0.1");
+    assert_eq!(close["tid"], tid);
+    assert_eq!(close["connect_tid"], tid);
+    assert!(close["lifetime_ns"].as_u64().is_some_and(|ns| ns > 0));
+    assert!(close["time"].as_f64() >= connect["time"].as_f64());
+}
+
+#[test]
+fn refused_connect_is_reported_and_not_tracked() {
+    let mut sw = Sockwatch::start(&[]);
+    let pid = std::process::id();
+    let port = net::closed_port();
+    let fd = net::tcp_socket(0);
+    assert_eq!(net::connect(fd, port), libc::ECONNREFUSED);
+    net::close(fd);
+
+    let connect = sw.wait_for("refused connect", record_of("connect", pid, fd));
+    assert_eq!(connect["result"], "ECONNREFUSED");
+    assert_eq!(connect["dport"], port);
+
+    // A tracked socket closed afterwards is a barrier: once its close is seen, a close of the
+    // refused socket (which must not be tracked) would have been seen too.
+    let server = net::CountingServer::start();
+    let barrier = net::connected(server.port);
+    net::close(barrier);
+    sw.wait_for("barrier close", record_of("close", pid, barrier));
+    let refused_closes: Vec<_> =
+        sw.received(|r| r["event"] == "close" && r["pid"] == pid && r["dport"] == port);
+    assert!(
+        refused_closes.is_empty(),
+        "untracked close reported: {refused_closes:?}"
+    );
+}
+
+#[test]
+fn non_blocking_connect_is_tracked_as_in_progress() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let fd = net::tcp_socket(libc::SOCK_NONBLOCK);
+    assert_eq!(net::connect(fd, server.port), libc::EINPROGRESS);
+    net::wait_writable(fd);
+    net::sendto_all(fd, 10);
+    net::close(fd);
+    assert_eq!(server.next_total(), 10);
+
+    let connect = sw.wait_for("connect", record_of("connect", pid, fd));
+    assert_eq!(connect["result"], "in_progress");
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    assert_eq!(close["bytes_sent"], 10);
+}
+
+#[test]
+fn a_reused_fd_starts_from_zero() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+
+    // Other tests' threads open fds concurrently, so "the lowest free fd" is not ours to rely
+    // on: both sockets are moved to one fixed, otherwise unused fd number before connecting.
+    const FD: i32 = 900;
+    let first = net::socket_at(FD);
+    assert_eq!(net::connect(first, server.port), 0);
+    net::sendto_all(first, 5);
+    net::close(first);
+    let first_close = sw.wait_for("first close", record_of("close", pid, FD));
+    assert_eq!(first_close["bytes_sent"], 5);
+
+    let second = net::socket_at(FD);
+    assert_eq!(net::connect(second, server.port), 0);
+    net::sendto_all(second, 7);
+    net::close(second);
+    let second_close = sw.wait_for("second close", record_of("close", pid, FD));
+    assert_eq!(second_close["bytes_sent"], 7);
+    let connects = sw.received(record_of("connect", pid, FD));
+    assert_eq!(connects.len(), 2, "two sockets on one fd: {connects:?}");
+}
+
+#[test]
+fn bytes_from_several_threads_add_up_on_one_socket() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+
+    // Connected by one thread, written by two others, closed by this one.
+    let (fd, connect_tid) = thread::spawn(move || (net::connected(server.port), gettid()))
+        .join()
+        .expect("connecting thread");
+    let writers: Vec<_> = [300usize, 400]
+        .into_iter()
+        .map(|len| thread::spawn(move || net::sendto_all(fd, len)))
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    net::close(fd);
+
+    let connect = sw.wait_for("connect", record_of("connect", pid, fd));
+    assert_eq!(connect["tid"], connect_tid);
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    assert_eq!(close["bytes_sent"], 700);
+    assert_eq!(close["connect_tid"], connect_tid);
+    assert_eq!(close["tid"], gettid());
+}
+
+/// The brief's own check: curl against a local server, seen with the right port and bytes.
+#[test]
+fn curl_against_a_local_server_is_seen() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::HttpServer::start();
+    let output = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{}/", server.port))
+        .output()
+        .expect("running curl (installed by cargo xtask setup)");
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let request_bytes = server.request_bytes();
+
+    let is_curl = |r: &serde_json::Value| r["comm"] == "curl" && r["dport"] == server.port;
+    let connect = sw.wait_for("curl connect", |r| r["event"] == "connect" && is_curl(r));
+    // curl connects non-blocking.
+    assert_eq!(connect["result"], "in_progress");
+    let close = sw.wait_for("curl close", |r| r["event"] == "close" && is_curl(r));
+    assert_eq!(close["fd"], connect["fd"]);
+    assert_eq!(close["pid"], connect["pid"]);
+    assert_eq!(
+        close["bytes_sent"], request_bytes,
+        "curl's request, byte for byte"
+    );
+    assert!(request_bytes > 0);
+}
+
+#[test]
+fn duration_ends_the_run_by_itself() {
+    let mut sw = Sockwatch::start(&["--duration", "0.5"]);
+    let status = sw.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+}
