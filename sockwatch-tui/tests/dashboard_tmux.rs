@@ -47,6 +47,32 @@ fn dashboard_shows_a_live_connection_logs_its_close_and_quits_cleanly() {
     });
 
     tmux.press("q");
+    assert_terminal_restored(&tmux, &state_file);
+}
+
+#[test]
+fn sigterm_restores_the_terminal() {
+    support::assert_root();
+    let tmux = Tmux::start("sigterm", 100, 24);
+    tmux.wait_for("shell prompt", SCREEN_TIMEOUT, |s| s.contains("e2e$"));
+    let state_file = format!("/tmp/sockwatch-e2e-term-{}", std::process::id());
+    tmux.type_line(&format!("stty -g > {state_file}.before; clear"));
+    tmux.type_line(&format!("{BIN} --interval 200"));
+    tmux.wait_for("the dashboard", SCREEN_TIMEOUT, |s| {
+        s.contains("Open IPv4 sockets")
+    });
+    let shell = tmux.pane("#{pane_pid}");
+    let status = std::process::Command::new("pkill")
+        .args(["-TERM", "-P", &shell, "-x", "sockwatch-tui"])
+        .status()
+        .expect("running pkill");
+    assert!(status.success(), "sockwatch-tui found and signalled");
+    assert_terminal_restored(&tmux, &state_file);
+}
+
+/// After the dashboard ends: back at the prompt, main screen, cursor shown, and the terminal's
+/// modes (raw mode off, echo on) exactly as saved in `<state_file>.before`.
+fn assert_terminal_restored(tmux: &Tmux, state_file: &str) {
     tmux.wait_for("the shell prompt after quitting", SCREEN_TIMEOUT, |s| {
         s.lines()
             .rev()
@@ -59,9 +85,9 @@ fn dashboard_shows_a_live_connection_logs_its_close_and_quits_cleanly() {
         "left the alternate screen"
     );
     assert_eq!(tmux.pane("#{cursor_flag}"), "1", "cursor visible again");
-    // The terminal modes (raw mode off, echo on) are exactly as before.
     tmux.type_line(&format!(
-        "stty -g > {state_file}.after; cmp -s {state_file}.before {state_file}.after && echo TTY-RESTORED"
+        "stty -g > {state_file}.after; \
+         cmp -s {state_file}.before {state_file}.after && echo TTY-RESTORED"
     ));
     tmux.wait_for("terminal modes restored", SCREEN_TIMEOUT, |s| {
         s.lines().any(|l| l.trim() == "TTY-RESTORED")

@@ -1,1 +1,80 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>` (alias in .cargo/config.toml).
+
+mod binary;
+mod cmd;
+mod lint;
+mod setup;
+mod steps;
+mod test;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run, lint and test sockwatch")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install or check the eBPF toolchain (Debian packages, bpf-linker) and mount tracefs.
+    Setup,
+    /// Build sockwatch-tui (with its embedded eBPF object).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build sockwatch-tui (release) and run it as root, via sudo if needed.
+    Run {
+        /// Use the debug build instead of the release build.
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for sockwatch-tui (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Check formatting and run clippy with warnings as errors.
+    Lint,
+    /// Setup, lint and all tests; needs root. This is what CI runs.
+    Test,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Task::Build { release } => binary::build(release).map(|()| ExitCode::SUCCESS),
+        Task::Run { debug, args } => binary::run(debug, &args),
+        Task::Lint => lint::run().map(|()| ExitCode::SUCCESS),
+        Task::Test => test::run().map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|e| {
+        // `{:#}` keeps the whole context chain on one line.
+        cmd::say(format!("{e:#}"));
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_passes_hyphenated_args_through() {
+        let cli = Cli::try_parse_from(["xtask", "run", "--", "--json", "-p", "1"]).unwrap();
+        let Task::Run { debug, args } = cli.task else {
+            panic!("not a run task")
+        };
+        assert!(!debug);
+        assert_eq!(args, ["--json", "-p", "1"]);
+    }
+}
