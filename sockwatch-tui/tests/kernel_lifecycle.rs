@@ -44,6 +44,22 @@ fn connect_sendto_close_are_reported_with_exact_numbers() {
     assert!(close["time"].as_f64() >= connect["time"].as_f64());
 }
 
+/// The kernel's own per-socket count (`ss -tin`, tcp_info) is an independent oracle.
+#[test]
+fn sent_bytes_equal_the_kernels_own_count_in_ss() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let fd = net::connected(server.port);
+    net::sendto_all(fd, 70_000);
+    let kernel_count = net::ss_bytes_sent(net::local_port(fd));
+    net::close(fd);
+    assert_eq!(server.next_total(), 70_000);
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    assert_eq!(Some(close["bytes_sent"].as_u64().expect("a number")), kernel_count);
+    assert_eq!(kernel_count, Some(70_000));
+}
+
 #[test]
 fn refused_connect_is_reported_and_not_tracked() {
     let mut sw = Sockwatch::start(&[]);
