@@ -7,10 +7,34 @@
 
 /// `AF_INET` from `<sys/socket.h>`.
 pub const AF_INET: u16 = 2;
+/// `AF_INET6`: only IPv4-mapped destinations (`::ffff:a.b.c.d`) are tracked.
+pub const AF_INET6: u16 = 10;
 /// `EINPROGRESS`: a non-blocking `connect()` that is still under way.
 pub const EINPROGRESS: i32 = 115;
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
+/// `IPPROTO_TCP` / `IPPROTO_UDP`; 0 when not known.
+pub const IPPROTO_TCP: u32 = 6;
+pub const IPPROTO_UDP: u32 = 17;
+/// The kernel's limit on the messages of one `sendmmsg`/`recvmmsg` (`UIO_MAXIOV`), so the
+/// eBPF loop over them is bounded and still exact.
+pub const MAX_MMSG: u32 = 1024;
+
+/// Bits of [`TrackedSocket::flags`] and [`SocketEvent::flags`].
+pub mod flags {
+    /// Returned by `accept()`: the peer connected to us.
+    pub const INBOUND: u32 = 1;
+    /// Found in `/proc` when sockwatch started, inserted by user space.
+    pub const PREEXISTING: u32 = 2;
+    /// An `accept()` whose caller passed no address buffer: the peer is filled in by user space.
+    pub const PEER_UNKNOWN: u32 = 4;
+}
+
+/// Bits of the `DIRECTIONS` global: which sockets to track.
+pub mod directions {
+    pub const OUTBOUND: u32 = 1;
+    pub const INBOUND: u32 = 2;
+}
 
 /// Names of the maps in the eBPF object, shared by both sides.
 pub mod maps {
@@ -22,6 +46,12 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>` indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// `LruHashMap<SocketKey, u32>`: the protocol of inet sockets made by `socket()` while we
+    /// run, consumed by their `connect()`.
+    pub const NEW_SOCKETS: &str = "NEW_SOCKETS";
+    /// `HashMap<u32, u32>`: processes that own (or owned) a tracked socket, so that only their
+    /// exit, exec and `close_range` are reported to user space.
+    pub const PROCS: &str = "PROCS";
 }
 
 /// Names of the global variables user space sets at load time.
@@ -29,6 +59,69 @@ pub mod globals {
     /// `u32`: 1 when the kprobe backend's syscall symbols take a `struct pt_regs *` of the
     /// user registers (x86_64's `__x64_sys_*` wrappers), 0 when they take the arguments directly.
     pub const SYSCALL_WRAPPER: &str = "SYSCALL_WRAPPER";
+    /// `u32`: a [`super::directions`] mask.
+    pub const DIRECTIONS: &str = "DIRECTIONS";
+}
+
+/// The syscalls the probes hook, and which side of each: user space attaches `enter_<name>` /
+/// `exit_<name>` tracepoint programs or `kp_<name>` / `kret_<name>` kprobes by these names.
+pub const SYSCALLS: [Syscall; 21] = [
+    Syscall::both("socket"),
+    Syscall::both("connect"),
+    Syscall::both("accept"),
+    Syscall::both("accept4"),
+    Syscall::both("write"),
+    Syscall::both("writev"),
+    Syscall::both("sendto"),
+    Syscall::both("sendmsg"),
+    Syscall::both("sendmmsg"),
+    Syscall::both("sendfile64"),
+    Syscall::both("read"),
+    Syscall::both("readv"),
+    Syscall::both("recvfrom"),
+    Syscall::both("recvmsg"),
+    Syscall::both("recvmmsg"),
+    Syscall::both("close"),
+    Syscall::optional("close_range"),
+    Syscall::both("dup2"),
+    Syscall::both("dup3"),
+    Syscall::exit_only("execve"),
+    Syscall::exit_only("execveat"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Syscall {
+    /// As in `syscalls:sys_enter_<name>`.
+    pub name: &'static str,
+    /// Whether the entry is hooked too (exec needs only its exit).
+    pub enter: bool,
+    /// Newer than the oldest kernel we support (close_range: 5.9): skipped where absent,
+    /// since nothing can call a syscall the kernel does not have.
+    pub optional: bool,
+}
+
+impl Syscall {
+    const fn both(name: &'static str) -> Self {
+        Self {
+            name,
+            enter: true,
+            optional: false,
+        }
+    }
+    const fn optional(name: &'static str) -> Self {
+        Self {
+            name,
+            enter: true,
+            optional: true,
+        }
+    }
+    const fn exit_only(name: &'static str) -> Self {
+        Self {
+            name,
+            enter: false,
+            optional: false,
+        }
+    }
 }
 
 /// A socket is identified by the process that owns the fd table and the fd number.
@@ -71,15 +164,20 @@ pub struct TrackedSocket {
     pub bytes_recv: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the connect returned.
     pub connect_ns: u64,
-    /// Destination IPv4 address, in network byte order (as in `sockaddr_in`).
+    /// Destination (for inbound sockets: peer) IPv4 address, network byte order.
     pub daddr: u32,
     /// Destination port, host byte order.
     pub dport: u16,
-    pub _pad0: u16,
-    /// The thread that connected.
+    /// Local port, host byte order; 0 when the kernel side does not know it.
+    pub lport: u16,
+    /// The thread that connected (or accepted).
     pub tid: u32,
     /// A [`SocketState`] value.
     pub state: u32,
+    /// `IPPROTO_TCP`, `IPPROTO_UDP`, or 0 when not known.
+    pub proto: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -88,40 +186,95 @@ pub struct TrackedSocket {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InflightCall {
-    /// A [`CallKind`] value; the exit handler checks it so a stale entry is never misread.
+    /// A [`CallKind`] value: the exit handler acts on it.
     pub kind: u32,
     pub fd: u32,
     /// For connect: destination address (network order) and port (host order).
     pub daddr: u32,
     pub dport: u16,
     pub _pad0: u16,
+    /// A user pointer kept for the exit: the `mmsghdr` vector, the accept address buffer.
+    pub ptr: u64,
+    /// Another argument: `close_range`'s last fd and flags, `socket()`'s protocol.
+    pub arg: u64,
 }
 
+/// What the syscall in flight was, as far as the exit handler cares.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallKind {
     Connect = 1,
+    /// Bytes out: the return value is a byte count.
     Send = 2,
-    Close = 3,
+    /// Bytes in: the return value is a byte count.
+    Recv = 3,
+    /// `sendmmsg`: the return value is a message count; bytes are in the vector.
+    SendMmsg = 4,
+    RecvMmsg = 5,
+    Close = 6,
+    CloseRange = 7,
+    /// `dup2`/`dup3` onto a tracked fd, which closes it.
+    DupOnto = 8,
+    Accept = 9,
+    Socket = 10,
+}
+
+impl CallKind {
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Connect,
+            2 => Self::Send,
+            3 => Self::Recv,
+            4 => Self::SendMmsg,
+            5 => Self::RecvMmsg,
+            6 => Self::Close,
+            7 => Self::CloseRange,
+            8 => Self::DupOnto,
+            9 => Self::Accept,
+            10 => Self::Socket,
+            _ => return None,
+        })
+    }
 }
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// An `AF_INET` `connect()` returned; `result` holds its return value.
+    /// An IPv4 `connect()` returned; `result` holds its return value.
     Connect = 1,
-    /// A tracked socket was closed; byte counts are final.
+    /// A tracked socket was closed; byte counts are final. `arg` is a [`CloseHow`].
     Close = 2,
+    /// `accept()` returned an IPv4 socket (`fd`); `arg` is the listening fd.
+    Accept = 3,
+    /// The leader of a process with tracked sockets exited: its fds are gone.
+    ProcessExit = 4,
+    /// A process with tracked sockets exec'd: its close-on-exec fds are gone.
+    Exec = 5,
+    /// `close_range(fd, arg)` succeeded in a process with tracked sockets.
+    CloseRange = 6,
 }
 
 impl EventKind {
     pub const fn from_u32(value: u32) -> Option<Self> {
-        match value {
-            1 => Some(Self::Connect),
-            2 => Some(Self::Close),
-            _ => None,
-        }
+        Some(match value {
+            1 => Self::Connect,
+            2 => Self::Close,
+            3 => Self::Accept,
+            4 => Self::ProcessExit,
+            5 => Self::Exec,
+            6 => Self::CloseRange,
+            _ => return None,
+        })
     }
+}
+
+/// How the kernel side saw a tracked socket end.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseHow {
+    Close = 1,
+    /// `dup2`/`dup3` put another file on its fd.
+    DupOnto = 2,
 }
 
 /// One record in the `EVENTS` ring buffer.
@@ -144,11 +297,18 @@ pub struct SocketEvent {
     pub daddr: u32,
     /// Host byte order.
     pub dport: u16,
-    pub _pad0: u16,
+    /// Host byte order; 0 when not known.
+    pub lport: u16,
     /// For a connect: the syscall's return value (0, `-EINPROGRESS` or `-errno`). 0 otherwise.
     pub result: i32,
     /// For a close: the thread that connected the socket.
     pub connect_tid: u32,
+    pub proto: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// Per kind: [`CloseHow`], the listening fd, the last fd of a range.
+    pub arg: u32,
+    pub _pad1: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -180,7 +340,7 @@ mod pod {
 // Layout checks: the kernel and user space must agree byte for byte.
 const _: () = {
     assert!(core::mem::size_of::<SocketKey>() == 8);
-    assert!(core::mem::size_of::<TrackedSocket>() == 56);
-    assert!(core::mem::size_of::<InflightCall>() == 16);
-    assert!(core::mem::size_of::<SocketEvent>() == 80);
+    assert!(core::mem::size_of::<TrackedSocket>() == 64);
+    assert!(core::mem::size_of::<InflightCall>() == 32);
+    assert!(core::mem::size_of::<SocketEvent>() == 96);
 };

@@ -2,16 +2,23 @@
 //!
 //! At a syscall's entry the arguments are stashed in `INFLIGHT` (keyed by thread); at its
 //! exit the stash is read back with the return value, the `TRACKED` map is updated in place,
-//! and only socket lifecycle events (connect, close) go to user space through `EVENTS`.
-//! Calls on fds we do not track cost one hash lookup at entry and nothing more.
+//! and only socket lifecycle events (connect, accept, close, and process exit/exec hints) go to
+//! user space through `EVENTS`. Calls on fds we do not track cost one hash lookup at entry.
+//!
+//! The two backends (`tracepoints`, `kprobes`) only extract arguments and return values; what
+//! to do with them lives once, in `enter` and `exit`, so both reach the same numbers.
 #![no_std]
 #![no_main]
-// Inline asm on BPF (for the atomic add in lifecycle.rs) is still feature-gated.
+// Inline asm on BPF (for the atomic add in state.rs) is still feature-gated.
 #![feature(asm_experimental_arch)]
 
+mod args;
+mod enter;
+mod exit;
 mod kprobes;
-mod lifecycle;
 mod maps;
+mod process;
+mod state;
 mod tracepoints;
 
 #[cfg(not(test))]

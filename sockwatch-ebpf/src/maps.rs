@@ -1,28 +1,52 @@
-//! Every map the programs use. Names and value types come from `sockwatch-common`.
+//! Every map and global the programs use. Names and value types come from `sockwatch-common`.
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use sockwatch_common::{Counter, InflightCall, SocketKey, TrackedSocket, COUNTER_COUNT};
+use sockwatch_common::{
+    directions, Counter, InflightCall, SocketKey, TrackedSocket, COUNTER_COUNT,
+};
 
 /// Default sizes; user space overrides them at load time from its flags.
 const TRACKED_DEFAULT: u32 = 65_536;
-const INFLIGHT_DEFAULT: u32 = 16_384;
+const INFLIGHT_SIZE: u32 = 16_384;
+const NEW_SOCKETS_SIZE: u32 = 16_384;
 const EVENTS_DEFAULT_BYTES: u32 = 1 << 22;
 
 #[map(name = "TRACKED")]
 pub static TRACKED: HashMap<SocketKey, TrackedSocket> =
     HashMap::with_max_entries(TRACKED_DEFAULT, 0);
 
+/// LRU: an entry whose exit never came (a thread killed in a way that skips it) ages out
+/// instead of filling the map.
 #[map(name = "INFLIGHT")]
-pub static INFLIGHT: HashMap<u64, InflightCall> = HashMap::with_max_entries(INFLIGHT_DEFAULT, 0);
+pub static INFLIGHT: LruHashMap<u64, InflightCall> = LruHashMap::with_max_entries(INFLIGHT_SIZE, 0);
+
+/// LRU: sockets that are never connected (listeners, unconnected UDP) age out.
+#[map(name = "NEW_SOCKETS")]
+pub static NEW_SOCKETS: LruHashMap<SocketKey, u32> =
+    LruHashMap::with_max_entries(NEW_SOCKETS_SIZE, 0);
+
+#[map(name = "PROCS")]
+pub static PROCS: HashMap<u32, u32> = HashMap::with_max_entries(TRACKED_DEFAULT, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_DEFAULT_BYTES, 0);
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Which directions to track; set by user space at load time (`--direction`).
+#[unsafe(no_mangle)]
+static DIRECTIONS: u32 = directions::OUTBOUND | directions::INBOUND;
+
+#[inline(always)]
+pub fn tracking(direction: u32) -> bool {
+    // SAFETY: a volatile read of our own read-only global, so the value user space set at load
+    // time is used rather than the compile-time constant.
+    unsafe { core::ptr::read_volatile(&DIRECTIONS) & direction != 0 }
+}
 
 /// Adds one to a per-CPU counter. Per-CPU, so no atomics are needed.
 #[inline(always)]

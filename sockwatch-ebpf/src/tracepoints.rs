@@ -1,73 +1,93 @@
-//! The syscall tracepoint backend: `syscalls:sys_enter_*` / `sys_exit_*`.
+//! The syscall tracepoint backend: `syscalls:sys_enter_<name>` / `sys_exit_<name>`, attached
+//! by user space to the programs `enter_<name>` / `exit_<name>`.
 //!
 //! Field offsets are those of the raw syscall tracepoints on every kernel with
 //! `CONFIG_FTRACE_SYSCALLS`: the arguments are 8-byte slots from offset 16, and the exit's
 //! `ret` is at offset 16 (see `/sys/kernel/tracing/events/syscalls/*/format`).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use sockwatch_common::CallKind;
 
-use crate::lifecycle;
+use crate::{args::SyscallArgs, enter, exit, process};
 
-const ARG0: usize = 16;
-const ARG1: usize = 24;
+const FIRST_ARG: usize = 16;
 const RET: usize = 16;
 
-#[inline(always)]
-fn arg(ctx: &TracePointContext, offset: usize) -> Option<u64> {
-    // SAFETY: the offsets are inside the syscall tracepoint's record (see the module comment);
-    // read_at uses bpf_probe_read_kernel, so a bad offset yields an error, not a fault.
-    unsafe { ctx.read_at::<u64>(offset) }.ok()
+impl SyscallArgs for TracePointContext {
+    #[inline(always)]
+    fn arg(&self, n: usize) -> Option<u64> {
+        // SAFETY: the offset is inside the syscall tracepoint's record (see the module comment);
+        // read_at uses bpf_probe_read_kernel, so a bad offset yields an error, not a fault.
+        unsafe { self.read_at::<u64>(FIRST_ARG + 8 * n) }.ok()
+    }
 }
 
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> Option<i64> {
-    arg(ctx, RET).map(|v| v as i64)
+    // SAFETY: as above.
+    unsafe { ctx.read_at::<i64>(RET) }.ok()
+}
+
+/// One entry program and one exit program per syscall; `kind` is what the exit may find stashed.
+macro_rules! syscall_tracepoints {
+    ($($enter:ident, $exit:ident => $handler:path, $kind:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            $handler(&ctx);
+            0
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            if let Some(ret) = ret(&ctx) {
+                exit::syscall_exit(ret, $kind);
+            }
+            0
+        }
+    )*};
+}
+
+syscall_tracepoints! {
+    enter_socket, exit_socket => enter::socket, CallKind::Socket;
+    enter_connect, exit_connect => enter::connect, CallKind::Connect;
+    enter_accept, exit_accept => enter::accept, CallKind::Accept;
+    enter_accept4, exit_accept4 => enter::accept, CallKind::Accept;
+    enter_write, exit_write => enter::send, CallKind::Send;
+    enter_writev, exit_writev => enter::send, CallKind::Send;
+    enter_sendto, exit_sendto => enter::send, CallKind::Send;
+    enter_sendmsg, exit_sendmsg => enter::send, CallKind::Send;
+    enter_sendmmsg, exit_sendmmsg => enter::sendmmsg, CallKind::SendMmsg;
+    enter_sendfile64, exit_sendfile64 => enter::send, CallKind::Send;
+    enter_read, exit_read => enter::recv, CallKind::Recv;
+    enter_readv, exit_readv => enter::recv, CallKind::Recv;
+    enter_recvfrom, exit_recvfrom => enter::recv, CallKind::Recv;
+    enter_recvmsg, exit_recvmsg => enter::recv, CallKind::Recv;
+    enter_recvmmsg, exit_recvmmsg => enter::recvmmsg, CallKind::RecvMmsg;
+    enter_close, exit_close => enter::close, CallKind::Close;
+    enter_close_range, exit_close_range => enter::close_range, CallKind::CloseRange;
+    enter_dup2, exit_dup2 => enter::dup_onto, CallKind::DupOnto;
+    enter_dup3, exit_dup3 => enter::dup_onto, CallKind::DupOnto;
 }
 
 #[tracepoint]
-pub fn enter_connect(ctx: TracePointContext) -> u32 {
-    if let (Some(fd), Some(addr)) = (arg(&ctx, ARG0), arg(&ctx, ARG1)) {
-        lifecycle::connect_enter(fd, addr);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn exit_connect(ctx: TracePointContext) -> u32 {
+pub fn exit_execve(ctx: TracePointContext) -> u32 {
     if let Some(ret) = ret(&ctx) {
-        lifecycle::connect_exit(ret);
+        process::exec_exit(ret);
     }
     0
 }
 
 #[tracepoint]
-pub fn enter_sendto(ctx: TracePointContext) -> u32 {
-    if let Some(fd) = arg(&ctx, ARG0) {
-        lifecycle::send_enter(fd);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn exit_sendto(ctx: TracePointContext) -> u32 {
+pub fn exit_execveat(ctx: TracePointContext) -> u32 {
     if let Some(ret) = ret(&ctx) {
-        lifecycle::send_exit(ret);
+        process::exec_exit(ret);
     }
     0
 }
 
+/// `sched:sched_process_exit`, used by both backends (a static tracepoint, not a syscall one).
 #[tracepoint]
-pub fn enter_close(ctx: TracePointContext) -> u32 {
-    if let Some(fd) = arg(&ctx, ARG0) {
-        lifecycle::close_enter(fd);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn exit_close(ctx: TracePointContext) -> u32 {
-    if let Some(ret) = ret(&ctx) {
-        lifecycle::close_exit(ret);
-    }
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    process::process_exit();
     0
 }

@@ -19,16 +19,70 @@ use tokio::{
 use crate::{
     cli::Args,
     clock::{monotonic_ns, WallClock},
-    events::KernelEvent,
+    events::{KernelEvent, KernelRecord, TrackedEntry},
     json::Record,
     logfile::Log,
-    probes::{self, KernelTables, MapSizes},
+    probes::{self, KernelTables, LoadOptions},
     reducer::{Action, Model},
     terminal::TerminalGuard,
+    tracker::Tracker,
     ui,
 };
 
-type EventRing = AsyncFd<RingBuf<MapData>>;
+/// How often tracked sockets are checked against /proc.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// Where socket events come from: the ring buffer, settled by the tracker against the maps.
+struct Source {
+    ring: AsyncFd<RingBuf<MapData>>,
+    tables: KernelTables,
+    tracker: Tracker,
+}
+
+impl Source {
+    /// Every event waiting in the ring buffer (does not wait).
+    fn drain(&mut self, log: &mut Log) -> Vec<KernelEvent> {
+        let Self {
+            ring,
+            tables,
+            tracker,
+        } = self;
+        let mut events = Vec::new();
+        let ring = ring.get_mut();
+        while let Some(item) = ring.next() {
+            match KernelRecord::decode(&item) {
+                Ok(record) => events.extend(tracker.handle(record, tables)),
+                Err(error) => log.line(format_args!("skipping a ring buffer record: {error}")),
+            }
+        }
+        events
+    }
+
+    /// Waits until the ring buffer has records, then takes them all.
+    async fn next_batch(&mut self, log: &mut Log) -> anyhow::Result<Vec<KernelEvent>> {
+        let mut guard = self
+            .ring
+            .readable_mut()
+            .await
+            .context("waiting on the ring buffer")?;
+        guard.clear_ready();
+        drop(guard);
+        Ok(self.drain(log))
+    }
+
+    fn reconcile(&mut self) -> Vec<KernelEvent> {
+        self.tracker.reconcile(&mut self.tables, monotonic_ns())
+    }
+
+    /// The kernel's map as of now, with what user space knows added.
+    fn snapshot(&self) -> Vec<TrackedEntry> {
+        let mut entries = self.tables.snapshot();
+        for entry in &mut entries {
+            self.tracker.enrich(entry);
+        }
+        entries
+    }
+}
 
 /// Runs until `q`, a signal, or `--duration`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -36,25 +90,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if !args.json && !std::io::stdout().is_terminal() {
         anyhow::bail!("the dashboard needs a terminal on stdout; use --json for scripts");
     }
-    let sizes = MapSizes {
+    let options = LoadOptions {
         max_sockets: args.max_sockets,
         ring_bytes: args.ring_kib * 1024,
+        directions: args.direction.mask(),
     };
-    let (probes, events, tables) = probes::attach(args.probe, sizes)?;
+    let (probes, ring, tables) = probes::attach(args.probe, options)?;
     log.line(format_args!("attached the {} probes", probes.backend));
     let clock = WallClock::now();
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as the
     // AsyncFd owns the RingBuf.
-    let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+    let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("watching the event ring buffer")?;
+    let mut source = Source {
+        ring,
+        tables,
+        tracker: Tracker::default(),
+    };
     let backend = probes.backend.to_string();
     let result = if args.json {
-        run_json(&args, &backend, events, &tables, &clock, &mut log).await
+        run_json(&args, &backend, &mut source, &clock, &mut log).await
     } else {
-        run_dashboard(&args, &backend, events, &tables, &clock, &mut log).await
+        run_dashboard(&args, &backend, &mut source, &clock, &mut log).await
     };
-    drop(probes);
+    probes.release();
     result
 }
 
@@ -88,21 +148,23 @@ impl Stop {
     }
 }
 
-/// Takes every record waiting in the ring buffer.
-fn drain(ring: &mut RingBuf<MapData>, log: &mut Log, mut each: impl FnMut(KernelEvent)) {
-    while let Some(item) = ring.next() {
-        match KernelEvent::decode(&item) {
-            Ok(event) => each(event),
-            Err(error) => log.line(format_args!("skipping a ring buffer record: {error}")),
-        }
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut tick = interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
+fn write_events(out: &mut impl Write, events: &[KernelEvent], clock: &WallClock) -> io::Result<()> {
+    for event in events {
+        Record::from_event(event, clock).write_line(out)?;
     }
+    out.flush()
 }
 
 async fn run_json(
     args: &Args,
     backend: &str,
-    mut events: EventRing,
-    tables: &KernelTables,
+    source: &mut Source,
     clock: &WallClock,
     log: &mut Log,
 ) -> anyhow::Result<()> {
@@ -116,24 +178,21 @@ async fn run_json(
     }
     .write_line(&mut out)?;
     out.flush()?;
-    let mut tick = interval(args.interval());
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    if !args.no_existing {
+        let existing = source
+            .tracker
+            .adopt_existing(&mut source.tables, monotonic_ns());
+        write_events(&mut out, &existing, clock).context("writing to stdout")?;
+    }
+    let mut tick = every(args.interval());
+    let mut reconcile = every(RECONCILE_EVERY);
     let mut reported_drops = 0;
     loop {
-        tokio::select! {
-            guard = events.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                let mut write_result = Ok(());
-                drain(guard.get_inner_mut(), log, |event| {
-                    if write_result.is_ok() {
-                        write_result = Record::from_event(&event, clock).write_line(&mut out);
-                    }
-                });
-                guard.clear_ready();
-                write_result.and_then(|()| out.flush()).context("writing to stdout")?;
-            }
+        let events = tokio::select! {
+            batch = source.next_batch(log) => batch?,
+            _ = reconcile.tick() => source.reconcile(),
             _ = tick.tick() => {
-                let drops = tables.counters().ringbuf_drops;
+                let drops = source.tables.counters().ringbuf_drops;
                 if drops > reported_drops {
                     let time = clock.unix_secs(monotonic_ns());
                     Record::Lost { time, count: drops - reported_drops, total: drops }
@@ -141,27 +200,36 @@ async fn run_json(
                     out.flush()?;
                     reported_drops = drops;
                 }
+                continue;
             }
             () = stop.wait() => break,
-        }
+        };
+        write_events(&mut out, &events, clock).context("writing to stdout")?;
     }
-    // Whatever arrived before the stop is still reported.
-    let mut write_result = Ok(());
-    drain(events.get_mut(), log, |event| {
-        if write_result.is_ok() {
-            write_result = Record::from_event(&event, clock).write_line(&mut out);
-        }
-    });
-    write_result
-        .and_then(|()| out.flush())
-        .context("writing to stdout")
+    // Whatever arrived before the stop is still reported, then what is still open.
+    let events = source.drain(log);
+    write_events(&mut out, &events, clock).context("writing to stdout")?;
+    let now_ns = monotonic_ns();
+    let open = source.snapshot();
+    for entry in &open {
+        Record::open(entry, clock, now_ns).write_line(&mut out)?;
+    }
+    let counters = source.tables.counters();
+    Record::End {
+        time: clock.unix_secs(now_ns),
+        open: open.len(),
+        lost: counters.ringbuf_drops,
+        untracked: counters.tracked_full,
+        repairs: source.tracker.repairs,
+    }
+    .write_line(&mut out)?;
+    out.flush().context("writing to stdout")
 }
 
 async fn run_dashboard(
     args: &Args,
     backend: &str,
-    mut events: EventRing,
-    tables: &KernelTables,
+    source: &mut Source,
     clock: &WallClock,
     log: &mut Log,
 ) -> anyhow::Result<()> {
@@ -169,20 +237,34 @@ async fn run_dashboard(
     let mut terminal = TerminalGuard::enter()?;
     let mut keys = EventStream::new();
     let mut model = Model::new(backend);
-    let mut tick = interval(args.interval());
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    if !args.no_existing {
+        for event in source
+            .tracker
+            .adopt_existing(&mut source.tables, monotonic_ns())
+        {
+            model.update(Action::Kernel(event));
+        }
+    }
+    let mut tick = every(args.interval());
+    let mut reconcile = every(RECONCILE_EVERY);
     loop {
         tokio::select! {
-            guard = events.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), log, |event| model.update(Action::Kernel(event)));
-                guard.clear_ready();
+            batch = source.next_batch(log) => {
+                for event in batch? {
+                    model.update(Action::Kernel(event));
+                }
                 // Rendering waits for the tick: a burst of events costs one frame, not many.
                 continue;
             }
+            _ = reconcile.tick() => {
+                for event in source.reconcile() {
+                    model.update(Action::Kernel(event));
+                }
+                continue;
+            }
             _ = tick.tick() => {
-                model.update(Action::Snapshot { entries: tables.snapshot(), now_ns: monotonic_ns() });
-                model.update(Action::Counters(tables.counters()));
+                model.update(Action::Snapshot { entries: source.snapshot(), now_ns: monotonic_ns() });
+                model.update(Action::Counters(source.tables.counters()));
             }
             key = keys.next() => match key {
                 Some(Ok(TermEvent::Key(key))) => {

@@ -15,6 +15,28 @@ pub enum ProbeChoice {
     Kprobe,
 }
 
+/// Which sockets to track.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DirectionChoice {
+    /// Sockets this machine connected (connect).
+    Out,
+    /// Connections peers made to us (accept).
+    In,
+    Both,
+}
+
+impl DirectionChoice {
+    /// As a `sockwatch_common::directions` mask.
+    pub fn mask(self) -> u32 {
+        use sockwatch_common::directions::{INBOUND, OUTBOUND};
+        match self {
+            Self::Out => OUTBOUND,
+            Self::In => INBOUND,
+            Self::Both => OUTBOUND | INBOUND,
+        }
+    }
+}
+
 /// Watch IPv4 sockets live with eBPF: every connect, the bytes each socket sends, every close.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "sockwatch-tui", version, about)]
@@ -22,6 +44,14 @@ pub struct Args {
     /// Probe backend.
     #[arg(long, value_enum, default_value_t = ProbeChoice::Auto)]
     pub probe: ProbeChoice,
+
+    /// Track outbound (connect), inbound (accept) or both.
+    #[arg(long, value_enum, default_value_t = DirectionChoice::Both)]
+    pub direction: DirectionChoice,
+
+    /// Do not pick up the IPv4 sockets already open when sockwatch starts.
+    #[arg(long)]
+    pub no_existing: bool,
 
     /// Headless: write one JSON object per line to stdout for each connect and close.
     #[arg(long)]

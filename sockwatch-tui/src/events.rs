@@ -2,7 +2,10 @@
 
 use std::net::Ipv4Addr;
 
-use sockwatch_common::{EventKind, SocketEvent, SocketKey, TrackedSocket, COMM_LEN, EINPROGRESS};
+use sockwatch_common::{
+    flags, CloseHow, EventKind, SocketEvent, SocketKey, SocketState, TrackedSocket, COMM_LEN,
+    EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 /// How a `connect()` ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +16,8 @@ pub enum ConnectResult {
     InProgress,
     /// Returned `-errno` (positive errno here): failed, not tracked.
     Failed(i32),
+    /// Found open when sockwatch started.
+    Existing,
 }
 
 impl ConnectResult {
@@ -33,6 +38,7 @@ impl ConnectResult {
         match self {
             Self::Ok => "ok".into(),
             Self::InProgress => "in_progress".into(),
+            Self::Existing => "existing".into(),
             Self::Failed(errno) => errno_name(errno),
         }
     }
@@ -69,16 +75,106 @@ pub fn errno_name(errno: i32) -> String {
     name.to_owned()
 }
 
-/// What a socket's identity and destination are, as both events and snapshots carry them.
+/// The transport protocol of a tracked socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    /// Created before we started and not (yet) found in /proc.
+    #[default]
+    Unknown,
+}
+
+impl Proto {
+    pub fn from_ipproto(value: u32) -> Self {
+        match value {
+            IPPROTO_TCP => Self::Tcp,
+            IPPROTO_UDP => Self::Udp,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Who opened the connection: we (connect) or the peer (accept).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    #[default]
+    Out,
+    In,
+}
+
+impl Direction {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Out => "out",
+            Self::In => "in",
+        }
+    }
+}
+
+/// A socket's identity and its two ends, as events and snapshots carry them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub key: SocketKey,
+    /// The remote end: the destination of a connect, the peer of an accept.
     pub daddr: Ipv4Addr,
     pub dport: u16,
+    /// Local port; 0 when not known.
+    pub lport: u16,
     pub comm: String,
+    pub proto: Proto,
+    pub direction: Direction,
 }
 
-/// A `connect()` on an `AF_INET` socket returned.
+impl Endpoint {
+    /// An outbound socket of unknown protocol and local port.
+    pub fn new(key: SocketKey, daddr: Ipv4Addr, dport: u16, comm: impl Into<String>) -> Self {
+        Self {
+            key,
+            daddr,
+            dport,
+            lport: 0,
+            comm: comm.into(),
+            proto: Proto::Unknown,
+            direction: Direction::Out,
+        }
+    }
+
+    fn from_kernel(
+        key: SocketKey,
+        daddr: u32,
+        dport: u16,
+        lport: u16,
+        proto: u32,
+        bits: u32,
+        comm: &[u8; COMM_LEN],
+    ) -> Self {
+        Self {
+            key,
+            daddr: ipv4(daddr),
+            dport,
+            lport,
+            comm: comm_string(comm),
+            proto: Proto::from_ipproto(proto),
+            direction: if bits & flags::INBOUND != 0 {
+                Direction::In
+            } else {
+                Direction::Out
+            },
+        }
+    }
+}
+
+/// A socket became tracked: a `connect()` on an IPv4 destination returned (or failed), an
+/// `accept()` returned an IPv4 peer, or a socket was found open at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectEvent {
     pub socket: Endpoint,
@@ -88,11 +184,41 @@ pub struct ConnectEvent {
     pub ts_ns: u64,
 }
 
-/// A tracked socket was closed; counts are final.
+/// Why a tracked socket is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCause {
+    /// `close()`.
+    Close,
+    /// `dup2`/`dup3` put another file on its fd.
+    DupOnto,
+    /// `close_range()`.
+    CloseRange,
+    /// Closed on `execve` (close-on-exec).
+    Exec,
+    /// The process exited without closing it.
+    Exit,
+    /// The periodic check against /proc found the fd gone or reused: an event was missed.
+    Reconciled,
+}
+
+impl CloseCause {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Close => "close",
+            Self::DupOnto => "dup2",
+            Self::CloseRange => "close_range",
+            Self::Exec => "exec",
+            Self::Exit => "exit",
+            Self::Reconciled => "reconciled",
+        }
+    }
+}
+
+/// A tracked socket is gone; counts are final.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloseEvent {
     pub socket: Endpoint,
-    /// The thread that closed it.
+    /// The thread that closed it (for an exit: the process id).
     pub tid: u32,
     /// The thread that connected it.
     pub connect_tid: u32,
@@ -100,6 +226,8 @@ pub struct CloseEvent {
     pub connect_ns: u64,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
+    pub cause: CloseCause,
+    pub preexisting: bool,
 }
 
 impl CloseEvent {
@@ -108,6 +236,7 @@ impl CloseEvent {
     }
 }
 
+/// What user space reports: sockets appearing and disappearing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     Connect(ConnectEvent),
@@ -123,7 +252,36 @@ pub enum DecodeError {
     UnknownKind(u32),
 }
 
-impl KernelEvent {
+/// One ring buffer record, decoded. Some are complete events; others are hints about a whole
+/// process that user space settles from the kernel's map (see `tracker`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelRecord {
+    Connect(ConnectEvent),
+    /// An accepted socket; `listener` is the listening fd (for the local port), and
+    /// `peer_unknown` says the caller passed no address buffer.
+    Accept {
+        event: ConnectEvent,
+        listener: u32,
+        peer_unknown: bool,
+    },
+    Close(CloseEvent),
+    ProcessExit {
+        pid: u32,
+        ts_ns: u64,
+    },
+    Exec {
+        pid: u32,
+        ts_ns: u64,
+    },
+    CloseRange {
+        pid: u32,
+        first: u32,
+        last: u32,
+        ts_ns: u64,
+    },
+}
+
+impl KernelRecord {
     /// Decodes one ring buffer record.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() != size_of::<SocketEvent>() {
@@ -136,23 +294,32 @@ impl KernelEvent {
     }
 
     pub fn from_raw(raw: &SocketEvent) -> Result<Self, DecodeError> {
-        let socket = Endpoint {
-            key: SocketKey {
-                pid: raw.pid,
-                fd: raw.fd,
-            },
-            daddr: ipv4(raw.daddr),
-            dport: raw.dport,
-            comm: comm_string(&raw.comm),
+        let key = SocketKey {
+            pid: raw.pid,
+            fd: raw.fd,
         };
-        match EventKind::from_u32(raw.kind) {
-            Some(EventKind::Connect) => Ok(Self::Connect(ConnectEvent {
+        let socket = Endpoint::from_kernel(
+            key, raw.daddr, raw.dport, raw.lport, raw.proto, raw.flags, &raw.comm,
+        );
+        let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
+        Ok(match kind {
+            EventKind::Connect => Self::Connect(ConnectEvent {
                 socket,
                 tid: raw.tid,
                 result: ConnectResult::from_return(raw.result),
                 ts_ns: raw.ts_ns,
-            })),
-            Some(EventKind::Close) => Ok(Self::Close(CloseEvent {
+            }),
+            EventKind::Accept => Self::Accept {
+                event: ConnectEvent {
+                    socket,
+                    tid: raw.tid,
+                    result: ConnectResult::Ok,
+                    ts_ns: raw.ts_ns,
+                },
+                listener: raw.arg,
+                peer_unknown: raw.flags & flags::PEER_UNKNOWN != 0,
+            },
+            EventKind::Close => Self::Close(CloseEvent {
                 socket,
                 tid: raw.tid,
                 connect_tid: raw.connect_tid,
@@ -160,9 +327,28 @@ impl KernelEvent {
                 connect_ns: raw.connect_ns,
                 bytes_sent: raw.bytes_sent,
                 bytes_recv: raw.bytes_recv,
-            })),
-            None => Err(DecodeError::UnknownKind(raw.kind)),
-        }
+                cause: if raw.arg == CloseHow::DupOnto as u32 {
+                    CloseCause::DupOnto
+                } else {
+                    CloseCause::Close
+                },
+                preexisting: raw.flags & flags::PREEXISTING != 0,
+            }),
+            EventKind::ProcessExit => Self::ProcessExit {
+                pid: raw.pid,
+                ts_ns: raw.ts_ns,
+            },
+            EventKind::Exec => Self::Exec {
+                pid: raw.pid,
+                ts_ns: raw.ts_ns,
+            },
+            EventKind::CloseRange => Self::CloseRange {
+                pid: raw.pid,
+                first: raw.fd,
+                last: raw.arg,
+                ts_ns: raw.ts_ns,
+            },
+        })
     }
 }
 
@@ -175,23 +361,42 @@ pub struct TrackedEntry {
     pub bytes_sent: u64,
     pub bytes_recv: u64,
     pub established: bool,
+    pub preexisting: bool,
 }
 
 impl TrackedEntry {
     pub fn from_map(key: SocketKey, value: &TrackedSocket) -> Self {
         Self {
-            socket: Endpoint {
+            socket: Endpoint::from_kernel(
                 key,
-                daddr: ipv4(value.daddr),
-                dport: value.dport,
-                comm: comm_string(&value.comm),
-            },
+                value.daddr,
+                value.dport,
+                value.lport,
+                value.proto,
+                value.flags,
+                &value.comm,
+            ),
             tid: value.tid,
             connect_ns: value.connect_ns,
             bytes_sent: value.bytes_sent,
             bytes_recv: value.bytes_recv,
-            established: sockwatch_common::SocketState::from_u32(value.state)
-                == Some(sockwatch_common::SocketState::Established),
+            established: SocketState::from_u32(value.state) == Some(SocketState::Established),
+            preexisting: value.flags & flags::PREEXISTING != 0,
+        }
+    }
+
+    /// The close record of this entry, removed from the map by user space at `ts_ns`.
+    pub fn closed(self, cause: CloseCause, tid: u32, ts_ns: u64) -> CloseEvent {
+        CloseEvent {
+            socket: self.socket,
+            tid,
+            connect_tid: self.tid,
+            ts_ns,
+            connect_ns: self.connect_ns,
+            bytes_sent: self.bytes_sent,
+            bytes_recv: self.bytes_recv,
+            cause,
+            preexisting: self.preexisting,
         }
     }
 }
@@ -210,36 +415,43 @@ fn comm_string(comm: &[u8; COMM_LEN]) -> String {
 mod tests {
     use super::*;
 
-    fn raw(kind: u32) -> SocketEvent {
+    fn raw(kind: EventKind) -> SocketEvent {
         let mut comm = [0u8; COMM_LEN];
         comm[..4].copy_from_slice(b"curl");
         SocketEvent {
-            kind,
+            kind: kind as u32,
             pid: 42,
             tid: 43,
             fd: 5,
             ts_ns: 2_000,
             connect_ns: 500,
             bytes_sent: 77,
-            bytes_recv: 0,
+            bytes_recv: 12,
             daddr: u32::from_ne_bytes([127, 0, 0, 1]),
             dport: 8080,
-            _pad0: 0,
+            lport: 0,
             result: -libc::ECONNREFUSED,
             connect_tid: 44,
+            proto: IPPROTO_TCP,
+            flags: 0,
+            arg: 0,
+            _pad1: 0,
             comm,
         }
     }
 
     #[test]
     fn decodes_a_failed_connect() {
-        let event = KernelEvent::from_raw(&raw(EventKind::Connect as u32)).expect("valid");
-        let KernelEvent::Connect(c) = event else {
-            panic!("not a connect: {event:?}")
+        let record = KernelRecord::from_raw(&raw(EventKind::Connect)).expect("valid");
+        let KernelRecord::Connect(c) = record else {
+            panic!("not a connect: {record:?}")
         };
         assert_eq!(c.socket.key, SocketKey { pid: 42, fd: 5 });
         assert_eq!(c.socket.daddr, Ipv4Addr::LOCALHOST);
-        assert_eq!(c.socket.dport, 8080);
+        assert_eq!(
+            (c.socket.dport, c.socket.proto, c.socket.direction),
+            (8080, Proto::Tcp, Direction::Out)
+        );
         assert_eq!(c.socket.comm, "curl");
         assert_eq!(c.result, ConnectResult::Failed(libc::ECONNREFUSED));
         assert_eq!(c.result.label(), "ECONNREFUSED");
@@ -247,22 +459,73 @@ mod tests {
     }
 
     #[test]
-    fn decodes_a_close_with_lifetime() {
-        let event = KernelEvent::from_raw(&raw(EventKind::Close as u32)).expect("valid");
-        let KernelEvent::Close(c) = event else {
-            panic!("not a close: {event:?}")
+    fn decodes_a_close_with_lifetime_and_cause() {
+        let mut dup = raw(EventKind::Close);
+        dup.arg = CloseHow::DupOnto as u32;
+        let record = KernelRecord::from_raw(&dup).expect("valid");
+        let KernelRecord::Close(c) = record else {
+            panic!("not a close: {record:?}")
         };
-        assert_eq!(c.bytes_sent, 77);
+        assert_eq!((c.bytes_sent, c.bytes_recv), (77, 12));
         assert_eq!(c.connect_tid, 44);
         assert_eq!(c.lifetime_ns(), 1_500);
+        assert_eq!(c.cause, CloseCause::DupOnto);
+    }
+
+    #[test]
+    fn decodes_an_accept_as_inbound() {
+        let mut accept = raw(EventKind::Accept);
+        accept.flags = flags::INBOUND | flags::PEER_UNKNOWN;
+        accept.arg = 3;
+        let record = KernelRecord::from_raw(&accept).expect("valid");
+        let KernelRecord::Accept {
+            event,
+            listener,
+            peer_unknown,
+        } = record
+        else {
+            panic!("not an accept: {record:?}")
+        };
+        assert_eq!(
+            (event.socket.direction, listener, peer_unknown),
+            (Direction::In, 3, true)
+        );
+    }
+
+    #[test]
+    fn decodes_process_hints() {
+        let mut range = raw(EventKind::CloseRange);
+        range.fd = 3;
+        range.arg = u32::MAX;
+        assert_eq!(
+            KernelRecord::from_raw(&range),
+            Ok(KernelRecord::CloseRange {
+                pid: 42,
+                first: 3,
+                last: u32::MAX,
+                ts_ns: 2_000
+            })
+        );
+        assert_eq!(
+            KernelRecord::from_raw(&raw(EventKind::ProcessExit)),
+            Ok(KernelRecord::ProcessExit {
+                pid: 42,
+                ts_ns: 2_000
+            })
+        );
     }
 
     #[test]
     fn rejects_bad_records() {
-        assert_eq!(KernelEvent::decode(&[0; 3]), Err(DecodeError::WrongSize(3)));
         assert_eq!(
-            KernelEvent::from_raw(&raw(9)),
-            Err(DecodeError::UnknownKind(9))
+            KernelRecord::decode(&[0; 3]),
+            Err(DecodeError::WrongSize(3))
+        );
+        let mut bad = raw(EventKind::Connect);
+        bad.kind = 99;
+        assert_eq!(
+            KernelRecord::from_raw(&bad),
+            Err(DecodeError::UnknownKind(99))
         );
     }
 
@@ -275,5 +538,6 @@ mod tests {
         );
         assert!(ConnectResult::from_return(-EINPROGRESS).is_tracked());
         assert_eq!(ConnectResult::from_return(-9999).label(), "E9999");
+        assert_eq!(ConnectResult::Existing.label(), "existing");
     }
 }

@@ -4,70 +4,152 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::{clock::WallClock, events::KernelEvent};
+use crate::{
+    clock::WallClock,
+    events::{ConnectResult, Direction, Endpoint, KernelEvent, TrackedEntry},
+};
+
+/// The fields every socket record shares.
+#[derive(Debug, Serialize)]
+pub struct SocketFields<'a> {
+    pub pid: u32,
+    pub comm: &'a str,
+    pub fd: u32,
+    pub proto: &'static str,
+    pub direction: &'static str,
+    /// The remote end: destination of a connect, peer of an accept.
+    pub daddr: String,
+    pub dport: u16,
+    /// Local port; 0 when not known.
+    pub lport: u16,
+}
+
+impl<'a> SocketFields<'a> {
+    fn of(socket: &'a Endpoint) -> Self {
+        Self {
+            pid: socket.key.pid,
+            comm: &socket.comm,
+            fd: socket.key.fd,
+            proto: socket.proto.label(),
+            direction: socket.direction.label(),
+            daddr: socket.daddr.to_string(),
+            dport: socket.dport,
+            lport: socket.lport,
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Record<'a> {
     /// The probes are attached: everything after this line is seen.
     Start { time: f64, probe: &'a str, pid: u32 },
+    /// An outbound `connect()` returned (`result`: ok, in_progress, or an errno name).
     Connect {
         time: f64,
-        pid: u32,
         tid: u32,
-        comm: &'a str,
-        fd: u32,
-        daddr: String,
-        dport: u16,
+        #[serde(flatten)]
+        socket: SocketFields<'a>,
         result: String,
         bytes_sent: u64,
         bytes_recv: u64,
     },
+    /// An inbound connection was accepted.
+    Accept {
+        time: f64,
+        tid: u32,
+        #[serde(flatten)]
+        socket: SocketFields<'a>,
+    },
+    /// A socket open before sockwatch started, tracked from now on.
+    Existing {
+        time: f64,
+        #[serde(flatten)]
+        socket: SocketFields<'a>,
+    },
     Close {
         time: f64,
-        pid: u32,
         tid: u32,
         connect_tid: u32,
-        comm: &'a str,
-        fd: u32,
-        daddr: String,
-        dport: u16,
+        #[serde(flatten)]
+        socket: SocketFields<'a>,
         bytes_sent: u64,
         bytes_recv: u64,
         lifetime_ns: u64,
+        /// close, dup2, close_range, exec, exit, or reconciled.
+        reason: &'static str,
+        preexisting: bool,
     },
     /// Events the kernel could not hand over (ring buffer full) since the previous record.
     Lost { time: f64, count: u64, total: u64 },
+    /// At the end of a run: a socket still open, with its counts so far.
+    Open {
+        time: f64,
+        #[serde(flatten)]
+        socket: SocketFields<'a>,
+        bytes_sent: u64,
+        bytes_recv: u64,
+        age_ns: u64,
+        preexisting: bool,
+    },
+    /// The last record: totals of the run.
+    End {
+        time: f64,
+        /// Sockets still tracked in the kernel map.
+        open: usize,
+        lost: u64,
+        /// Connects not tracked because the map was full.
+        untracked: u64,
+        /// Sockets removed by reconciliation with /proc (events the probes missed).
+        repairs: u64,
+    },
 }
 
 impl<'a> Record<'a> {
     pub fn from_event(event: &'a KernelEvent, clock: &WallClock) -> Self {
         match event {
-            KernelEvent::Connect(c) => Record::Connect {
-                time: clock.unix_secs(c.ts_ns),
-                pid: c.socket.key.pid,
-                tid: c.tid,
-                comm: &c.socket.comm,
-                fd: c.socket.key.fd,
-                daddr: c.socket.daddr.to_string(),
-                dport: c.socket.dport,
-                result: c.result.label(),
-                bytes_sent: 0,
-                bytes_recv: 0,
-            },
+            KernelEvent::Connect(c) => {
+                let time = clock.unix_secs(c.ts_ns);
+                let socket = SocketFields::of(&c.socket);
+                match (c.result, c.socket.direction) {
+                    (ConnectResult::Existing, _) => Record::Existing { time, socket },
+                    (_, Direction::In) => Record::Accept {
+                        time,
+                        tid: c.tid,
+                        socket,
+                    },
+                    (result, Direction::Out) => Record::Connect {
+                        time,
+                        tid: c.tid,
+                        socket,
+                        result: result.label(),
+                        bytes_sent: 0,
+                        bytes_recv: 0,
+                    },
+                }
+            }
             KernelEvent::Close(c) => Record::Close {
                 time: clock.unix_secs(c.ts_ns),
-                pid: c.socket.key.pid,
                 tid: c.tid,
                 connect_tid: c.connect_tid,
-                comm: &c.socket.comm,
-                fd: c.socket.key.fd,
-                daddr: c.socket.daddr.to_string(),
-                dport: c.socket.dport,
+                socket: SocketFields::of(&c.socket),
                 bytes_sent: c.bytes_sent,
                 bytes_recv: c.bytes_recv,
                 lifetime_ns: c.lifetime_ns(),
+                reason: c.cause.label(),
+                preexisting: c.preexisting,
             },
+        }
+    }
+
+    pub fn open(entry: &'a TrackedEntry, clock: &WallClock, now_ns: u64) -> Self {
+        Record::Open {
+            time: clock.unix_secs(now_ns),
+            socket: SocketFields::of(&entry.socket),
+            bytes_sent: entry.bytes_sent,
+            bytes_recv: entry.bytes_recv,
+            age_ns: now_ns.saturating_sub(entry.connect_ns),
+            preexisting: entry.preexisting,
         }
     }
 
@@ -85,14 +167,18 @@ mod tests {
     use sockwatch_common::SocketKey;
 
     use super::*;
-    use crate::events::{CloseEvent, ConnectEvent, ConnectResult, Endpoint};
+    use crate::events::{CloseCause, CloseEvent, ConnectEvent, Proto};
 
     fn endpoint() -> Endpoint {
         Endpoint {
-            key: SocketKey { pid: 7, fd: 4 },
-            daddr: Ipv4Addr::new(127, 0, 0, 1),
-            dport: 8080,
-            comm: "curl".into(),
+            proto: Proto::Tcp,
+            lport: 40000,
+            ..Endpoint::new(
+                SocketKey { pid: 7, fd: 4 },
+                Ipv4Addr::LOCALHOST,
+                8080,
+                "curl",
+            )
         }
     }
 
@@ -115,13 +201,40 @@ mod tests {
         assert_eq!(
             value,
             serde_json::json!({"event": "connect", "time": 1.0, "pid": 7, "tid": 8, "comm": "curl",
-                "fd": 4, "daddr": "127.0.0.1", "dport": 8080, "result": "ECONNREFUSED",
-                "bytes_sent": 0, "bytes_recv": 0})
+                "fd": 4, "proto": "tcp", "direction": "out", "daddr": "127.0.0.1", "dport": 8080,
+                "lport": 40000, "result": "ECONNREFUSED", "bytes_sent": 0, "bytes_recv": 0})
         );
     }
 
     #[test]
-    fn close_record_carries_final_counts_and_lifetime() {
+    fn inbound_and_existing_sockets_have_their_own_events() {
+        let mut socket = endpoint();
+        socket.direction = Direction::In;
+        let accept = KernelEvent::Connect(ConnectEvent {
+            socket,
+            tid: 8,
+            result: ConnectResult::Ok,
+            ts_ns: 0,
+        });
+        let value = line(&Record::from_event(&accept, &WallClock::default()));
+        assert_eq!(
+            (value["event"].as_str(), value["direction"].as_str()),
+            (Some("accept"), Some("in"))
+        );
+        let existing = KernelEvent::Connect(ConnectEvent {
+            socket: endpoint(),
+            tid: 7,
+            result: ConnectResult::Existing,
+            ts_ns: 0,
+        });
+        assert_eq!(
+            line(&Record::from_event(&existing, &WallClock::default()))["event"],
+            "existing"
+        );
+    }
+
+    #[test]
+    fn close_record_carries_final_counts_lifetime_and_reason() {
         let event = KernelEvent::Close(CloseEvent {
             socket: endpoint(),
             tid: 9,
@@ -130,17 +243,22 @@ mod tests {
             connect_ns: 1_000,
             bytes_sent: 1234,
             bytes_recv: 5,
+            cause: CloseCause::Exit,
+            preexisting: false,
         });
         let value = line(&Record::from_event(&event, &WallClock::default()));
         assert_eq!(value["event"], "close");
-        assert_eq!(value["bytes_sent"], 1234);
-        assert_eq!(value["bytes_recv"], 5);
+        assert_eq!(
+            (value["bytes_sent"].as_u64(), value["bytes_recv"].as_u64()),
+            (Some(1234), Some(5))
+        );
         assert_eq!(value["lifetime_ns"], 2_000);
         assert_eq!(value["connect_tid"], 8);
+        assert_eq!(value["reason"], "exit");
     }
 
     #[test]
-    fn lost_and_start_records() {
+    fn lost_start_and_end_records() {
         assert_eq!(
             line(&Record::Lost {
                 time: 2.0,
@@ -156,6 +274,17 @@ mod tests {
                 pid: 1
             })["probe"],
             "kprobe"
+        );
+        let end = line(&Record::End {
+            time: 0.0,
+            open: 2,
+            lost: 0,
+            untracked: 1,
+            repairs: 3,
+        });
+        assert_eq!(
+            (end["open"].as_u64(), end["repairs"].as_u64()),
+            (Some(2), Some(3))
         );
     }
 }

@@ -10,6 +10,8 @@ pub mod events;
 pub mod json;
 pub mod logfile;
 pub mod probes;
+pub mod procfs;
 pub mod reducer;
 pub mod terminal;
+pub mod tracker;
 pub mod ui;

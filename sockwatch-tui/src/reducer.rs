@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, VecDeque};
 
 use sockwatch_common::SocketKey;
 
-use crate::events::{CloseEvent, ConnectEvent, Endpoint, KernelEvent, TrackedEntry};
+use crate::events::{
+    CloseCause, CloseEvent, ConnectEvent, ConnectResult, Direction, Endpoint, KernelEvent,
+    TrackedEntry,
+};
 
 /// How many closes the log pane keeps.
 pub const CLOSE_LOG_CAPACITY: usize = 1000;
@@ -32,13 +35,15 @@ pub struct SocketRow {
     pub bytes_sent: u64,
     pub bytes_recv: u64,
     pub state: RowState,
+    /// Open before sockwatch started: counters start at zero when it did, AGE counts from then.
+    pub preexisting: bool,
     missing_snapshots: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
-    /// A `close()` was seen.
-    Closed,
+    /// Its end was seen: a `close()`, or an exit, exec, dup2 or close_range settled from the map.
+    Closed(CloseCause),
     /// The socket left the kernel map without a close event reaching us (it was dropped).
     Vanished,
 }
@@ -64,8 +69,13 @@ pub struct KernelCounters {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
+    /// Outbound connects, failed ones included.
     pub connects: u64,
     pub failed_connects: u64,
+    /// Inbound connections accepted.
+    pub accepts: u64,
+    /// Sockets found open at start.
+    pub existing: u64,
     pub closes: u64,
 }
 
@@ -147,16 +157,21 @@ impl Model {
     }
 
     fn on_connect(&mut self, event: ConnectEvent) {
-        self.totals.connects += 1;
+        match (event.result, event.socket.direction) {
+            (ConnectResult::Existing, _) => self.totals.existing += 1,
+            (_, Direction::In) => self.totals.accepts += 1,
+            (_, Direction::Out) => self.totals.connects += 1,
+        }
         if !event.result.is_tracked() {
             self.totals.failed_connects += 1;
             return;
         }
-        let state = if event.result == crate::events::ConnectResult::Ok {
-            RowState::Established
-        } else {
+        let state = if event.result == ConnectResult::InProgress {
             RowState::Connecting
+        } else {
+            RowState::Established
         };
+        let preexisting = event.result == ConnectResult::Existing;
         let key = event.socket.key;
         match self.rows.get_mut(&key) {
             // A snapshot already showed this very socket (same connect time): keep its counters.
@@ -171,6 +186,7 @@ impl Model {
                         bytes_sent: 0,
                         bytes_recv: 0,
                         state,
+                        preexisting,
                         missing_snapshots: 0,
                     },
                 );
@@ -194,7 +210,7 @@ impl Model {
             closed_ns: event.ts_ns,
             bytes_sent: event.bytes_sent,
             bytes_recv: event.bytes_recv,
-            reason: CloseReason::Closed,
+            reason: CloseReason::Closed(event.cause),
         });
         self.clamp_selection();
     }
@@ -215,6 +231,7 @@ impl Model {
                     bytes_sent: 0,
                     bytes_recv: 0,
                     state: RowState::Connecting,
+                    preexisting: entry.preexisting,
                     missing_snapshots: 0,
                 });
             if row.connect_ns != entry.connect_ns {
@@ -226,6 +243,7 @@ impl Model {
                     bytes_sent: 0,
                     bytes_recv: 0,
                     state: RowState::Connecting,
+                    preexisting: entry.preexisting,
                     missing_snapshots: 0,
                 };
             }
@@ -291,12 +309,7 @@ mod tests {
     use crate::events::ConnectResult;
 
     fn endpoint(pid: u32, fd: u32) -> Endpoint {
-        Endpoint {
-            key: SocketKey { pid, fd },
-            daddr: Ipv4Addr::LOCALHOST,
-            dport: 8080,
-            comm: "curl".into(),
-        }
+        Endpoint::new(SocketKey { pid, fd }, Ipv4Addr::LOCALHOST, 8080, "curl")
     }
 
     fn connect(pid: u32, fd: u32, ts_ns: u64, result: ConnectResult) -> Action {
@@ -317,6 +330,8 @@ mod tests {
             connect_ns,
             bytes_sent: sent,
             bytes_recv: 0,
+            cause: CloseCause::Close,
+            preexisting: false,
         }))
     }
 
@@ -328,6 +343,7 @@ mod tests {
             bytes_sent: sent,
             bytes_recv: 0,
             established: true,
+            preexisting: false,
         }
     }
 
@@ -343,13 +359,13 @@ mod tests {
         assert_eq!(model.rows().len(), 0);
         let logged = model.closes().next().expect("one close");
         assert_eq!((logged.bytes_sent, logged.lifetime_ns), (64, 1_000));
-        assert_eq!(logged.reason, CloseReason::Closed);
+        assert_eq!(logged.reason, CloseReason::Closed(CloseCause::Close));
         assert_eq!(
             model.totals,
             Totals {
                 connects: 1,
-                failed_connects: 0,
-                closes: 1
+                closes: 1,
+                ..Totals::default()
             }
         );
     }

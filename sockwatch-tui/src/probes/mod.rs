@@ -9,7 +9,7 @@ use aya::{
     programs::{KProbe, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sockwatch_common::{globals, maps, Counter, SocketKey, TrackedSocket};
+use sockwatch_common::{globals, maps, Counter, SocketKey, TrackedSocket, SYSCALLS};
 
 pub use support::{kprobes_available, syscall_tracepoints_available, SyscallSymbols};
 
@@ -18,9 +18,6 @@ use crate::{cli::ProbeChoice, events::TrackedEntry, reducer::KernelCounters};
 /// The kernel programs, built by build.rs from `sockwatch-ebpf` and embedded in the binary.
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockwatch.bpf.o"));
-
-/// The syscalls each backend hooks at entry and exit, and the program names for them.
-const SYSCALLS: [&str; 3] = ["connect", "sendto", "close"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -76,11 +73,13 @@ fn kernel_error(context: impl Into<String>, source: impl Into<anyhow::Error>) ->
     }
 }
 
-/// Sizes of the kernel's maps.
+/// How the kernel side is set up: map sizes and what to track.
 #[derive(Clone, Copy, Debug)]
-pub struct MapSizes {
+pub struct LoadOptions {
     pub max_sockets: u32,
     pub ring_bytes: u32,
+    /// A `sockwatch_common::directions` mask.
+    pub directions: u32,
 }
 
 /// The attached programs. Dropping this detaches them.
@@ -89,9 +88,55 @@ pub struct Probes {
     pub backend: Backend,
 }
 
+impl Probes {
+    /// Detaches the programs without making the caller wait.
+    ///
+    /// Each tracepoint or kprobe detach waits for an RCU grace period in the kernel, which adds
+    /// up to seconds for our ~40 programs: quitting would hang that long. A forked child keeps
+    /// a copy of every fd and closes them after we are gone, so the detach happens in the
+    /// background and the shell gets its prompt back at once.
+    pub fn release(self) {
+        // The child waits for our exit through this pipe: its read sees EOF once the write end,
+        // held only by us, is closed by our exit. Only then are its fds the last references.
+        let mut pipe = [0i32; 2];
+        // SAFETY: pipe2 writes two fds into the array we own.
+        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            drop(self);
+            return;
+        }
+        // SAFETY: fork in a process that may have other threads: the child only makes
+        // async-signal-safe calls (close, read, close_range, _exit) before it exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: plain fd syscalls on fds this process owns, then an exit without running
+            // destructors.
+            unsafe {
+                // Our stdio must not keep a reader of our output waiting.
+                for fd in [0, 1, 2, pipe[1]] {
+                    libc::close(fd);
+                }
+                let mut byte = 0u8;
+                while libc::read(pipe[0], (&raw mut byte).cast(), 1) < 0 {}
+                if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
+                    for fd in 0..65_536 {
+                        libc::close(fd);
+                    }
+                }
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: closing the read end we do not use.
+        unsafe { libc::close(pipe[0]) };
+        // In the parent (or if fork failed), dropping closes our copies: cheap while the child
+        // holds the programs, the full detach otherwise.
+        drop(self);
+    }
+}
+
 /// The maps user space reads besides the ring buffer.
 pub struct KernelTables {
     tracked: HashMap<MapData, SocketKey, TrackedSocket>,
+    procs: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     max_sockets: u32,
 }
@@ -110,13 +155,42 @@ impl KernelTables {
             .collect()
     }
 
-    /// Number of entries in the kernel's `TRACKED` map (for leak checks).
-    pub fn tracked_len(&self) -> usize {
+    /// Every tracked socket of process `pid`.
+    pub fn entries_of(&self, pid: u32) -> Vec<TrackedEntry> {
+        self.snapshot()
+            .into_iter()
+            .filter(|entry| entry.socket.key.pid == pid)
+            .collect()
+    }
+
+    /// One tracked socket, if the kernel still has it.
+    pub fn get(&self, key: SocketKey) -> Option<TrackedEntry> {
         self.tracked
-            .keys()
-            .take(self.max_sockets as usize)
-            .filter(Result::is_ok)
-            .count()
+            .get(&key, 0)
+            .ok()
+            .map(|value| TrackedEntry::from_map(key, &value))
+    }
+
+    /// Stops tracking a socket user space found gone; returns its final counts.
+    ///
+    /// Only for sockets whose fd no longer exists (exit, exec, close_range, reconciliation):
+    /// nothing can add to their counters any more, so reading then deleting loses nothing.
+    pub fn take(&mut self, key: SocketKey) -> Option<TrackedEntry> {
+        let entry = self.get(key)?;
+        self.tracked.remove(&key).ok()?;
+        Some(entry)
+    }
+
+    /// Starts tracking a socket found in /proc. Never replaces an entry the kernel made in the
+    /// meantime (BPF_NOEXIST); returns whether it was inserted.
+    pub fn adopt(&mut self, key: SocketKey, socket: &TrackedSocket) -> bool {
+        const BPF_NOEXIST: u64 = 1;
+        if self.tracked.insert(key, socket, BPF_NOEXIST).is_err() {
+            return false;
+        }
+        // So the kernel reports this process's exit, exec and close_range.
+        let _ = self.procs.insert(key.pid, 1, 0);
+        true
     }
 
     /// The kernel's own counters, summed over CPUs.
@@ -151,13 +225,12 @@ pub fn choose_backend(choice: ProbeChoice) -> Result<Backend, ProbeError> {
 /// Loads the object and attaches the chosen backend's programs.
 pub fn attach(
     choice: ProbeChoice,
-    sizes: MapSizes,
+    options: LoadOptions,
 ) -> Result<(Probes, RingBuf<MapData>, KernelTables), ProbeError> {
     support::check_privileges()?;
-    if choice != ProbeChoice::Kprobe {
-        // The tracepoint ids live in tracefs; auto detection looks there too.
-        support::ensure_tracefs()?;
-    }
+    // Tracepoint ids live in tracefs: the syscall tracepoints, and sched_process_exit, which
+    // both backends use.
+    support::ensure_tracefs()?;
     let backend = choose_backend(choice)?;
     if backend == Backend::Tracepoint && !syscall_tracepoints_available() {
         return Err(ProbeError::NoSyscallTracepoints);
@@ -170,9 +243,11 @@ pub fn attach(
 
     let wrapper: u32 = symbols.as_ref().map_or(1, |s| u32::from(s.takes_pt_regs));
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(maps::TRACKED, sizes.max_sockets)
-        .map_max_entries(maps::EVENTS, sizes.ring_bytes)
+        .map_max_entries(maps::TRACKED, options.max_sockets)
+        .map_max_entries(maps::PROCS, options.max_sockets)
+        .map_max_entries(maps::EVENTS, options.ring_bytes)
         .override_global(globals::SYSCALL_WRAPPER, &wrapper, true)
+        .override_global(globals::DIRECTIONS, &options.directions, true)
         .load(EBPF_OBJECT)
         .map_err(|e| permission_or(e, "loading the eBPF object"))?;
 
@@ -180,12 +255,19 @@ pub fn attach(
         None => attach_tracepoints(&mut ebpf)?,
         Some(symbols) => attach_kprobes(&mut ebpf, symbols)?,
     }
+    attach_tracepoint(
+        &mut ebpf,
+        "sched_process_exit",
+        "sched",
+        "sched_process_exit",
+    )?;
 
     let events = take_map(&mut ebpf, maps::EVENTS)?;
     let tables = KernelTables {
         tracked: take_map(&mut ebpf, maps::TRACKED)?,
+        procs: take_map(&mut ebpf, maps::PROCS)?,
         counters: take_map(&mut ebpf, maps::COUNTERS)?,
-        max_sockets: sizes.max_sockets,
+        max_sockets: options.max_sockets,
     };
     let probes = Probes {
         _ebpf: ebpf,
@@ -194,26 +276,53 @@ pub fn attach(
     Ok((probes, events, tables))
 }
 
+/// Exits are attached before entries: an entry's stash must never wait for an exit program
+/// that is not there yet.
 fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    for syscall in SYSCALLS {
-        for phase in ["enter", "exit"] {
-            let program_name = format!("{phase}_{syscall}");
-            let event = format!("sys_{phase}_{syscall}");
-            let program: &mut TracePoint = program(ebpf, &program_name)?;
-            program
-                .load()
-                .map_err(|e| permission_or(e, format!("loading {program_name}")))?;
-            program
-                .attach("syscalls", &event)
-                .map_err(|e| permission_or(e, format!("attaching to syscalls:{event}")))?;
+    for phase in ["exit", "enter"] {
+        for syscall in SYSCALLS {
+            if phase == "enter" && !syscall.enter {
+                continue;
+            }
+            let event = format!("sys_{phase}_{}", syscall.name);
+            // A syscall this kernel does not have (close_range before 5.9) cannot be called.
+            if syscall.optional && !support::syscall_tracepoint_exists(&event) {
+                continue;
+            }
+            attach_tracepoint(
+                ebpf,
+                &format!("{phase}_{}", syscall.name),
+                "syscalls",
+                &event,
+            )?;
         }
     }
     Ok(())
 }
 
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program_name: &str,
+    category: &str,
+    event: &str,
+) -> Result<(), ProbeError> {
+    let program: &mut TracePoint = program(ebpf, program_name)?;
+    program
+        .load()
+        .map_err(|e| permission_or(e, format!("loading {program_name}")))?;
+    program
+        .attach(category, event)
+        .map_err(|e| permission_or(e, format!("attaching to {category}:{event}")))?;
+    Ok(())
+}
+
 fn attach_kprobes(ebpf: &mut Ebpf, symbols: &SyscallSymbols) -> Result<(), ProbeError> {
-    for (syscall, symbol) in SYSCALLS.iter().zip(&symbols.names) {
-        for program_name in [format!("kp_{syscall}"), format!("kret_{syscall}")] {
+    for phase in ["kret", "kp"] {
+        for (syscall, symbol) in &symbols.names {
+            if phase == "kp" && !syscall.enter {
+                continue;
+            }
+            let program_name = format!("{phase}_{}", syscall.name);
             let program: &mut KProbe = program(ebpf, &program_name)?;
             program
                 .load()

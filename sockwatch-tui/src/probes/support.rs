@@ -1,6 +1,8 @@
 //! What the running kernel offers, and the preconditions for loading probes.
 
-use std::{fs, io, path::Path};
+use std::{collections::HashSet, fs, io, path::Path};
+
+use sockwatch_common::Syscall;
 
 use super::ProbeError;
 
@@ -19,6 +21,13 @@ pub fn syscall_tracepoints_available() -> bool {
             .join("events/syscalls/sys_enter_connect/id")
             .exists()
     })
+}
+
+/// Whether `syscalls:<event>` exists on this kernel.
+pub fn syscall_tracepoint_exists(event: &str) -> bool {
+    [TRACEFS, DEBUGFS_TRACING]
+        .iter()
+        .any(|root| Path::new(root).join("events/syscalls").join(event).exists())
 }
 
 /// Mounts tracefs at its usual place when no tracefs is mounted (as `perf` and bpftrace
@@ -93,8 +102,8 @@ pub fn raise_memlock_limit() {
 /// The kernel function behind each syscall, found as bcc's `get_syscall_fnname` does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyscallSymbols {
-    /// One symbol per requested syscall, in order.
-    pub names: Vec<String>,
+    /// The symbol of each syscall this kernel has (optional ones it lacks are left out).
+    pub names: Vec<(Syscall, String)>,
     /// Whether those functions take a `struct pt_regs *` of the user registers (the
     /// arch-prefixed wrappers of Linux 4.17+) rather than the arguments themselves.
     pub takes_pt_regs: bool,
@@ -108,7 +117,7 @@ const ARCH_PREFIX: &str = if cfg!(target_arch = "aarch64") {
 };
 
 impl SyscallSymbols {
-    pub fn resolve(syscalls: &[&'static str]) -> Result<Self, ProbeError> {
+    pub fn resolve(syscalls: &[Syscall]) -> Result<Self, ProbeError> {
         let kallsyms = fs::read_to_string("/proc/kallsyms").map_err(|e| ProbeError::Kernel {
             context: "reading /proc/kallsyms".into(),
             source: e.into(),
@@ -117,23 +126,23 @@ impl SyscallSymbols {
     }
 
     /// Resolves against the text of `/proc/kallsyms`.
-    pub fn resolve_in(kallsyms: &str, syscalls: &[&'static str]) -> Result<Self, ProbeError> {
-        let has = |symbol: &str| {
-            kallsyms
-                .lines()
-                .any(|line| line.split_whitespace().nth(2) == Some(symbol))
-        };
+    pub fn resolve_in(kallsyms: &str, syscalls: &[Syscall]) -> Result<Self, ProbeError> {
+        let symbols: HashSet<&str> = kallsyms
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(2))
+            .collect();
         let wrapped = syscalls
             .first()
-            .is_some_and(|first| has(&format!("{ARCH_PREFIX}{first}")));
+            .is_some_and(|first| symbols.contains(format!("{ARCH_PREFIX}{}", first.name).as_str()));
         let prefix = if wrapped { ARCH_PREFIX } else { "sys_" };
         let mut names = Vec::with_capacity(syscalls.len());
         for syscall in syscalls {
-            let name = format!("{prefix}{syscall}");
-            if !has(&name) {
-                return Err(ProbeError::MissingSymbol(syscall));
+            let name = format!("{prefix}{}", syscall.name);
+            if symbols.contains(name.as_str()) {
+                names.push((*syscall, name));
+            } else if !syscall.optional {
+                return Err(ProbeError::MissingSymbol(syscall.name));
             }
-            names.push(name);
         }
         Ok(Self {
             names,
@@ -146,36 +155,59 @@ impl SyscallSymbols {
 mod tests {
     use super::*;
 
+    const CONNECT: Syscall = Syscall {
+        name: "connect",
+        enter: true,
+        optional: false,
+    };
+    const CLOSE: Syscall = Syscall {
+        name: "close",
+        enter: true,
+        optional: false,
+    };
+    const CLOSE_RANGE: Syscall = Syscall {
+        name: "close_range",
+        enter: true,
+        optional: true,
+    };
+
     #[test]
     fn prefers_the_arch_wrappers() {
         let kallsyms =
             format!("0000 T {ARCH_PREFIX}connect\n0000 T {ARCH_PREFIX}close\n0000 T sys_connect\n");
-        let symbols = SyscallSymbols::resolve_in(&kallsyms, &["connect", "close"]).expect("found");
+        let symbols = SyscallSymbols::resolve_in(&kallsyms, &[CONNECT, CLOSE]).expect("found");
         assert_eq!(
             symbols.names,
             [
-                format!("{ARCH_PREFIX}connect"),
-                format!("{ARCH_PREFIX}close")
+                (CONNECT, format!("{ARCH_PREFIX}connect")),
+                (CLOSE, format!("{ARCH_PREFIX}close"))
             ]
         );
         assert!(symbols.takes_pt_regs);
     }
 
     #[test]
-    fn falls_back_to_plain_sys_symbols() {
+    fn falls_back_to_plain_sys_symbols_and_skips_missing_optional_ones() {
         let kallsyms = "0000 T sys_connect\n0000 T sys_close\n";
-        let symbols = SyscallSymbols::resolve_in(kallsyms, &["connect", "close"]).expect("found");
-        assert_eq!(symbols.names, ["sys_connect", "sys_close"]);
+        let symbols =
+            SyscallSymbols::resolve_in(kallsyms, &[CONNECT, CLOSE, CLOSE_RANGE]).expect("found");
+        assert_eq!(
+            symbols.names,
+            [
+                (CONNECT, "sys_connect".to_owned()),
+                (CLOSE, "sys_close".to_owned())
+            ]
+        );
         assert!(!symbols.takes_pt_regs);
     }
 
     #[test]
-    fn a_missing_symbol_is_named() {
+    fn a_missing_required_symbol_is_named() {
         let kallsyms = "0000 T sys_connect\n";
-        let error = SyscallSymbols::resolve_in(kallsyms, &["connect", "sendto"]).unwrap_err();
+        let error = SyscallSymbols::resolve_in(kallsyms, &[CONNECT, CLOSE]).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "kernel symbol for the sendto syscall not found in /proc/kallsyms"
+            "kernel symbol for the close syscall not found in /proc/kallsyms"
         );
     }
 }

@@ -15,6 +15,7 @@ use ratatui::{
 
 use crate::{
     clock::WallClock,
+    events::CloseCause,
     reducer::{CloseReason, Focus, Model, RowState},
 };
 
@@ -145,8 +146,9 @@ fn render_close_log(model: &Model, clock: &WallClock, frame: &mut Frame, area: R
         .take(visible)
         .map(|closed| {
             let note = match closed.reason {
-                CloseReason::Closed => "",
-                CloseReason::Vanished => "  (close event lost)",
+                CloseReason::Closed(CloseCause::Close) => String::new(),
+                CloseReason::Closed(cause) => format!("  ({})", cause.label()),
+                CloseReason::Vanished => "  (close event lost)".to_owned(),
             };
             Line::raw(format!(
                 "{}  {:<15} pid {:<7} fd {:<4} {:<21} sent {:>10}  lived {}{}",

@@ -9,19 +9,21 @@ use sockwatch_common::SocketKey;
 use super::view;
 use crate::{
     clock::WallClock,
-    events::{CloseEvent, ConnectEvent, ConnectResult, Endpoint, KernelEvent, TrackedEntry},
+    events::{
+        CloseCause, CloseEvent, ConnectEvent, ConnectResult, Endpoint, KernelEvent, TrackedEntry,
+    },
     reducer::{Action, KernelCounters, Model},
 };
 
 const SEC: u64 = 1_000_000_000;
 
 fn endpoint(pid: u32, fd: u32, comm: &str, port: u16) -> Endpoint {
-    Endpoint {
-        key: SocketKey { pid, fd },
-        daddr: Ipv4Addr::new(127, 0, 0, 1),
-        dport: port,
-        comm: comm.into(),
-    }
+    Endpoint::new(
+        SocketKey { pid, fd },
+        Ipv4Addr::new(127, 0, 0, 1),
+        port,
+        comm,
+    )
 }
 
 fn busy_model() -> Model {
@@ -47,6 +49,8 @@ fn busy_model() -> Model {
         connect_ns: 10 * SEC,
         bytes_sent: 78,
         bytes_recv: 0,
+        cause: CloseCause::Close,
+        preexisting: false,
     })));
     model.update(Action::Snapshot {
         entries: vec![
@@ -57,6 +61,7 @@ fn busy_model() -> Model {
                 bytes_sent: 3 * 1024 * 1024 + 100,
                 bytes_recv: 0,
                 established: true,
+                preexisting: false,
             },
             TrackedEntry {
                 socket: endpoint(1300, 8, "python3", 6379),
@@ -65,6 +70,7 @@ fn busy_model() -> Model {
                 bytes_sent: 512,
                 bytes_recv: 0,
                 established: true,
+                preexisting: false,
             },
         ],
         now_ns: 75 * SEC,

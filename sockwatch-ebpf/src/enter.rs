@@ -1,0 +1,180 @@
+//! Syscall entries: decide whether the call matters and, if so, stash what its exit needs.
+//! Calls on fds we do not track cost one `TRACKED` lookup here and nothing else.
+
+use aya_ebpf::helpers::bpf_probe_read_user;
+use sockwatch_common::{
+    directions, CallKind, InflightCall, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::{
+    args::SyscallArgs,
+    maps::tracking,
+    state::{call, current, has_tracked_sockets, is_tracked, stash},
+};
+
+const SOCK_STREAM: u64 = 1;
+const SOCK_DGRAM: u64 = 2;
+/// `SOCK_NONBLOCK | SOCK_CLOEXEC` and any other flag bits of `socket()`'s type.
+const SOCK_TYPE_MASK: u64 = 0xf;
+
+/// The leading fields of `struct sockaddr_in`, read from user memory in one go.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockaddrIn {
+    family: u16,
+    /// Network byte order.
+    port: u16,
+    /// Network byte order.
+    addr: u32,
+}
+
+/// `struct sockaddr_in6` up to the address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockaddrIn6 {
+    family: u16,
+    port: u16,
+    flowinfo: u32,
+    addr: [u8; 16],
+}
+
+/// The IPv4 destination in a user `sockaddr`: `AF_INET`, or `AF_INET6` holding an IPv4-mapped
+/// address (`::ffff:a.b.c.d`, as dual-stack programs connect). `(addr, port)` in network order.
+#[inline(always)]
+pub fn ipv4_sockaddr(ptr: u64) -> Option<(u32, u16)> {
+    if ptr == 0 {
+        return None;
+    }
+    // SAFETY: checked reads of user memory; a bad pointer gives an error, never a fault.
+    let family = unsafe { bpf_probe_read_user(ptr as *const u16) }.ok()?;
+    match family {
+        AF_INET => {
+            // SAFETY: as above.
+            let sa = unsafe { bpf_probe_read_user(ptr as *const SockaddrIn) }.ok()?;
+            Some((sa.addr, sa.port))
+        }
+        AF_INET6 => {
+            // SAFETY: as above.
+            let sa = unsafe { bpf_probe_read_user(ptr as *const SockaddrIn6) }.ok()?;
+            let a = sa.addr;
+            let mapped = a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff;
+            mapped.then(|| (u32::from_ne_bytes([a[12], a[13], a[14], a[15]]), sa.port))
+        }
+        _ => None,
+    }
+}
+
+/// `socket(family, type, protocol)`: remember the protocol of inet sockets for their connect.
+pub fn socket(args: &impl SyscallArgs) {
+    let (Some(family), Some(kind), Some(protocol)) = (args.arg(0), args.arg(1), args.arg(2)) else {
+        return;
+    };
+    if family != u64::from(AF_INET) && family != u64::from(AF_INET6) {
+        return;
+    }
+    let proto = match (kind & SOCK_TYPE_MASK, protocol as u32) {
+        (SOCK_STREAM, 0 | IPPROTO_TCP) => IPPROTO_TCP,
+        (SOCK_DGRAM, 0 | IPPROTO_UDP) => IPPROTO_UDP,
+        _ => return,
+    };
+    let (pid_tgid, _) = current();
+    stash(pid_tgid, call(CallKind::Socket, 0, 0, u64::from(proto)));
+}
+
+pub fn connect(args: &impl SyscallArgs) {
+    if !tracking(directions::OUTBOUND) {
+        return;
+    }
+    let (Some(fd), Some(addr)) = (args.arg(0), args.arg(1)) else {
+        return;
+    };
+    let Some((daddr, dport)) = ipv4_sockaddr(addr) else {
+        return;
+    };
+    let (pid_tgid, _) = current();
+    stash(
+        pid_tgid,
+        InflightCall {
+            daddr,
+            dport: u16::from_be(dport),
+            ..call(CallKind::Connect, fd as u32, 0, 0)
+        },
+    );
+}
+
+/// `accept`/`accept4(fd, addr, addrlen, ...)`: the peer's address is in `addr` at exit.
+pub fn accept(args: &impl SyscallArgs) {
+    if !tracking(directions::INBOUND) {
+        return;
+    }
+    let (Some(listener), Some(addr)) = (args.arg(0), args.arg(1)) else {
+        return;
+    };
+    let (pid_tgid, _) = current();
+    stash(pid_tgid, call(CallKind::Accept, listener as u32, addr, 0));
+}
+
+/// Any call whose first argument is an fd and whose exit is handled by `kind` alone
+/// (byte counts, close, ...): stashed only when the fd is tracked.
+#[inline(always)]
+fn on_tracked_fd(args: &impl SyscallArgs, kind: CallKind, ptr_arg: Option<usize>) {
+    let Some(fd) = args.arg(0) else {
+        return;
+    };
+    let (pid_tgid, pid) = current();
+    if !is_tracked(pid, fd as u32) {
+        return;
+    }
+    let ptr = ptr_arg.and_then(|n| args.arg(n)).unwrap_or(0);
+    stash(pid_tgid, call(kind, fd as u32, ptr, 0));
+}
+
+/// `write`, `writev`, `sendto`, `sendmsg`, `sendfile64` (out fd first): bytes out.
+pub fn send(args: &impl SyscallArgs) {
+    on_tracked_fd(args, CallKind::Send, None);
+}
+
+/// `read`, `readv`, `recvfrom`, `recvmsg`: bytes in.
+pub fn recv(args: &impl SyscallArgs) {
+    on_tracked_fd(args, CallKind::Recv, None);
+}
+
+/// `sendmmsg(fd, msgvec, vlen, flags)`: the per-message byte counts are in `msgvec` at exit.
+pub fn sendmmsg(args: &impl SyscallArgs) {
+    on_tracked_fd(args, CallKind::SendMmsg, Some(1));
+}
+
+pub fn recvmmsg(args: &impl SyscallArgs) {
+    on_tracked_fd(args, CallKind::RecvMmsg, Some(1));
+}
+
+pub fn close(args: &impl SyscallArgs) {
+    on_tracked_fd(args, CallKind::Close, None);
+}
+
+/// `close_range(first, last, flags)`: reported (for user space to settle) only for processes
+/// that have tracked sockets.
+pub fn close_range(args: &impl SyscallArgs) {
+    let (Some(first), Some(last), Some(flags)) = (args.arg(0), args.arg(1), args.arg(2)) else {
+        return;
+    };
+    let (pid_tgid, pid) = current();
+    if !has_tracked_sockets(pid) {
+        return;
+    }
+    let arg = (flags << 32) | (last & 0xffff_ffff);
+    stash(pid_tgid, call(CallKind::CloseRange, first as u32, 0, arg));
+}
+
+/// `dup2`/`dup3(oldfd, newfd, ...)`: a tracked `newfd` is closed by the call.
+pub fn dup_onto(args: &impl SyscallArgs) {
+    let (Some(old), Some(new)) = (args.arg(0), args.arg(1)) else {
+        return;
+    };
+    let (pid_tgid, pid) = current();
+    // dup2(fd, fd) is a no-op that closes nothing.
+    if old == new || !is_tracked(pid, new as u32) {
+        return;
+    }
+    stash(pid_tgid, call(CallKind::DupOnto, new as u32, 0, 0));
+}

@@ -1,0 +1,209 @@
+//! Syscall exits: the stashed arguments plus the return value complete the picture.
+
+use aya_ebpf::helpers::bpf_probe_read_user;
+use sockwatch_common::{
+    flags, CallKind, CloseHow, EventKind, InflightCall, SocketEvent, SocketState, TrackedSocket,
+    EINPROGRESS, IPPROTO_TCP, MAX_MMSG,
+};
+
+use crate::{
+    enter::ipv4_sockaddr,
+    maps::{NEW_SOCKETS, TRACKED},
+    state::{
+        atomic_add, comm, current, emit, key, now_ns, process_event, take_inflight, track, untrack,
+    },
+};
+
+/// `CLOSE_RANGE_CLOEXEC`: the range is only marked close-on-exec, nothing is closed.
+const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
+/// `sizeof(struct mmsghdr)` and the offset of its `msg_len` on 64-bit kernels.
+const MMSGHDR_SIZE: u64 = 64;
+const MMSGHDR_MSG_LEN: u64 = 56;
+
+/// The one exit handler: `expected` is what the exiting syscall can have stashed.
+#[inline(always)]
+pub fn syscall_exit(ret: i64, expected: CallKind) {
+    let (pid_tgid, pid) = current();
+    let Some(call) = take_inflight(pid_tgid, expected) else {
+        return;
+    };
+    let tid = pid_tgid as u32;
+    match expected {
+        CallKind::Send if ret > 0 => add_bytes(pid, call.fd, ret as u64, true),
+        CallKind::Recv if ret > 0 => add_bytes(pid, call.fd, ret as u64, false),
+        CallKind::SendMmsg if ret > 0 => {
+            add_bytes(pid, call.fd, mmsg_bytes(call.ptr, ret as u64), true)
+        }
+        CallKind::RecvMmsg if ret > 0 => {
+            add_bytes(pid, call.fd, mmsg_bytes(call.ptr, ret as u64), false)
+        }
+        CallKind::Connect => connected(&call, ret, pid, tid),
+        CallKind::Accept if ret >= 0 => accepted(&call, ret as u32, pid, tid),
+        CallKind::Socket if ret >= 0 => {
+            let _ = NEW_SOCKETS.insert(key(pid, ret as u32), call.arg as u32, 0);
+        }
+        // close() frees the fd whatever it returns, except for a bad fd.
+        CallKind::Close if ret != -(libc_ebadf()) => untrack(pid, call.fd, tid, CloseHow::Close),
+        CallKind::DupOnto if ret >= 0 => untrack(pid, call.fd, tid, CloseHow::DupOnto),
+        CallKind::CloseRange if ret == 0 && (call.arg >> 32) & CLOSE_RANGE_CLOEXEC == 0 => {
+            let last = call.arg as u32;
+            emit(&process_event(
+                EventKind::CloseRange,
+                pid,
+                tid,
+                call.fd,
+                last,
+            ));
+        }
+        _ => {}
+    }
+}
+
+#[inline(always)]
+const fn libc_ebadf() -> i64 {
+    9
+}
+
+/// Adds a byte count to a tracked socket; every thread of the process may do so at once.
+#[inline(always)]
+fn add_bytes(pid: u32, fd: u32, bytes: u64, sent: bool) {
+    let Some(sock) = TRACKED.get_ptr_mut(key(pid, fd)) else {
+        return;
+    };
+    // SAFETY: `sock` points into a preallocated hash map value; the counters are 8-byte
+    // aligned u64 fields, updated atomically because threads race on them.
+    unsafe {
+        if sent {
+            atomic_add(&raw mut (*sock).bytes_sent, bytes);
+            // Bytes went out, so a non-blocking connect has completed. An aligned 32-bit
+            // store is atomic everywhere, and BPF has no 32-bit atomic ops to use instead.
+            core::ptr::write_volatile(&raw mut (*sock).state, SocketState::Established as u32);
+        } else {
+            atomic_add(&raw mut (*sock).bytes_recv, bytes);
+        }
+    }
+}
+
+/// Bytes moved by the first `count` messages of an `mmsghdr` vector (the kernel wrote each
+/// message's byte count into its `msg_len`). `count` never exceeds `UIO_MAXIOV`, our bound.
+#[inline(always)]
+fn mmsg_bytes(vector: u64, count: u64) -> u64 {
+    let mut total = 0u64;
+    for i in 0..u64::from(MAX_MMSG) {
+        if i >= count {
+            break;
+        }
+        let at = vector + i * MMSGHDR_SIZE + MMSGHDR_MSG_LEN;
+        // SAFETY: a checked read of user memory.
+        if let Ok(len) = unsafe { bpf_probe_read_user(at as *const u32) } {
+            total += u64::from(len);
+        }
+    }
+    total
+}
+
+fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
+    let now = now_ns();
+    let comm = comm();
+    let socket_key = key(pid, call.fd);
+    // SAFETY: copied out at once.
+    let proto = unsafe { NEW_SOCKETS.get(socket_key) }.copied().unwrap_or(0);
+    let state = match ret {
+        0 => Some(SocketState::Established),
+        r if r == -i64::from(EINPROGRESS) => Some(SocketState::Connecting),
+        _ => None,
+    };
+    if let Some(state) = state {
+        let _ = NEW_SOCKETS.remove(socket_key);
+        track(
+            pid,
+            call.fd,
+            &TrackedSocket {
+                bytes_sent: 0,
+                bytes_recv: 0,
+                connect_ns: now,
+                daddr: call.daddr,
+                dport: call.dport,
+                lport: 0,
+                tid,
+                state: state as u32,
+                proto,
+                flags: 0,
+                comm,
+            },
+        );
+    }
+    emit(&SocketEvent {
+        kind: EventKind::Connect as u32,
+        pid,
+        tid,
+        fd: call.fd,
+        ts_ns: now,
+        connect_ns: now,
+        bytes_sent: 0,
+        bytes_recv: 0,
+        daddr: call.daddr,
+        dport: call.dport,
+        lport: 0,
+        result: ret as i32,
+        connect_tid: tid,
+        proto,
+        flags: 0,
+        arg: 0,
+        _pad1: 0,
+        comm,
+    });
+}
+
+fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
+    // The kernel has written the peer's address into the caller's buffer. No buffer: user space
+    // learns the peer (and whether the socket is IPv4 at all) from /proc.
+    let (daddr, dport, flags) = if call.ptr == 0 {
+        (0, 0, flags::INBOUND | flags::PEER_UNKNOWN)
+    } else {
+        match ipv4_sockaddr(call.ptr) {
+            Some((addr, port)) => (addr, u16::from_be(port), flags::INBOUND),
+            // A true IPv6 or a Unix socket peer: not ours.
+            None => return,
+        }
+    };
+    let now = now_ns();
+    let comm = comm();
+    track(
+        pid,
+        fd,
+        &TrackedSocket {
+            bytes_sent: 0,
+            bytes_recv: 0,
+            connect_ns: now,
+            daddr,
+            dport,
+            lport: 0,
+            tid,
+            state: SocketState::Established as u32,
+            proto: IPPROTO_TCP,
+            flags,
+            comm,
+        },
+    );
+    emit(&SocketEvent {
+        kind: EventKind::Accept as u32,
+        pid,
+        tid,
+        fd,
+        ts_ns: now,
+        connect_ns: now,
+        bytes_sent: 0,
+        bytes_recv: 0,
+        daddr,
+        dport,
+        lport: 0,
+        result: 0,
+        connect_tid: tid,
+        proto: IPPROTO_TCP,
+        flags,
+        arg: call.fd,
+        _pad1: 0,
+        comm,
+    });
+}

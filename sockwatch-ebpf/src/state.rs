@@ -1,0 +1,176 @@
+//! Shared building blocks: the current socket key, the in-flight stash, tracking, events.
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use sockwatch_common::{
+    CallKind, CloseHow, Counter, EventKind, InflightCall, SocketEvent, SocketKey, TrackedSocket,
+    COMM_LEN,
+};
+
+use crate::maps::{bump, EVENTS, INFLIGHT, PROCS, TRACKED};
+
+/// `(pid_tgid, pid)` of the calling thread.
+#[inline(always)]
+pub fn current() -> (u64, u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    (pid_tgid, (pid_tgid >> 32) as u32)
+}
+
+#[inline(always)]
+pub fn key(pid: u32, fd: u32) -> SocketKey {
+    SocketKey { pid, fd }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn comm() -> [u8; COMM_LEN] {
+    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}
+
+#[inline(always)]
+pub fn is_tracked(pid: u32, fd: u32) -> bool {
+    TRACKED.get_ptr(key(pid, fd)).is_some()
+}
+
+#[inline(always)]
+pub fn has_tracked_sockets(pid: u32) -> bool {
+    PROCS.get_ptr(pid).is_some()
+}
+
+/// Remembers this thread's call until its exit.
+#[inline(always)]
+pub fn stash(pid_tgid: u64, call: InflightCall) {
+    if INFLIGHT.insert(pid_tgid, call, 0).is_err() {
+        bump(Counter::InflightFull);
+    }
+}
+
+/// A stash of `kind` on `fd` with `ptr` and `arg`.
+#[inline(always)]
+pub fn call(kind: CallKind, fd: u32, ptr: u64, arg: u64) -> InflightCall {
+    InflightCall {
+        kind: kind as u32,
+        fd,
+        daddr: 0,
+        dport: 0,
+        _pad0: 0,
+        ptr,
+        arg,
+    }
+}
+
+/// Takes this thread's stashed call out of `INFLIGHT`, if it is of the kind this exit expects
+/// (a stale stash of another kind is dropped, never misread).
+#[inline(always)]
+pub fn take_inflight(pid_tgid: u64, expected: CallKind) -> Option<InflightCall> {
+    // SAFETY: the entry belongs to this thread, the only writer of its key; it is copied out
+    // before being removed.
+    let call = *unsafe { INFLIGHT.get(pid_tgid) }?;
+    let _ = INFLIGHT.remove(pid_tgid);
+    (call.kind == expected as u32).then_some(call)
+}
+
+/// Starts tracking `(pid, fd)`. BPF_ANY: a reused fd replaces the old entry, so counters
+/// restart from zero.
+#[inline(always)]
+pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
+    if TRACKED.insert(key(pid, fd), socket, 0).is_err() {
+        bump(Counter::TrackedFull);
+        return;
+    }
+    // Only processes listed here have their exit, exec and close_range reported.
+    let _ = PROCS.insert(pid, 1, 0);
+}
+
+/// Stops tracking `(pid, fd)` and reports its final counts.
+#[inline(always)]
+pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow) {
+    let key = key(pid, fd);
+    // SAFETY: copied out at once; the entry is removed right after.
+    let Some(sock) = (unsafe { TRACKED.get(key) }).copied() else {
+        return;
+    };
+    // Removed before the event is sent: user space never sees a closed socket still in the map.
+    let _ = TRACKED.remove(key);
+    emit(&SocketEvent {
+        kind: EventKind::Close as u32,
+        pid,
+        tid,
+        fd,
+        ts_ns: now_ns(),
+        connect_ns: sock.connect_ns,
+        bytes_sent: sock.bytes_sent,
+        bytes_recv: sock.bytes_recv,
+        daddr: sock.daddr,
+        dport: sock.dport,
+        lport: sock.lport,
+        result: 0,
+        connect_tid: sock.tid,
+        proto: sock.proto,
+        flags: sock.flags,
+        arg: how as u32,
+        _pad1: 0,
+        comm: sock.comm,
+    });
+}
+
+/// An event about a whole process (exit, exec, close_range).
+#[inline(always)]
+pub fn process_event(kind: EventKind, pid: u32, tid: u32, first_fd: u32, arg: u32) -> SocketEvent {
+    SocketEvent {
+        kind: kind as u32,
+        pid,
+        tid,
+        fd: first_fd,
+        ts_ns: now_ns(),
+        connect_ns: 0,
+        bytes_sent: 0,
+        bytes_recv: 0,
+        daddr: 0,
+        dport: 0,
+        lport: 0,
+        result: 0,
+        connect_tid: 0,
+        proto: 0,
+        flags: 0,
+        arg,
+        _pad1: 0,
+        comm: comm(),
+    }
+}
+
+/// Sends one event to user space, counting it as lost when the ring buffer is full.
+#[inline(always)]
+pub fn emit(event: &SocketEvent) {
+    match EVENTS.reserve::<SocketEvent>(0) {
+        Some(mut slot) => {
+            slot.write(*event);
+            slot.submit(0);
+        }
+        None => bump(Counter::RingbufDrops),
+    }
+}
+
+/// `*counter += value`, atomically (BPF_ATOMIC BPF_ADD, "xadd").
+///
+/// Rust's `AtomicU64::fetch_add` is not available for the BPF targets, and the plain BPF
+/// atomic add (without BPF_FETCH) is what every kernel with BPF supports, so it is spelled out.
+///
+/// # Safety
+/// `counter` must be valid, 8-byte aligned, and point into map memory.
+#[inline(always)]
+pub unsafe fn atomic_add(counter: *mut u64, value: u64) {
+    // SAFETY: guaranteed by the caller; the instruction only touches `*counter`.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({ptr} + 0) += {value}",
+            ptr = in(reg) counter,
+            value = in(reg) value,
+            options(nostack),
+        );
+    }
+}
