@@ -103,9 +103,25 @@ fn mmsg_bytes(vector: u64, count: u64) -> u64 {
 }
 
 fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
+    let socket_key = key(pid, call.fd);
+    // Some programs call connect() again to learn whether a non-blocking connect completed
+    // (it then returns 0 once): the same socket, established, whose counters must not restart.
+    if ret == 0 {
+        if let Some(sock) = TRACKED.get_ptr_mut(socket_key) {
+            // SAFETY: a valid map value pointer; aligned fields, each read and stored whole.
+            unsafe {
+                if (*sock).daddr == call.daddr && (*sock).dport == call.dport {
+                    core::ptr::write_volatile(
+                        &raw mut (*sock).state,
+                        SocketState::Established as u32,
+                    );
+                    return;
+                }
+            }
+        }
+    }
     let now = now_ns();
     let comm = comm();
-    let socket_key = key(pid, call.fd);
     // SAFETY: copied out at once.
     let proto = unsafe { NEW_SOCKETS.get(socket_key) }.copied().unwrap_or(0);
     let state = match ret {

@@ -19,6 +19,7 @@ use tokio::{
 use crate::{
     cli::Args,
     clock::{monotonic_ns, WallClock},
+    dns::{self, HostNames, Resolver},
     events::{KernelEvent, KernelRecord, TrackedEntry},
     json::Record,
     logfile::Log,
@@ -27,10 +28,8 @@ use crate::{
     terminal::TerminalGuard,
     tracker::Tracker,
     ui,
+    view_state::{ViewAction, ViewState},
 };
-
-/// How often tracked sockets are checked against /proc.
-const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 /// Where socket events come from: the ring buffer, settled by the tracker against the maps.
 struct Source {
@@ -175,17 +174,20 @@ async fn run_json(
         time: now,
         probe: backend,
         pid: std::process::id(),
+        tracked_map_id: source.tables.tracked_map_id,
     }
     .write_line(&mut out)?;
     out.flush()?;
     if !args.no_existing {
-        let existing = source
-            .tracker
-            .adopt_existing(&mut source.tables, monotonic_ns());
+        let existing = source.tracker.adopt_existing(
+            &mut source.tables,
+            args.direction.mask(),
+            monotonic_ns(),
+        );
         write_events(&mut out, &existing, clock).context("writing to stdout")?;
     }
     let mut tick = every(args.interval());
-    let mut reconcile = every(RECONCILE_EVERY);
+    let mut reconcile = every(args.reconcile_interval());
     let mut reported_drops = 0;
     loop {
         let events = tokio::select! {
@@ -237,16 +239,30 @@ async fn run_dashboard(
     let mut terminal = TerminalGuard::enter()?;
     let mut keys = EventStream::new();
     let mut model = Model::new(backend);
+    // NO_COLOR (no-color.org): set and not empty means no colours.
+    let color = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    model.view = ViewState::new(args.view_options(color));
+    model.hosts = HostNames::new(!args.no_resolve);
+    if let Ok((width, height)) = crossterm::terminal::size() {
+        model.update(Action::View(ViewAction::Resize { width, height }));
+    }
+    // Reverse DNS on worker threads; their answers come back on this channel.
+    let (answer_tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let resolver = Resolver::start(dns::WORKERS, dns::system_lookup, move |answer| {
+        answer_tx.send(answer).is_ok()
+    })
+    .context("starting the name resolver threads")?;
     if !args.no_existing {
-        for event in source
-            .tracker
-            .adopt_existing(&mut source.tables, monotonic_ns())
+        for event in
+            source
+                .tracker
+                .adopt_existing(&mut source.tables, args.direction.mask(), monotonic_ns())
         {
             model.update(Action::Kernel(event));
         }
     }
     let mut tick = every(args.interval());
-    let mut reconcile = every(RECONCILE_EVERY);
+    let mut reconcile = every(args.reconcile_interval());
     loop {
         tokio::select! {
             batch = source.next_batch(log) => {
@@ -264,13 +280,23 @@ async fn run_dashboard(
             }
             _ = tick.tick() => {
                 model.update(Action::Snapshot { entries: source.snapshot(), now_ns: monotonic_ns() });
-                model.update(Action::Counters(source.tables.counters()));
+                let mut counters = source.tables.counters();
+                counters.repairs = source.tracker.repairs;
+                model.update(Action::Counters(counters));
+            }
+            Some(answer) = answers.recv() => {
+                // Names show at the next refresh.
+                model.update(Action::HostName(answer));
+                continue;
             }
             key = keys.next() => match key {
                 Some(Ok(TermEvent::Key(key))) => {
-                    if let Some(action) = ui::keys::action_for(key) {
+                    if let Some(action) = ui::keys::action_for(key, model.view.key_mode()) {
                         model.update(action);
                     }
+                }
+                Some(Ok(TermEvent::Resize(width, height))) => {
+                    model.update(Action::View(ViewAction::Resize { width, height }));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => return Err(error).context("reading the terminal"),
@@ -280,6 +306,11 @@ async fn run_dashboard(
         }
         if model.quit {
             break;
+        }
+        for addr in model.hosts.take_requests() {
+            if let Err(busy) = resolver.request(addr) {
+                model.update(Action::HostName(busy));
+            }
         }
         terminal.draw(|frame| ui::view(&model, clock, frame))?;
     }

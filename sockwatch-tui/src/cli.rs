@@ -75,14 +75,68 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
     pub max_sockets: u32,
 
+    /// How often tracked sockets are checked against /proc, in milliseconds (for tests).
+    #[arg(long, value_name = "MS", default_value_t = 5000, hide = true,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub reconcile_ms: u64,
+
     /// Size of the kernel-to-user event ring buffer, in KiB (a power of two).
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
+
+    /// Dashboard: show only these processes (repeat or comma-separate for several).
+    #[arg(
+        long,
+        value_name = "PID",
+        value_delimiter = ',',
+        conflicts_with = "json"
+    )]
+    pub pid: Vec<u32>,
+
+    /// Dashboard: show only processes whose name contains NAME (repeatable).
+    #[arg(long, value_name = "NAME", conflicts_with = "json")]
+    pub comm: Vec<String>,
+
+    /// Dashboard: show only sockets with this remote or local port (repeatable).
+    #[arg(
+        long,
+        value_name = "PORT",
+        value_delimiter = ',',
+        conflicts_with = "json"
+    )]
+    pub port: Vec<u16>,
+
+    /// Dashboard: do not look up host names of destinations (the `n` key turns them on).
+    #[arg(long)]
+    pub no_resolve: bool,
+
+    /// Dashboard: keep closed sockets listed, dimmed, for SECS (the `c` key toggles, 5 s).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub linger: Option<Duration>,
 }
 
 impl Args {
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval)
+    }
+
+    pub fn reconcile_interval(&self) -> Duration {
+        Duration::from_millis(self.reconcile_ms)
+    }
+
+    /// The dashboard's starting view: `--pid`/`--comm`/`--port` scope and `--linger`.
+    pub fn view_options(&self, color: bool) -> crate::view_state::ViewOptions {
+        crate::view_state::ViewOptions {
+            scope: crate::view_state::filter::Scope {
+                pids: self.pid.clone(),
+                comms: self.comm.clone(),
+                ports: self.port.clone(),
+            },
+            linger_ns: self
+                .linger
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            color,
+        }
     }
 }
 
@@ -137,5 +191,35 @@ mod tests {
         assert_eq!(args.interval(), Duration::from_secs(1));
         assert!(Args::try_parse_from(["sockwatch-tui", "--probe", "fentry"]).is_err());
         assert!(Args::try_parse_from(["sockwatch-tui", "--interval", "5"]).is_err());
+    }
+
+    #[test]
+    fn dashboard_scope_flags() {
+        let args = Args::try_parse_from([
+            "sockwatch-tui",
+            "--pid",
+            "42,43",
+            "--port",
+            "443",
+            "--comm",
+            "curl",
+            "--linger",
+            "2.5",
+        ])
+        .expect("valid");
+        let options = args.view_options(false);
+        assert_eq!(options.scope.pids, [42, 43]);
+        assert_eq!(options.scope.ports, [443]);
+        assert_eq!(options.scope.comms, ["curl"]);
+        assert_eq!(options.linger_ns, Some(2_500_000_000));
+        for bad in [
+            &["--pid", "abc"][..],
+            &["--port", "70000"],
+            &["--linger", "-1"],
+            &["--json", "--pid", "1"],
+        ] {
+            let argv = std::iter::once("sockwatch-tui").chain(bad.iter().copied());
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 }

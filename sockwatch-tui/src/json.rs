@@ -43,7 +43,13 @@ impl<'a> SocketFields<'a> {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Record<'a> {
     /// The probes are attached: everything after this line is seen.
-    Start { time: f64, probe: &'a str, pid: u32 },
+    Start {
+        time: f64,
+        probe: &'a str,
+        pid: u32,
+        /// The kernel's id of the map of tracked sockets, for `bpftool map dump id N`.
+        tracked_map_id: u32,
+    },
     /// An outbound `connect()` returned (`result`: ok, in_progress, or an errno name).
     Connect {
         time: f64,
@@ -271,7 +277,8 @@ mod tests {
             line(&Record::Start {
                 time: 0.0,
                 probe: "kprobe",
-                pid: 1
+                pid: 1,
+                tracked_map_id: 9,
             })["probe"],
             "kprobe"
         );

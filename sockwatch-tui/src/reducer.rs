@@ -12,6 +12,11 @@ use crate::events::{
     CloseCause, CloseEvent, ConnectEvent, ConnectResult, Direction, Endpoint, KernelEvent,
     TrackedEntry,
 };
+use crate::{
+    dns::{Answer, HostNames},
+    rates::Rates,
+    view_state::{self, ViewAction, ViewState},
+};
 
 /// How many closes the log pane keeps.
 pub const CLOSE_LOG_CAPACITY: usize = 1000;
@@ -65,6 +70,8 @@ pub struct KernelCounters {
     pub ringbuf_drops: u64,
     pub tracked_full: u64,
     pub inflight_full: u64,
+    /// Sockets user space removed after finding them gone in /proc (missed events).
+    pub repairs: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,14 +86,6 @@ pub struct Totals {
     pub closes: u64,
 }
 
-/// Which pane has the keyboard.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Focus {
-    #[default]
-    Table,
-    CloseLog,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Kernel(KernelEvent),
@@ -96,9 +95,10 @@ pub enum Action {
         now_ns: u64,
     },
     Counters(KernelCounters),
-    Up,
-    Down,
-    SwitchPane,
+    /// A key's effect on what is shown (sort, filter, selection, ...): see `view_state`.
+    View(ViewAction),
+    /// A reverse DNS answer.
+    HostName(Answer),
     Quit,
 }
 
@@ -112,11 +112,12 @@ pub struct Model {
     pub now_ns: u64,
     /// The probe backend in use, for the status line.
     pub backend: String,
-    pub focus: Focus,
-    /// Index of the selected row in [`Model::rows`].
-    pub selected: usize,
-    /// How many lines the close log is scrolled back from its newest entry.
-    pub close_scroll: usize,
+    /// What the user chose to see; changed only by [`Action::View`].
+    pub view: ViewState,
+    /// Per-socket and overall rates, from consecutive snapshots.
+    pub rates: Rates,
+    /// Names of destination addresses.
+    pub hosts: HostNames,
     pub quit: bool,
 }
 
@@ -142,16 +143,15 @@ impl Model {
         match action {
             Action::Kernel(KernelEvent::Connect(event)) => self.on_connect(event),
             Action::Kernel(KernelEvent::Close(event)) => self.on_close(event),
-            Action::Snapshot { entries, now_ns } => self.on_snapshot(entries, now_ns),
-            Action::Counters(counters) => self.counters = counters,
-            Action::Up => self.move_selection(-1),
-            Action::Down => self.move_selection(1),
-            Action::SwitchPane => {
-                self.focus = match self.focus {
-                    Focus::Table => Focus::CloseLog,
-                    Focus::CloseLog => Focus::Table,
-                }
+            Action::Snapshot { entries, now_ns } => {
+                self.on_snapshot(entries, now_ns);
+                self.rates
+                    .observe(self.rows.values(), &self.totals, self.now_ns);
+                view_state::refresh(self);
             }
+            Action::Counters(counters) => self.counters = counters,
+            Action::View(action) => view_state::apply(self, action),
+            Action::HostName(answer) => self.hosts.answer(answer, self.now_ns),
             Action::Quit => self.quit = true,
         }
     }
@@ -192,7 +192,6 @@ impl Model {
                 );
             }
         }
-        self.clamp_selection();
     }
 
     fn on_close(&mut self, event: CloseEvent) {
@@ -212,7 +211,6 @@ impl Model {
             bytes_recv: event.bytes_recv,
             reason: CloseReason::Closed(event.cause),
         });
-        self.clamp_selection();
     }
 
     fn on_snapshot(&mut self, entries: Vec<TrackedEntry>, now_ns: u64) {
@@ -272,7 +270,6 @@ impl Model {
                 });
             }
         }
-        self.clamp_selection();
     }
 
     fn log_close(&mut self, closed: ClosedRow) {
@@ -280,24 +277,6 @@ impl Model {
             self.closes.pop_front();
         }
         self.closes.push_back(closed);
-    }
-
-    fn move_selection(&mut self, delta: isize) {
-        match self.focus {
-            Focus::Table => {
-                self.selected = self.selected.saturating_add_signed(delta);
-                self.clamp_selection();
-            }
-            // Up scrolls back in time (towards older closes), down towards the newest.
-            Focus::CloseLog => {
-                let max = self.closes.len().saturating_sub(1);
-                self.close_scroll = self.close_scroll.saturating_add_signed(-delta).min(max);
-            }
-        }
-    }
-
-    fn clamp_selection(&mut self) {
-        self.selected = self.selected.min(self.rows.len().saturating_sub(1));
     }
 }
 
@@ -456,23 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn selection_stays_in_range() {
-        let mut model = Model::new("tracepoint");
-        model.update(Action::Down);
-        assert_eq!(model.selected, 0);
-        model.update(connect(10, 3, 100, ConnectResult::Ok));
-        model.update(connect(10, 4, 100, ConnectResult::Ok));
-        model.update(Action::Down);
-        model.update(Action::Down);
-        assert_eq!(model.selected, 1);
-        model.update(close(10, 4, 100, 200, 0));
-        assert_eq!(model.selected, 0);
-        model.update(Action::Up);
-        assert_eq!(model.selected, 0);
-    }
-
-    #[test]
-    fn close_log_is_bounded_and_scrolls() {
+    fn close_log_is_bounded() {
         let mut model = Model::new("tracepoint");
         for i in 0..(CLOSE_LOG_CAPACITY as u64 + 5) {
             model.update(close(10, 3, i, i + 1, i));
@@ -482,11 +445,5 @@ mod tests {
             model.closes().next().map(|c| c.bytes_sent),
             Some(CLOSE_LOG_CAPACITY as u64 + 4)
         );
-        model.update(Action::SwitchPane);
-        model.update(Action::Up);
-        assert_eq!(model.close_scroll, 1);
-        model.update(Action::Down);
-        model.update(Action::Down);
-        assert_eq!(model.close_scroll, 0);
     }
 }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use sockwatch_common::{
-    flags, SocketKey, SocketState, TrackedSocket, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP,
+    directions, flags, SocketKey, SocketState, TrackedSocket, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -45,6 +45,10 @@ pub struct Tracker {
     known: HashMap<SocketKey, Known>,
     /// Local port of listening sockets, by (pid, fd, inode), so accepts cost no table scan.
     listener_ports: HashMap<(u32, u32, u64), u16>,
+    /// Sockets an exec closed whose map entry a `close()` of the same fd number in the new
+    /// program reached first (the dynamic loader reuses low fds at once): that close record is
+    /// reported as the exec's.
+    exec_closed: HashSet<(SocketKey, u64)>,
     /// Sockets removed by reconciliation: each one an event the probes missed.
     pub repairs: u64,
 }
@@ -73,6 +77,12 @@ impl Tracker {
                         enrich(&mut event.socket, &known);
                     }
                 }
+                if self
+                    .exec_closed
+                    .remove(&(event.socket.key, event.connect_ns))
+                {
+                    event.cause = CloseCause::Exec;
+                }
                 vec![KernelEvent::Close(event)]
             }
             KernelRecord::ProcessExit { pid, ts_ns } => {
@@ -83,16 +93,7 @@ impl Tracker {
                     .collect();
                 self.settle(tables, keys, CloseCause::Exit, pid, ts_ns)
             }
-            KernelRecord::Exec { pid, ts_ns } => {
-                // Only the close-on-exec fds are gone: check each against /proc.
-                let gone = tables
-                    .entries_of(pid)
-                    .into_iter()
-                    .filter(|entry| entry.connect_ns < ts_ns && !self.still_open(entry))
-                    .map(|entry| entry.socket.key)
-                    .collect();
-                self.settle(tables, gone, CloseCause::Exec, pid, ts_ns)
-            }
+            KernelRecord::Exec { pid, ts_ns } => self.exec(pid, ts_ns, tables),
             KernelRecord::CloseRange {
                 pid,
                 first,
@@ -109,6 +110,34 @@ impl Tracker {
                 self.settle(tables, gone, CloseCause::CloseRange, pid, ts_ns)
             }
         }
+    }
+
+    /// A successful exec closed the process's close-on-exec fds, without any close() call:
+    /// each socket whose fd no longer holds it is settled as closed by the exec.
+    fn exec(&mut self, pid: u32, ts_ns: u64, tables: &mut KernelTables) -> Vec<KernelEvent> {
+        let in_map = tables.entries_of(pid);
+        let gone: Vec<SocketKey> = in_map
+            .iter()
+            .filter(|entry| entry.connect_ns < ts_ns && !self.still_open(entry))
+            .map(|entry| entry.socket.key)
+            .collect();
+        // Known sockets already gone from the map: their entry was hit by a close() of the same
+        // fd number after the exec, whose record is still to come.
+        let in_map: HashSet<SocketKey> = in_map.iter().map(|e| e.socket.key).collect();
+        let hit: Vec<(SocketKey, u64)> = self
+            .known
+            .iter()
+            .filter(|(key, known)| {
+                key.pid == pid && !in_map.contains(key) && known.connect_ns < ts_ns
+            })
+            .filter(|(key, known)| {
+                let now = procfs::socket_inode(key.pid, key.fd).ok().flatten();
+                now.is_none() || now != known.inode
+            })
+            .map(|(key, known)| (*key, known.connect_ns))
+            .collect();
+        self.exec_closed.extend(hit);
+        self.settle(tables, gone, CloseCause::Exec, pid, ts_ns)
     }
 
     /// Adds what user space knows (local ports, peers found in /proc) to a map entry.
@@ -158,8 +187,13 @@ impl Tracker {
     }
 
     /// Finds IPv4 sockets that were open before we started, hands them to the kernel map, and
-    /// reports them as `existing`.
-    pub fn adopt_existing(&mut self, tables: &mut KernelTables, now_ns: u64) -> Vec<KernelEvent> {
+    /// reports them as `existing`; `mask` is the `--direction` mask.
+    pub fn adopt_existing(
+        &mut self,
+        tables: &mut KernelTables,
+        mask: u32,
+        now_ns: u64,
+    ) -> Vec<KernelEvent> {
         let inet = procfs::inet_sockets();
         let listening: HashSet<u16> = inet
             .values()
@@ -177,6 +211,14 @@ impl Tracker {
             }
             let comm = procfs::comm(pid).unwrap_or_default();
             let inbound = socket.proto == Proto::Tcp && listening.contains(&socket.local.port());
+            let direction = if inbound {
+                directions::INBOUND
+            } else {
+                directions::OUTBOUND
+            };
+            if mask & direction == 0 {
+                continue;
+            }
             let value = TrackedSocket {
                 bytes_sent: 0,
                 bytes_recv: 0,

@@ -15,7 +15,10 @@ fn dashboard_shows_a_live_connection_logs_its_close_and_quits_cleanly() {
     tmux.wait_for("shell prompt", SCREEN_TIMEOUT, |s| s.contains("e2e$"));
     let state_file = format!("/tmp/sockwatch-e2e-{}", std::process::id());
     tmux.type_line(&format!("stty -g > {state_file}.before; clear"));
-    tmux.type_line(&format!("{BIN} --interval 200"));
+    // No names: the destination stays `127.0.0.1:port`, and no lookup leaves the machine.
+    // Only this test's sockets (other tests may run at the same time and fill the close log).
+    let pid = std::process::id().to_string();
+    tmux.type_line(&format!("{BIN} --interval 200 --no-resolve --pid {pid}"));
     tmux.wait_for("the dashboard", SCREEN_TIMEOUT, |s| {
         s.contains("Open IPv4 sockets")
     });
@@ -24,12 +27,11 @@ fn dashboard_shows_a_live_connection_logs_its_close_and_quits_cleanly() {
     let fd = net::connected(server.port);
     net::sendto_all(fd, 1536);
     let destination = format!("127.0.0.1:{}", server.port);
-    let pid = std::process::id().to_string();
     let screen = tmux.wait_for("the live connection's row", SCREEN_TIMEOUT, |s| {
         s.lines().any(|line| {
             line.contains(&destination)
                 && line.contains(&pid)
-                && line.contains("ESTABLISHED")
+                && line.contains("ESTAB")
                 && line.contains("1.5 KiB")
         })
     });
@@ -57,7 +59,8 @@ fn sigterm_restores_the_terminal() {
     tmux.wait_for("shell prompt", SCREEN_TIMEOUT, |s| s.contains("e2e$"));
     let state_file = format!("/tmp/sockwatch-e2e-term-{}", std::process::id());
     tmux.type_line(&format!("stty -g > {state_file}.before; clear"));
-    tmux.type_line(&format!("{BIN} --interval 200"));
+    // No reverse DNS: the machine's other sockets are never looked up from a test.
+    tmux.type_line(&format!("{BIN} --interval 200 --no-resolve"));
     tmux.wait_for("the dashboard", SCREEN_TIMEOUT, |s| {
         s.contains("Open IPv4 sockets")
     });
@@ -94,4 +97,108 @@ fn assert_terminal_restored(tmux: &Tmux, state_file: &str) {
     });
     let _ = std::fs::remove_file(format!("{state_file}.before"));
     let _ = std::fs::remove_file(format!("{state_file}.after"));
+}
+
+/// The row of the socket to `127.0.0.1:port`: its line number on screen.
+fn row_of(screen: &str, port: u16) -> Option<usize> {
+    let destination = format!(" 127.0.0.1:{port} ");
+    let table = screen.split("Closed (").next().unwrap_or_default();
+    table.lines().position(|line| line.contains(&destination))
+}
+
+#[test]
+fn keys_sort_filter_open_details_help_pause_and_quit() {
+    support::assert_root();
+    let tmux = Tmux::start("keys", 120, 36);
+    tmux.wait_for("shell prompt", SCREEN_TIMEOUT, |s| s.contains("e2e$"));
+    let state_file = format!("/tmp/sockwatch-e2e-keys-{}", std::process::id());
+    tmux.type_line(&format!("stty -g > {state_file}.before; clear"));
+    let pid = std::process::id();
+    // --pid: only this test's sockets, from the start.
+    tmux.type_line(&format!("{BIN} --interval 200 --no-resolve --pid {pid}"));
+    tmux.wait_for("the dashboard, scoped", SCREEN_TIMEOUT, |s| {
+        s.contains("Open IPv4 sockets") && s.contains(&format!("only pid {pid}"))
+    });
+
+    let big = net::CountingServer::start();
+    let small = net::CountingServer::start();
+    let big_fd = net::connected(big.port);
+    net::sendto_all(big_fd, 3072);
+    let small_fd = net::connected(small.port);
+    net::sendto_all(small_fd, 1024);
+    tmux.wait_for("both rows with their byte counts", SCREEN_TIMEOUT, |s| {
+        let table = s.split("Closed (").next().unwrap_or_default();
+        table
+            .lines()
+            .any(|l| l.contains(&format!("127.0.0.1:{} ", big.port)) && l.contains("3.0 KiB"))
+            && table
+                .lines()
+                .any(|l| l.contains(&format!("127.0.0.1:{} ", small.port)) && l.contains("1.0 KiB"))
+    });
+
+    // Sort: from SEND/s two columns left is SENT, largest first; `r` flips it.
+    tmux.press("<");
+    tmux.press("<");
+    tmux.wait_for("sorted by SENT, largest first", SCREEN_TIMEOUT, |s| {
+        s.contains("SENT▼")
+            && matches!((row_of(s, big.port), row_of(s, small.port)), (Some(b), Some(m)) if b < m)
+    });
+    tmux.press("r");
+    tmux.wait_for("sorted by SENT, smallest first", SCREEN_TIMEOUT, |s| {
+        s.contains("SENT▲")
+            && matches!((row_of(s, big.port), row_of(s, small.port)), (Some(b), Some(m)) if m < b)
+    });
+
+    // Filter by the small server's port: the other socket leaves the table.
+    tmux.press("/");
+    tmux.type_line(&small.port.to_string());
+    tmux.wait_for("only the filtered port", SCREEN_TIMEOUT, |s| {
+        s.contains(&format!("filter: {}", small.port))
+            && s.contains("filtered)")
+            && row_of(s, small.port).is_some()
+            && row_of(s, big.port).is_none()
+    });
+
+    // Details: the last row, sorted smallest first, is the socket that sent (the server's
+    // accepted end, when inbound sockets are tracked, sent nothing).
+    tmux.press("End");
+    tmux.press("Enter");
+    let details = tmux.wait_for("the details view", SCREEN_TIMEOUT, |s| {
+        s.contains(&format!("Socket {pid}/{small_fd}"))
+            && s.contains(&format!("127.0.0.1:{}", small.port))
+            && s.contains("1.0 KiB  (1024 bytes)")
+            && s.contains("sent per second")
+    });
+    assert!(details.contains("names are off"), "{details}");
+    tmux.press("Escape");
+    tmux.wait_for("back to the table", SCREEN_TIMEOUT, |s| {
+        s.contains("Open IPv4 sockets") && row_of(s, small.port).is_some()
+    });
+
+    // Help lists the keys; Esc closes it.
+    tmux.press("?");
+    tmux.wait_for("the help overlay", SCREEN_TIMEOUT, |s| {
+        s.contains(" Keys ") && s.contains("reverse the sort order")
+    });
+    tmux.press("Escape");
+    tmux.wait_for("the help closed", SCREEN_TIMEOUT, |s| !s.contains(" Keys "));
+
+    // Pause and resume.
+    tmux.press("Space");
+    tmux.wait_for("paused", SCREEN_TIMEOUT, |s| s.contains("PAUSED"));
+    tmux.press("Space");
+    tmux.wait_for("running again", SCREEN_TIMEOUT, |s| !s.contains("PAUSED"));
+
+    // Esc clears the filter: both rows again.
+    tmux.press("Escape");
+    tmux.wait_for("the filter cleared", SCREEN_TIMEOUT, |s| {
+        row_of(s, small.port).is_some() && row_of(s, big.port).is_some()
+    });
+
+    net::close(big_fd);
+    net::close(small_fd);
+    assert_eq!(big.next_total(), 3072);
+    assert_eq!(small.next_total(), 1024);
+    tmux.press("q");
+    assert_terminal_restored(&tmux, &state_file);
 }

@@ -6,6 +6,7 @@ mod lint;
 mod setup;
 mod steps;
 mod test;
+mod vm;
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -38,8 +39,11 @@ enum Task {
     },
     /// Check formatting and run clippy with warnings as errors.
     Lint,
-    /// Setup, lint and all tests; needs root. This is what CI runs.
+    /// Setup, lint and all tests, `vm-test` included; needs root. This is what CI runs.
     Test,
+    /// Boot Debian bookworm's kernel in QEMU and run the real-kernel tests there with each
+    /// probe backend (kprobe, tracepoint) and `--probe auto`.
+    VmTest,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Task::Run { debug, args } => binary::run(debug, &args),
         Task::Lint => lint::run().map(|()| ExitCode::SUCCESS),
         Task::Test => test::run().map(|()| ExitCode::SUCCESS),
+        Task::VmTest => vm::task().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         // `{:#}` keeps the whole context chain on one line.

@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use crate::cmd::{self, say, warn};
 
 /// Debian's rustc 1.96 with a precompiled `core` for bpfel-unknown-none (rustup's toolchains
-/// have no rust-src, so no build-std), LLVM 22 for bpf-linker, and the tools the tests drive.
+/// have no rust-src, so no build-std), LLVM 22 for bpf-linker, and the tools the tests drive
+/// (on the host, and in the VM of `cargo xtask vm-test`).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -18,6 +19,12 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
     "util-linux",
+    // The reconciliation test edits the kernel map as a missed event would leave it.
+    "bpftool",
+    // `cargo xtask vm-test`: Debian's kernel under QEMU, an initramfs of busybox.
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
 ];
 /// Newer bpf-linker releases need a newer LLVM than Debian's rustc uses.
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -8,7 +8,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, lint, setup, steps::Steps};
+use crate::{
+    cmd, lint, setup,
+    steps::Steps,
+    vm::{self, table},
+};
 
 /// Test counts over every test binary of the run, for the closing tally line.
 static PASSED: AtomicU64 = AtomicU64::new(0);
@@ -23,7 +27,20 @@ pub fn run() -> Result<()> {
     // stop the next, so one run reports both lint and test failures.
     if steps.run("setup", setup::run) {
         steps.run("lint", lint::run);
-        steps.run("cargo test", cargo_test);
+        let host_ok = steps.run("cargo test", cargo_test);
+        if let Err(e) = table::update(
+            &cmd::workspace_root().join("README.md"),
+            &table::host_rows(host_ok),
+        ) {
+            cmd::warn(format!("kernel-support table not updated: {e:#}"));
+        }
+        // The kprobe backend cannot run on the host's kernel: it is proven in the VM.
+        steps.run("vm-test", || {
+            vm::run(|passed, failed| {
+                PASSED.fetch_add(passed, Ordering::Relaxed);
+                FAILED.fetch_add(failed, Ordering::Relaxed);
+            })
+        });
     }
     let result = steps.finish();
     // The closing line CI reads: every test counted, whichever binary ran it.
@@ -64,7 +81,7 @@ fn cargo_test() -> Result<()> {
 }
 
 /// `test result: ok. 7 passed; 1 failed; ...` → (7, 1).
-fn parse_result_line(line: &str) -> Option<(u64, u64)> {
+pub fn parse_result_line(line: &str) -> Option<(u64, u64)> {
     let (_verdict, counts) = line.strip_prefix("test result: ")?.split_once(". ")?;
     let (mut passed, mut failed) = (None, None);
     for part in counts.split(';') {

@@ -135,6 +135,8 @@ impl Probes {
 
 /// The maps user space reads besides the ring buffer.
 pub struct KernelTables {
+    /// The kernel's id of the `TRACKED` map (for `bpftool map dump id N`).
+    pub tracked_map_id: u32,
     tracked: HashMap<MapData, SocketKey, TrackedSocket>,
     procs: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
@@ -205,6 +207,8 @@ impl KernelTables {
             ringbuf_drops: sum(Counter::RingbufDrops),
             tracked_full: sum(Counter::TrackedFull),
             inflight_full: sum(Counter::InflightFull),
+            // Counted by user space (the tracker), not the kernel.
+            repairs: 0,
         }
     }
 }
@@ -262,8 +266,13 @@ pub fn attach(
         "sched_process_exit",
     )?;
 
+    let tracked_map_id = match ebpf.map(maps::TRACKED) {
+        Some(aya::maps::Map::HashMap(data)) => data.info().map(|info| info.id()).unwrap_or(0),
+        _ => 0,
+    };
     let events = take_map(&mut ebpf, maps::EVENTS)?;
     let tables = KernelTables {
+        tracked_map_id,
         tracked: take_map(&mut ebpf, maps::TRACKED)?,
         procs: take_map(&mut ebpf, maps::PROCS)?,
         counters: take_map(&mut ebpf, maps::COUNTERS)?,

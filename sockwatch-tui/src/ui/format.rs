@@ -15,6 +15,53 @@ pub fn bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Bytes per second, compact enough for a 10-cell column: `0 B/s`, `512 B/s`, `1.5 KiB/s`,
+/// `250 MiB/s` (no decimals from 100 up).
+pub fn rate(per_sec: u64) -> String {
+    const UNITS: [&str; 6] = ["B/s", "KiB/s", "MiB/s", "GiB/s", "TiB/s", "PiB/s"];
+    let mut value = per_sec as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value >= 99.95 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Events per second in the header: `0`, `0.5`, `12`, `3400`.
+pub fn per_second(value: f64) -> String {
+    if !value.is_finite() || value <= 0.0 {
+        "0".to_owned()
+    } else if value < 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+/// Text cut to `width` characters, with `…` where it was cut; `keep_end` cuts the front (so
+/// `…ample.com:443` keeps its port).
+pub fn fit(text: &str, width: usize, keep_end: bool) -> String {
+    let count = text.chars().count();
+    if count <= width {
+        return text.to_owned();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    if keep_end {
+        let tail: String = text.chars().skip(count - (width - 1)).collect();
+        format!("…{tail}")
+    } else {
+        let head: String = text.chars().take(width - 1).collect();
+        format!("{head}…")
+    }
+}
+
 /// A duration the way top shows ages: `850ms`, `42s`, `3m07s`, `2h05m`, `3d04h`.
 pub fn age(ns: u64) -> String {
     let secs = ns / 1_000_000_000;
@@ -38,6 +85,31 @@ mod tests {
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(12 * 1024 * 1024), "12.0 MiB");
         assert_eq!(bytes(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn rates_fit_ten_cells() {
+        assert_eq!(rate(0), "0 B/s");
+        assert_eq!(rate(1023), "1023 B/s");
+        assert_eq!(rate(1536), "1.5 KiB/s");
+        assert_eq!(rate(1023 * 1024), "1023 KiB/s");
+        assert_eq!(rate(250 * 1024 * 1024), "250 MiB/s");
+        assert_eq!(rate(1 << 50), "1.0 PiB/s");
+        for n in [1u64, 999, 1000, 102_348, 1_048_575, 104_857_500] {
+            assert!(rate(n).chars().count() <= 10, "{}", rate(n));
+        }
+    }
+
+    #[test]
+    fn text_is_cut_with_an_ellipsis() {
+        assert_eq!(fit("localhost:8080", 20, true), "localhost:8080");
+        assert_eq!(fit("very.long.example.com:443", 10, true), "…e.com:443");
+        assert_eq!(fit("python3-worker", 8, false), "python3…");
+        assert_eq!(fit("abc", 0, false), "");
+        assert_eq!(per_second(0.0), "0");
+        assert_eq!(per_second(2.5), "2.5");
+        assert_eq!(per_second(f64::NAN), "0");
+        assert_eq!(per_second(1234.4), "1234");
     }
 
     #[test]

@@ -5,13 +5,17 @@
 //! loudly when either is missing, so a CI run cannot pass without exercising the kernel side.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod io;
 pub mod net;
 pub mod tmux;
 
 use std::{
     io::{BufRead, BufReader, Read},
     process::{Child, Command, Stdio},
-    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    sync::{
+        mpsc::{self, Receiver, RecvTimeoutError},
+        Mutex, MutexGuard, PoisonError,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -35,8 +39,14 @@ pub fn assert_root() {
     );
 }
 
+/// Kernel tests of one binary run one at a time: every sockwatch sees every socket of the test
+/// process, so a test running beside another could take that one's record (same pid, a reused
+/// fd number) for its own.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// A running `sockwatch-tui --json`, killed when dropped.
 pub struct Sockwatch {
+    _turn: MutexGuard<'static, ()>,
     child: Child,
     records: Receiver<Value>,
     stderr: Receiver<String>,
@@ -49,6 +59,8 @@ impl Sockwatch {
     /// Starts it with `--json` plus `extra` arguments and waits for its `start` record.
     pub fn start(extra: &[&str]) -> Self {
         assert_root();
+        // A test that failed while holding the lock poisons it; the next one may still run.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         let mut command = Command::new(BIN);
         command.arg("--json").args(extra);
         // The same tests run against each backend (e.g. `--probe kprobe` in a VM).
@@ -82,6 +94,7 @@ impl Sockwatch {
             let _ = etx.send(text);
         });
         let mut sockwatch = Self {
+            _turn: turn,
             child,
             records,
             stderr,
@@ -139,6 +152,26 @@ impl Sockwatch {
         self.seen.iter().filter(|r| pred(r)).cloned().collect()
     }
 
+    /// Stops it (SIGTERM) and returns every record not yet consumed, through the final `end`.
+    pub fn stop(&mut self) -> Vec<Value> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.records.recv_timeout(left) {
+                Ok(record) => {
+                    let end = record["event"] == "end";
+                    self.seen.push(record);
+                    if end {
+                        return std::mem::take(&mut self.seen);
+                    }
+                }
+                Err(_) => panic!("no `end` record after SIGTERM; got {:#?}", self.seen),
+            }
+        }
+    }
+
     /// Waits for the process to end by itself and returns its exit status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -172,8 +205,17 @@ impl Drop for Sockwatch {
 }
 
 /// A matcher for records of `event` from process `pid` on file descriptor `fd`.
+/// A matcher for records of `event` about the outbound socket `fd` of process `pid`.
+///
+/// Direction matters: the test's own servers run in the same process, and their accepted
+/// (inbound) sockets reuse the same fd numbers.
 pub fn record_of(event: &'static str, pid: u32, fd: i32) -> impl Fn(&Value) -> bool {
-    move |r| r["event"] == event && r["pid"] == pid && r["fd"] == fd
+    move |r| r["event"] == event && r["pid"] == pid && r["fd"] == fd && r["direction"] == "out"
+}
+
+/// Like [`record_of`], for an inbound (accepted) socket.
+pub fn inbound_of(event: &'static str, pid: u32, fd: i32) -> impl Fn(&Value) -> bool {
+    move |r| r["event"] == event && r["pid"] == pid && r["fd"] == fd && r["direction"] == "in"
 }
 
 pub fn gettid() -> u32 {

@@ -19,6 +19,12 @@ pub struct CountingServer {
 
 impl CountingServer {
     pub fn start() -> Self {
+        Self::with_greeting(0)
+    }
+
+    /// Like `start`, but first sends `greeting` bytes to each client.
+    pub fn with_greeting(greeting: usize) -> Self {
+        use std::io::Write;
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback server");
         let port = listener.local_addr().expect("local addr").port();
         let (tx, received) = mpsc::channel();
@@ -27,6 +33,9 @@ impl CountingServer {
                 let Ok(mut stream) = stream else { break };
                 let tx = tx.clone();
                 thread::spawn(move || {
+                    if greeting > 0 && stream.write_all(&vec![b'g'; greeting]).is_err() {
+                        return;
+                    }
                     let mut buf = [0u8; 65536];
                     let mut total = 0u64;
                     while let Ok(n) = stream.read(&mut buf) {
@@ -69,8 +78,16 @@ fn sockaddr(port: u16) -> libc::sockaddr_in {
 }
 
 pub fn tcp_socket(flags: i32) -> RawFd {
+    // Close-on-exec: the processes tests spawn (sockwatch itself, curl, ss) must not inherit
+    // our sockets, or closing them here would not end the connection.
     // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | flags, 0) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
+            0,
+        )
+    };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
     fd
 }
@@ -78,8 +95,9 @@ pub fn tcp_socket(flags: i32) -> RawFd {
 /// A new TCP socket at fd number `fd`, which must be free (moved there with `dup2`).
 pub fn socket_at(fd: RawFd) -> RawFd {
     let temporary = tcp_socket(0);
-    // SAFETY: dup2 onto a number this test owns; the temporary fd is closed right after.
-    let moved = unsafe { libc::dup2(temporary, fd) };
+    // SAFETY: dup3 onto a number this test owns (close-on-exec, as tcp_socket); the temporary
+    // fd is closed right after.
+    let moved = unsafe { libc::dup3(temporary, fd, libc::O_CLOEXEC) };
     assert_eq!(moved, fd, "dup2: {}", std::io::Error::last_os_error());
     close(temporary);
     fd
@@ -149,7 +167,11 @@ pub fn wait_writable(fd: RawFd) {
     assert_eq!(rc, 1, "connect did not complete");
 }
 
-/// The kernel's own `bytes_sent` for the connection from local port `sport`, from `ss -tin`.
+/// The kernel's own count of data bytes sent on the connection from local port `sport`, from
+/// `ss -tin` (tcp_info): `bytes_sent` less `bytes_retrans`, since tcp_info's `bytes_sent`
+/// counts retransmitted bytes again. Loopback does retransmit where timers fire late: on the
+/// emulated CPUs of `cargo xtask vm-test` a spurious retransmission (a tail loss probe, seen
+/// as `dsack_dups:1`) adds the last segment to `bytes_sent` and `bytes_retrans` alike.
 pub fn ss_bytes_sent(sport: u16) -> Option<u64> {
     let out = std::process::Command::new("ss")
         .args([
@@ -162,9 +184,41 @@ pub fn ss_bytes_sent(sport: u16) -> Option<u64> {
         .output()
         .expect("running ss (iproute2)");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .find_map(|field| field.strip_prefix("bytes_sent:"))
-        .and_then(|n| n.parse().ok())
+    let field = |name: &str| -> Option<u64> {
+        text.split_whitespace()
+            .find_map(|field| field.strip_prefix(name))
+            .and_then(|n| n.parse().ok())
+    };
+    // `bytes_retrans` is only printed when non-zero.
+    field("bytes_sent:")?.checked_sub(field("bytes_retrans:").unwrap_or(0))
+}
+
+/// The kernel's own `(data bytes sent, bytes received)` for the connection from local port
+/// `sport`, from `ss -tin` (tcp_info), retransmissions not counted twice (see `ss_bytes_sent`).
+/// A counter ss does not print (it omits zeros) counts as 0.
+pub fn ss_counters(sport: u16) -> Option<(u64, u64)> {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tinH",
+            "state",
+            "established",
+            "src",
+            &format!("127.0.0.1:{sport}"),
+        ])
+        .output()
+        .expect("running ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return None;
+    }
+    let field = |name: &str| -> u64 {
+        text.split_whitespace()
+            .find_map(|field| field.strip_prefix(name))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let sent = field("bytes_sent:").saturating_sub(field("bytes_retrans:"));
+    Some((sent, field("bytes_received:")))
 }
 
 /// The local port of a socket.
@@ -228,4 +282,112 @@ impl HttpServer {
             .recv_timeout(Duration::from_secs(10))
             .expect("the client's request was received")
     }
+}
+
+/// A listening TCP socket on 127.0.0.1 (raw fd) and its port.
+pub fn raw_listener() -> (RawFd, u16) {
+    let fd = tcp_socket(0);
+    let sa = sockaddr(0);
+    // SAFETY: a valid sockaddr_in of the right size; listen on our own socket.
+    unsafe {
+        assert_eq!(
+            libc::bind(
+                fd,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t
+            ),
+            0
+        );
+        assert_eq!(libc::listen(fd, 16), 0);
+    }
+    (fd, local_port(fd))
+}
+
+/// `accept(2)` with an address buffer: the new fd and the peer's port.
+pub fn accept_with_peer(listener: RawFd) -> (RawFd, u16) {
+    let mut sa = sockaddr(0);
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `sa` has room for a sockaddr_in and `len` says so; then FD_CLOEXEC on our fd
+    // (plain accept has no flags; see tcp_socket for why).
+    let fd = unsafe { libc::accept(listener, (&raw mut sa).cast(), &mut len) };
+    assert!(fd >= 0, "accept: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    (fd, u16::from_be(sa.sin_port))
+}
+
+/// `accept4(2)` without an address buffer (the peer is then unknown to the probes).
+pub fn accept4_without_peer(listener: RawFd) -> RawFd {
+    // SAFETY: NULL address and length are allowed.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    assert!(fd >= 0, "accept4: {}", std::io::Error::last_os_error());
+    fd
+}
+
+/// An `AF_INET6` TCP socket connected to `addr`:`port`; returns the fd and connect's errno.
+pub fn connect6(addr: std::net::Ipv6Addr, port: u16) -> (RawFd, i32) {
+    // SAFETY: plain socket(2); a valid sockaddr_in6 of the right size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(
+            fd >= 0,
+            "socket(AF_INET6): {}",
+            std::io::Error::last_os_error()
+        );
+        let sa = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+            sin6_port: port.to_be(),
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr {
+                s6_addr: addr.octets(),
+            },
+            sin6_scope_id: 0,
+        };
+        let rc = libc::connect(
+            fd,
+            (&raw const sa).cast(),
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        );
+        let errno = if rc == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        };
+        (fd, errno)
+    }
+}
+
+/// A UDP socket connected to 127.0.0.1:`port`.
+pub fn connected_udp(port: u16) -> RawFd {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(
+        fd >= 0,
+        "socket(SOCK_DGRAM): {}",
+        std::io::Error::last_os_error()
+    );
+    assert_eq!(connect(fd, port), 0, "connect(udp)");
+    fd
+}
+
+/// A UDP server on 127.0.0.1 that answers every datagram with one of the same size.
+pub fn udp_echo() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding udp");
+    let port = socket.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if socket.send_to(&buf[..n], from).is_err() {
+                break;
+            }
+        }
+    });
+    port
 }

@@ -1,0 +1,194 @@
+//! `sockwatch-load`: real socket traffic on 127.0.0.1, for sockwatch's tests, benchmarks and
+//! demos. Every mode talks only to 127.0.0.1.
+//!
+//! The modes that end a socket without `close()` (process exit, exec) exist because a test
+//! process cannot do that to itself.
+
+use std::{
+    io::{self, BufRead, Read, Write},
+    net::{TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    process::{Command, ExitCode},
+    thread,
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sockwatch-load",
+    about = "Loopback socket traffic for sockwatch"
+)]
+struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Connect to 127.0.0.1:PORT, send BYTES, print `pid=P fd=F`, wait for a line on stdin,
+    /// then exit without closing the socket.
+    ExitWithoutClose {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        bytes: usize,
+    },
+    /// Connect two sockets, one close-on-exec, send BYTES on the first and 2*BYTES on the
+    /// second, print `pid=P cloexec_fd=A keep_fd=B`, wait for a line on stdin, then exec
+    /// `sleep 60` (the second socket stays open in it).
+    ExecWithCloexec {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        bytes: usize,
+    },
+    /// COUNT cycles of connect, send BYTES, close, as fast as possible; prints the rate.
+    Churn {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 64)]
+        bytes: usize,
+    },
+    /// Accept connections on 127.0.0.1:PORT (0 picks one, printed) and discard what they send.
+    Sink {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+    /// A busy dashboard: CONNECTIONS long-lived sockets to a local sink, each sending at its
+    /// own rate, plus a connect/close every CHURN_MS, for SECS seconds.
+    Demo {
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 200)]
+        churn_ms: u64,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse().mode) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sockwatch-load: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(mode: Mode) -> io::Result<()> {
+    match mode {
+        Mode::ExitWithoutClose { port, bytes } => {
+            let stream = connect_and_send(port, bytes)?;
+            println!("pid={} fd={}", std::process::id(), stream.as_raw_fd());
+            wait_for_stdin()?;
+            // SAFETY: exiting at once, deliberately without closing the socket.
+            unsafe { libc::_exit(0) }
+        }
+        Mode::ExecWithCloexec { port, bytes } => {
+            // std opens sockets close-on-exec: that one is closed by the exec.
+            let cloexec = connect_and_send(port, bytes)?;
+            let keep = connect_and_send(port, 2 * bytes)?;
+            // SAFETY: clearing FD_CLOEXEC on a socket we own, so it survives the exec.
+            if unsafe { libc::fcntl(keep.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            println!(
+                "pid={} cloexec_fd={} keep_fd={}",
+                std::process::id(),
+                cloexec.as_raw_fd(),
+                keep.as_raw_fd()
+            );
+            wait_for_stdin()?;
+            let error = Command::new("sleep").arg("60").exec();
+            Err(error)
+        }
+        Mode::Churn { port, count, bytes } => {
+            let start = Instant::now();
+            for _ in 0..count {
+                drop(connect_and_send(port, bytes)?);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "cycles={count} secs={secs:.3} per_sec={:.0}",
+                count as f64 / secs
+            );
+            Ok(())
+        }
+        Mode::Sink { port } => {
+            let listener = TcpListener::bind(("127.0.0.1", port))?;
+            println!("port={}", listener.local_addr()?.port());
+            io::stdout().flush()?;
+            sink(listener);
+            Ok(())
+        }
+        Mode::Demo {
+            connections,
+            churn_ms,
+            secs,
+        } => demo(
+            connections,
+            Duration::from_millis(churn_ms),
+            Duration::from_secs(secs),
+        ),
+    }
+}
+
+fn connect_and_send(port: u16, bytes: usize) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.write_all(&vec![b'x'; bytes])?;
+    Ok(stream)
+}
+
+fn wait_for_stdin() -> io::Result<()> {
+    io::stdout().flush()?;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    Ok(())
+}
+
+/// Accepts forever, reading and discarding, one thread per connection.
+fn sink(listener: TcpListener) {
+    for stream in listener.incoming().flatten() {
+        thread::spawn(move || {
+            let mut stream = stream;
+            let mut buf = [0u8; 65536];
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+        });
+    }
+}
+
+fn demo(connections: usize, churn_every: Duration, length: Duration) -> io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    thread::spawn(move || sink(listener));
+    let deadline = Instant::now() + length;
+    let mut senders = Vec::new();
+    for i in 0..connections {
+        // Rates from 1 KiB/s up, doubling: some rows busy, some quiet.
+        let chunk = 1024usize << (i % 10);
+        senders.push(thread::spawn(move || -> io::Result<()> {
+            let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+            let data = vec![b'd'; chunk];
+            while Instant::now() < deadline {
+                stream.write_all(&data)?;
+                thread::sleep(Duration::from_secs(1));
+            }
+            Ok(())
+        }));
+    }
+    while Instant::now() < deadline {
+        drop(connect_and_send(port, 512)?);
+        thread::sleep(churn_every);
+    }
+    for sender in senders {
+        sender
+            .join()
+            .map_err(|_| io::Error::other("a sender panicked"))??;
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! The table of sockets (or of processes, when grouped), sorted and filtered as the view says.
+
+use ratatui::{
+    layout::{Alignment, Constraint, Rect},
+    style::Style,
+    text::{Line, Span},
+    widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState},
+    Frame,
+};
+
+use super::{format, theme::Theme};
+use crate::view_state::{
+    columns::{fitting, Column, Sort, PROCESS_COLUMNS, SOCKET_COLUMNS},
+    rows::{ProcessView, ShownState, SocketView},
+    Focus, Listing, ViewState, Visible,
+};
+
+pub fn render(view: &ViewState, visible: &Visible, theme: Theme, frame: &mut Frame, area: Rect) {
+    let title = match &visible.listing {
+        Listing::Processes(processes) => format!(
+            " Processes ({}, {} sockets) ",
+            processes.len(),
+            visible.matching
+        ),
+        Listing::Sockets(_) if visible.matching == visible.in_scope => {
+            format!(" Open IPv4 sockets ({}) ", visible.matching)
+        }
+        Listing::Sockets(_) => format!(
+            " Open IPv4 sockets ({} of {}, filtered) ",
+            visible.matching, visible.in_scope
+        ),
+    };
+    let block = Block::new()
+        .borders(Borders::ALL)
+        .title(title)
+        .border_style(theme.border(view.focus == Focus::Table));
+    let inner = block.inner(area);
+    let mut state = TableState::new()
+        .with_offset(view.offset)
+        .with_selected(visible.selected);
+    let table = match &visible.listing {
+        Listing::Sockets(sockets) => table_of(
+            SOCKET_COLUMNS,
+            sockets,
+            view.socket_sort,
+            inner.width,
+            theme,
+            socket_style,
+        ),
+        Listing::Processes(processes) => table_of(
+            PROCESS_COLUMNS,
+            processes,
+            view.process_sort,
+            inner.width,
+            theme,
+            process_style,
+        ),
+    };
+    frame.render_stateful_widget(
+        table
+            .block(block)
+            .row_highlight_style(theme.selected())
+            .column_spacing(1),
+        area,
+        &mut state,
+    );
+    if visible.listing.is_empty() {
+        let note = if visible.in_scope > 0 {
+            "no socket matches the filter (Esc clears it)"
+        } else {
+            "no open IPv4 socket yet"
+        };
+        let [_, body] =
+            ratatui::layout::Layout::vertical([Constraint::Length(2), Constraint::Min(0)])
+                .areas(inner);
+        frame.render_widget(
+            Paragraph::new(note)
+                .style(theme.dim())
+                .alignment(Alignment::Center),
+            body,
+        );
+    }
+}
+
+/// Closed sockets are dim; the state reads green when established, yellow while connecting.
+fn socket_style(socket: &SocketView, column: &str, theme: Theme) -> Style {
+    match (socket.state, column) {
+        (ShownState::Closed(_), _) => theme.dim(),
+        (ShownState::Established, "STATE") => theme.established(),
+        (ShownState::Connecting, "STATE") => theme.connecting(),
+        _ => Style::new(),
+    }
+}
+
+fn process_style(process: &ProcessView, _column: &str, theme: Theme) -> Style {
+    if process.closed == process.sockets {
+        theme.dim()
+    } else {
+        Style::new()
+    }
+}
+
+/// The columns that fit `width`, with the spare room given to the fill column.
+fn table_of<R>(
+    columns: &'static [Column<R>],
+    rows: &[R],
+    sort: Sort,
+    width: u16,
+    theme: Theme,
+    row_style: fn(&R, &str, Theme) -> Style,
+) -> Table<'static> {
+    let shown = fitting(columns, width);
+    let used: u16 = shown.iter().map(|&i| columns[i].width).sum::<u16>()
+        + u16::try_from(shown.len().saturating_sub(1)).unwrap_or(u16::MAX);
+    let spare = width.saturating_sub(used);
+    let widths: Vec<u16> = shown
+        .iter()
+        .map(|&i| {
+            let column = &columns[i];
+            if column.fill {
+                column.width + spare
+            } else {
+                column.width
+            }
+        })
+        .collect();
+    let header = Row::new(shown.iter().map(|&i| {
+        let column = &columns[i];
+        let style = if column.title == sort.column {
+            theme.sorted_column()
+        } else {
+            theme.table_header()
+        };
+        aligned(sort.title(column), column.right).style(style)
+    }));
+    let body: Vec<Row> = rows
+        .iter()
+        .map(|row| {
+            let cells = shown.iter().zip(&widths).map(|(&i, &width)| {
+                let column = &columns[i];
+                let text = format::fit(&(column.text)(row), usize::from(width), column.keep_end);
+                aligned(text, column.right).style(row_style(row, column.title, theme))
+            });
+            Row::new(cells)
+        })
+        .collect();
+    Table::new(body, widths.into_iter().map(Constraint::Length)).header(header)
+}
+
+fn aligned(text: String, right: bool) -> Cell<'static> {
+    let line = Line::from(Span::raw(text));
+    Cell::from(if right {
+        line.alignment(Alignment::Right)
+    } else {
+        line
+    })
+}

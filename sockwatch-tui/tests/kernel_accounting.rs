@@ -1,0 +1,487 @@
+//! Exact socket accounting against the real kernel: every send and receive path, inbound and
+//! IPv4-mapped sockets, every way a socket ends, sockets older than sockwatch, and churn.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv6Addr, TcpListener},
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
+use support::{
+    inbound_of,
+    io::{recv_exact, send_all, Receiver, Sender},
+    net, record_of, Sockwatch,
+};
+
+const LOAD: &str = env!("CARGO_BIN_EXE_sockwatch-load");
+
+fn u(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("not a number: {value}"))
+}
+
+#[test]
+fn every_send_syscall_is_counted_exactly() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    for (how, len) in [
+        (Sender::Write, 1001),
+        (Sender::Writev, 2002),
+        (Sender::Send, 303),
+        (Sender::Sendto, 404),
+        (Sender::Sendmsg, 5006),
+        (Sender::Sendmmsg, 6008),
+        (Sender::Sendfile, 70_000),
+    ] {
+        let fd = net::connected(server.port);
+        send_all(fd, len, how);
+        net::close(fd);
+        assert_eq!(server.next_total(), len as u64, "{how:?}: server received");
+        let close = sw.wait_for("close", record_of("close", pid, fd));
+        assert_eq!(u(&close["bytes_sent"]), len as u64, "{how:?}: {close}");
+        assert_eq!(u(&close["bytes_recv"]), 0, "{how:?}: {close}");
+        assert_eq!(close["proto"], "tcp", "{how:?}");
+        assert_eq!(close["reason"], "close");
+    }
+}
+
+#[test]
+fn every_receive_syscall_is_counted_exactly() {
+    let mut sw = Sockwatch::start(&[]);
+    let pid = std::process::id();
+    for (how, len) in [
+        (Receiver::Read, 1001),
+        (Receiver::Readv, 2002),
+        (Receiver::Recv, 303),
+        (Receiver::Recvfrom, 404),
+        (Receiver::Recvmsg, 5006),
+        (Receiver::Recvmmsg, 6008),
+    ] {
+        let server = net::CountingServer::with_greeting(len);
+        let fd = net::connected(server.port);
+        recv_exact(fd, len, how);
+        net::close(fd);
+        let close = sw.wait_for("close", record_of("close", pid, fd));
+        assert_eq!(u(&close["bytes_recv"]), len as u64, "{how:?}: {close}");
+        assert_eq!(u(&close["bytes_sent"]), 0, "{how:?}: {close}");
+    }
+}
+
+/// A long-lived connection with traffic both ways, through several syscalls, against the
+/// kernel's own tcp_info counters (`ss -tin`).
+#[test]
+fn a_long_lived_connection_matches_ss_both_ways() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::with_greeting(300_000);
+    let pid = std::process::id();
+    let fd = net::connected(server.port);
+    recv_exact(fd, 100_000, Receiver::Read);
+    send_all(fd, 123_456, Sender::Write);
+    recv_exact(fd, 150_000, Receiver::Recvmsg);
+    send_all(fd, 7_890, Sender::Sendmsg);
+    recv_exact(fd, 50_000, Receiver::Recvfrom);
+    send_all(fd, 11, Sender::Sendto);
+    let (ss_sent, ss_received) =
+        net::ss_counters(net::local_port(fd)).expect("ss lists the socket");
+    net::close(fd);
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    assert_eq!(
+        (u(&close["bytes_sent"]), u(&close["bytes_recv"])),
+        (ss_sent, ss_received)
+    );
+    assert_eq!((ss_sent, ss_received), (123_456 + 7_890 + 11, 300_000));
+}
+
+#[test]
+fn accepted_sockets_are_inbound_with_the_peer_address() {
+    let mut sw = Sockwatch::start(&[]);
+    let pid = std::process::id();
+    let (listener, port) = net::raw_listener();
+
+    // accept() with an address buffer: the peer comes from it.
+    let client = net::connected(port);
+    let (inbound, peer_port) = net::accept_with_peer(listener);
+    assert_eq!(peer_port, net::local_port(client));
+    send_all(client, 500, Sender::Send);
+    recv_exact(inbound, 500, Receiver::Recv);
+    send_all(inbound, 64, Sender::Write);
+    let accept = sw.wait_for("accept", inbound_of("accept", pid, inbound));
+    assert_eq!(accept["direction"], "in");
+    assert_eq!(
+        (accept["daddr"].as_str(), u(&accept["dport"])),
+        (Some("127.0.0.1"), u64::from(peer_port))
+    );
+    assert_eq!(u(&accept["lport"]), u64::from(port));
+    net::close(inbound);
+    let close = sw.wait_for("close", inbound_of("close", pid, inbound));
+    assert_eq!(
+        (u(&close["bytes_recv"]), u(&close["bytes_sent"])),
+        (500, 64)
+    );
+    assert_eq!(close["direction"], "in");
+    assert_eq!(u(&close["lport"]), u64::from(port));
+    net::close(client);
+
+    // accept4() without one: the peer is found in /proc.
+    let client = net::connected(port);
+    let inbound = net::accept4_without_peer(listener);
+    let accept = sw.wait_for("accept4", inbound_of("accept", pid, inbound));
+    assert_eq!(u(&accept["dport"]), u64::from(net::local_port(client)));
+    assert_eq!(accept["daddr"], "127.0.0.1");
+    assert_eq!(u(&accept["lport"]), u64::from(port));
+    net::close(inbound);
+    net::close(client);
+    net::close(listener);
+}
+
+#[test]
+fn inbound_only_ignores_connects() {
+    let mut sw = Sockwatch::start(&["--direction", "in"]);
+    let pid = std::process::id();
+    let (listener, port) = net::raw_listener();
+    let client = net::connected(port);
+    let (inbound, _) = net::accept_with_peer(listener);
+    net::close(inbound);
+    sw.wait_for(
+        "close of the accepted socket",
+        inbound_of("close", pid, inbound),
+    );
+    net::close(client);
+    net::close(listener);
+    let outbound = sw.received(|r| r["pid"] == pid && r["direction"] == "out");
+    assert!(
+        outbound.is_empty(),
+        "outbound sockets reported: {outbound:?}"
+    );
+}
+
+#[test]
+fn ipv4_mapped_ipv6_connects_are_ipv4_and_true_ipv6_is_ignored() {
+    let mut sw = Sockwatch::start(&[]);
+    let pid = std::process::id();
+    let server = net::CountingServer::start();
+    let (mapped, errno) = net::connect6(
+        Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x7f00, 1]),
+        server.port,
+    );
+    assert_eq!(errno, 0, "connect to ::ffff:127.0.0.1");
+    send_all(mapped, 777, Sender::Write);
+    let connect = sw.wait_for("mapped connect", record_of("connect", pid, mapped));
+    assert_eq!(
+        (connect["daddr"].as_str(), connect["proto"].as_str()),
+        (Some("127.0.0.1"), Some("tcp"))
+    );
+    assert_eq!(u(&connect["dport"]), u64::from(server.port));
+    net::close(mapped);
+    let close = sw.wait_for("mapped close", record_of("close", pid, mapped));
+    assert_eq!(u(&close["bytes_sent"]), 777);
+
+    // [::1] is IPv6 traffic: not ours.
+    let v6 = TcpListener::bind("[::1]:0").expect("IPv6 loopback");
+    let v6_port = v6.local_addr().expect("addr").port();
+    let (ipv6, errno) = net::connect6(Ipv6Addr::LOCALHOST, v6_port);
+    assert_eq!(errno, 0, "connect to [::1]");
+    send_all(ipv6, 10, Sender::Write);
+    net::close(ipv6);
+    // Barrier: a later IPv4 close arriving means the IPv6 one would have arrived before it.
+    let barrier = net::connected(server.port);
+    net::close(barrier);
+    sw.wait_for("barrier", record_of("close", pid, barrier));
+    let v6_records = sw.received(|r| r["pid"] == pid && r["dport"] == v6_port);
+    assert!(
+        v6_records.is_empty(),
+        "IPv6 socket reported: {v6_records:?}"
+    );
+}
+
+#[test]
+fn connected_udp_is_tracked_as_udp() {
+    let mut sw = Sockwatch::start(&[]);
+    let pid = std::process::id();
+    let port = net::udp_echo();
+    let fd = net::connected_udp(port);
+    for len in [100, 200, 300] {
+        send_all(fd, len, Sender::Send);
+        recv_exact(fd, len, Receiver::Recv);
+    }
+    let connect = sw.wait_for("udp connect", record_of("connect", pid, fd));
+    assert_eq!(
+        (connect["proto"].as_str(), connect["result"].as_str()),
+        (Some("udp"), Some("ok"))
+    );
+    net::close(fd);
+    let close = sw.wait_for("udp close", record_of("close", pid, fd));
+    assert_eq!(
+        (u(&close["bytes_sent"]), u(&close["bytes_recv"])),
+        (600, 600)
+    );
+    assert_eq!(close["proto"], "udp");
+}
+
+#[test]
+fn close_range_ends_every_tracked_socket_in_range() {
+    let mut sw = Sockwatch::start(&[]);
+    let pid = std::process::id();
+    let server = net::CountingServer::start();
+    // Fixed, otherwise unused fd numbers: other tests' threads open fds concurrently.
+    let fds = [710, 711];
+    for (i, fd) in fds.into_iter().enumerate() {
+        net::socket_at(fd);
+        assert_eq!(net::connect(fd, server.port), 0);
+        send_all(fd, 100 * (i + 1), Sender::Write);
+    }
+    // SAFETY: closes exactly the two fds this test owns.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 710u32, 711u32, 0u32) };
+    assert_eq!(rc, 0, "close_range: {}", std::io::Error::last_os_error());
+    for (i, fd) in fds.into_iter().enumerate() {
+        let close = sw.wait_for("close_range", record_of("close", pid, fd));
+        assert_eq!(close["reason"], "close_range");
+        assert_eq!(u(&close["bytes_sent"]), 100 * (i as u64 + 1));
+    }
+}
+
+#[test]
+fn dup2_onto_a_tracked_fd_ends_it() {
+    let mut sw = Sockwatch::start(&[]);
+    let pid = std::process::id();
+    let server = net::CountingServer::start();
+    let fd = net::socket_at(720);
+    assert_eq!(net::connect(fd, server.port), 0);
+    send_all(fd, 4321, Sender::Write);
+    let devnull = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null");
+    // SAFETY: dup2 onto the fd this test owns; the socket it held is closed by it.
+    let rc = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&devnull), fd) };
+    assert_eq!(rc, fd);
+    let close = sw.wait_for("dup2 close", record_of("close", pid, fd));
+    assert_eq!(close["reason"], "dup2");
+    assert_eq!(u(&close["bytes_sent"]), 4321);
+    // Writes to the fd now go to /dev/null and must not count anywhere.
+    send_all(fd, 10, Sender::Write);
+    net::close(fd);
+}
+
+/// Runs `sockwatch-load MODE ...` with a pipe on stdin and reads its first output line.
+fn load_process(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(LOAD)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning sockwatch-load");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("reading sockwatch-load's first line");
+    (child, line)
+}
+
+fn field(line: &str, name: &str) -> u32 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+#[test]
+fn process_exit_without_close_ends_its_sockets() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let port = server.port.to_string();
+    let (mut child, line) =
+        load_process(&["exit-without-close", "--port", &port, "--bytes", "2500"]);
+    let (pid, fd) = (field(&line, "pid"), field(&line, "fd"));
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("telling it to exit");
+    child.wait().expect("waiting for it");
+    let close = sw.wait_for("exit close", record_of("close", pid, fd as i32));
+    assert_eq!(close["reason"], "exit");
+    assert_eq!(u(&close["bytes_sent"]), 2500);
+    assert_eq!(server.next_total(), 2500);
+}
+
+#[test]
+fn exec_closes_close_on_exec_sockets_only() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let port = server.port.to_string();
+    let (mut child, line) =
+        load_process(&["exec-with-cloexec", "--port", &port, "--bytes", "1000"]);
+    let pid = field(&line, "pid");
+    let (cloexec_fd, keep_fd) = (
+        field(&line, "cloexec_fd") as i32,
+        field(&line, "keep_fd") as i32,
+    );
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("telling it to exec");
+    let close = sw.wait_for("exec close", record_of("close", pid, cloexec_fd));
+    assert_eq!(close["reason"], "exec");
+    assert_eq!(u(&close["bytes_sent"]), 1000);
+    let kept = sw.received(record_of("close", pid, keep_fd));
+    assert!(
+        kept.is_empty(),
+        "the socket without FD_CLOEXEC survives exec: {kept:?}"
+    );
+    // The exec'd `sleep` holds the other socket until it is killed.
+    child.kill().expect("killing sleep");
+    child.wait().expect("reaping sleep");
+    let close = sw.wait_for("exit close", record_of("close", pid, keep_fd));
+    assert_eq!(close["reason"], "exit");
+    assert_eq!(u(&close["bytes_sent"]), 2000);
+}
+
+#[test]
+fn a_connection_older_than_sockwatch_is_picked_up_and_counted_from_then() {
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let fd = net::connected(server.port);
+    send_all(fd, 999, Sender::Write);
+    let mut sw = Sockwatch::start(&[]);
+    let existing = sw.wait_for("existing", record_of("existing", pid, fd));
+    assert_eq!(u(&existing["dport"]), u64::from(server.port));
+    assert_eq!(u(&existing["lport"]), u64::from(net::local_port(fd)));
+    assert_eq!(
+        (existing["proto"].as_str(), existing["direction"].as_str()),
+        (Some("tcp"), Some("out"))
+    );
+    send_all(fd, 1234, Sender::Send);
+    net::close(fd);
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    assert_eq!(u(&close["bytes_sent"]), 1234, "only bytes sent after start");
+    assert_eq!(close["preexisting"], true);
+    assert_eq!(server.next_total(), 999 + 1234);
+}
+
+#[test]
+fn no_existing_leaves_old_connections_alone() {
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let fd = net::connected(server.port);
+    let mut sw = Sockwatch::start(&["--no-existing"]);
+    send_all(fd, 10, Sender::Send);
+    net::close(fd);
+    let barrier = net::connected(server.port);
+    net::close(barrier);
+    sw.wait_for("barrier", record_of("close", pid, barrier));
+    let old = sw.received(|r| {
+        r["pid"] == pid && r["fd"] == fd && r["dport"] == server.port && r["event"] != "connect"
+    });
+    assert!(old.is_empty(), "{old:?}");
+}
+
+/// Thousands of connect/send/close cycles: every one reported exactly, nothing left in the
+/// kernel map, nothing lost.
+#[test]
+fn churn_leaves_nothing_behind() {
+    const CYCLES: u64 = 3000;
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let port = server.port.to_string();
+    let output = Command::new(LOAD)
+        .args([
+            "churn",
+            "--port",
+            &port,
+            "--count",
+            &CYCLES.to_string(),
+            "--bytes",
+            "100",
+        ])
+        .output()
+        .expect("running sockwatch-load churn");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let is_ours = |r: &Value| r["dport"] == server.port && r["comm"] == "sockwatch-load";
+    let mut closes = 0;
+    while closes < CYCLES {
+        let close = sw.wait_for("churn close", |r| r["event"] == "close" && is_ours(r));
+        assert_eq!(u(&close["bytes_sent"]), 100, "{close}");
+        closes += 1;
+    }
+    let rest = sw.stop();
+    let end = rest
+        .iter()
+        .find(|r| r["event"] == "end")
+        .expect("end record");
+    assert_eq!(u(&end["lost"]), 0, "{end}");
+    let left: Vec<_> = rest
+        .iter()
+        .filter(|r| r["event"] == "open" && is_ours(r))
+        .collect();
+    assert!(left.is_empty(), "still tracked after churn: {left:?}");
+    let connects = rest
+        .iter()
+        .filter(|r| r["event"] == "connect" && is_ours(r))
+        .count();
+    assert_eq!(connects as u64, CYCLES, "every connect reported");
+}
+
+/// An event the probes never saw (simulated: an entry put in the kernel map with bpftool for an
+/// fd this process does not have) is repaired by the reconciliation with /proc, and counted.
+#[test]
+fn reconciliation_repairs_what_events_missed() {
+    use sockwatch_common::{SocketKey, SocketState, TrackedSocket, IPPROTO_TCP};
+    const FD: u32 = 960;
+    let mut sw = Sockwatch::start(&["--reconcile-ms", "100"]);
+    let map_id = u(&sw.start["tracked_map_id"]);
+    let pid = std::process::id();
+    let key = SocketKey { pid, fd: FD };
+    let mut comm = [0u8; 16];
+    comm[..5].copy_from_slice(b"ghost");
+    let value = TrackedSocket {
+        bytes_sent: 42,
+        bytes_recv: 7,
+        connect_ns: 1,
+        daddr: u32::from_ne_bytes([127, 0, 0, 1]),
+        dport: 9,
+        lport: 0,
+        tid: pid,
+        state: SocketState::Established as u32,
+        proto: IPPROTO_TCP,
+        flags: 0,
+        comm,
+    };
+    let status = Command::new("bpftool")
+        .args(["map", "update", "id", &map_id.to_string(), "key", "hex"])
+        .args(hex_bytes(&key))
+        .args(["value", "hex"])
+        .args(hex_bytes(&value))
+        .status()
+        .expect("running bpftool (installed by cargo xtask setup)");
+    assert!(status.success(), "bpftool map update");
+    let close = sw.wait_for("reconciled close", record_of("close", pid, FD as i32));
+    assert_eq!(close["reason"], "reconciled");
+    assert_eq!((u(&close["bytes_sent"]), u(&close["bytes_recv"])), (42, 7));
+    let rest = sw.stop();
+    let end = rest
+        .iter()
+        .find(|r| r["event"] == "end")
+        .expect("end record");
+    assert_eq!(u(&end["repairs"]), 1, "{end}");
+}
+
+/// The bytes of a plain-old-data value, as bpftool's `hex` arguments.
+fn hex_bytes<T: Copy>(value: &T) -> Vec<String> {
+    // SAFETY: T is one of the #[repr(C)] map types without padding; reading its bytes is sound.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,432 @@
+//! `cargo xtask vm-test`: the real-kernel tests on Debian bookworm's kernel, booted in QEMU, with
+//! each probe backend.
+//!
+//! The project's own kernel has no kprobes, so the kprobe backend can only be proven on another
+//! one. Steps: look up the current `linux-image-amd64` of bookworm and cache its kernel under
+//! `target/vm/` ([`kernel`]); build the integration tests and sockwatch-tui statically into
+//! `target/vm-build`; pack them with busybox and the few host tools the tests run into an
+//! initramfs ([`image`]); boot it under TCG (no KVM here) with a generated init that runs every
+//! test binary once per backend plus a `--probe auto` check ([`guest`]); print per-backend
+//! results and rewrite the README's kernel-support table ([`table`]).
+
+mod guest;
+mod image;
+mod kernel;
+pub mod table;
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc::{self, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::{
+    cmd::{self, say},
+    setup,
+};
+
+/// Integration tests (files in sockwatch-tui/tests/) that run on the host only, and why. Every
+/// other file there runs in the VM with each backend, so a new real-kernel test is never left
+/// out of the kprobe run.
+const HOST_ONLY_TESTS: &[(&str, &str)] = &[(
+    "dashboard_tmux",
+    "drives the dashboard in tmux, which needs bash, a terminal and terminfo in the guest; \
+     what it checks on screen does not depend on the backend",
+)];
+/// Tests skipped in the VM (`--skip NAME --exact`), and why. None: the guest
+/// has every tool the tests run (see [`image::GUEST_TOOLS`]).
+const SKIPPED_IN_VM: &[(&str, &str)] = &[];
+
+/// The whole boot, all backends included; the guest bounds each test binary itself too.
+const QEMU_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long one test binary may run in the guest before `timeout` kills it.
+const GUEST_TEST_TIMEOUT_SECS: u64 = 420;
+/// The only target the guest (x86_64 QEMU) runs.
+const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+const PACKAGE: &str = "sockwatch-tui";
+
+/// `cargo xtask vm-test` on its own: setup first, as the other tasks do.
+pub fn task() -> Result<()> {
+    setup::run()?;
+    run(|passed, failed| println!("tests: {passed} passed, {failed} failed"))
+}
+
+/// Builds, boots and checks; an error when any backend failed or could not run. `tally` gets
+/// the guest's test counts (passed, failed) once it has run.
+pub fn run(tally: impl FnOnce(u64, u64)) -> Result<()> {
+    ensure!(
+        cfg!(target_arch = "x86_64"),
+        "vm-test builds x86_64 test binaries for an x86_64 guest and needs an x86_64 host"
+    );
+    for tool in ["qemu-system-x86_64", "busybox", "xz", "dpkg-deb", "ldd"] {
+        if cmd::find_in_path(tool).is_none() {
+            bail!("{tool} is not installed: run `cargo xtask setup` as root");
+        }
+    }
+    let target = cmd::target_dir();
+    let work = target.join("vm");
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    let kernel = kernel::current(&work.join("kernels"))?;
+    let tests = vm_tests()?;
+    let built = build(&target, &tests)?;
+    let plan = guest::Plan {
+        bin: &built.bin,
+        tests: &tests,
+        skips: &SKIPPED_IN_VM
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>(),
+        test_timeout_secs: GUEST_TEST_TIMEOUT_SECS,
+    };
+    let initramfs = image::build(&work, &guest::init_script(&plan), &built, &kernel.modules)?;
+
+    let started = Instant::now();
+    let boot = boot(&kernel.boot_image, &initramfs);
+    let elapsed = started.elapsed();
+    let (lines, boot_error) = match boot {
+        Ok(lines) => (lines, None),
+        Err(Boot { lines, error }) => (lines, Some(error)),
+    };
+    let report = guest::parse(&lines);
+    let verdicts = report.verdicts(&plan, kernel.expected_auto());
+
+    let kernel_name = format!(
+        "{} (Debian {}, QEMU)",
+        report.kernel.as_deref().unwrap_or(&kernel.release),
+        kernel.version
+    );
+    say(format!(
+        "vm-test: results on {kernel_name} from {}, boot to power-off {:.1} s:",
+        kernel.package,
+        elapsed.as_secs_f64()
+    ));
+    for verdict in &verdicts {
+        say(format!(
+            "vm-test:   {:<10} {:<4}  {}",
+            verdict.backend,
+            if verdict.ok { "pass" } else { "FAIL" },
+            verdict.detail
+        ));
+    }
+    let rows: Vec<_> = verdicts
+        .iter()
+        .map(|v| table::Row::new(&kernel_name, &v.backend, &v.table_result()))
+        .collect();
+    if let Err(e) = table::update(&cmd::workspace_root().join("README.md"), &rows) {
+        cmd::warn(format!("kernel-support table not updated: {e:#}"));
+    }
+
+    tally(report.passed(), report.failed());
+    if let Some(error) = boot_error {
+        return Err(error.context(format!("booting {kernel_name}")));
+    }
+    let failed: Vec<_> = verdicts
+        .iter()
+        .filter(|v| !v.ok)
+        .map(|v| v.backend.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "vm-test on {kernel_name}: {} failed (the guest's output is above, lines marked `vm|`)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The integration tests to run in the VM: every file in sockwatch-tui/tests/ but
+/// [`HOST_ONLY_TESTS`], sorted.
+fn vm_tests() -> Result<Vec<String>> {
+    let dir = cmd::workspace_root().join(PACKAGE).join("tests");
+    let mut tests = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let stem = path
+            .extension()
+            .filter(|ext| *ext == "rs")
+            .and(path.file_stem())
+            .and_then(|stem| stem.to_str());
+        if let Some(stem) = stem {
+            if !HOST_ONLY_TESTS.iter().any(|(name, _)| *name == stem) {
+                tests.push(stem.to_owned());
+            }
+        }
+    }
+    ensure!(
+        !tests.is_empty(),
+        "no integration tests in {}",
+        dir.display()
+    );
+    tests.sort();
+    Ok(tests)
+}
+
+/// The static binaries that go into the guest.
+pub struct Built {
+    /// sockwatch-tui, at the absolute path compiled into the tests (`CARGO_BIN_EXE_...`).
+    pub bin: String,
+    /// Every binary of the package (sockwatch-tui and the tests' helpers), same paths.
+    pub bins: Vec<String>,
+    /// Test name and executable.
+    pub tests: Vec<(String, PathBuf)>,
+}
+
+/// Builds the tests and sockwatch-tui statically into `target/vm-build`, a target directory of
+/// its own so the host build's artifacts are never invalidated. The eBPF object is the one the
+/// host build made (`SOCKWATCH_BPF_OBJECT`), so it is not built twice.
+fn build(target: &Path, tests: &[String]) -> Result<Built> {
+    // A no-op after `cargo test`; otherwise it (re)builds target/bpf's object from the sources.
+    cmd::run(cmd::cargo().args(["build", "--package", PACKAGE]))?;
+    let object = target.join("bpf/bpfel-unknown-none/release/sockwatch");
+    ensure!(
+        object.is_file(),
+        "the host build did not leave the eBPF object at {}",
+        object.display()
+    );
+
+    let mut cargo = cmd::cargo();
+    cargo
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env("SOCKWATCH_BPF_OBJECT", &object)
+        // Line numbers in backtraces, at a third of full debuginfo's size (the initramfs).
+        .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only")
+        .args([
+            "test",
+            "--no-run",
+            "--package",
+            PACKAGE,
+            "--target",
+            GUEST_TARGET,
+        ])
+        .arg("--target-dir")
+        .arg(target.join("vm-build"))
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
+    for test in tests {
+        cargo.args(["--test", test.as_str()]);
+    }
+    say(cmd::display(&cargo));
+    let output = cargo
+        .spawn()
+        .context("cannot run cargo")?
+        .wait_with_output()
+        .context("waiting for cargo")?;
+    if !output.status.success() {
+        bail!(
+            "building the static test binaries failed with {}",
+            output.status
+        );
+    }
+    let built = artifacts(&String::from_utf8_lossy(&output.stdout), tests)?;
+    for path in built.tests.iter().map(|(_, p)| p.as_path()) {
+        image::ensure_static(path)?;
+    }
+    for bin in &built.bins {
+        image::ensure_static(Path::new(bin))?;
+    }
+    Ok(built)
+}
+
+/// The test executables and the sockwatch-tui binary in cargo's JSON messages.
+fn artifacts(messages: &str, tests: &[String]) -> Result<Built> {
+    let mut bins = Vec::new();
+    let mut found = Vec::new();
+    for message in messages.lines() {
+        let Ok(message) = serde_json::from_str::<Value>(message) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(executable) = message["executable"].as_str() else {
+            continue;
+        };
+        let name = message["target"]["name"].as_str().unwrap_or_default();
+        let kinds = message["target"]["kind"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let is = |kind: &str| kinds.iter().any(|k| k == kind);
+        if is("bin") {
+            bins.push((name.to_owned(), executable.to_owned()));
+        } else if is("test")
+            && message["profile"]["test"] == true
+            && tests.iter().any(|t| t == name)
+        {
+            found.push((name.to_owned(), PathBuf::from(executable)));
+        }
+    }
+    let bin = bins
+        .iter()
+        .find(|(name, _)| name == PACKAGE)
+        .map(|(_, path)| path.clone())
+        .with_context(|| format!("cargo built no {PACKAGE} binary"))?;
+    let bins = bins.into_iter().map(|(_, path)| path).collect();
+    for test in tests {
+        ensure!(
+            found.iter().any(|(name, _)| name == test),
+            "cargo built no test executable for {test}"
+        );
+    }
+    Ok(Built {
+        bin,
+        bins,
+        tests: found,
+    })
+}
+
+/// The guest's console output, and why the boot failed if it did.
+struct Boot {
+    lines: Vec<String>,
+    error: anyhow::Error,
+}
+
+/// Boots the kernel with the initramfs and returns the console output, line by line (each also
+/// printed as it comes, marked `vm|`). The guest's init reports through markers in that output
+/// and its exit code through the isa-debug-exit port, which makes QEMU exit with `code*2+1`.
+fn boot(kernel: &Path, initramfs: &Path) -> Result<Vec<String>, Boot> {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg", "-smp", "2", "-m", "1024"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    say(cmd::display(&qemu));
+    let failed = |lines, error| Boot { lines, error };
+    let mut child = match qemu.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Err(failed(
+                Vec::new(),
+                anyhow::Error::new(e).context("cannot run QEMU"),
+            ))
+        }
+    };
+    let Some(stdout) = child.stdout.take() else {
+        return Err(failed(
+            Vec::new(),
+            anyhow::anyhow!("QEMU's stdout was not piped"),
+        ));
+    };
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            if tx
+                .send(text.trim_end_matches(['\r', '\n']).to_owned())
+                .is_err()
+            {
+                break;
+            }
+            line.clear();
+        }
+    });
+
+    let deadline = Instant::now() + QEMU_TIMEOUT;
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                println!("vm| {line}");
+                lines.push(line);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                // Our own child, by its handle.
+                let _ = child.kill();
+                let _ = child.wait();
+                let error = anyhow::anyhow!(
+                    "QEMU killed after {} min: the guest did not power off",
+                    QEMU_TIMEOUT.as_secs() / 60
+                );
+                return Err(failed(lines, error));
+            }
+        }
+    }
+    let status = match child.wait() {
+        Ok(status) => status,
+        Err(e) => {
+            return Err(failed(
+                lines,
+                anyhow::Error::new(e).context("waiting for QEMU"),
+            ))
+        }
+    };
+    // isa-debug-exit: the guest's code c becomes 2c+1; 0 means it powered off without writing
+    // the port (the init's fallback), or the kernel panicked and QEMU did not reboot.
+    match status.code() {
+        Some(code) if code % 2 == 1 => {
+            say(format!(
+                "vm-test: QEMU exited with {code}: the guest's init reported {}",
+                code / 2
+            ));
+            Ok(lines)
+        }
+        Some(0) => {
+            cmd::warn("QEMU exited with 0: the guest powered off without reporting an exit code");
+            Ok(lines)
+        }
+        _ => Err(failed(lines, anyhow::anyhow!("QEMU failed with {status}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifacts_are_found_in_cargos_messages() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"sockwatch_tui"},"profile":{"test":false},"executable":null}"#,
+            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"sockwatch-tui"},"profile":{"test":false},"executable":"/t/debug/sockwatch-tui"}"#,
+            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"sockwatch-load"},"profile":{"test":false},"executable":"/t/debug/sockwatch-load"}"#,
+            r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"cli_errors"},"profile":{"test":true},"executable":"/t/debug/deps/cli_errors-1"}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+            "not json",
+        ]
+        .join("\n");
+        let built = artifacts(&messages, &["cli_errors".to_owned()]).expect("found");
+        assert_eq!(built.bin, "/t/debug/sockwatch-tui");
+        assert_eq!(
+            built.bins,
+            ["/t/debug/sockwatch-tui", "/t/debug/sockwatch-load"]
+        );
+        assert_eq!(
+            built.tests,
+            [(
+                "cli_errors".to_owned(),
+                PathBuf::from("/t/debug/deps/cli_errors-1")
+            )]
+        );
+        let missing = artifacts(
+            &messages,
+            &["cli_errors".to_owned(), "kernel_lifecycle".to_owned()],
+        );
+        assert!(missing.is_err());
+    }
+
+    #[test]
+    fn every_skip_has_a_reason() {
+        for (name, reason) in SKIPPED_IN_VM.iter().chain(HOST_ONLY_TESTS) {
+            assert!(!name.is_empty() && !reason.is_empty());
+        }
+    }
+}

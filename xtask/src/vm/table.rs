@@ -1,0 +1,215 @@
+//! The README's kernel-support table (kernel, backend, result, date), rewritten between its
+//! markers after each run. Rows of a kernel that was just tested replace that kernel's old rows;
+//! other kernels' rows stay as their last run left them.
+
+use std::{
+    fs,
+    path::Path,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+
+const START: &str = "<!-- kernel-support:start -->";
+const END: &str = "<!-- kernel-support:end -->";
+const HEADER: &str = "| kernel | backend | result | date |\n|---|---|---|---|\n";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// The release first (`6.1.0-56-amd64 (Debian ...)`): rows are grouped by that word.
+    pub kernel: String,
+    pub backend: String,
+    pub result: String,
+    pub date: String,
+}
+
+impl Row {
+    /// A row dated today (UTC).
+    pub fn new(kernel: &str, backend: &str, result: &str) -> Self {
+        Self {
+            kernel: kernel.to_owned(),
+            backend: backend.to_owned(),
+            result: result.replace('|', "/"),
+            date: today(),
+        }
+    }
+
+    fn release(&self) -> &str {
+        self.kernel.split_whitespace().next().unwrap_or_default()
+    }
+}
+
+/// The host kernel's rows after `cargo test` ran the real-kernel tests on it (`passed`).
+pub fn host_rows(passed: bool) -> Vec<Row> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let kernel = format!("{release} (host)");
+    let tracepoints = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|root| {
+            Path::new(root)
+                .join("events/syscalls/sys_enter_connect")
+                .exists()
+        });
+    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    // `cargo test` runs with `--probe auto`, which prefers tracepoints.
+    let used = if tracepoints || !kprobes {
+        "tracepoint"
+    } else {
+        "kprobe"
+    };
+    let result = if passed { "pass" } else { "**FAIL**" };
+    let mut rows = vec![Row::new(&kernel, used, result)];
+    if !kprobes {
+        rows.push(Row::new(
+            &kernel,
+            "kprobe",
+            "n/a: no kprobes in this kernel",
+        ));
+    }
+    rows
+}
+
+/// Rewrites the table in `readme` with `rows`.
+pub fn update(readme: &Path, rows: &[Row]) -> Result<()> {
+    let text =
+        fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
+    let updated = merge(&text, rows)
+        .with_context(|| format!("{} has no `{START}` ... `{END}` section", readme.display()))?;
+    if updated != text {
+        fs::write(readme, updated).with_context(|| format!("writing {}", readme.display()))?;
+    }
+    Ok(())
+}
+
+/// `text` with the table between the markers replaced; `None` without the markers.
+fn merge(text: &str, rows: &[Row]) -> Option<String> {
+    let start = text.find(START)? + START.len();
+    let end = start + text[start..].find(END)?;
+    let mut all: Vec<Row> = text[start..end]
+        .lines()
+        .filter_map(parse_row)
+        .filter(|old| !rows.iter().any(|new| new.release() == old.release()))
+        .collect();
+    all.extend(rows.iter().cloned());
+    // Stable: each kernel's rows keep their order.
+    all.sort_by(|a, b| a.release().cmp(b.release()));
+    let mut table = String::from("\n");
+    table.push_str(HEADER);
+    for row in &all {
+        table.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            row.kernel, row.backend, row.result, row.date
+        ));
+    }
+    Some(format!("{}{table}{}", &text[..start], &text[end..]))
+}
+
+fn parse_row(line: &str) -> Option<Row> {
+    let cells: Vec<_> = line
+        .trim()
+        .strip_prefix('|')?
+        .strip_suffix('|')?
+        .split('|')
+        .map(str::trim)
+        .collect();
+    let [kernel, backend, result, date] = cells[..] else {
+        return None;
+    };
+    if kernel == "kernel" || kernel.starts_with("---") {
+        return None;
+    }
+    Some(Row {
+        kernel: kernel.to_owned(),
+        backend: backend.to_owned(),
+        result: result.to_owned(),
+        date: date.to_owned(),
+    })
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Days since 1970-01-01 to a (year, month, day) of the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month as u32, day as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kernel: &str, backend: &str, result: &str, date: &str) -> Row {
+        Row {
+            kernel: kernel.to_owned(),
+            backend: backend.to_owned(),
+            result: result.to_owned(),
+            date: date.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_run_replaces_its_kernels_rows_only() {
+        let readme = format!(
+            "# x\n{START}\n{HEADER}\
+             | 6.1.0-1-amd64 (Debian) | kprobe | **FAIL**: x | 2020-01-01 |\n\
+             | 6.18.4 (host) | tracepoint | pass | 2020-01-01 |\n\
+             {END}\nafter\n"
+        );
+        let new = [
+            row(
+                "6.1.0-1-amd64 (Debian)",
+                "kprobe",
+                "pass (3 tests)",
+                "2021-02-03",
+            ),
+            row(
+                "6.1.0-1-amd64 (Debian)",
+                "auto",
+                "pass: picks tracepoint",
+                "2021-02-03",
+            ),
+        ];
+        let merged = merge(&readme, &new).expect("markers");
+        assert_eq!(
+            merged,
+            format!(
+                "# x\n{START}\n{HEADER}\
+                 | 6.1.0-1-amd64 (Debian) | kprobe | pass (3 tests) | 2021-02-03 |\n\
+                 | 6.1.0-1-amd64 (Debian) | auto | pass: picks tracepoint | 2021-02-03 |\n\
+                 | 6.18.4 (host) | tracepoint | pass | 2020-01-01 |\n\
+                 {END}\nafter\n"
+            )
+        );
+        // Idempotent, and an empty section is filled.
+        assert_eq!(merge(&merged, &new).as_deref(), Some(merged.as_str()));
+        let empty = format!("{START}\n{END}\n");
+        assert!(merge(&empty, &new).expect("markers").contains("| auto |"));
+        assert_eq!(merge("no markers", &new), None);
+    }
+
+    #[test]
+    fn dates_are_gregorian() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+}
