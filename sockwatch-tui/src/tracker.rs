@@ -35,6 +35,8 @@ struct Known {
     lport: u16,
     /// The peer, for accepts whose peer the kernel could not read.
     peer: Option<(Ipv4Addr, u16)>,
+    /// The previous reconciliation did not find it in the kernel map.
+    absent: bool,
     /// The previous reconciliation found the fd gone or changed (acted on at the next one, so a
     /// close whose event is still on its way is not mistaken for a missed one).
     suspect: bool,
@@ -86,8 +88,8 @@ impl Tracker {
                 vec![KernelEvent::Close(event)]
             }
             KernelRecord::ProcessExit { pid, ts_ns } => {
-                let keys: Vec<_> = tables
-                    .entries_of(pid)
+                let keys: Vec<_> = self
+                    .sockets_of(pid, tables)
                     .into_iter()
                     .map(|e| e.socket.key)
                     .collect();
@@ -101,8 +103,8 @@ impl Tracker {
                 ts_ns,
             } => {
                 // A socket connected on a reused fd after the call is not one it closed.
-                let gone = tables
-                    .entries_of(pid)
+                let gone = self
+                    .sockets_of(pid, tables)
                     .into_iter()
                     .filter(|e| (first..=last).contains(&e.socket.key.fd) && e.connect_ns < ts_ns)
                     .map(|e| e.socket.key)
@@ -115,7 +117,7 @@ impl Tracker {
     /// A successful exec closed the process's close-on-exec fds, without any close() call:
     /// each socket whose fd no longer holds it is settled as closed by the exec.
     fn exec(&mut self, pid: u32, ts_ns: u64, tables: &mut KernelTables) -> Vec<KernelEvent> {
-        let in_map = tables.entries_of(pid);
+        let in_map = self.sockets_of(pid, tables);
         let gone: Vec<SocketKey> = in_map
             .iter()
             .filter(|entry| entry.connect_ns < ts_ns && !self.still_open(entry))
@@ -171,8 +173,13 @@ impl Tracker {
                 known.suspect = true;
             }
         }
-        // Forget what the kernel no longer tracks (its close was reported or is on its way).
-        self.known.retain(|key, _| present.contains(key));
+        // Forget what the kernel no longer tracks, once its close record has had a whole
+        // interval to arrive (it may still be in the ring buffer now, and needs what we know).
+        self.known.retain(|key, known| {
+            let keep = present.contains(key) || !known.absent;
+            known.absent = !present.contains(key);
+            keep
+        });
         let mut events = Vec::new();
         for key in gone {
             if let Some(entry) = tables.take(key) {
@@ -240,6 +247,17 @@ impl Tracker {
             if !tables.adopt(key, &value) {
                 continue;
             }
+            // The scan above is not atomic: the socket may have been closed since, and an entry
+            // for a closed fd would be taken for whatever the process opens there next.
+            if procfs::socket_inode(pid, fd).ok().flatten() != Some(inode) {
+                if tables
+                    .get(key)
+                    .is_some_and(|e| e.preexisting && e.connect_ns == now_ns)
+                {
+                    tables.take(key);
+                }
+                continue;
+            }
             self.known.insert(
                 key,
                 Known {
@@ -259,9 +277,23 @@ impl Tracker {
         events
     }
 
+    /// The tracked sockets of process `pid` still in the kernel map. Found through what user
+    /// space knows rather than by walking the whole map, which would cost a syscall per tracked
+    /// socket on every process exit; a socket whose connect record was lost is left to the
+    /// reconciliation.
+    fn sockets_of(&self, pid: u32, tables: &KernelTables) -> Vec<TrackedEntry> {
+        self.known
+            .keys()
+            .filter(|key| key.pid == pid)
+            .filter_map(|key| tables.get(*key))
+            .collect()
+    }
+
+    /// Remembers a new socket. Its inode is learned lazily (by the reconciliation, or an exec),
+    /// so a connect costs user space no syscall.
     fn learn(&mut self, event: &ConnectEvent) {
         let key = event.socket.key;
-        let inode = procfs::socket_inode(key.pid, key.fd).ok().flatten();
+        let inode = None;
         self.known.insert(
             key,
             Known {

@@ -86,15 +86,16 @@ fn a_long_lived_connection_matches_ss_both_ways() {
     send_all(fd, 7_890, Sender::Sendmsg);
     recv_exact(fd, 50_000, Receiver::Recvfrom);
     send_all(fd, 11, Sender::Sendto);
+    let expected_sent = 123_456 + 7_890 + 11;
     let (ss_sent, ss_received) =
-        net::ss_counters(net::local_port(fd)).expect("ss lists the socket");
+        net::ss_counters_settled(net::local_port(fd), expected_sent).expect("ss lists the socket");
     net::close(fd);
     let close = sw.wait_for("close", record_of("close", pid, fd));
     assert_eq!(
         (u(&close["bytes_sent"]), u(&close["bytes_recv"])),
         (ss_sent, ss_received)
     );
-    assert_eq!((ss_sent, ss_received), (123_456 + 7_890 + 11, 300_000));
+    assert_eq!((ss_sent, ss_received), (expected_sent, 300_000));
 }
 
 #[test]
@@ -389,7 +390,9 @@ fn no_existing_leaves_old_connections_alone() {
 #[test]
 fn churn_leaves_nothing_behind() {
     const CYCLES: u64 = 3000;
-    let mut sw = Sockwatch::start(&[]);
+    // Without the start-up scan of /proc, which runs beside the churn and could adopt one
+    // of its sockets as `existing`.
+    let mut sw = Sockwatch::start(&["--no-existing"]);
     let server = net::CountingServer::start();
     let port = server.port.to_string();
     let output = Command::new(LOAD)
@@ -410,28 +413,42 @@ fn churn_leaves_nothing_behind() {
         String::from_utf8_lossy(&output.stderr)
     );
     let is_ours = |r: &Value| r["dport"] == server.port && r["comm"] == "sockwatch-load";
-    let mut closes = 0;
-    while closes < CYCLES {
-        let close = sw.wait_for("churn close", |r| r["event"] == "close" && is_ours(r));
-        assert_eq!(u(&close["bytes_sent"]), 100, "{close}");
-        closes += 1;
-    }
-    let rest = sw.stop();
-    let end = rest
+    // The churn has ended, so every event is in the ring buffer: stopping drains it all.
+    let records = sw.stop();
+    let end = records
         .iter()
         .find(|r| r["event"] == "end")
         .expect("end record");
     assert_eq!(u(&end["lost"]), 0, "{end}");
-    let left: Vec<_> = rest
-        .iter()
-        .filter(|r| r["event"] == "open" && is_ours(r))
-        .collect();
-    assert!(left.is_empty(), "still tracked after churn: {left:?}");
-    let connects = rest
-        .iter()
-        .filter(|r| r["event"] == "connect" && is_ours(r))
-        .count();
-    assert_eq!(connects as u64, CYCLES, "every connect reported");
+    // In arrival order, each close follows its own connect on that fd.
+    let mut open_fds = std::collections::HashMap::new();
+    let (mut connects, mut closes) = (0, 0);
+    for record in records.iter().filter(|r| is_ours(r)) {
+        let fd = u(&record["fd"]);
+        match record["event"].as_str() {
+            Some("connect") => {
+                connects += 1;
+                assert!(
+                    open_fds.insert(fd, record).is_none(),
+                    "connect on an open fd: {record}"
+                );
+            }
+            Some("close") => {
+                closes += 1;
+                assert!(
+                    open_fds.remove(&fd).is_some(),
+                    "close without a connect: {record}"
+                );
+                assert_eq!(u(&record["bytes_sent"]), 100, "{record}");
+            }
+            _ => panic!("unexpected record: {record}"),
+        }
+    }
+    assert_eq!((connects, closes), (CYCLES, CYCLES));
+    assert!(
+        open_fds.is_empty(),
+        "still tracked after churn: {open_fds:?}"
+    );
 }
 
 /// An event the probes never saw (simulated: an entry put in the kernel map with bpftool for an

@@ -221,6 +221,20 @@ pub fn ss_counters(sport: u16) -> Option<(u64, u64)> {
     Some((sent, field("bytes_received:")))
 }
 
+/// [`ss_counters`] once the kernel has put at least `sent` bytes on the wire: tcp_info counts
+/// bytes as they are transmitted, which lags what send() accepted while the peer's window is
+/// full. Waits at most 10 s.
+pub fn ss_counters_settled(sport: u16, sent: u64) -> Option<(u64, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let counters = ss_counters(sport);
+        if counters.is_some_and(|(s, _)| s >= sent) || std::time::Instant::now() > deadline {
+            return counters;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The local port of a socket.
 pub fn local_port(fd: RawFd) -> u16 {
     let mut sa: libc::sockaddr_in = sockaddr(0);
