@@ -19,7 +19,7 @@ fn connect_sendto_close_are_reported_with_exact_numbers() {
     net::sendto_all(fd, 234);
     // The kernel's own count for this socket must agree with what we sent.
     assert_eq!(
-        net::ss_bytes_sent(net::local_port(fd)),
+        net::ss_bytes_sent(net::local_port(fd), 1234),
         Some(1234),
         "ss -tin bytes_sent"
     );
@@ -52,7 +52,7 @@ fn sent_bytes_equal_the_kernels_own_count_in_ss() {
     let pid = std::process::id();
     let fd = net::connected(server.port);
     net::sendto_all(fd, 70_000);
-    let kernel_count = net::ss_bytes_sent(net::local_port(fd));
+    let kernel_count = net::ss_bytes_sent(net::local_port(fd), 70_000);
     net::close(fd);
     assert_eq!(server.next_total(), 70_000);
     let close = sw.wait_for("close", record_of("close", pid, fd));

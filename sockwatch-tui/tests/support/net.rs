@@ -168,34 +168,17 @@ pub fn wait_writable(fd: RawFd) {
 }
 
 /// The kernel's own count of data bytes sent on the connection from local port `sport`, from
-/// `ss -tin` (tcp_info): `bytes_sent` less `bytes_retrans`, since tcp_info's `bytes_sent`
-/// counts retransmitted bytes again. Loopback does retransmit where timers fire late: on the
-/// emulated CPUs of `cargo xtask vm-test` a spurious retransmission (a tail loss probe, seen
-/// as `dsack_dups:1`) adds the last segment to `bytes_sent` and `bytes_retrans` alike.
-pub fn ss_bytes_sent(sport: u16) -> Option<u64> {
-    let out = std::process::Command::new("ss")
-        .args([
-            "-tinH",
-            "state",
-            "established",
-            "src",
-            &format!("127.0.0.1:{sport}"),
-        ])
-        .output()
-        .expect("running ss (iproute2)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| -> Option<u64> {
-        text.split_whitespace()
-            .find_map(|field| field.strip_prefix(name))
-            .and_then(|n| n.parse().ok())
-    };
-    // `bytes_retrans` is only printed when non-zero.
-    field("bytes_sent:")?.checked_sub(field("bytes_retrans:").unwrap_or(0))
+/// `ss -tin` (tcp_info), once at least `expected` bytes are on the wire (see
+/// [`ss_counters_settled`]).
+pub fn ss_bytes_sent(sport: u16, expected: u64) -> Option<u64> {
+    ss_counters_settled(sport, expected).map(|(sent, _)| sent)
 }
 
 /// The kernel's own `(data bytes sent, bytes received)` for the connection from local port
-/// `sport`, from `ss -tin` (tcp_info), retransmissions not counted twice (see `ss_bytes_sent`).
-/// A counter ss does not print (it omits zeros) counts as 0.
+/// `sport`, from `ss -tin` (tcp_info). tcp_info's `bytes_sent` counts retransmitted bytes again,
+/// and loopback does retransmit where timers fire late (on the emulated CPUs of `cargo xtask
+/// vm-test` a spurious tail loss probe, seen as `dsack_dups:1`, resends the last segment), so
+/// `bytes_retrans` is taken off. A counter ss does not print (it omits zeros) counts as 0.
 pub fn ss_counters(sport: u16) -> Option<(u64, u64)> {
     let out = std::process::Command::new("ss")
         .args([
