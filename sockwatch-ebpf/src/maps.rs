@@ -18,10 +18,15 @@ const EVENTS_DEFAULT_BYTES: u32 = 1 << 22;
 pub static TRACKED: HashMap<SocketKey, TrackedSocket> =
     HashMap::with_max_entries(TRACKED_DEFAULT, 0);
 
-/// LRU: an entry whose exit never came (a thread killed in a way that skips it) ages out
-/// instead of filling the map.
+/// A plain (preallocated) hash: cheaper per update than an LRU one, and every syscall exit
+/// fires, so entries do not leak; a thread's next call overwrites whatever it left.
 #[map(name = "INFLIGHT")]
-pub static INFLIGHT: LruHashMap<u64, InflightCall> = LruHashMap::with_max_entries(INFLIGHT_SIZE, 0);
+pub static INFLIGHT: HashMap<u64, InflightCall> = HashMap::with_max_entries(INFLIGHT_SIZE, 0);
+
+/// How many stashes may be in `INFLIGHT`: never less than the true number (it may drift
+/// above it when a stash overwrites another). While it is 0, exits skip the lookup.
+#[unsafe(no_mangle)]
+pub static mut INFLIGHT_COUNT: u64 = 0;
 
 /// LRU: sockets that are never connected (listeners, unconnected UDP) age out.
 #[map(name = "NEW_SOCKETS")]

@@ -6,7 +6,7 @@ use sockwatch_common::{
     COMM_LEN,
 };
 
-use crate::maps::{bump, EVENTS, INFLIGHT, PROCS, TRACKED};
+use crate::maps::{bump, EVENTS, INFLIGHT, INFLIGHT_COUNT, PROCS, TRACKED};
 
 /// `(pid_tgid, pid)` of the calling thread.
 #[inline(always)]
@@ -44,8 +44,13 @@ pub fn has_tracked_sockets(pid: u32) -> bool {
 /// Remembers this thread's call until its exit.
 #[inline(always)]
 pub fn stash(pid_tgid: u64, call: InflightCall) {
+    // Counted before the insert, so the count never falls below the map's content.
+    // SAFETY: an atomic add on our own 8-byte aligned global.
+    unsafe { atomic_add(&raw mut INFLIGHT_COUNT, 1) };
     if INFLIGHT.insert(pid_tgid, call, 0).is_err() {
         bump(Counter::InflightFull);
+        // SAFETY: as above (adding -1).
+        unsafe { atomic_add(&raw mut INFLIGHT_COUNT, u64::MAX) };
     }
 }
 
@@ -67,10 +72,18 @@ pub fn call(kind: CallKind, fd: u32, ptr: u64, arg: u64) -> InflightCall {
 /// (a stale stash of another kind is dropped, never misread).
 #[inline(always)]
 pub fn take_inflight(pid_tgid: u64, expected: CallKind) -> Option<InflightCall> {
+    // Nothing stashed anywhere: the common case of a call on an untracked fd costs no lookup.
+    // SAFETY: a plain read of our own global; a stale value only costs a lookup.
+    if unsafe { core::ptr::read_volatile(&raw const INFLIGHT_COUNT) } == 0 {
+        return None;
+    }
     // SAFETY: the entry belongs to this thread, the only writer of its key; it is copied out
     // before being removed.
     let call = *unsafe { INFLIGHT.get(pid_tgid) }?;
-    let _ = INFLIGHT.remove(pid_tgid);
+    if INFLIGHT.remove(pid_tgid).is_ok() {
+        // SAFETY: an atomic add of -1 on our own global.
+        unsafe { atomic_add(&raw mut INFLIGHT_COUNT, u64::MAX) };
+    }
     (call.kind == expected as u32).then_some(call)
 }
 

@@ -5,7 +5,7 @@
 //! `CONFIG_FTRACE_SYSCALLS`: the arguments are 8-byte slots from offset 16, and the exit's
 //! `ret` is at offset 16 (see `/sys/kernel/tracing/events/syscalls/*/format`).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext};
 use sockwatch_common::CallKind;
 
 use crate::{args::SyscallArgs, enter, exit, process};
@@ -13,22 +13,27 @@ use crate::{args::SyscallArgs, enter, exit, process};
 const FIRST_ARG: usize = 16;
 const RET: usize = 16;
 
+/// The 8-byte field at `offset` of the tracepoint's record.
+#[inline(always)]
+fn field(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: tracepoint programs may load from their context directly (no helper call: this
+    // runs on every hooked syscall); the verifier checks the offset against the record's size
+    // when the program is attached, and every caller reads only its syscall's own arguments.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<u64>()) }
+}
+
 impl SyscallArgs for TracePointContext {
     #[inline(always)]
     fn arg(&self, n: usize) -> Option<u64> {
-        // SAFETY: the offset is inside the syscall tracepoint's record (see the module comment);
-        // read_at uses bpf_probe_read_kernel, so a bad offset yields an error, not a fault.
-        // Never `None`: the record is kernel memory the tracepoint hands us, so the read does
-        // not fail, and a value that is defined on every path keeps older verifiers (6.1)
-        // from rejecting the callers' combined checks of several arguments.
-        Some(unsafe { self.read_at::<u64>(FIRST_ARG + 8 * n) }.unwrap_or(0))
+        // Never `None`: a value that is defined on every path keeps older verifiers (6.1) from
+        // rejecting the callers' combined checks of several arguments.
+        Some(field(self, FIRST_ARG + 8 * n))
     }
 }
 
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> Option<i64> {
-    // SAFETY: as above.
-    unsafe { ctx.read_at::<i64>(RET) }.ok()
+    Some(field(ctx, RET) as i64)
 }
 
 /// One entry program and one exit program per syscall; `kind` is what the exit may find stashed.
