@@ -141,8 +141,14 @@ impl Model {
 
     pub fn update(&mut self, action: Action) {
         match action {
-            Action::Kernel(KernelEvent::Connect(event)) => self.on_connect(event),
-            Action::Kernel(KernelEvent::Close(event)) => self.on_close(event),
+            Action::Kernel(event) => {
+                // The table changed: the settled view is out of date until the next settle.
+                self.view.settled = None;
+                match event {
+                    KernelEvent::Connect(event) => self.on_connect(event),
+                    KernelEvent::Close(event) => self.on_close(event),
+                }
+            }
             Action::Snapshot { entries, now_ns } => {
                 self.on_snapshot(entries, now_ns);
                 self.rates
@@ -151,7 +157,11 @@ impl Model {
             }
             Action::Counters(counters) => self.counters = counters,
             Action::View(action) => view_state::apply(self, action),
-            Action::HostName(answer) => self.hosts.answer(answer, self.now_ns),
+            Action::HostName(answer) => {
+                self.hosts.answer(answer, self.now_ns);
+                // Names show in the table and the filter matches them.
+                self.view.settled = None;
+            }
             Action::Quit => self.quit = true,
         }
     }

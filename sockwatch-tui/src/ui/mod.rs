@@ -48,8 +48,15 @@ pub fn view(model: &Model, clock: &WallClock, frame: &mut Frame) {
             details::render(model, &shown, id, clock, theme, frame, body);
         }
         None => {
-            let visible = visible(model);
-            table::render(&model.view, &visible, theme, frame, areas.table);
+            let computed;
+            let visible = match &model.view.settled {
+                Some(settled) => settled,
+                None => {
+                    computed = visible(model);
+                    &computed
+                }
+            };
+            table::render(&model.view, visible, theme, frame, areas.table);
             close_log::render(&model.view, &shown, clock, theme, frame, areas.log);
         }
     }

@@ -35,13 +35,25 @@ pub fn render(view: &ViewState, visible: &Visible, theme: Theme, frame: &mut Fra
         .title(title)
         .border_style(theme.border(view.focus == Focus::Table));
     let inner = block.inner(area);
-    let mut state = TableState::new()
-        .with_offset(view.offset)
-        .with_selected(visible.selected);
+    // Only the rows on screen are built: formatting every row of a 100k-socket table for each
+    // frame would cost far more than drawing it. The window starts at the view's offset and
+    // holds what fits below the header.
+    let page = usize::from(inner.height.saturating_sub(1));
+    let len = match &visible.listing {
+        Listing::Sockets(rows) => rows.len(),
+        Listing::Processes(rows) => rows.len(),
+    };
+    let start = view.offset.min(len);
+    let end = start.saturating_add(page).min(len);
+    let selected = visible
+        .selected
+        .and_then(|index| index.checked_sub(start))
+        .filter(|&index| index < end - start);
+    let mut state = TableState::new().with_selected(selected);
     let table = match &visible.listing {
         Listing::Sockets(sockets) => table_of(
             SOCKET_COLUMNS,
-            sockets,
+            &sockets[start..end],
             view.socket_sort,
             inner.width,
             theme,
@@ -49,7 +61,7 @@ pub fn render(view: &ViewState, visible: &Visible, theme: Theme, frame: &mut Fra
         ),
         Listing::Processes(processes) => table_of(
             PROCESS_COLUMNS,
-            processes,
+            &processes[start..end],
             view.process_sort,
             inner.width,
             theme,

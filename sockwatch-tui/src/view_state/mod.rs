@@ -122,6 +122,10 @@ pub struct ViewState {
     pub linger_ns: u64,
     pub color: bool,
     pub size: Size,
+    /// The table as last settled: filtering and sorting 100k rows takes tens of milliseconds,
+    /// so it is done once per refresh or key, not once per frame. `None` after kernel events,
+    /// until the next settle (rendering then computes it afresh).
+    pub settled: Option<Visible>,
 }
 
 impl Default for ViewState {
@@ -155,6 +159,7 @@ impl ViewState {
             linger_ns: options.linger_ns.unwrap_or(DEFAULT_LINGER_NS),
             color: options.color,
             size: Size::new(80, 24),
+            settled: None,
         }
     }
 
@@ -378,6 +383,7 @@ fn settle(model: &mut Model) {
     }
     view.offset = view.offset.min(keys.len().saturating_sub(page));
     view.close_scroll = view.close_scroll.min(closes.saturating_sub(1));
+    view.settled = Some(visible);
 }
 
 enum Step {
