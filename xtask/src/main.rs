@@ -1,5 +1,6 @@
 //! Project tasks, run as `cargo xtask <task>` (alias in .cargo/config.toml).
 
+mod bench;
 mod binary;
 mod cmd;
 mod lint;
@@ -41,6 +42,17 @@ enum Task {
     Lint,
     /// Setup, lint and all tests, `vm-test` included; needs root. This is what CI runs.
     Test,
+    /// Measure what sockwatch costs the programs it watches, its throughput, memory and
+    /// render time (as root; writes bench/results.md and bench/overhead.png; ~5 min).
+    Bench {
+        /// One tiny round of everything from the debug build, into target/bench/smoke (the
+        /// check `cargo xtask test` runs).
+        #[arg(long)]
+        smoke: bool,
+        /// Interleaved rounds of the overhead measurements (default 5).
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
     /// Boot Debian bookworm's kernel in QEMU and run the real-kernel tests there with each
     /// probe backend (kprobe, tracepoint) and `--probe auto`.
     VmTest,
@@ -53,6 +65,9 @@ fn main() -> ExitCode {
         Task::Run { debug, args } => binary::run(debug, &args),
         Task::Lint => lint::run().map(|()| ExitCode::SUCCESS),
         Task::Test => test::run().map(|()| ExitCode::SUCCESS),
+        Task::Bench { smoke, rounds } => {
+            bench::run(bench::Options { smoke, rounds }).map(|()| ExitCode::SUCCESS)
+        }
         Task::VmTest => vm::task().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

@@ -25,6 +25,9 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "xz-utils",
+    // `cargo xtask bench`: the article's per-event way (d), and the font of its plot.
+    "bpftrace",
+    "fonts-dejavu-core",
 ];
 /// Newer bpf-linker releases need a newer LLVM than Debian's rustc uses.
 const BPF_LINKER_VERSION: &str = "0.13.0";

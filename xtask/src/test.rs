@@ -28,6 +28,13 @@ pub fn run() -> Result<()> {
     if steps.run("setup", setup::run) {
         steps.run("lint", lint::run);
         let host_ok = steps.run("cargo test", cargo_test);
+        // The benchmark is not part of the tests; that its harness works is (a tiny run).
+        steps.run("bench smoke", || {
+            crate::bench::run(crate::bench::Options {
+                smoke: true,
+                rounds: None,
+            })
+        });
         if let Err(e) = table::update(
             &cmd::workspace_root().join("README.md"),
             &table::host_rows(host_ok),

@@ -2,7 +2,11 @@
 //! demos. Every mode talks only to 127.0.0.1.
 //!
 //! The modes that end a socket without `close()` (process exit, exec) exist because a test
-//! process cannot do that to itself.
+//! process cannot do that to itself. The `bench-*`, `flood` and `hold` modes are the workloads
+//! of `cargo xtask bench` (in `sockwatch-load/bench.rs`).
+
+#[path = "sockwatch-load/bench.rs"]
+mod bench;
 
 use std::{
     io::{self, BufRead, Read, Write},
@@ -66,6 +70,52 @@ enum Mode {
         #[arg(long, default_value_t = 200)]
         churn_ms: u64,
         #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
+    /// CALLS `send()`s of BYTES on a loopback TCP connection; prints ns per call.
+    BenchSend {
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+        #[arg(long, default_value_t = 64)]
+        bytes: usize,
+    },
+    /// CALLS 64-byte `write()`s to /dev/null; prints ns per call.
+    BenchWriteDevnull {
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+    },
+    /// CALLS `dup()` + `close()` pairs on /dev/null (close on a non-socket fd); prints ns per
+    /// pair.
+    BenchClose {
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+    },
+    /// CALLS loopback TCP connect + accept + send BYTES + close (both ends, abortive: no
+    /// TIME_WAIT) cycles, all in one thread; prints ns per cycle.
+    BenchChurn {
+        #[arg(long, default_value_t = 20_000)]
+        calls: u64,
+        #[arg(long, default_value_t = 64)]
+        bytes: usize,
+    },
+    /// Socket lifecycles (connect + close) for SECS seconds at RATE per second (0: as fast as
+    /// possible), UDP unless --tcp; prints the rate reached.
+    Flood {
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long)]
+        tcp: bool,
+        #[arg(long, default_value_t = 0)]
+        bytes: usize,
+    },
+    /// Opens CONNECTIONS loopback TCP connections to itself (two sockets each), prints
+    /// `held=N`, and holds them until stdin closes or SECS pass.
+    Hold {
+        #[arg(long)]
+        connections: usize,
+        #[arg(long, default_value_t = 600)]
         secs: u64,
     },
 }
@@ -135,6 +185,17 @@ fn run(mode: Mode) -> io::Result<()> {
             Duration::from_millis(churn_ms),
             Duration::from_secs(secs),
         ),
+        Mode::BenchSend { calls, bytes } => bench::send(calls, bytes),
+        Mode::BenchWriteDevnull { calls } => bench::write_devnull(calls),
+        Mode::BenchClose { calls } => bench::close(calls),
+        Mode::BenchChurn { calls, bytes } => bench::churn(calls, bytes),
+        Mode::Flood {
+            secs,
+            rate,
+            tcp,
+            bytes,
+        } => bench::flood(!tcp, secs, rate, bytes),
+        Mode::Hold { connections, secs } => bench::hold(connections, secs),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Loading the eBPF object and attaching one of the two probe backends.
 
+pub mod floor;
 mod support;
 
 use std::fmt;
@@ -157,14 +158,6 @@ impl KernelTables {
             .collect()
     }
 
-    /// Every tracked socket of process `pid`.
-    pub fn entries_of(&self, pid: u32) -> Vec<TrackedEntry> {
-        self.snapshot()
-            .into_iter()
-            .filter(|entry| entry.socket.key.pid == pid)
-            .collect()
-    }
-
     /// One tracked socket, if the kernel still has it.
     pub fn get(&self, key: SocketKey) -> Option<TrackedEntry> {
         self.tracked
@@ -259,12 +252,7 @@ pub fn attach(
         None => attach_tracepoints(&mut ebpf)?,
         Some(symbols) => attach_kprobes(&mut ebpf, symbols)?,
     }
-    attach_tracepoint(
-        &mut ebpf,
-        "sched_process_exit",
-        "sched",
-        "sched_process_exit",
-    )?;
+    attach_tracepoint(&mut ebpf, SCHED_PROCESS_EXIT, "sched", SCHED_PROCESS_EXIT)?;
 
     let tracked_map_id = match ebpf.map(maps::TRACKED) {
         Some(aya::maps::Map::HashMap(data)) => data.info().map(|info| info.id()).unwrap_or(0),
@@ -285,9 +273,14 @@ pub fn attach(
     Ok((probes, events, tables))
 }
 
-/// Exits are attached before entries: an entry's stash must never wait for an exit program
-/// that is not there yet.
-fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+/// `sched:sched_process_exit`: the program's name and the event's (both backends use it).
+const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+
+/// The tracepoint backend's `(program, syscalls:event)` pairs, in attach order. Exits come
+/// before entries: an entry's stash must never wait for an exit program that is not there
+/// yet. The benchmark's floor (`floor.rs`) attaches to exactly these events.
+fn syscall_tracepoints() -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
     for phase in ["exit", "enter"] {
         for syscall in SYSCALLS {
             if phase == "enter" && !syscall.enter {
@@ -298,13 +291,15 @@ fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
             if syscall.optional && !support::syscall_tracepoint_exists(&event) {
                 continue;
             }
-            attach_tracepoint(
-                ebpf,
-                &format!("{phase}_{}", syscall.name),
-                "syscalls",
-                &event,
-            )?;
+            pairs.push((format!("{phase}_{}", syscall.name), event));
         }
+    }
+    pairs
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for (program, event) in syscall_tracepoints() {
+        attach_tracepoint(ebpf, &program, "syscalls", &event)?;
     }
     Ok(())
 }
@@ -366,14 +361,17 @@ where
     T::try_from(map).map_err(|e| kernel_error(format!("map {name}"), e))
 }
 
-/// Turns a kernel `EPERM`/`EACCES` anywhere in the error chain into [`ProbeError::NotPermitted`].
+/// Turns a kernel `EPERM` anywhere in the error chain into [`ProbeError::NotPermitted`].
+///
+/// Not `EACCES`: that is how the verifier rejects a program, and its log (kept in `error`)
+/// is the message that matters then.
 fn permission_or(error: impl Into<anyhow::Error>, context: impl Into<String>) -> ProbeError {
     let error = error.into();
     let denied = error.chain().any(|cause| {
         cause
             .downcast_ref::<std::io::Error>()
             .and_then(std::io::Error::raw_os_error)
-            .is_some_and(|code| code == libc::EPERM || code == libc::EACCES)
+            .is_some_and(|code| code == libc::EPERM)
     });
     if denied {
         ProbeError::NotPermitted
