@@ -208,15 +208,15 @@ fn start_floor(bins: &Binaries) -> Result<Attached> {
     let attached = start["attached"]
         .as_u64()
         .context("the floor's start line has no `attached`")? as usize;
-    let mut attached_process = Attached {
+    // Owned from here on, so that an error below still kills it.
+    let floor = Attached {
         process: Some(child),
         attachments: attached,
     };
     kernel::wait_until("the floor's programs", START_TIMEOUT, |a| {
         a.links == attached && a.perf.is_empty()
     })?;
-    attached_process.attachments = attached;
-    Ok(attached_process)
+    Ok(floor)
 }
 
 fn start_bpftrace(bins: &Binaries) -> Result<Attached> {

@@ -254,10 +254,14 @@ fn churn_note(r: &Results) -> Option<String> {
     );
     if let Some(w) = costs.wakeups_per_call {
         note.push_str(&format!(
-            " sockwatch was woken {w:.2} times per cycle: an event that finds it asleep makes \
-             `bpf_ringbuf_submit` wake it (an irq_work self-interrupt, then a wake-up IPI to the \
-             CPU it sleeps on), inside the program, on the traced thread; in this VM an \
-             interrupt costs microseconds."
+            " sockwatch was woken {w:.2} times per cycle (its voluntary context switches). An \
+             event that finds it asleep makes `bpf_ringbuf_submit` wake it (an irq_work \
+             interrupt, then the wake-up of a task sleeping on the other CPU), inside the \
+             program, on the traced thread. Both programs insert a socket into the maps and \
+             send one event; what differs is that user space is asleep for the connect's and \
+             awake for the accept's, so `exit_connect`'s extra {} per run is taken to be the \
+             wake-up (an inference: the statistics time whole programs, not their parts).",
+            stats::duration_ns(run("exit_connect") - run("exit_accept4"))
         ));
     }
     note.push_str(&format!(

@@ -404,7 +404,10 @@ fn footprint_section(md: &mut String, r: &Results) {
         "A fresh `sockwatch-tui --json` (stdout to a file) for each state; CPU is the time of \
          all its threads (`/proc/PID/task/*/schedstat`) over the window, peak RSS is `VmHWM`. \
          Open sockets are loopback connections held by `sockwatch-load hold` (both ends are \
-         tracked: one connect, one accept). The kernel's maps are not in the RSS.\n"
+         tracked: one connect, one accept). The kernel's maps are not in the RSS. The \
+         dashboard (not measured here) does more each `--interval`: it reads the whole \
+         `TRACKED` map (two system calls per entry: next key, lookup) and pays the refresh and \
+         render of section 4.\n"
     );
     let _ = writeln!(
         md,

@@ -1,9 +1,9 @@
 //! The benchmark's workloads (`cargo xtask bench`), usable on their own.
 //!
 //! Each `bench-*` loop makes one kind of syscall as fast as it can and prints one line,
-//! `mode=NAME calls=N warmup=W secs=S ns_per_call=X`, timing only the loop: its setup (a listener, a
-//! connection, an fd to /dev/null) happens before the clock starts, and a short warm-up runs
-//! first. Syscalls are made through libc, so which syscall runs is never in doubt (`send()` is
+//! `mode=NAME calls=N warmup=W secs=S ns_per_call=X`, timing only the loop: its setup (a
+//! listener, a connection, an fd to /dev/null) happens before the clock starts, and a short
+//! warm-up runs first. Syscalls are made through libc, so which syscall runs is never in doubt (`send()` is
 //! the `sendto` syscall). `flood` makes lifecycle events (connect + close) at a chosen rate,
 //! and `hold` keeps many connections open. Every socket is on 127.0.0.1.
 
