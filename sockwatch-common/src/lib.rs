@@ -219,24 +219,6 @@ pub enum CallKind {
     Socket = 10,
 }
 
-impl CallKind {
-    pub const fn from_u32(value: u32) -> Option<Self> {
-        Some(match value {
-            1 => Self::Connect,
-            2 => Self::Send,
-            3 => Self::Recv,
-            4 => Self::SendMmsg,
-            5 => Self::RecvMmsg,
-            6 => Self::Close,
-            7 => Self::CloseRange,
-            8 => Self::DupOnto,
-            9 => Self::Accept,
-            10 => Self::Socket,
-            _ => return None,
-        })
-    }
-}
-
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {

@@ -43,7 +43,7 @@ pub fn syscall_exit(ret: i64, expected: CallKind) {
             let _ = NEW_SOCKETS.insert(key(pid, ret as u32), call.arg as u32, 0);
         }
         // close() frees the fd whatever it returns, except for a bad fd.
-        CallKind::Close if ret != -(libc_ebadf()) => untrack(pid, call.fd, tid, CloseHow::Close),
+        CallKind::Close if ret != -EBADF => untrack(pid, call.fd, tid, CloseHow::Close),
         CallKind::DupOnto if ret >= 0 => untrack(pid, call.fd, tid, CloseHow::DupOnto),
         CallKind::CloseRange if ret == 0 && (call.arg >> 32) & CLOSE_RANGE_CLOEXEC == 0 => {
             let last = call.arg as u32;
@@ -59,10 +59,8 @@ pub fn syscall_exit(ret: i64, expected: CallKind) {
     }
 }
 
-#[inline(always)]
-const fn libc_ebadf() -> i64 {
-    9
-}
+/// `EBADF`: the one `close()` failure after which the fd was not released.
+const EBADF: i64 = 9;
 
 /// Adds a byte count to a tracked socket; every thread of the process may do so at once.
 #[inline(always)]
