@@ -15,8 +15,6 @@
 mod args;
 mod enter;
 mod exit;
-// Not part of sockwatch: the empty program `cargo xtask bench` measures against.
-mod floor;
 mod kprobes;
 mod maps;
 mod process;

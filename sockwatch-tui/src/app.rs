@@ -85,10 +85,6 @@ impl Source {
 
 /// Runs until `q`, a signal, or `--duration`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    if args.attach_floor {
-        // The benchmark's floor: no sockwatch at all (see probes/floor.rs).
-        return probes::floor::hold(args.duration).await;
-    }
     let mut log = Log::open(args.log_file.as_deref())?;
     if !args.json && !std::io::stdout().is_terminal() {
         anyhow::bail!("the dashboard needs a terminal on stdout; use --json for scripts");

@@ -113,11 +113,6 @@ pub struct Args {
     /// Dashboard: keep closed sockets listed, dimmed, for SECS (the `c` key toggles, 5 s).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub linger: Option<Duration>,
-
-    /// Benchmarks only (`cargo xtask bench`): instead of sockwatch's programs, attach an empty
-    /// one to the same tracepoints, print one line, and wait for a signal or --duration.
-    #[arg(long, hide = true, conflicts_with = "json")]
-    pub attach_floor: bool,
 }
 
 impl Args {

@@ -1,6 +1,5 @@
 //! Loading the eBPF object and attaching one of the two probe backends.
 
-pub mod floor;
 mod support;
 
 use std::fmt;
@@ -278,7 +277,7 @@ const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
 
 /// The tracepoint backend's `(program, syscalls:event)` pairs, in attach order. Exits come
 /// before entries: an entry's stash must never wait for an exit program that is not there
-/// yet. The benchmark's floor (`floor.rs`) attaches to exactly these events.
+/// yet.
 fn syscall_tracepoints() -> Vec<(String, String)> {
     let mut pairs = Vec::new();
     for phase in ["exit", "enter"] {
