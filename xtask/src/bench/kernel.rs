@@ -1,172 +1,135 @@
-//! What the kernel has attached, as bpftool reports it, and its per-program run statistics.
-//!
-//! Every measurement starts only when the kernel's hooks are exactly those of the condition
-//! being measured: nothing left over from the previous condition (detaching ~40 programs
-//! takes the kernel seconds, and sockwatch does it in a background child after it exits), and
-//! nothing from another tool running beside the benchmark.
+//! What the kernel has attached and what a tracer still holds: the facts the conditions wait
+//! on before anything is measured.
 
-use std::{
-    fs,
-    process::Command,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, fs, path::Path, process::Command, thread, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-/// Programs attached to tracepoints or kprobes: aya attaches through BPF links (`bpftool
-/// link`), bpftrace through perf event fds (`bpftool perf`); each lists what the other does not.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Attachments {
-    pub links: usize,
-    /// `(pid, what)` of each perf event with a program.
-    pub perf: Vec<(u64, String)>,
-}
+/// Detaching takes the kernel a grace period per tracepoint: seconds for ~40 of them.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(90);
+/// Once the detaching process is gone, a little longer for deferred work (RCU callbacks).
+const SETTLE: Duration = Duration::from_millis(250);
 
-impl Attachments {
-    pub fn total(&self) -> usize {
-        self.links + self.perf.len()
-    }
-
-    fn parse(links: &str, perf: &str) -> Result<Self> {
-        let links: Value = serde_json::from_str(links).context("parsing `bpftool link show`")?;
-        let perf: Value = serde_json::from_str(perf).context("parsing `bpftool perf show`")?;
-        let links = links.as_array().map_or(0, |all| {
-            all.iter().filter(|l| l["type"] == "perf_event").count()
-        });
-        let perf = perf
-            .as_array()
-            .map(|all| {
-                all.iter()
-                    .map(|p| {
-                        let what = p["tracepoint"]
-                            .as_str()
-                            .or_else(|| p["func"].as_str())
-                            .unwrap_or("?");
-                        (p["pid"].as_u64().unwrap_or(0), what.to_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Self { links, perf })
-    }
-}
-
-fn bpftool(args: &[&str]) -> Result<String> {
-    let output = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .output()
-        .context("cannot run bpftool (cargo xtask setup installs it)")?;
-    if !output.status.success() {
-        bail!(
-            "bpftool {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    // An empty listing prints nothing on some versions.
-    Ok(if text.is_empty() { "[]".into() } else { text })
-}
-
-pub fn attachments() -> Result<Attachments> {
-    Attachments::parse(&bpftool(&["link", "show"])?, &bpftool(&["perf", "show"])?)
-}
-
-/// Waits until `ready` holds for what is attached, at most `timeout`.
-pub fn wait_until(
-    what: &str,
-    timeout: Duration,
-    ready: impl Fn(&Attachments) -> bool,
-) -> Result<Attachments> {
-    let start = Instant::now();
-    loop {
-        let now = attachments()?;
-        if ready(&now) {
-            return Ok(now);
+/// The tracepoints sockwatch's tracepoint backend attaches (`sockwatch-tui/src/probes`): the
+/// exit of every syscall in `SYSCALLS`, the entry of those with `enter`, optional ones only
+/// where this kernel has them (setup mounts tracefs), and `sched:sched_process_exit`.
+pub fn sockwatch_tracepoints() -> Vec<String> {
+    let mut all = Vec::new();
+    for syscall in sockwatch_common::SYSCALLS {
+        for phase in ["enter", "exit"] {
+            let event = format!("sys_{phase}_{}", syscall.name);
+            let path = format!("/sys/kernel/tracing/events/syscalls/{event}");
+            let exists = !syscall.optional || Path::new(&path).exists();
+            if exists && (syscall.enter || phase == "exit") {
+                all.push(format!("tracepoint:syscalls:{event}"));
+            }
         }
-        if start.elapsed() > timeout {
-            bail!(
-                "timed out after {:.0} s waiting for {what}: {} BPF links and {} perf events with \
-                 programs are attached ({:?}); is another BPF tool (or a test) running?",
-                timeout.as_secs_f64(),
-                now.links,
-                now.perf.len(),
-                now.perf
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
     }
+    all.push("tracepoint:sched:sched_process_exit".into());
+    all
 }
 
-/// Waits until no program is attached anywhere, then a little longer: the kernel finishes a
-/// detach (an RCU grace period) after the link is gone from its list.
-pub fn wait_detached(timeout: Duration) -> Result<()> {
-    wait_until("every program to be detached", timeout, |a| a.total() == 0)?;
-    thread::sleep(Duration::from_millis(200));
+/// `bpftool -j ARGS`: the list it prints (some versions print nothing for an empty one).
+fn bpftool(args: &str) -> Result<Vec<Value>> {
+    let mut command = Command::new("bpftool");
+    let output = command.arg("-j").args(args.split(' ')).output();
+    let output = output.context("cannot run bpftool (cargo xtask setup installs it)")?;
+    anyhow::ensure!(output.status.success(), "bpftool {args}: {}", output.status);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let text = if text.trim().is_empty() { "[]" } else { &text };
+    serde_json::from_str(text).with_context(|| format!("parsing `bpftool {args}`"))
+}
+
+/// Programs attached to tracepoints: aya's BPF links (`bpftool link`), and the perf event
+/// fds bpftrace attaches through (`bpftool perf`) as `(holder's pid, tracepoint)`.
+pub fn attachments() -> Result<(usize, Vec<(u64, String)>)> {
+    let (links, perf) = (bpftool("link show")?, bpftool("perf show")?);
+    let links = links.iter().filter(|l| l["type"] == "perf_event").count();
+    let perf = perf.into_iter().map(|p| {
+        let name = p["tracepoint"].as_str().unwrap_or("?");
+        (p["pid"].as_u64().unwrap_or(0), name.to_owned())
+    });
+    Ok((links, perf.collect()))
+}
+
+/// The programs `pid` holds (prog and link fds both name theirs in fdinfo), and how many of
+/// its fds are perf links: one per tracepoint aya attached.
+pub fn held_by(pid: u32) -> Result<(BTreeSet<u64>, usize)> {
+    let (mut progs, mut links) = (BTreeSet::new(), 0);
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let info = fs::read_to_string(entry?.path()).unwrap_or_default();
+        for line in info.lines() {
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["prog_id:", id] => progs.extend(id.parse::<u64>().ok()),
+                ["link_type:", "perf"] => links += 1,
+                _ => {}
+            }
+        }
+    }
+    Ok((progs, links))
+}
+
+/// While set, orphaned descendants (sockwatch's detaching child) become our children instead
+/// of init's, so that we can tell when they are gone.
+pub fn set_subreaper(on: bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let set = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, libc::c_ulong::from(on)) };
+    let error = std::io::Error::last_os_error();
+    anyhow::ensure!(set == 0, "prctl(PR_SET_CHILD_SUBREAPER): {error}");
     Ok(())
 }
 
-/// One loaded program's run statistics (counted only while `kernel.bpf_stats_enabled` is 1).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProgramStats {
-    pub id: u64,
-    /// As the kernel keeps it: at most 15 characters.
-    pub name: String,
-    pub run_cnt: u64,
-    pub run_time_ns: u64,
+/// Whether a child process of ours named `comm` is still running; exited ones are reaped.
+fn child_running(comm: &str) -> bool {
+    let (me, mut running) = (std::process::id().to_string(), false);
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // "pid (name) state ppid ...": the name may hold spaces and parentheses.
+        let (pid, rest) = stat.split_once(" (").unwrap_or_default();
+        let (name, rest) = rest.rsplit_once(") ").unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().take(2).collect();
+        // The kernel keeps 15 bytes of a name.
+        if fields.get(1) != Some(&me.as_str()) || comm.get(..15).unwrap_or(comm) != name {
+            continue;
+        }
+        if fields[0] != "Z" {
+            running = true;
+        } else if let Ok(pid) = pid.parse::<libc::pid_t>() {
+            // SAFETY: reaping a zombie child that no `Child` handle owns (the tracer's own
+            // process was waited for before this is called).
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
+    running
 }
 
-pub fn program_stats() -> Result<Vec<ProgramStats>> {
-    parse_program_stats(&bpftool(&["prog", "show"])?)
-}
-
-fn parse_program_stats(text: &str) -> Result<Vec<ProgramStats>> {
-    let all: Value = serde_json::from_str(text).context("parsing `bpftool prog show`")?;
-    Ok(all
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .map(|p| ProgramStats {
-                    id: p["id"].as_u64().unwrap_or(0),
-                    name: p["name"].as_str().unwrap_or("?").to_owned(),
-                    run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
-                    run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-/// `kernel.bpf_stats_enabled` on while this lives; the old value is put back on drop. The
-/// statistics cost two clock reads per program run, so they are on only for the pass that
-/// attributes costs to programs, never while overhead is measured.
-pub struct BpfStats {
-    previous: String,
-}
-
-impl BpfStats {
-    pub fn enable() -> Result<Self> {
-        let previous =
-            fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
-        fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
-        Ok(Self { previous })
+/// Polls `check` until it gives a value, for at most `limit`: `None` if it never did.
+pub fn poll<T>(limit: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<Option<T>> {
+    let start = std::time::Instant::now();
+    loop {
+        match check()? {
+            None if start.elapsed() < limit => thread::sleep(Duration::from_millis(50)),
+            value => return Ok(value),
+        }
     }
 }
 
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = fs::write(BPF_STATS, self.previous.trim());
+/// Waits until a stopped tracer is fully detached: none of its programs is loaded any more
+/// and no process of it (named `comm`) is left, for the last one runs the detaches in its
+/// close or exit path, and syscalls stay slow until that is over.
+pub fn wait_detached(progs: &BTreeSet<u64>, comm: &str) -> Result<()> {
+    let detached = poll(DETACH_TIMEOUT, || {
+        let loaded = bpftool("prog show")?;
+        let mut ids = loaded.iter().filter_map(|p| p["id"].as_u64());
+        Ok((!ids.any(|id| progs.contains(&id)) && !child_running(comm)).then_some(()))
+    })?;
+    if detached.is_none() {
+        bail!("{comm}'s programs were still attached after {DETACH_TIMEOUT:?}");
     }
-}
-
-/// Whether the statistics are off, as they must be while overhead is measured.
-pub fn bpf_stats_off() -> bool {
-    fs::read_to_string(BPF_STATS).is_ok_and(|v| v.trim() == "0")
+    thread::sleep(SETTLE);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -174,24 +137,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn attachments_count_perf_links_and_perf_events() {
-        let links = r#"[{"id":1,"type":"perf_event","prog_id":5},{"id":2,"type":"cgroup","prog_id":6},
-                        {"id":3,"type":"perf_event","prog_id":7}]"#;
-        let perf = r#"[{"pid":42,"fd":8,"prog_id":9,"fd_type":"tracepoint","tracepoint":"sys_enter_close"}]"#;
-        let a = Attachments::parse(links, perf).unwrap();
-        assert_eq!(a.links, 2);
-        assert_eq!(a.perf, [(42, "sys_enter_close".to_owned())]);
-        assert_eq!(a.total(), 3);
-        assert_eq!(Attachments::parse("[]", "[]").unwrap().total(), 0);
-    }
-
-    #[test]
-    fn program_stats_are_read_from_bpftool_json() {
-        let text = r#"[{"id":12,"type":"tracepoint","name":"exit_write","run_time_ns":5000,"run_cnt":100},
-                       {"id":13,"type":"tracepoint","name":"floor"}]"#;
-        let stats = parse_program_stats(text).unwrap();
-        assert_eq!(stats[0].name, "exit_write");
-        assert_eq!((stats[0].run_cnt, stats[0].run_time_ns), (100, 5000));
-        assert_eq!((stats[1].run_cnt, stats[1].run_time_ns), (0, 0));
+    fn the_floor_hooks_what_sockwatch_hooks() {
+        let all = sockwatch_tracepoints().join(",");
+        assert!(all.contains("tracepoint:syscalls:sys_enter_connect,"));
+        assert!(all.contains("tracepoint:syscalls:sys_exit_execve,"));
+        assert!(!all.contains("sys_enter_execve,"));
+        assert!(all.ends_with(",tracepoint:sched:sched_process_exit"));
     }
 }

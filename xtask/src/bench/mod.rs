@@ -1,37 +1,21 @@
-//! `cargo xtask bench`: what sockwatch costs the programs it watches, and what it can take,
-//! measured side by side in one run, as ratios of interleaved runs.
-//!
-//! 1. Per-syscall overhead (`overhead.rs`): four loops of `sockwatch-load` under four
-//!    conditions (`conditions.rs`): nothing, the floor, sockwatch, the article's way; then the
-//!    programs' own run time from the kernel's statistics.
-//! 2. Throughput (`throughput.rs`): lifecycle events at rising rates, every record counted.
-//! 3. User-space cost (`footprint.rs`): CPU and peak RSS idle, at 1k and 10k sockets, churning.
-//! 4. Scale (`render.rs`): the criterion benchmark of the reducer and the table.
-//!
-//! The report (`report.rs`, `diagnosis.rs`) goes to the terminal, `bench/results.md` and
-//! `bench/overhead.png` (`plot.rs`). `--smoke` runs everything once, tiny, from the debug
-//! build, into `target/bench/smoke/`: the check `cargo xtask test` makes that the harness works.
+//! `cargo xtask bench`: what sockwatch costs the programs it watches, and what it can take.
+//! Per-syscall overhead under four conditions (`overhead.rs`, `tracer.rs`), throughput and
+//! scale (`pipeline.rs`), the table's criterion benchmark (`criterion.rs`); the tables
+//! (`report.rs`) are printed and written to bench/results.md. `--smoke` runs every step once,
+//! tiny, from the debug build, into target/bench/smoke (`cargo xtask test` does).
 
-mod conditions;
-mod diagnosis;
-mod footprint;
+mod criterion;
 mod kernel;
-mod machine;
 mod overhead;
-mod plot;
-mod render;
+mod pipeline;
 mod report;
-mod stats;
-mod throughput;
+mod tracer;
 
-use std::{fs, path::PathBuf, time::Duration, time::Instant};
+use std::{fs, path::PathBuf, process::Command, thread, time::Duration, time::Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{
-    cmd::{self, say},
-    setup,
-};
+use crate::{cmd, cmd::say, setup};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -41,207 +25,144 @@ pub struct Options {
     pub rounds: Option<usize>,
 }
 
-/// Five rounds: with each loop pinned to its own CPU the spread is small, and the whole run,
-/// builds included, stays within 10 minutes on the 2-core development machine.
-const DEFAULT_ROUNDS: usize = 5;
+/// The programs under test, where the logs go, and the CPUs of the overhead pass: each loop
+/// runs alone on one (`.0`) and the tracer on another (`.1`), so that what a loop pays is the
+/// hooks and the kernel programs, not a share of its core taken by the tracer's user space.
+pub struct Binaries {
+    pub sockwatch: PathBuf,
+    pub load: PathBuf,
+    pub work: PathBuf,
+    pub cpus: Option<(usize, usize)>,
+}
 
 pub fn run(options: Options) -> Result<()> {
     if !cmd::is_root()? {
         bail!("`cargo xtask bench` must run as root: it loads eBPF programs and runs bpftrace");
     }
-    let started = Instant::now();
     setup::run()?;
-    let bins = build(options.smoke)?;
-    let machine = machine::describe();
-    let busy_before = machine::Busy::sample(Duration::from_secs(1));
-    if !busy_before.is_quiet() {
-        cmd::warn(format!(
-            "the machine is not idle ({}): the figures will show it",
-            busy_before.describe()
-        ));
-    }
-    // Anything else that runs while we measure is named in the report.
-    let watcher = machine::Watcher::start();
-    let rounds = options
-        .rounds
-        .unwrap_or(if options.smoke { 1 } else { DEFAULT_ROUNDS })
-        .max(1);
-
-    say("bench: 1. per-syscall overhead");
-    watcher.set_phase("1. overhead");
-    let overhead::Measured { samples, hooks } = overhead::run(
-        &bins,
-        &overhead::Plan {
-            rounds,
-            target_secs: (!options.smoke).then_some(0.4),
-        },
-    )?;
-    watcher.set_phase("1. program run times");
-    let costs = overhead::program_costs(&bins, &samples)?;
-
-    say("bench: 2. pipeline throughput");
-    watcher.set_phase("2. throughput");
-    let throughput = throughput::run(&bins, &throughput_plan(options.smoke))?;
-
-    say("bench: 3. user-space cost");
-    watcher.set_phase("3. user-space cost");
-    let footprint = footprint::run(&bins, &footprint_plan(options.smoke))?;
-
-    say("bench: 4. table refresh and render");
-    watcher.set_phase("4. render");
-    let render = if options.smoke {
-        render::smoke()?;
-        None
-    } else {
-        Some(render::run(&bins.work)?)
-    };
-    let busy_during = watcher.stop();
-
-    let results = report::Results {
-        smoke: options.smoke,
-        cpus: bins.cpus,
-        hooks,
-        machine,
-        busy_before,
-        busy_during,
-        rounds,
-        overhead: samples
-            .iter()
-            .map(overhead::WorkloadSamples::summary)
-            .collect::<Option<_>>()
-            .context("an overhead series has no samples")?,
-        costs,
-        throughput,
-        footprint,
-        render,
-        minutes: started.elapsed().as_secs_f64() / 60.0,
-    };
-    let out = if options.smoke {
-        bins.work.clone()
-    } else {
-        cmd::workspace_root().join("bench")
-    };
-    fs::create_dir_all(&out)?;
-    let markdown = out.join("results.md");
-    fs::write(&markdown, report::markdown(&results))
-        .with_context(|| format!("writing {}", markdown.display()))?;
-    let png = out.join("overhead.png");
-    plot::overhead(
-        &png,
-        &results.overhead,
-        &format!(
-            "{} · kernel {} · {} · median of {} interleaved rounds, whiskers min–max{}",
-            results.machine.cpu,
-            results.machine.kernel,
-            results.machine.date,
-            rounds,
-            if options.smoke { " · SMOKE RUN" } else { "" }
-        ),
-    )?;
-    if !options.smoke {
-        let readme = cmd::workspace_root().join("README.md");
-        if let Err(e) = report::update_readme(&readme, &report::readme_block(&results)) {
-            cmd::warn(format!("README figures not updated: {e:#}"));
-        }
-    }
-    println!("{}", report::terminal(&results));
-    say(format!(
-        "bench: wrote {} and {} in {:.1} min",
-        markdown.display(),
-        png.display(),
-        started.elapsed().as_secs_f64() / 60.0
-    ));
+    let (smoke, bins) = (options.smoke, build(options.smoke)?);
+    // Five rounds: with each loop pinned to its own CPU the spread is small, and the whole
+    // run stays within 10 minutes on the 2-core development machine.
+    let rounds = options.rounds.unwrap_or(if smoke { 1 } else { 5 }).max(1);
+    let (mut results, started, ticks) = (report::Results::default(), Instant::now(), cpu_ticks());
+    kernel::set_subreaper(true)?;
+    let measured = measure(&bins, smoke, rounds, &mut results);
+    kernel::set_subreaper(false)?;
+    measured?;
+    let text = results.text(&header(smoke, rounds, started, ticks));
+    println!("{text}");
+    let out = (!smoke).then(|| cmd::workspace_root().join("bench"));
+    let path = out.unwrap_or(bins.work).join("results.md");
+    let markdown = format!("{PREAMBLE}\n```text\n{text}```\n");
+    fs::write(&path, markdown).with_context(|| format!("writing {}", path.display()))?;
+    say(format!("bench: wrote {}", path.display()));
     Ok(())
 }
 
-/// Builds what the benchmark runs: the release binaries and the criterion benchmark (before
-/// anything is measured, so no compiler competes with the measurements), or for a smoke run
-/// the debug binaries.
-fn build(smoke: bool) -> Result<conditions::Binaries> {
+/// Every step, in full or (`smoke`) tiny.
+fn measure(bins: &Binaries, smoke: bool, rounds: usize, r: &mut report::Results) -> Result<()> {
+    say("bench: 1. per-syscall overhead");
+    // Other tracers (tests in another worktree) come and go; a smoke run does not wait long.
+    let wait = Duration::from_secs(if smoke { 2 } else { 120 });
+    r.overhead = overhead::run(bins, rounds, smoke, wait)?;
+    say("bench: 2. throughput");
+    // `(lifecycle events/s, tcp)`, 0 for flat out.
+    let udp = [50_000, 100_000, 200_000, 0].map(|rate| (rate, false));
+    let steps = [&udp[..], &[(0, true)]].concat();
+    let steps = if smoke { vec![(10_000, false)] } else { steps };
+    let (secs, processes) = if smoke { (1.0, 1) } else { (3.0, 2) };
+    r.throughput = pipeline::throughput(bins, &steps, secs, processes)?;
+    say("bench: 3. scale");
+    let sockets: &[u64] = if smoke { &[0, 20] } else { &[0, 1_000, 10_000] };
+    r.scale = pipeline::scale(bins, sockets, if smoke { 1.0 } else { 10.0 })?;
+    say("bench: 4. table refresh and render (criterion)");
+    r.table = criterion::run(&bins.work, smoke)?;
+    Ok(())
+}
+
+const PREAMBLE: &str = "# sockwatch benchmark results
+
+Written by `cargo xtask bench` (as root; the README's Performance section says what it runs).
+Overhead: each `sockwatch-load` loop is timed under (a) nothing attached, (b) the floor:
+bpftrace with empty actions on exactly the tracepoints sockwatch hooks, the price of the hooks
+alone, (c) `sockwatch-tui --json`, (d) bpftrace sending every `sendto` and `close` of every
+process to user space and printing it. Rounds interleave a, b, c, d; an untraced run starts only
+once the previous tracer's programs are detached and its processes gone. Figures are medians
+(min-max) over rounds; multiples are taken round by round, `[k/n]`: valid in k rounds of n
+(both added costs positive, no other tracer attached, (c)'s send socket tracked). A verdict
+stands only on every round asked for. Throughput counts only the load's records; scale, the
+sockets sockwatch really tracked.
+";
+
+/// Builds what the bench runs before anything is measured, so that no compiler competes.
+fn build(smoke: bool) -> Result<Binaries> {
     let mut build = cmd::cargo();
     build.args(["build", "-p", "sockwatch-tui", "--bins"]);
     if !smoke {
-        build.arg("--release");
-        cmd::run(&mut build)?;
-        cmd::run(cmd::cargo().args([
-            "bench",
-            "-p",
-            "sockwatch-tui",
-            "--bench",
-            "table",
-            "--no-run",
-        ]))?;
+        cmd::run(build.arg("--release"))?;
+        let bench = "bench -p sockwatch-tui --bench table --no-run";
+        cmd::run(cmd::cargo().args(bench.split(' ')))?;
     } else {
         cmd::run(&mut build)?;
     }
-    let profile = if smoke { "debug" } else { "release" };
-    let dir = cmd::target_dir().join(profile);
-    let work: PathBuf = if smoke {
-        cmd::target_dir().join("bench/smoke")
-    } else {
-        cmd::target_dir().join("bench")
-    };
+    let dir = cmd::target_dir().join(if smoke { "debug" } else { "release" });
+    let work = cmd::target_dir().join(if smoke { "bench/smoke" } else { "bench" });
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    Ok(conditions::Binaries {
-        sockwatch: dir.join("sockwatch-tui"),
-        load: dir.join("sockwatch-load"),
+    let (sockwatch, load) = (dir.join("sockwatch-tui"), dir.join("sockwatch-load"));
+    let cpus = thread::available_parallelism().map_or(1, usize::from);
+    let cpus = (cpus >= 2).then_some((cpus - 1, 0));
+    Ok(Binaries {
+        sockwatch,
+        load,
         work,
-        cpus: conditions::Cpus::of_this_machine(),
+        cpus,
     })
 }
 
-fn throughput_plan(smoke: bool) -> throughput::Plan {
-    let udp = |target| throughput::Step {
-        target,
-        tcp: false,
-        ring_kib: None,
+/// Busy CPU ticks of the machine (/proc/stat: user nice system irq softirq steal) and of
+/// this process with its reaped children (/proc/self/stat, whose name here has no spaces:
+/// utime stime cutime cstime): over a run, the difference is what everything else used.
+fn cpu_ticks() -> [u64; 2] {
+    let sum = |path: &str, wanted: &[usize]| -> u64 {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        let words = text.split_whitespace();
+        let fields: Vec<u64> = words.map(|f| f.parse().unwrap_or(0)).collect();
+        wanted.iter().map(|&i| fields.get(i).unwrap_or(&0)).sum()
     };
-    if smoke {
-        return throughput::Plan {
-            steps: vec![udp(Some(10_000))],
-            secs: 1.0,
-            processes: 1,
-        };
-    }
-    let mut steps: Vec<_> = [50_000, 100_000, 200_000]
-        .into_iter()
-        .map(|rate| udp(Some(rate)))
-        .collect();
-    steps.push(udp(None));
-    steps.push(throughput::Step {
-        target: None,
-        tcp: true,
-        ring_kib: None,
-    });
-    // Beyond capacity on purpose: a ring buffer too small for the bursts, so events are lost,
-    // to show that the loss is counted and nothing breaks.
-    steps.push(throughput::Step {
-        target: None,
-        tcp: false,
-        ring_kib: Some(16),
-    });
-    throughput::Plan {
-        steps,
-        secs: 3.0,
-        processes: 2,
-    }
+    let machine = sum("/proc/stat", &[1, 2, 3, 6, 7, 8]);
+    [machine, sum("/proc/self/stat", &[13, 14, 15, 16])]
 }
 
-fn footprint_plan(smoke: bool) -> footprint::Plan {
-    use footprint::Load;
-    if smoke {
-        return footprint::Plan {
-            loads: vec![Load::Hold(20)],
-            secs: 1.0,
-        };
-    }
-    footprint::Plan {
-        loads: vec![
-            Load::Idle,
-            Load::Hold(500),
-            Load::Hold(5_000),
-            Load::Churn(20_000),
-        ],
-        secs: 10.0,
-    }
+/// The run's first lines: when, where, what, and how much CPU other processes took meanwhile.
+fn header(smoke: bool, rounds: usize, started: Instant, ticks: [u64; 2]) -> String {
+    let output = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output();
+        let out = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        out.unwrap_or_else(|_| "?".into())
+    };
+    let root = cmd::workspace_root().to_string_lossy();
+    let commit = output("git", &["-C", &root, "describe", "--always", "--dirty"]);
+    let (date, kernel) = (output("date", &["-u", "+%F %R"]), output("uname", &["-r"]));
+    let build = [
+        "release",
+        "SMOKE RUN (tiny sizes, the numbers mean nothing), debug",
+    ];
+    let build = build[usize::from(smoke)];
+    let (minutes, [all, ours]) = (started.elapsed().as_secs_f64() / 60.0, cpu_ticks());
+    // A tick is 10 ms (USER_HZ is 100).
+    let others = (all - ticks[0]).saturating_sub(ours - ticks[1]) as f64 / 100.0;
+    let cpus = thread::available_parallelism().map_or(1, usize::from) as f64;
+    let other = others / (minutes * 60.0 * cpus) * 100.0;
+    let hooks = kernel::sockwatch_tracepoints().len();
+    format!(
+        "sockwatch bench: {date} UTC, kernel {kernel}, {commit}, {build} build\n{rounds} rounds, \
+         {hooks} tracepoints hooked by (b) and (c), {minutes:.1} min; other processes used \
+         {other:.0}% of the machine's CPU meanwhile"
+    )
+}
+
+/// `name=value` among the words of a `sockwatch-load` line → value.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let mut words = line.split_whitespace();
+    words.find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
 }

@@ -1,0 +1,167 @@
+//! sockwatch under loads of its own kind. Throughput: socket lifecycles at set rates from
+//! `sockwatch-load flood` processes; only the records of the load's pids count, against what
+//! the load made and what sockwatch says it lost. Scale: CPU and peak RSS while N idle sockets
+//! are tracked (held open by `sockwatch-load hold`), counted from sockwatch's `open` records.
+
+use std::{fs, process::Command, process::Stdio, thread, time::Duration, time::Instant};
+
+use std::sync::PoisonError;
+
+use anyhow::{bail, Context, Result};
+
+use super::{kernel, tracer, tracer::Tracer, Binaries};
+
+/// Opening 5,000 connections (and sockwatch taking in their 10,000 records) on a busy machine.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A throughput step: `rate` lifecycle events/s of all processes together (0: flat out), over
+/// TCP or UDP; `offered`, the lifecycle events the load made; `printed`, sockwatch's records of
+/// the load's pids; `lost`, the `end` record's (any process; `None` without one); `cpu`,
+/// sockwatch's CPU time in percent of one core.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Step {
+    pub rate: u64,
+    pub tcp: bool,
+    pub offered: u64,
+    pub printed: u64,
+    pub secs: f64,
+    pub lost: Option<u64>,
+    pub cpu: f64,
+}
+
+impl Step {
+    pub fn label(&self) -> String {
+        let proto = if self.tcp { "TCP" } else { "UDP" };
+        match self.rate {
+            0 => format!("{proto}, flat out"),
+            rate => format!("{proto}, {}k/s", rate / 1000),
+        }
+    }
+
+    /// Every event of the load printed, nothing lost.
+    pub fn lossless(&self) -> bool {
+        self.lost == Some(0) && self.printed == self.offered
+    }
+
+    pub fn offered_per_sec(&self) -> f64 {
+        self.offered as f64 / self.secs
+    }
+}
+
+/// Runs each step, `(rate, tcp)`, for `secs` with `processes` load processes.
+pub fn throughput(bins: &Binaries, steps: &[(u64, bool)], secs: f64, n: u64) -> Result<Vec<Step>> {
+    let mut results = Vec::new();
+    for &(rate, tcp) in steps {
+        let mut step = Step::default();
+        (step.rate, step.tcp) = (rate, tcp);
+        let label = step.label();
+        results.push(run_step(bins, step, secs, n).context(label)?);
+    }
+    Ok(results)
+}
+
+fn run_step(bins: &Binaries, mut step: Step, secs: f64, processes: u64) -> Result<Step> {
+    let sockwatch = Tracer::sockwatch(bins, None)?;
+    // sockwatch's records per lifecycle: TCP connect, accept, two closes; UDP connect, close.
+    let per_cycle = if step.tcp { 4 } else { 2 };
+    let rate = step.rate.div_ceil(processes * per_cycle).to_string();
+    let mut loads = Vec::new();
+    for _ in 0..processes {
+        let mut command = Command::new(&bins.load);
+        command.args(["flood", "--secs", &secs.to_string(), "--rate", &rate]);
+        command.args(step.tcp.then_some("--tcp"));
+        loads.push(tracer::spawn(command.stdout(Stdio::piped()))?);
+    }
+    let (cpu_before, wall) = (cpu_ns(sockwatch.pid())?, Instant::now());
+    let mut pids = Vec::new();
+    for load in loads {
+        pids.push(load.id());
+        let output = load.wait_with_output().context("waiting for a flood")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!("sockwatch-load flood failed ({})", output.status);
+        }
+        let number = |name| super::field(&stdout, name)?.parse::<f64>().ok();
+        let printed = number("cycles").zip(number("secs"));
+        let (cycles, took) = printed.with_context(|| format!("flood printed {stdout:?}"))?;
+        step.offered += cycles as u64 * per_cycle;
+        step.secs = step.secs.max(took);
+    }
+    let cpu = cpu_ns(sockwatch.pid())?.saturating_sub(cpu_before);
+    step.cpu = cpu as f64 / wall.elapsed().as_nanos() as f64 * 100.0;
+    // sockwatch reads what is left in its ring buffer before its `end` record.
+    let records = sockwatch.stop()?;
+    step.printed = pids.iter().map(|&pid| records.of(pid).lifecycle).sum();
+    step.lost = records.end_lost;
+    Ok(step)
+}
+
+/// A scale phase: sockets held open, those sockwatch tracked (its `open` records for the
+/// holder), lifecycle records of other processes (zero: the idle phase was idle), sockwatch's
+/// CPU over the window in percent of one core, and its peak RSS in KiB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phase {
+    pub sockets: u64,
+    pub tracked: u64,
+    pub others: u64,
+    pub cpu_percent: f64,
+    pub peak_rss_kib: u64,
+}
+
+/// A fresh sockwatch for each count of `sockets` (so that each peak is its own), measured
+/// over `secs`.
+pub fn scale(bins: &Binaries, sockets: &[u64], secs: f64) -> Result<Vec<Phase>> {
+    let phase = |&n: &u64| run_phase(bins, n, secs).with_context(|| format!("{n} sockets"));
+    sockets.iter().map(phase).collect()
+}
+
+fn run_phase(bins: &Binaries, sockets: u64, secs: f64) -> Result<Phase> {
+    let sockwatch = Tracer::sockwatch(bins, None)?;
+    let mut phase = Phase {
+        sockets,
+        ..Phase::default()
+    };
+    // Both ends of each loopback connection are tracked: half as many connections. It holds
+    // them until its stdin closes.
+    let mut command = Command::new(&bins.load);
+    command.args(["hold", "--connections", &(sockets / 2).to_string()]);
+    let mut holder = tracer::spawn(command.stdin(Stdio::piped()).stdout(Stdio::null()))?;
+    // The window starts once sockwatch has taken in every connect and accept of the holder
+    // (if it never does, `tracked` tells).
+    kernel::poll(HOLD_TIMEOUT, || {
+        let records = sockwatch.records.lock();
+        let records = records.unwrap_or_else(PoisonError::into_inner);
+        let seen = records.of(holder.id()).lifecycle >= sockets;
+        Ok((seen || holder.try_wait()?.is_some()).then_some(()))
+    })?;
+    let (pid, wall) = (sockwatch.pid(), Instant::now());
+    let cpu_before = cpu_ns(pid)?;
+    // The measurement itself: sockwatch's CPU time over an idle window.
+    thread::sleep(Duration::from_secs_f64(secs));
+    let cpu = cpu_ns(pid)?.saturating_sub(cpu_before);
+    phase.cpu_percent = cpu as f64 / wall.elapsed().as_nanos() as f64 * 100.0;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let peak = status.lines().find_map(|line| line.strip_prefix("VmHWM:"));
+    let peak = peak.and_then(|kib| kib.split_whitespace().next()?.parse().ok());
+    phase.peak_rss_kib = peak.context("no VmHWM in /proc/PID/status")?;
+    // Stopped while the sockets are open: its `open` records list those it tracks.
+    let records = sockwatch.stop()?;
+    drop(holder.stdin.take());
+    let held = holder.wait()?;
+    anyhow::ensure!(held.success(), "sockwatch-load hold failed ({held})");
+    let all: u64 = records.by_pid.values().map(|r| r.lifecycle).sum();
+    let holders = records.of(holder.id());
+    (phase.tracked, phase.others) = (holders.open, all - holders.lifecycle);
+    Ok(phase)
+}
+
+/// CPU time of every thread of `pid` so far, in ns (the first field of each schedstat).
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let text = fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        let ns = text.split_whitespace().next().map(str::parse::<u64>);
+        total += ns.transpose()?.unwrap_or(0);
+    }
+    Ok(total)
+}

@@ -1,0 +1,266 @@
+//! The four conditions a loop runs under, and the tracers that make them: nothing; the floor
+//! (bpftrace with empty actions on exactly the tracepoints sockwatch hooks: the price of the
+//! hooks alone); sockwatch; the article's way (bpftrace printing every `sendto` and `close`).
+
+use std::{collections::BTreeSet, collections::HashMap, fs::File, mem, path::Path};
+use std::{io::BufRead, io::BufReader, thread, thread::JoinHandle, time::Duration};
+use std::{process::Child, process::Command, process::Stdio};
+use std::{sync::mpsc, sync::Arc, sync::Mutex, sync::PoisonError};
+
+use anyhow::{anyhow, Context, Result};
+
+use super::{kernel, Binaries};
+use crate::cmd;
+
+/// bpftrace compiles ~40 programs with LLVM before it attaches them, on a busy 2-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const ARTICLE_PROBES: &str =
+    "tracepoint:syscalls:sys_enter_sendto,tracepoint:syscalls:sys_enter_close";
+const ARTICLE_ACTION: &str = r#"printf("%s pid=%d tid=%d fd=%d\n", comm, pid, tid, args->fd);"#;
+
+/// The conditions, in the order each round runs them; `as usize` indexes their figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    Untraced,
+    Floor,
+    Sockwatch,
+    Article,
+}
+use Condition::{Article, Floor, Sockwatch, Untraced};
+
+pub const CONDITIONS: [Condition; 4] = [Untraced, Floor, Sockwatch, Article];
+
+/// What sockwatch printed about one process: lifecycle records (connect, accept, close),
+/// `open` records (its sockets still tracked at the end), the most one of its sockets sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidRecords {
+    pub lifecycle: u64,
+    pub open: u64,
+    pub max_sent: u64,
+}
+
+/// sockwatch's JSON records, tallied as they arrive; `end_lost` is the `end` record's `lost`.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub by_pid: HashMap<u32, PidRecords>,
+    pub end_lost: Option<u64>,
+}
+
+impl Records {
+    fn add(&mut self, line: &str) {
+        // `event` is always the first key.
+        let event = line.strip_prefix(r#"{"event":""#).unwrap_or("");
+        let event = event.split('"').next().unwrap_or("");
+        if event == "end" {
+            self.end_lost = number(line, "lost");
+        }
+        if !matches!(event, "connect" | "accept" | "close" | "open") {
+            return;
+        }
+        let pid = number(line, "pid").and_then(|p| u32::try_from(p).ok());
+        let of_pid = self.by_pid.entry(pid.unwrap_or(0)).or_default();
+        of_pid.open += u64::from(event == "open");
+        of_pid.lifecycle += u64::from(event != "open");
+        let sent = number(line, "bytes_sent").unwrap_or(0);
+        of_pid.max_sent = of_pid.max_sent.max(sent);
+    }
+
+    pub fn of(&self, pid: u32) -> PidRecords {
+        self.by_pid.get(&pid).copied().unwrap_or_default()
+    }
+}
+
+/// `"key":123` in a JSON line → 123 (parsing every record in full would slow the count).
+fn number(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(&format!("\"{key}\":"))? + key.len() + 3..];
+    let end = rest.find(|c: char| !c.is_ascii_digit());
+    rest[..end.unwrap_or(rest.len())].parse().ok()
+}
+
+/// A condition in force; `stop` ends it and waits until the kernel has detached everything.
+#[derive(Default)]
+pub struct Tracer {
+    child: Option<Child>,
+    /// The tracer's process name, which its detaching descendants share.
+    comm: &'static str,
+    /// Its programs, whose detach `stop` waits for.
+    progs: BTreeSet<u64>,
+    /// Tracepoints it attached.
+    pub hooks: usize,
+    /// The kernel's perf links and perf events with programs while it alone is attached.
+    expect: (usize, usize),
+    pub records: Arc<Mutex<Records>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Tracer {
+    /// Starts `condition`, its tracer pinned to the observer CPU.
+    pub fn start(condition: Condition, bins: &Binaries) -> Result<Self> {
+        let probes = kernel::sockwatch_tracepoints().join(",");
+        match condition {
+            Untraced => Ok(Self::default()),
+            Floor => Self::bpftrace(bins, &probes, ""),
+            Sockwatch => Self::sockwatch(bins, bins.cpus.map(|c| c.1)),
+            Article => Self::bpftrace(bins, ARTICLE_PROBES, ARTICLE_ACTION),
+        }
+    }
+
+    /// `command`, its stderr in the work directory, as a tracer named `comm`.
+    fn spawn(bins: &Binaries, mut command: Command, comm: &'static str) -> Result<Self> {
+        let path = bins.work.join(format!("{comm}.stderr"));
+        let stderr = File::create(&path).with_context(|| format!("creating {}", path.display()));
+        command.stdin(Stdio::null()).stderr(stderr?);
+        let (mut tracer, child) = (Self::default(), spawn(&mut command)?);
+        (tracer.child, tracer.comm) = (Some(child), comm);
+        Ok(tracer)
+    }
+
+    /// `sockwatch-tui --json` (pinned to `cpu`, if any), once its probes are attached; a
+    /// thread of ours tallies its records.
+    pub fn sockwatch(bins: &Binaries, cpu: Option<usize>) -> Result<Self> {
+        let mut command = pinned(&bins.sockwatch, cpu);
+        // Every socket the bench measures is opened after the start; without the /proc scan
+        // for older ones, the start record is the moment sockwatch is ready.
+        command.args(["--json", "--no-existing"]);
+        command.stdout(Stdio::piped());
+        let mut tracer = Self::spawn(bins, command, "sockwatch-tui")?;
+        let stdout = tracer.child.as_mut().and_then(|c| c.stdout.take());
+        let stdout = BufReader::with_capacity(1 << 20, stdout.context("sockwatch's stdout")?);
+        let (started, start) = mpsc::channel();
+        let tally = Arc::clone(&tracer.records);
+        tracer.reader = Some(thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if line.starts_with(r#"{"event":"start""#) {
+                    let _ = started.send(());
+                }
+                let mut records = tally.lock().unwrap_or_else(PoisonError::into_inner);
+                records.add(&line);
+            }
+        }));
+        // Returns at once, too, if sockwatch exits (its stdout closes, the sender is dropped).
+        let started = start.recv_timeout(START_TIMEOUT);
+        started.map_err(|_| failed(bins, "sockwatch-tui"))?;
+        (tracer.progs, tracer.hooks) = kernel::held_by(tracer.pid())?;
+        tracer.expect = (tracer.hooks, 0);
+        Ok(tracer)
+    }
+
+    /// bpftrace running `action` on each of `probes`, once every probe has its program (an
+    /// empty action still gets one: `r0 = 1; exit`).
+    fn bpftrace(bins: &Binaries, probes: &str, action: &str) -> Result<Self> {
+        let mut command = pinned(Path::new("bpftrace"), bins.cpus.map(|c| c.1));
+        // Its output, and the blank lines it prints on Ctrl-C, go nowhere.
+        let script = format!("{probes} {{ {action} }}");
+        command.args(["-o", "/dev/null", "-e", &script]);
+        command.stdout(Stdio::null());
+        let mut tracer = Self::spawn(bins, command, "bpftrace")?;
+        let want = probes.split(',').filter_map(|p| p.rsplit(':').next());
+        let mut want: Vec<&str> = want.collect();
+        want.sort_unstable();
+        let pid = u64::from(tracer.pid());
+        let attached = kernel::poll(START_TIMEOUT, || {
+            let child = tracer.child.as_mut().context("bpftrace")?;
+            if child.try_wait()?.is_some() {
+                return Err(failed(bins, "bpftrace"));
+            }
+            let (_, perf) = kernel::attachments()?;
+            let held = perf.iter().filter(|(p, _)| *p == pid);
+            let mut held: Vec<&str> = held.map(|(_, name)| name.as_str()).collect();
+            held.sort_unstable();
+            Ok((held == want).then_some(()))
+        })?;
+        attached.ok_or_else(|| failed(bins, "bpftrace"))?;
+        (tracer.progs, tracer.hooks) = (kernel::held_by(tracer.pid())?.0, want.len());
+        tracer.expect = (0, tracer.hooks);
+        Ok(tracer)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits, at most `limit`, until the kernel's tracepoint programs are exactly this
+    /// condition's, with no other tracer (a test, another tool) slowing syscalls beside it;
+    /// whether they are.
+    pub fn clean(&self, limit: Duration) -> Result<bool> {
+        let clean = kernel::poll(limit, || {
+            let (links, perf) = kernel::attachments()?;
+            Ok(((links, perf.len()) == self.expect).then_some(()))
+        });
+        Ok(clean?.is_some())
+    }
+
+    /// Ends the condition (SIGINT: bpftrace's Ctrl-C, and one of sockwatch's stops), then
+    /// waits until its programs are detached. Returns what sockwatch printed.
+    pub fn stop(mut self) -> Result<Records> {
+        if let Some(mut child) = self.child.take() {
+            let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+            // SAFETY: kill(2) on our own child, not reaped yet, so the pid is still its.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+            let status = kernel::poll(EXIT_TIMEOUT, || Ok(child.try_wait()?))?;
+            let status = status.with_context(|| format!("{} did not stop", self.comm))?;
+            anyhow::ensure!(status.success(), "{} exited with {status}", self.comm);
+        }
+        if let Some(reader) = self.reader.take() {
+            let read = reader.join();
+            read.map_err(|_| anyhow!("the reader of sockwatch's records panicked"))?;
+        }
+        kernel::wait_detached(&self.progs, self.comm)?;
+        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(mem::take(&mut *records))
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn failed(bins: &Binaries, comm: &str) -> anyhow::Error {
+    let stderr = bins.work.join(format!("{comm}.stderr"));
+    anyhow!("{comm} did not start; see {}", stderr.display())
+}
+
+/// `program`, pinned to `cpu` with taskset (which execs it: the pid is the program's).
+pub fn pinned(program: &Path, cpu: Option<usize>) -> Command {
+    let Some(cpu) = cpu else {
+        return Command::new(program);
+    };
+    let mut command = Command::new("taskset");
+    command.args(["-c", &cpu.to_string()]).arg(program);
+    command
+}
+
+pub fn spawn(command: &mut Command) -> Result<Child> {
+    cmd::say(cmd::display(command));
+    let child = command.spawn();
+    child.with_context(|| format!("cannot run {}", cmd::display(command)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_tallied_per_process() {
+        let mut records = Records::default();
+        for line in [
+            r#"{"event":"start","time":1.0,"probe":"tracepoint","pid":9,"tracked_map_id":3}"#,
+            r#"{"event":"connect","time":1.0,"tid":8,"pid":7,"fd":3,"bytes_sent":0}"#,
+            r#"{"event":"close","time":2.0,"tid":8,"connect_tid":8,"pid":7,"bytes_sent":640}"#,
+            r#"{"event":"open","time":3.0,"pid":5,"fd":4,"bytes_sent":10}"#,
+            r#"{"event":"end","time":3.0,"open":1,"lost":3,"untracked":0,"repairs":0}"#,
+        ] {
+            records.add(line);
+        }
+        assert_eq!((records.of(7).lifecycle, records.of(7).max_sent), (2, 640));
+        assert_eq!((records.of(5).lifecycle, records.of(5).open), (0, 1));
+        assert_eq!((records.of(9).lifecycle, records.end_lost), (0, Some(3)));
+    }
+}
