@@ -25,9 +25,8 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "xz-utils",
-    // `cargo xtask bench`: the article's per-event way (d), and the font of its plot.
+    // `cargo xtask bench`: the floor (b) and the article's per-event way (d).
     "bpftrace",
-    "fonts-dejavu-core",
 ];
 /// Newer bpf-linker releases need a newer LLVM than Debian's rustc uses.
 const BPF_LINKER_VERSION: &str = "0.13.0";
