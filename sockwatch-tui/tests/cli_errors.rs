@@ -22,7 +22,7 @@ fn stderr(output: &Output) -> String {
 fn kprobe_backend_without_kprobes_is_one_clear_error() {
     support::assert_root();
     let output = run(&["--json", "--probe", "kprobe", "--duration", "1"]);
-    if sockwatch_tui::probes::kprobes_available() {
+    if sockwatch_tui::kernel::support::kprobes_available() {
         // Kernels with kprobes (the VM test) must run the backend instead.
         assert!(
             output.status.success(),
