@@ -139,10 +139,23 @@ impl Output<'_> {
             Self::Json {
                 model, out, clock, ..
             } => {
-                let kept = model.apply(change.clone());
-                Record::of_change(&change, kept, clock)
-                    .write_line(out)
-                    .context("writing to stdout")?;
+                // Printed as the model keeps it (a close with what was learned while open).
+                let record = match change {
+                    Change::Failed { ref socket, errno } => {
+                        let written = Record::failed(socket, errno, clock).write_line(out);
+                        model.apply(change);
+                        written
+                    }
+                    Change::Opened(_) => match model.apply(change) {
+                        Some(kept) => Record::opened(kept, clock).write_line(out),
+                        None => Ok(()),
+                    },
+                    Change::Closed(_) => match model.apply(change) {
+                        Some(kept) => Record::closed(kept, clock).write_line(out),
+                        None => Ok(()),
+                    },
+                };
+                record.context("writing to stdout")?;
             }
             Self::Dashboard { dashboard, .. } => {
                 dashboard.update(Message::Model(Action::Change(change)));

@@ -117,56 +117,65 @@ impl<'a> Record<'a> {
     /// (for a close: with what was learned while it was open).
     pub fn of_change(change: &'a Change, kept: Option<&'a Socket>, clock: &WallClock) -> Self {
         match change {
-            Change::Opened(socket) => {
-                let socket = kept.unwrap_or(socket);
-                let time = clock.unix_secs(socket.id.opened_ns);
-                let fields = SocketFields::of(socket);
-                match socket.origin {
-                    Origin::Existing => Record::Existing {
-                        time,
-                        socket: fields,
-                    },
-                    Origin::Accept => Record::Accept {
-                        time,
-                        tid: socket.tid,
-                        socket: fields,
-                    },
-                    Origin::Connect => Record::Connect {
-                        time,
-                        tid: socket.tid,
-                        socket: fields,
-                        result: match socket.state {
-                            State::Connecting => "in_progress".to_owned(),
-                            State::Established => "ok".to_owned(),
-                        },
-                        bytes_sent: 0,
-                        bytes_recv: 0,
-                    },
-                }
-            }
-            Change::Failed { socket, errno } => Record::Connect {
-                time: clock.unix_secs(socket.id.opened_ns),
+            Change::Opened(socket) => Self::opened(kept.unwrap_or(socket), clock),
+            Change::Failed { socket, errno } => Self::failed(socket, *errno, clock),
+            Change::Closed(socket) => Self::closed(kept.unwrap_or(socket), clock),
+        }
+    }
+
+    /// A socket became tracked: `connect`, `accept` or `existing`, by its origin.
+    pub fn opened(socket: &'a Socket, clock: &WallClock) -> Self {
+        let time = clock.unix_secs(socket.id.opened_ns);
+        let fields = SocketFields::of(socket);
+        match socket.origin {
+            Origin::Existing => Record::Existing {
+                time,
+                socket: fields,
+            },
+            Origin::Accept => Record::Accept {
+                time,
                 tid: socket.tid,
-                socket: SocketFields::of(socket),
-                result: errno_name(*errno),
+                socket: fields,
+            },
+            Origin::Connect => Record::Connect {
+                time,
+                tid: socket.tid,
+                socket: fields,
+                result: match socket.state {
+                    State::Connecting => "in_progress".to_owned(),
+                    State::Established => "ok".to_owned(),
+                },
                 bytes_sent: 0,
                 bytes_recv: 0,
             },
-            Change::Closed(socket) => {
-                let socket = kept.unwrap_or(socket);
-                let closed = socket.closed;
-                Record::Close {
-                    time: clock.unix_secs(closed.map_or(0, |c| c.at_ns)),
-                    tid: closed.map_or(0, |c| c.tid),
-                    connect_tid: socket.tid,
-                    socket: SocketFields::of(socket),
-                    bytes_sent: socket.bytes_sent,
-                    bytes_recv: socket.bytes_recv,
-                    lifetime_ns: socket.age_ns(0),
-                    reason: closed.map_or(CloseCause::Close, |c| c.cause).label(),
-                    preexisting: socket.origin == Origin::Existing,
-                }
-            }
+        }
+    }
+
+    /// A connect that failed with `errno`.
+    pub fn failed(socket: &'a Socket, errno: i32, clock: &WallClock) -> Self {
+        Record::Connect {
+            time: clock.unix_secs(socket.id.opened_ns),
+            tid: socket.tid,
+            socket: SocketFields::of(socket),
+            result: errno_name(errno),
+            bytes_sent: 0,
+            bytes_recv: 0,
+        }
+    }
+
+    /// A socket that ended, with its final counts.
+    pub fn closed(socket: &'a Socket, clock: &WallClock) -> Self {
+        let closed = socket.closed;
+        Record::Close {
+            time: clock.unix_secs(closed.map_or(0, |c| c.at_ns)),
+            tid: closed.map_or(0, |c| c.tid),
+            connect_tid: socket.tid,
+            socket: SocketFields::of(socket),
+            bytes_sent: socket.bytes_sent,
+            bytes_recv: socket.bytes_recv,
+            lifetime_ns: socket.age_ns(0),
+            reason: closed.map_or(CloseCause::Close, |c| c.cause).label(),
+            preexisting: socket.origin == Origin::Existing,
         }
     }
 
