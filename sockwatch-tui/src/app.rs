@@ -5,6 +5,7 @@
 //! changes, so they tell one history.
 
 use std::{
+    collections::HashSet,
     io::{self, IsTerminal, StdoutLock, Write},
     time::Duration,
 };
@@ -34,7 +35,7 @@ use crate::{
         dns::{self, Answer, HostNames, Resolver},
         Action, Model,
     },
-    socket::Socket,
+    socket::{Socket, SocketId},
     terminal::TerminalGuard,
     view::{
         self, keys,
@@ -63,13 +64,14 @@ impl Source {
     }
 
     /// Takes every record waiting (does not wait), one at a time: the tracker reads the model
-    /// as the changes before each record left it.
-    fn drain(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<()> {
+    /// as the changes before each record left it. Returns which sockets opened and closed.
+    fn drain(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<Drained> {
         let Self {
             ring,
             tables,
             tracker,
         } = self;
+        let mut drained = Drained::default();
         let ring = ring.get_mut();
         while let Some(item) = ring.next() {
             let record = match KernelRecord::decode(&item) {
@@ -81,27 +83,43 @@ impl Source {
             };
             drop(item);
             for change in tracker.handle(record, &output.model().open, tables) {
+                match &change {
+                    Change::Opened(socket) => drained.opened.insert(socket.id),
+                    Change::Closed(socket) => drained.closed.insert(socket.id),
+                    Change::Failed { .. } => false,
+                };
                 output.apply(change)?;
             }
         }
-        Ok(())
+        Ok(drained)
     }
 
-    /// Reads the kernel's map: sockets whose close record was lost are closed, the others'
-    /// counters taken in. Returns the map as read.
-    fn read_map(&mut self, output: &mut Output) -> anyhow::Result<Vec<Socket>> {
+    /// Reads the kernel's map, then takes the records sent until then: the kernel removes an
+    /// entry before it reports the close, so a socket the read missed whose close record was
+    /// merely waiting is closed by now, not taken for one whose record was lost. Then the
+    /// tracker checks the read and the model takes its counters. Returns the map's sockets,
+    /// and those opened after the read.
+    fn read_map(
+        &mut self,
+        output: &mut Output,
+        log: &mut Log,
+    ) -> anyhow::Result<(Vec<SocketId>, HashSet<SocketId>)> {
+        let mut map = self.tables.snapshot();
         let now_ns = monotonic_ns();
-        let map = self.tables.snapshot();
+        let drained = self.drain(output, log)?;
+        // Closed since the read: their entries are stale.
+        map.retain(|s| !drained.closed.contains(&s.id));
         for change in self.tracker.observe_map(&map, &output.model().open, now_ns) {
             output.apply(change)?;
         }
-        output.observe_map(map.clone(), now_ns);
-        Ok(map)
+        let ids = map.iter().map(|s| s.id).collect();
+        output.observe_map(map, now_ns);
+        Ok((ids, drained.opened))
     }
 
     /// The periodic check against /proc.
-    fn reconcile(&mut self, output: &mut Output) -> anyhow::Result<()> {
-        let map = self.read_map(output)?;
+    fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<()> {
+        let (map, _) = self.read_map(output, log)?;
         let changes =
             self.tracker
                 .reconcile(&map, &output.model().open, &mut self.tables, monotonic_ns());
@@ -110,6 +128,13 @@ impl Source {
         }
         Ok(())
     }
+}
+
+/// What one drain of the ring buffer opened and closed.
+#[derive(Default)]
+struct Drained {
+    opened: HashSet<SocketId>,
+    closed: HashSet<SocketId>,
 }
 
 /// What the changes are shown on.
@@ -139,17 +164,19 @@ impl Output<'_> {
             Self::Json {
                 model, out, clock, ..
             } => {
-                // Printed as the model keeps it (a close with what was learned while open).
+                // An open as its record says it (the syscall's result); a close as the model
+                // keeps it (with what was learned while it was open).
                 let record = match change {
                     Change::Failed { ref socket, errno } => {
                         let written = Record::failed(socket, errno, clock).write_line(out);
                         model.apply(change);
                         written
                     }
-                    Change::Opened(_) => match model.apply(change) {
-                        Some(kept) => Record::opened(kept, clock).write_line(out),
-                        None => Ok(()),
-                    },
+                    Change::Opened(ref socket) => {
+                        let written = Record::opened(socket, clock).write_line(out);
+                        model.apply(change);
+                        written
+                    }
                     Change::Closed(_) => match model.apply(change) {
                         Some(kept) => Record::closed(kept, clock).write_line(out),
                         None => Ok(()),
@@ -286,7 +313,6 @@ async fn run_loop(
     log: &mut Log,
 ) -> anyhow::Result<()> {
     let mut stop = Stop::new(args.duration)?;
-    let mut model = Model::new(backend);
     let (mut output, mut terminal) = if args.json {
         let mut out = io::BufWriter::new(io::stdout().lock());
         Record::Start {
@@ -298,7 +324,7 @@ async fn run_loop(
         .write_line(&mut out)?;
         out.flush()?;
         let output = Output::Json {
-            model: Box::new(model),
+            model: Box::new(Model::counts_only(backend)),
             out,
             clock,
             reported_drops: 0,
@@ -306,6 +332,7 @@ async fn run_loop(
         (output, None)
     } else {
         let guard = TerminalGuard::enter()?;
+        let mut model = Model::new(backend);
         model.hosts = HostNames::new(!args.no_resolve);
         // NO_COLOR (no-color.org): set and not empty means no colours.
         let color = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
@@ -351,11 +378,11 @@ async fn run_loop(
                 Woke::Quietly
             }
             _ = reconcile.tick() => {
-                source.reconcile(&mut output)?;
+                source.reconcile(&mut output, log)?;
                 Woke::Quietly
             }
             _ = tick.tick() => {
-                refresh(source, &mut output, &clock)?;
+                refresh(source, &mut output, &clock, log)?;
                 Woke::Redraw
             }
             input = next_input(&mut terminal) => on_input(input, &mut output)?,
@@ -391,7 +418,12 @@ async fn run_loop(
 
 /// A refresh tick: the dashboard reads the map and the kernel's counters; JSON reports lost
 /// records.
-fn refresh(source: &mut Source, output: &mut Output, clock: &WallClock) -> anyhow::Result<()> {
+fn refresh(
+    source: &mut Source,
+    output: &mut Output,
+    clock: &WallClock,
+    log: &mut Log,
+) -> anyhow::Result<()> {
     let counters = source.tables.counters();
     match output {
         Output::Json {
@@ -412,7 +444,7 @@ fn refresh(source: &mut Source, output: &mut Output, clock: &WallClock) -> anyho
             }
         }
         Output::Dashboard { .. } => {
-            source.read_map(output)?;
+            source.read_map(output, log)?;
             if let Output::Dashboard { dashboard, .. } = output {
                 dashboard.update(Message::Model(Action::Counters(counters)));
             }
@@ -458,10 +490,15 @@ fn finish(
     if matches!(output, Output::Dashboard { .. }) {
         return Ok(());
     }
-    source.drain(&mut output, log)?;
+    // The last read: what it misses, bar what opened since, lost its close record.
+    let mut map = source.tables.snapshot();
     let now_ns = monotonic_ns();
-    let map = source.tables.snapshot();
-    for change in source.tracker.finish(&map, &output.model().open, now_ns) {
+    let drained = source.drain(&mut output, log)?;
+    map.retain(|s| !drained.closed.contains(&s.id));
+    for change in source
+        .tracker
+        .finish(&map, &output.model().open, &drained.opened, now_ns)
+    {
         output.apply(change)?;
     }
     output.observe_map(map, now_ns);

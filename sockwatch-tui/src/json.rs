@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     clock::WallClock,
-    kernel::{decode::errno_name, tracker::Change},
+    kernel::decode::errno_name,
     socket::{CloseCause, Origin, Socket, State},
 };
 
@@ -113,16 +113,6 @@ pub enum Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    /// The record of one change; `kept` is the socket as the model keeps it after the change
-    /// (for a close: with what was learned while it was open).
-    pub fn of_change(change: &'a Change, kept: Option<&'a Socket>, clock: &WallClock) -> Self {
-        match change {
-            Change::Opened(socket) => Self::opened(kept.unwrap_or(socket), clock),
-            Change::Failed { socket, errno } => Self::failed(socket, *errno, clock),
-            Change::Closed(socket) => Self::closed(kept.unwrap_or(socket), clock),
-        }
-    }
-
     /// A socket became tracked: `connect`, `accept` or `existing`, by its origin.
     pub fn opened(socket: &'a Socket, clock: &WallClock) -> Self {
         let time = clock.unix_secs(socket.id.opened_ns);
@@ -228,11 +218,12 @@ mod tests {
 
     #[test]
     fn connect_record_has_the_documented_fields() {
-        let change = Change::Failed {
-            socket: endpoint(),
-            errno: libc::ECONNREFUSED,
-        };
-        let value = line(&Record::of_change(&change, None, &WallClock::default()));
+        let socket = endpoint();
+        let value = line(&Record::failed(
+            &socket,
+            libc::ECONNREFUSED,
+            &WallClock::default(),
+        ));
         assert_eq!(
             value,
             serde_json::json!({"event": "connect", "time": 1.0, "pid": 7, "tid": 8, "comm": "curl",
@@ -246,23 +237,20 @@ mod tests {
         let mut socket = endpoint();
         socket.direction = Direction::In;
         socket.origin = Origin::Accept;
-        let accept = Change::Opened(socket);
-        let value = line(&Record::of_change(&accept, None, &WallClock::default()));
+        let value = line(&Record::opened(&socket, &WallClock::default()));
         assert_eq!(
             (value["event"].as_str(), value["direction"].as_str()),
             (Some("accept"), Some("in"))
         );
         let mut socket = endpoint();
         socket.origin = Origin::Existing;
-        let existing = Change::Opened(socket);
         assert_eq!(
-            line(&Record::of_change(&existing, None, &WallClock::default()))["event"],
+            line(&Record::opened(&socket, &WallClock::default()))["event"],
             "existing"
         );
         let mut socket = endpoint();
         socket.state = State::Connecting;
-        let connecting = Change::Opened(socket);
-        let value = line(&Record::of_change(&connecting, None, &WallClock::default()));
+        let value = line(&Record::opened(&socket, &WallClock::default()));
         assert_eq!(
             (value["event"].as_str(), value["result"].as_str()),
             (Some("connect"), Some("in_progress"))
@@ -281,8 +269,7 @@ mod tests {
             1234,
             5,
         );
-        let change = Change::Closed(socket);
-        let value = line(&Record::of_change(&change, None, &WallClock::default()));
+        let value = line(&Record::closed(&socket, &WallClock::default()));
         assert_eq!(value["event"], "close");
         assert_eq!(
             (value["bytes_sent"].as_u64(), value["bytes_recv"].as_u64()),

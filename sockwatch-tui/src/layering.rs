@@ -54,15 +54,30 @@ fn modules(src: &Path) -> BTreeMap<Module, String> {
                 module.pop();
             }
             let text = fs::read_to_string(&path).expect("reading a source file");
-            // Test modules close a file: what follows is not the module's own dependency.
-            let text = text
-                .find("#[cfg(test)]")
-                .map_or(text.as_str(), |at| &text[..at])
-                .to_owned();
-            found.insert(module, text);
+            found.insert(module, without_tests(&text));
         }
     }
     found
+}
+
+/// The file's own code: comments out, and an inline `#[cfg(test)] mod … { … }` (which closes a
+/// file by convention) cut off; a `#[cfg(test)] mod x;` declaration is just a line.
+fn without_tests(text: &str) -> String {
+    let mut code = String::new();
+    let mut test_attribute = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("//") {
+            continue;
+        }
+        if test_attribute && trimmed.starts_with("mod ") && trimmed.ends_with('{') {
+            break;
+        }
+        test_attribute = trimmed.starts_with("#[cfg(test)]");
+        code.push_str(line);
+        code.push('\n');
+    }
+    code
 }
 
 /// `a::{b, c::{d, e}}` → `a::b`, `a::c::d`, `a::c::e`.
@@ -103,10 +118,16 @@ fn references(text: &str, children: &BTreeSet<String>) -> Vec<String> {
     // `use` items start a line (after `pub` perhaps) and end at the next `;`.
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        let item = trimmed
-            .strip_prefix("pub use ")
-            .or_else(|| trimmed.strip_prefix("use "));
+        let mut trimmed = line.trim_start();
+        // `pub use`, `pub(crate) use`, `pub(super) use`: re-exports are imports too.
+        if let Some(rest) = trimmed.strip_prefix("pub") {
+            let rest = match rest.strip_prefix('(') {
+                Some(inner) => inner.split_once(')').map_or(rest, |(_, after)| after),
+                None => rest,
+            };
+            trimmed = rest.trim_start();
+        }
+        let item = trimmed.strip_prefix("use ");
         if let Some(item) = item {
             let start = offset + (line.len() - item.len());
             if let Some(end) = text[start..].find(';') {
@@ -278,4 +299,15 @@ fn the_checker_sees_imports_and_cycles() {
     let refs = references(text, &BTreeSet::new());
     assert!(refs.contains(&"crate::kernel::tracker::Change".to_owned()));
     assert!(refs.contains(&"crate::model::Model::new".to_owned()));
+    // A test declaration early in a mod.rs hides nothing after it; an inline test module and
+    // comments are not the file's dependencies; restricted re-exports are.
+    let text = "#[cfg(test)]\nmod snapshot_tests;\n// use crate::app::run;\npub(crate) use crate::app::run;\n#[cfg(test)]\nmod tests {\n    use crate::json::Record;\n}\n";
+    let refs = references(&without_tests(text), &BTreeSet::new());
+    assert!(refs.contains(&"crate::app::run".to_owned()), "{refs:?}");
+    assert_eq!(
+        refs.iter().filter(|r| r.contains("app")).count(),
+        2,
+        "{refs:?}"
+    );
+    assert!(!refs.iter().any(|r| r.contains("json")), "{refs:?}");
 }

@@ -292,6 +292,23 @@ impl Socket {
         format!("{}:{}", self.daddr, self.dport)
     }
 
+    /// Takes what an open record says of this very socket (the same id) that a map read did
+    /// not: who opened it, its local port and remote end as the tracker completed them. The
+    /// counters and rates stay.
+    pub fn learn(&mut self, record: &Socket) {
+        self.tid = record.tid;
+        self.origin = record.origin;
+        self.direction = record.direction;
+        self.daddr = record.daddr;
+        self.dport = record.dport;
+        if record.lport != 0 {
+            self.lport = record.lport;
+        }
+        if record.proto != Proto::Unknown {
+            self.proto = record.proto;
+        }
+    }
+
     /// Takes in counters read at `now_ns` (from the kernel's map), updating the rates.
     pub fn observe(&mut self, sent: u64, recv: u64, now_ns: u64) {
         self.bytes_sent = sent;

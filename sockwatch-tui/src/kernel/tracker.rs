@@ -26,6 +26,12 @@ use super::{
 };
 use crate::socket::{CloseCause, Closed, Direction, Origin, Proto, Socket, SocketId, SocketKey};
 
+/// How long an open socket must have been missing from the kernel's map, over two reads at
+/// least, before its close record counts as lost. The records the kernel sent before a read are
+/// taken before the read is checked (see `app.rs`), so only a close whose sender was preempted
+/// between removing the entry and reporting it could still be on its way: this covers it.
+pub const MISSING_GRACE_NS: u64 = 1_000_000_000;
+
 /// The open sockets, by (pid, fd): the model owns them, the tracker reads them.
 pub type OpenSockets = BTreeMap<SocketKey, Socket>;
 
@@ -54,8 +60,9 @@ pub struct Tracker {
     /// Sockets whose fd the previous reconciliation found gone or changed (acted on at the next
     /// one, so a close whose record is still on its way is not mistaken for a missed one).
     suspects: HashSet<SocketId>,
-    /// Open sockets the previous map read did not find (same patience, same reason).
-    missing: HashSet<SocketId>,
+    /// Open sockets a map read did not find, and when that was first (same patience, same
+    /// reason).
+    missing: HashMap<SocketId, u64>,
     /// Local port of listening sockets, by (pid, fd, inode), so accepts cost no table scan.
     listener_ports: HashMap<(u32, u32, u64), u16>,
     /// Sockets an exec closed whose map entry a `close()` of the same fd number in the new
@@ -96,7 +103,8 @@ impl Tracker {
                 vec![Change::Closed(socket)]
             }
             KernelRecord::ProcessExit { pid, ts_ns } => {
-                let keys = of_process(open, pid).map(Socket::key).collect();
+                // Every fd of the process is gone: whatever socket the map has on each.
+                let keys = of_process(open, pid).map(|s| (s.key(), None)).collect();
                 self.settle(tables, keys, CloseCause::Exit, pid, ts_ns)
             }
             KernelRecord::Exec { pid, ts_ns } => self.exec(pid, ts_ns, open, tables),
@@ -109,7 +117,7 @@ impl Tracker {
                 // A socket connected on a reused fd after the call is not one it closed.
                 let gone = of_process(open, pid)
                     .filter(|s| (first..=last).contains(&s.fd()) && s.id.opened_ns < ts_ns)
-                    .map(Socket::key)
+                    .map(|s| (s.key(), Some(s.id)))
                     .collect();
                 self.settle(tables, gone, CloseCause::CloseRange, pid, ts_ns)
             }
@@ -144,7 +152,7 @@ impl Tracker {
             match tables.get(socket.key()) {
                 Some(entry) => {
                     if entry.id == socket.id && !self.still_open(socket.id) {
-                        gone.push(socket.key());
+                        gone.push((socket.key(), Some(socket.id)));
                     }
                 }
                 // Gone from the map already: a close() of the same fd number after the exec
@@ -160,20 +168,22 @@ impl Tracker {
         self.settle(tables, gone, CloseCause::Exec, pid, ts_ns)
     }
 
-    /// Checks one read of the kernel map against the open sockets: what has been missing from
-    /// two reads in a row lost its close record, and is reported vanished. A socket whose fd now
-    /// holds a newer socket in the map is gone at once.
+    /// Checks one read of the kernel map against the open sockets, once the records sent before
+    /// the read were applied: one missing from reads [`MISSING_GRACE_NS`] apart lost its close
+    /// record, and is reported vanished. One whose fd holds a newer socket in the map is gone at
+    /// once (its close came before that socket's connect, and was not among the records).
     pub fn observe_map(&mut self, map: &[Socket], open: &OpenSockets, now_ns: u64) -> Vec<Change> {
         let in_map: HashMap<SocketKey, SocketId> = map.iter().map(|s| (s.key(), s.id)).collect();
         let mut changes = Vec::new();
-        let mut still_missing = HashSet::new();
+        let mut still_missing = HashMap::new();
         for socket in open.values() {
             let gone = match in_map.get(&socket.key()) {
                 Some(id) if *id == socket.id => false,
                 Some(id) if id.opened_ns > socket.id.opened_ns => true,
                 _ => {
-                    if !self.missing.contains(&socket.id) {
-                        still_missing.insert(socket.id);
+                    let since = self.missing.get(&socket.id).copied().unwrap_or(now_ns);
+                    if now_ns.saturating_sub(since) < MISSING_GRACE_NS {
+                        still_missing.insert(socket.id, since);
                         continue;
                     }
                     true
@@ -188,12 +198,19 @@ impl Tracker {
         changes
     }
 
-    /// At the end of a run, after the last records were taken: every open socket the map no
-    /// longer has is gone, its close record lost.
-    pub fn finish(&mut self, map: &[Socket], open: &OpenSockets, now_ns: u64) -> Vec<Change> {
+    /// At the end of a run, once the last records were taken: every open socket the final map
+    /// read did not find is gone, its close record lost; except those opened since the read
+    /// (`opened_since`).
+    pub fn finish(
+        &mut self,
+        map: &[Socket],
+        open: &OpenSockets,
+        opened_since: &HashSet<SocketId>,
+        now_ns: u64,
+    ) -> Vec<Change> {
         let in_map: HashSet<SocketId> = map.iter().map(|s| s.id).collect();
         open.values()
-            .filter(|s| !in_map.contains(&s.id))
+            .filter(|s| !in_map.contains(&s.id) && !opened_since.contains(&s.id))
             .map(|s| Change::Closed(vanished(s, now_ns)))
             .collect()
     }
@@ -202,7 +219,7 @@ impl Tracker {
     /// in a row is removed from the map and reported closed (`reconciled`).
     pub fn reconcile(
         &mut self,
-        map: &[Socket],
+        map: &[SocketId],
         open: &OpenSockets,
         tables: &mut KernelTables,
         now_ns: u64,
@@ -210,21 +227,21 @@ impl Tracker {
         let own_pid = std::process::id();
         let mut gone = Vec::new();
         let mut suspects = HashSet::new();
-        for entry in map.iter().filter(|e| e.pid() != own_pid) {
-            if self.still_open(entry.id) {
+        for &id in map.iter().filter(|id| id.key.pid != own_pid) {
+            if self.still_open(id) {
                 continue;
             }
-            if self.suspects.contains(&entry.id) {
-                gone.push(entry.id);
+            if self.suspects.contains(&id) {
+                gone.push(id);
             } else {
-                suspects.insert(entry.id);
+                suspects.insert(id);
             }
         }
         self.suspects = suspects;
         // Forget what is neither in the map nor open any more.
         let known: HashSet<SocketId> = map
             .iter()
-            .map(|s| s.id)
+            .copied()
             .chain(open.values().map(|s| s.id))
             .collect();
         self.inodes.retain(|id, _| known.contains(id));
@@ -354,17 +371,24 @@ impl Tracker {
         Some(port)
     }
 
-    /// Removes `keys` from the kernel map and reports each closed by `cause`.
+    /// Removes each target from the kernel map and reports it closed by `cause`. A target with
+    /// an id is taken only if the map still holds that very socket (its fd may hold a newer one).
     fn settle(
         &mut self,
         tables: &mut KernelTables,
-        keys: Vec<SocketKey>,
+        targets: Vec<(SocketKey, Option<SocketId>)>,
         cause: CloseCause,
         tid: u32,
         ts_ns: u64,
     ) -> Vec<Change> {
-        keys.into_iter()
-            .filter_map(|key| {
+        targets
+            .into_iter()
+            .filter_map(|(key, id)| {
+                if let Some(id) = id {
+                    if tables.get(key).is_none_or(|entry| entry.id != id) {
+                        return None;
+                    }
+                }
                 let mut socket = tables.take(key)?;
                 close_now(&mut socket, cause, tid, ts_ns);
                 self.forget(socket.id);
@@ -429,13 +453,17 @@ mod tests {
     }
 
     #[test]
-    fn a_socket_missing_from_two_map_reads_vanished_with_its_last_counts() {
+    fn a_socket_missing_from_reads_a_second_apart_vanished_with_its_last_counts() {
         let mut tracker = Tracker::default();
         let open = open(&[socket(3, SEC, 50), socket(4, SEC, 7)]);
         let map = [socket(4, SEC, 7)];
         assert!(
             tracker.observe_map(&map, &open, 2 * SEC).is_empty(),
             "one miss may be a close record still in flight"
+        );
+        assert!(
+            tracker.observe_map(&map, &open, 2 * SEC + 1000).is_empty(),
+            "reads close together are one miss"
         );
         let changes = tracker.observe_map(&map, &open, 3 * SEC);
         assert_eq!(
@@ -489,8 +517,20 @@ mod tests {
     fn finishing_closes_whatever_the_map_lost() {
         let mut tracker = Tracker::default();
         let open = open(&[socket(3, SEC, 1), socket(4, SEC, 2)]);
-        let changes = tracker.finish(&[socket(4, SEC, 2)], &open, 9 * SEC);
-        assert_eq!(closed(&changes).len(), 1);
+        let mut later = socket(5, 8 * SEC, 0);
+        later.id.opened_ns = 8 * SEC;
+        let open_now = {
+            let mut all = open.clone();
+            all.insert(later.key(), later.clone());
+            all
+        };
+        let since: HashSet<SocketId> = [later.id].into();
+        let changes = tracker.finish(&[socket(4, SEC, 2)], &open_now, &since, 9 * SEC);
+        assert_eq!(
+            closed(&changes).len(),
+            1,
+            "not the one opened after the read"
+        );
         assert_eq!(closed(&changes)[0].0.key.fd, 3);
     }
 

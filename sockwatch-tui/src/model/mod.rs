@@ -78,6 +78,8 @@ pub struct Model {
     activity_window: VecDeque<(u64, u64, u64)>,
     /// Names of remote addresses.
     pub hosts: HostNames,
+    /// Without rates (and their history): what `--json` needs, at a fraction of the memory.
+    pub counts_only: bool,
 }
 
 impl Model {
@@ -85,6 +87,14 @@ impl Model {
         Self {
             backend: backend.into(),
             ..Self::default()
+        }
+    }
+
+    /// A model that keeps counts but no rates or history (for `--json`).
+    pub fn counts_only(backend: impl Into<String>) -> Self {
+        Self {
+            counts_only: true,
+            ..Self::new(backend)
         }
     }
 
@@ -122,17 +132,18 @@ impl Model {
                     Origin::Accept => self.totals.accepts += 1,
                     Origin::Connect => self.totals.connects += 1,
                 }
-                let kept = self
-                    .open
-                    .entry(socket.key())
-                    .and_modify(|kept| {
-                        // A map read showed this very socket already: keep its counters.
-                        if kept.id != socket.id {
-                            *kept = socket.clone();
-                        }
-                    })
-                    .or_insert(socket);
-                Some(kept)
+                let key = socket.key();
+                match self.open.get_mut(&key) {
+                    // A map read showed this very socket already: keep its counters and rates,
+                    // take what the record knows better (the tracker's local port and peer).
+                    Some(kept) if kept.id == socket.id => kept.learn(&socket),
+                    // A record older than the socket the map showed on this fd: stale.
+                    Some(kept) if kept.id > socket.id => {}
+                    _ => {
+                        self.open.insert(key, socket);
+                    }
+                }
+                self.open.get(&key)
             }
             Change::Failed { .. } => {
                 self.totals.connects += 1;
@@ -177,7 +188,12 @@ impl Model {
         for entry in map {
             match self.open.get_mut(&entry.key()) {
                 Some(kept) if kept.id == entry.id => {
-                    kept.observe(entry.bytes_sent, entry.bytes_recv, now_ns);
+                    if self.counts_only {
+                        kept.bytes_sent = entry.bytes_sent;
+                        kept.bytes_recv = entry.bytes_recv;
+                    } else {
+                        kept.observe(entry.bytes_sent, entry.bytes_recv, now_ns);
+                    }
                     if entry.state == State::Established {
                         kept.state = State::Established;
                     }
@@ -188,12 +204,16 @@ impl Model {
                 _ => {
                     let (sent, recv) = (entry.bytes_sent, entry.bytes_recv);
                     let mut socket = entry;
-                    socket.observe(sent, recv, now_ns);
+                    if !self.counts_only {
+                        socket.observe(sent, recv, now_ns);
+                    }
                     self.open.insert(socket.key(), socket);
                 }
             }
         }
-        self.observe_activity(now_ns);
+        if !self.counts_only {
+            self.observe_activity(now_ns);
+        }
     }
 
     fn observe_activity(&mut self, now_ns: u64) {
@@ -327,6 +347,39 @@ mod tests {
         assert_eq!(kept.bytes_sent, 50, "final counts from the close");
         assert_eq!(kept.rates.history.len(), 1, "its history stays");
         assert_eq!(model.totals.accepts, 1);
+    }
+
+    #[test]
+    fn an_open_record_after_a_map_read_adds_what_it_knows_and_keeps_the_counts() {
+        let mut model = Model::new("tracepoint");
+        model.update(read(&[(10, 3, 100, 7)], 2 * SEC));
+        let mut accepted = socket(10, 3, 100);
+        accepted.lport = 8080;
+        accepted.daddr = Ipv4Addr::new(127, 0, 0, 9);
+        accepted.origin = Origin::Accept;
+        accepted.direction = crate::socket::Direction::In;
+        let kept = model.apply(Change::Opened(accepted)).expect("kept").clone();
+        assert_eq!(
+            (kept.lport, kept.daddr),
+            (8080, Ipv4Addr::new(127, 0, 0, 9))
+        );
+        assert_eq!((kept.origin, kept.bytes_sent), (Origin::Accept, 7));
+        // A record older than the socket on that fd changes nothing.
+        model.update(opened(10, 3, 50));
+        assert_eq!(
+            model.open.values().next().map(|s| s.id.opened_ns),
+            Some(100)
+        );
+    }
+
+    #[test]
+    fn counts_only_keeps_no_rates() {
+        let mut model = Model::counts_only("tracepoint");
+        model.update(opened(10, 3, SEC));
+        model.update(read(&[(10, 3, SEC, 500)], 3 * SEC));
+        let kept = model.open.values().next().expect("open");
+        assert_eq!(kept.bytes_sent, 500);
+        assert!(kept.rates.history.is_empty() && kept.rates.now.send == 0);
     }
 
     #[test]

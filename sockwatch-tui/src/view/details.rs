@@ -7,7 +7,7 @@ use ratatui::{
     Frame,
 };
 
-use super::{columns::state_label, format, listing::Context, state::ViewState, theme::Theme};
+use super::{columns::state_label, format, state::ViewState, theme::Theme};
 use crate::{
     clock::WallClock,
     model::{dns::HostName, Model},
@@ -76,7 +76,7 @@ fn fields(
     theme: Theme,
 ) -> Vec<Line<'static>> {
     let shown = view.shown(live);
-    let context = Context::of(shown);
+    let context = view.context(live);
     let field = |label: &str, value: String| {
         Line::from(vec![
             Span::styled(format!("{label:<13}"), theme.label()),

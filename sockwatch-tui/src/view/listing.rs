@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    model::{dns::HostNames, Model},
+    model::dns::HostNames,
     socket::{Socket, SocketId, Throughput},
 };
 
@@ -17,13 +17,6 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub fn of(model: &'a Model) -> Self {
-        Self {
-            hosts: &model.hosts,
-            now_ns: model.now_ns,
-        }
-    }
-
     /// The remote end's name, when names are on and it has one.
     pub fn host(&self, socket: &Socket) -> Option<&'a str> {
         self.hosts.name(socket.daddr)

@@ -120,7 +120,7 @@ pub fn render(dashboard: &Dashboard, clock: &WallClock, frame: &mut Frame) {
             details::render(model, view, id, clock, theme, frame, body);
         }
         None => {
-            table::render(view, shown, visible, theme, frame, areas.table);
+            table::render(view, model, visible, theme, frame, areas.table);
             close_log::render(view, model, clock, theme, frame, areas.log);
         }
     }

@@ -6,6 +6,8 @@
 //! rows re-sort, appear or vanish, the same socket stays selected. When it is gone, the row now
 //! at its position is.
 
+use std::collections::HashSet;
+
 use ratatui::layout::Size;
 
 use super::{
@@ -184,30 +186,34 @@ impl ViewState {
         self.paused.as_deref().unwrap_or(live)
     }
 
+    /// How sockets read on screen: the clock of the model shown, and the names as they are now
+    /// (names are not data the pause freezes: `n` works while paused).
+    pub fn context<'a>(&'a self, live: &'a Model) -> Context<'a> {
+        Context {
+            hosts: &live.hosts,
+            now_ns: self.shown(live).now_ns,
+        }
+    }
+
     /// Every socket the table may list, before filtering: the open ones, the recently closed
     /// ones when lingering is on, and the followed one wherever it is.
     fn candidates<'a>(&self, shown: &'a Model) -> Vec<&'a Socket> {
         let mut sockets: Vec<&Socket> = shown.open.values().collect();
         let now_ns = shown.now_ns;
-        let mut lingering: Vec<&Socket> = shown
-            .closes()
-            .filter(|s| {
-                let at_ns = s.closed.map_or(0, |c| c.at_ns);
-                let lingers = self.linger && at_ns <= now_ns && now_ns - at_ns <= self.linger_ns;
-                lingers || self.follow == Some(s.id)
-            })
-            .collect();
-        // A socket closed, then found open again by a stale read, is listed once.
-        lingering.retain(|s| shown.open.get(&s.key()).is_none_or(|open| open.id != s.id));
-        lingering.dedup_by_key(|s| s.id);
-        sockets.extend(lingering);
+        // Each socket once, even if the log somehow holds it twice or it is open again.
+        let mut seen: HashSet<SocketId> = sockets.iter().map(|s| s.id).collect();
+        sockets.extend(shown.closes().filter(|s| {
+            let at_ns = s.closed.map_or(0, |c| c.at_ns);
+            let lingers = self.linger && at_ns <= now_ns && now_ns - at_ns <= self.linger_ns;
+            (lingers || self.follow == Some(s.id)) && seen.insert(s.id)
+        }));
         sockets
     }
 
     /// The table as this view says it should look.
     pub fn visible(&self, live: &Model) -> Visible {
         let shown = self.shown(live);
-        let context = Context::of(shown);
+        let context = self.context(live);
         let followed = |s: &Socket| self.follow == Some(s.id);
         let in_scope: Vec<&Socket> = self
             .candidates(shown)
@@ -243,9 +249,8 @@ impl ViewState {
 
     /// The close log as shown: newest first, within the scope and the filter.
     pub fn log<'a>(&'a self, live: &'a Model) -> Vec<&'a Socket> {
-        let shown = self.shown(live);
-        let context = Context::of(shown);
-        shown
+        let context = self.context(live);
+        self.shown(live)
             .closes()
             .filter(|s| self.scope.matches(s) && self.filter.matches(s, context.host(s)))
             .collect()

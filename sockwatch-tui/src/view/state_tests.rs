@@ -11,7 +11,7 @@ use crate::{
         Action,
     },
     socket::{CloseCause, Closed, SocketKey},
-    view::{listing::Context, Dashboard, Message},
+    view::{Dashboard, Message},
 };
 
 const SEC: u64 = 1_000_000_000;
@@ -563,7 +563,7 @@ fn names_show_when_answered_and_the_key_turns_them_off() {
             .iter()
             .find(|id| id.key.pid == 200)
             .and_then(|id| model.model.socket(*id))
-            .map(|s| Context::of(&model.model).destination(s))
+            .map(|s| model.view.context(&model.model).destination(s))
             .unwrap_or_default(),
         Listing::Processes(_) => String::new(),
     };

@@ -20,10 +20,11 @@ use crate::{
     socket::{Socket, State},
 };
 
-/// `shown` is the model on screen; `visible` its listing as the view settled it.
+/// `live` is the model as it is; `visible` the listing of the one on screen, as the view
+/// settled it.
 pub fn render(
     view: &ViewState,
-    shown: &Model,
+    live: &Model,
     visible: &Visible,
     theme: Theme,
     frame: &mut Frame,
@@ -49,7 +50,8 @@ pub fn render(
             visible.in_scope
         ),
     };
-    let context = Context::of(shown);
+    let context = view.context(live);
+    let shown = view.shown(live);
     let block = Block::new()
         .borders(Borders::ALL)
         .title(title)
