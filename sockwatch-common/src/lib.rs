@@ -20,7 +20,7 @@ pub const IPPROTO_UDP: u32 = 17;
 /// eBPF loop over them is bounded and still exact.
 pub const MAX_MMSG: u32 = 1024;
 
-/// Bits of [`TrackedSocket::flags`] and [`SocketEvent::flags`].
+/// Bits of [`TrackedSocket::flags`].
 pub mod flags {
     /// Returned by `accept()`: the peer connected to us.
     pub const INBOUND: u32 = 1;
@@ -154,9 +154,10 @@ impl SocketState {
     }
 }
 
-/// The kernel's record of one watched socket: the value of the `TRACKED` map.
+/// The kernel's record of one watched socket: the value of the `TRACKED` map, and the socket
+/// part of every [`SocketEvent`]. `Default` is all zeroes: no socket.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackedSocket {
     /// Sum of successful send return values (bytes), added atomically by every thread.
     pub bytes_sent: u64,
@@ -259,39 +260,51 @@ pub enum CloseHow {
     DupOnto = 2,
 }
 
-/// One record in the `EVENTS` ring buffer.
+/// One record in the `EVENTS` ring buffer: what happened (`kind`, by whom, when) to which
+/// socket, with the socket's record as the kernel tracks it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketEvent {
     /// An [`EventKind`] value.
     pub kind: u32,
-    pub pid: u32,
-    /// The thread that made the call (for a close: the closing thread).
+    /// The thread that made the call (for a close: the closing thread; `socket.tid` is the
+    /// one that connected).
     pub tid: u32,
-    pub fd: u32,
-    /// `bpf_ktime_get_ns()` when the event happened.
+    /// The socket (for process events: the process, and the first fd of a `close_range`).
+    pub key: SocketKey,
+    /// `bpf_ktime_get_ns()` when the event happened (for a connect or an accept it equals
+    /// `socket.connect_ns`).
     pub ts_ns: u64,
-    /// `bpf_ktime_get_ns()` when the socket's connect returned (equals `ts_ns` for a connect).
-    pub connect_ns: u64,
-    pub bytes_sent: u64,
-    pub bytes_recv: u64,
-    /// Network byte order.
-    pub daddr: u32,
-    /// Host byte order.
-    pub dport: u16,
-    /// Host byte order; 0 when not known.
-    pub lport: u16,
     /// For a connect: the syscall's return value (0, `-EINPROGRESS` or `-errno`). 0 otherwise.
     pub result: i32,
-    /// For a close: the thread that connected the socket.
-    pub connect_tid: u32,
-    pub proto: u32,
-    /// [`flags`] bits.
-    pub flags: u32,
     /// Per kind: [`CloseHow`], the listening fd, the last fd of a range.
     pub arg: u32,
-    pub _pad1: u32,
-    pub comm: [u8; COMM_LEN],
+    /// Connect, accept: the socket as it starts being tracked (also for a failed connect,
+    /// which is not tracked: `state` is 0 then). Close: the final record, counters included.
+    /// Process events: only `comm` is set.
+    pub socket: TrackedSocket,
+}
+
+impl SocketEvent {
+    /// An event of `kind` about `socket` (`key`), made by thread `tid` at `ts_ns`. `result`
+    /// and `arg` are 0: the kinds that have them set them with struct update syntax.
+    pub const fn new(
+        kind: EventKind,
+        key: SocketKey,
+        tid: u32,
+        ts_ns: u64,
+        socket: TrackedSocket,
+    ) -> Self {
+        Self {
+            kind: kind as u32,
+            tid,
+            key,
+            ts_ns,
+            result: 0,
+            arg: 0,
+            socket,
+        }
+    }
 }
 
 /// Indices into the `COUNTERS` per-CPU array.
@@ -325,4 +338,6 @@ const _: () = {
     assert!(core::mem::size_of::<TrackedSocket>() == 64);
     assert!(core::mem::size_of::<InflightCall>() == 32);
     assert!(core::mem::size_of::<SocketEvent>() == 96);
+    // The socket starts right after the event's own 32 bytes, 8-byte aligned: no padding.
+    assert!(core::mem::offset_of!(SocketEvent, socket) == 32);
 };

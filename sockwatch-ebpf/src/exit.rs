@@ -2,15 +2,16 @@
 
 use aya_ebpf::helpers::bpf_probe_read_user;
 use sockwatch_common::{
-    flags, CallKind, CloseHow, EventKind, InflightCall, SocketEvent, SocketState, TrackedSocket,
-    EINPROGRESS, IPPROTO_TCP, MAX_MMSG,
+    flags, CallKind, CloseHow, EventKind, InflightCall, SocketEvent, SocketState, EINPROGRESS,
+    IPPROTO_TCP, MAX_MMSG,
 };
 
 use crate::{
     enter::ipv4_sockaddr,
     maps::{NEW_SOCKETS, TRACKED},
     state::{
-        atomic_add, comm, current, emit, key, now_ns, process_event, take_inflight, track, untrack,
+        atomic_add, current, emit, key, new_socket, opened, process_event, take_inflight, track,
+        untrack,
     },
 };
 
@@ -122,8 +123,6 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
             }
         }
     }
-    let now = now_ns();
-    let comm = comm();
     // SAFETY: copied out at once.
     let proto = unsafe { NEW_SOCKETS.get(socket_key) }.copied().unwrap_or(0);
     let state = match ret {
@@ -131,46 +130,20 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
         r if r == -i64::from(EINPROGRESS) => Some(SocketState::Connecting),
         _ => None,
     };
-    if let Some(state) = state {
-        let _ = NEW_SOCKETS.remove(socket_key);
-        track(
-            pid,
-            call.fd,
-            &TrackedSocket {
-                bytes_sent: 0,
-                bytes_recv: 0,
-                connect_ns: now,
-                daddr: call.daddr,
-                dport: call.dport,
-                lport: 0,
-                tid,
-                state: state as u32,
-                proto,
-                flags: 0,
-                comm,
-            },
-        );
-    }
-    emit(&SocketEvent {
-        kind: EventKind::Connect as u32,
-        pid,
-        tid,
-        fd: call.fd,
-        ts_ns: now,
-        connect_ns: now,
-        bytes_sent: 0,
-        bytes_recv: 0,
-        daddr: call.daddr,
-        dport: call.dport,
-        lport: 0,
+    // Built once, in place: the map entry is the event's own socket record.
+    let event = SocketEvent {
         result: ret as i32,
-        connect_tid: tid,
-        proto,
-        flags: 0,
-        arg: 0,
-        _pad1: 0,
-        comm,
-    });
+        ..opened(
+            EventKind::Connect,
+            socket_key,
+            new_socket(tid, call.daddr, call.dport, state, proto, 0),
+        )
+    };
+    if state.is_some() {
+        let _ = NEW_SOCKETS.remove(socket_key);
+        track(pid, call.fd, &event.socket);
+    }
+    emit(&event);
 }
 
 fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
@@ -185,43 +158,18 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
             None => return,
         }
     };
-    let now = now_ns();
-    let comm = comm();
-    track(
-        pid,
-        fd,
-        &TrackedSocket {
-            bytes_sent: 0,
-            bytes_recv: 0,
-            connect_ns: now,
-            daddr,
-            dport,
-            lport: 0,
-            tid,
-            state: SocketState::Established as u32,
-            proto: IPPROTO_TCP,
-            flags,
-            comm,
-        },
-    );
-    emit(&SocketEvent {
-        kind: EventKind::Accept as u32,
-        pid,
+    let socket = new_socket(
         tid,
-        fd,
-        ts_ns: now,
-        connect_ns: now,
-        bytes_sent: 0,
-        bytes_recv: 0,
         daddr,
         dport,
-        lport: 0,
-        result: 0,
-        connect_tid: tid,
-        proto: IPPROTO_TCP,
+        Some(SocketState::Established),
+        IPPROTO_TCP,
         flags,
+    );
+    let event = SocketEvent {
         arg: call.fd,
-        _pad1: 0,
-        comm,
-    });
+        ..opened(EventKind::Accept, key(pid, fd), socket)
+    };
+    track(pid, fd, &event.socket);
+    emit(&event);
 }

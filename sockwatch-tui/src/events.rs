@@ -148,23 +148,15 @@ impl Endpoint {
         }
     }
 
-    fn from_kernel(
-        key: SocketKey,
-        daddr: u32,
-        dport: u16,
-        lport: u16,
-        proto: u32,
-        bits: u32,
-        comm: &[u8; COMM_LEN],
-    ) -> Self {
+    fn from_kernel(key: SocketKey, socket: &TrackedSocket) -> Self {
         Self {
             key,
-            daddr: ipv4(daddr),
-            dport,
-            lport,
-            comm: comm_string(comm),
-            proto: Proto::from_ipproto(proto),
-            direction: if bits & flags::INBOUND != 0 {
+            daddr: ipv4(socket.daddr),
+            dport: socket.dport,
+            lport: socket.lport,
+            comm: comm_string(&socket.comm),
+            proto: Proto::from_ipproto(socket.proto),
+            direction: if socket.flags & flags::INBOUND != 0 {
                 Direction::In
             } else {
                 Direction::Out
@@ -294,13 +286,7 @@ impl KernelRecord {
     }
 
     pub fn from_raw(raw: &SocketEvent) -> Result<Self, DecodeError> {
-        let key = SocketKey {
-            pid: raw.pid,
-            fd: raw.fd,
-        };
-        let socket = Endpoint::from_kernel(
-            key, raw.daddr, raw.dport, raw.lport, raw.proto, raw.flags, &raw.comm,
-        );
+        let socket = Endpoint::from_kernel(raw.key, &raw.socket);
         let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
         Ok(match kind {
             EventKind::Connect => Self::Connect(ConnectEvent {
@@ -317,34 +303,29 @@ impl KernelRecord {
                     ts_ns: raw.ts_ns,
                 },
                 listener: raw.arg,
-                peer_unknown: raw.flags & flags::PEER_UNKNOWN != 0,
+                peer_unknown: raw.socket.flags & flags::PEER_UNKNOWN != 0,
             },
-            EventKind::Close => Self::Close(CloseEvent {
-                socket,
-                tid: raw.tid,
-                connect_tid: raw.connect_tid,
-                ts_ns: raw.ts_ns,
-                connect_ns: raw.connect_ns,
-                bytes_sent: raw.bytes_sent,
-                bytes_recv: raw.bytes_recv,
-                cause: if raw.arg == CloseHow::DupOnto as u32 {
+            // The event carries the socket's final map entry.
+            EventKind::Close => Self::Close(TrackedEntry::from_map(raw.key, &raw.socket).closed(
+                if raw.arg == CloseHow::DupOnto as u32 {
                     CloseCause::DupOnto
                 } else {
                     CloseCause::Close
                 },
-                preexisting: raw.flags & flags::PREEXISTING != 0,
-            }),
+                raw.tid,
+                raw.ts_ns,
+            )),
             EventKind::ProcessExit => Self::ProcessExit {
-                pid: raw.pid,
+                pid: raw.key.pid,
                 ts_ns: raw.ts_ns,
             },
             EventKind::Exec => Self::Exec {
-                pid: raw.pid,
+                pid: raw.key.pid,
                 ts_ns: raw.ts_ns,
             },
             EventKind::CloseRange => Self::CloseRange {
-                pid: raw.pid,
-                first: raw.fd,
+                pid: raw.key.pid,
+                first: raw.key.fd,
                 last: raw.arg,
                 ts_ns: raw.ts_ns,
             },
@@ -367,15 +348,7 @@ pub struct TrackedEntry {
 impl TrackedEntry {
     pub fn from_map(key: SocketKey, value: &TrackedSocket) -> Self {
         Self {
-            socket: Endpoint::from_kernel(
-                key,
-                value.daddr,
-                value.dport,
-                value.lport,
-                value.proto,
-                value.flags,
-                &value.comm,
-            ),
+            socket: Endpoint::from_kernel(key, value),
             tid: value.tid,
             connect_ns: value.connect_ns,
             bytes_sent: value.bytes_sent,
@@ -418,25 +391,22 @@ mod tests {
     fn raw(kind: EventKind) -> SocketEvent {
         let mut comm = [0u8; COMM_LEN];
         comm[..4].copy_from_slice(b"curl");
-        SocketEvent {
-            kind: kind as u32,
-            pid: 42,
-            tid: 43,
-            fd: 5,
-            ts_ns: 2_000,
-            connect_ns: 500,
+        let socket = TrackedSocket {
             bytes_sent: 77,
             bytes_recv: 12,
+            connect_ns: 500,
             daddr: u32::from_ne_bytes([127, 0, 0, 1]),
             dport: 8080,
             lport: 0,
-            result: -libc::ECONNREFUSED,
-            connect_tid: 44,
+            tid: 44,
+            state: SocketState::Established as u32,
             proto: IPPROTO_TCP,
             flags: 0,
-            arg: 0,
-            _pad1: 0,
             comm,
+        };
+        SocketEvent {
+            result: -libc::ECONNREFUSED,
+            ..SocketEvent::new(kind, SocketKey { pid: 42, fd: 5 }, 43, 2_000, socket)
         }
     }
 
@@ -475,7 +445,7 @@ mod tests {
     #[test]
     fn decodes_an_accept_as_inbound() {
         let mut accept = raw(EventKind::Accept);
-        accept.flags = flags::INBOUND | flags::PEER_UNKNOWN;
+        accept.socket.flags = flags::INBOUND | flags::PEER_UNKNOWN;
         accept.arg = 3;
         let record = KernelRecord::from_raw(&accept).expect("valid");
         let KernelRecord::Accept {
@@ -495,7 +465,7 @@ mod tests {
     #[test]
     fn decodes_process_hints() {
         let mut range = raw(EventKind::CloseRange);
-        range.fd = 3;
+        range.key.fd = 3;
         range.arg = u32::MAX;
         assert_eq!(
             KernelRecord::from_raw(&range),
