@@ -63,31 +63,60 @@ pub mod globals {
     pub const DIRECTIONS: &str = "DIRECTIONS";
 }
 
-/// The syscalls the probes hook, and which side of each: user space attaches `enter_<name>` /
-/// `exit_<name>` tracepoint programs or `kp_<name>` / `kret_<name>` kprobes by these names.
-pub const SYSCALLS: [Syscall; 21] = [
-    Syscall::both("socket"),
-    Syscall::both("connect"),
-    Syscall::both("accept"),
-    Syscall::both("accept4"),
-    Syscall::both("write"),
-    Syscall::both("writev"),
-    Syscall::both("sendto"),
-    Syscall::both("sendmsg"),
-    Syscall::both("sendmmsg"),
-    Syscall::both("sendfile64"),
-    Syscall::both("read"),
-    Syscall::both("readv"),
-    Syscall::both("recvfrom"),
-    Syscall::both("recvmsg"),
-    Syscall::both("recvmmsg"),
-    Syscall::both("close"),
-    Syscall::optional("close_range"),
-    Syscall::both("dup2"),
-    Syscall::both("dup3"),
-    Syscall::exit_only("execve"),
-    Syscall::exit_only("execveat"),
-];
+/// The one list of hooked syscalls, passed to `$callback!` as one row per syscall:
+///
+/// `name hook entry exit;`
+/// - `name`: as in `syscalls:sys_enter_<name>` and the kernel's `__x64_sys_<name>`;
+/// - `hook`: `both` (entry and exit), `optional` (both, where the kernel has the syscall) or
+///   `exit_only` (exec: only its return matters), the [`Syscall`] constructor of the row;
+/// - `entry`: the function of sockwatch-ebpf's `enter` module that stashes the call (`_` for
+///   `exit_only` rows);
+/// - `exit`: the [`CallKind`] the exit may find stashed, or `Exec` for exec's return.
+///
+/// From it come [`SYSCALLS`] (what user space attaches) and, in sockwatch-ebpf, both backends'
+/// programs (`enter_<name>`/`exit_<name>` tracepoints, `kp_<name>`/`kret_<name>` kprobes), so
+/// the three can never disagree (sockwatch-tui's `tests/object.rs` checks the built object).
+#[macro_export]
+macro_rules! for_each_syscall {
+    ($callback:ident) => {
+        $callback! {
+            socket      both      socket       Socket;
+            connect     both      connect      Connect;
+            accept      both      accept       Accept;
+            accept4     both      accept       Accept;
+            write       both      send         Send;
+            writev      both      send         Send;
+            sendto      both      send         Send;
+            sendmsg     both      send         Send;
+            sendmmsg    both      sendmmsg     SendMmsg;
+            sendfile64  both      send         Send;
+            read        both      recv         Recv;
+            readv       both      recv         Recv;
+            recvfrom    both      recv         Recv;
+            recvmsg     both      recv         Recv;
+            recvmmsg    both      recvmmsg     RecvMmsg;
+            close       both      close        Close;
+            close_range optional  close_range  CloseRange;
+            dup2        both      dup_onto     DupOnto;
+            dup3        both      dup_onto     DupOnto;
+            execve      exit_only _            Exec;
+            execveat    exit_only _            Exec;
+        }
+    };
+}
+
+/// Builds [`SYSCALLS`] from the table's rows.
+macro_rules! syscall_list {
+    ($($name:ident $hook:ident $entry:tt $exit:ident;)*) => {
+        /// The syscalls the probes hook, and which side of each: user space attaches
+        /// `enter_<name>` / `exit_<name>` tracepoint programs or `kp_<name>` / `kret_<name>`
+        /// kprobes by these names.
+        pub const SYSCALLS: [Syscall; [$(stringify!($name)),*].len()] =
+            [$(Syscall::$hook(stringify!($name))),*];
+    };
+}
+
+for_each_syscall!(syscall_list);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Syscall {

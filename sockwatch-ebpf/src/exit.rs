@@ -15,6 +15,22 @@ use crate::{
     },
 };
 
+/// What a syscall's return does, by the exit column of `sockwatch_common::for_each_syscall!`
+/// (used by both backends' generated exit programs): exec's return is a process event; any
+/// other return completes the call its entry stashed, which must be of the row's `CallKind`.
+/// A macro rather than a function taking the kind, so that every exit program inlines
+/// `syscall_exit` with its own constant kind and keeps only that kind's branch, as the
+/// hand-written programs did: smaller programs, fewer paths for the verifier to walk.
+macro_rules! on_return {
+    (Exec, $ret:expr) => {
+        $crate::process::exec_exit($ret)
+    };
+    ($kind:ident, $ret:expr) => {
+        $crate::exit::syscall_exit($ret, sockwatch_common::CallKind::$kind)
+    };
+}
+pub(crate) use on_return;
+
 /// `CLOSE_RANGE_CLOEXEC`: the range is only marked close-on-exec, nothing is closed.
 const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
 /// `sizeof(struct mmsghdr)` and the offset of its `msg_len` on 64-bit kernels.
