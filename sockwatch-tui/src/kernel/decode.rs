@@ -118,69 +118,54 @@ impl KernelRecord {
     }
 
     pub fn from_raw(raw: &SocketEvent) -> Result<Self, DecodeError> {
-        let key = SocketKey {
-            pid: raw.pid,
-            fd: raw.fd,
-        };
         let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
-        let socket = |opened_ns: u64, tid: u32| {
-            let mut socket = Socket::new(
-                key,
-                opened_ns,
-                ipv4(raw.daddr),
-                raw.dport,
-                comm_string(&raw.comm),
-            );
-            socket.tid = tid;
-            socket.lport = raw.lport;
-            socket.proto = proto(raw.proto);
-            socket.direction = direction(raw.flags);
-            socket.origin = origin(raw.flags);
-            socket
-        };
+        // The event carries the socket's map record: as it starts being tracked, or final.
+        let socket = || tracked_socket(raw.key, &raw.socket);
         Ok(match kind {
             EventKind::Connect => {
                 let result = ConnectResult::from_return(raw.result);
-                let mut socket = socket(raw.ts_ns, raw.tid);
-                if result == ConnectResult::InProgress {
-                    socket.state = State::Connecting;
-                }
+                let mut socket = socket();
+                socket.state = match result {
+                    ConnectResult::InProgress => State::Connecting,
+                    ConnectResult::Ok | ConnectResult::Failed(_) => State::Established,
+                };
                 Self::Connect { socket, result }
             }
             EventKind::Accept => Self::Accept {
-                socket: socket(raw.ts_ns, raw.tid),
+                socket: socket(),
                 listener: raw.arg,
-                peer_unknown: raw.flags & flags::PEER_UNKNOWN != 0,
+                peer_unknown: raw.socket.flags & flags::PEER_UNKNOWN != 0,
             },
             EventKind::Close => {
-                let mut socket = socket(raw.connect_ns, raw.connect_tid);
+                let mut socket = socket();
                 let cause = if raw.arg == CloseHow::DupOnto as u32 {
                     CloseCause::DupOnto
                 } else {
                     CloseCause::Close
                 };
+                let (sent, recv) = (socket.bytes_sent, socket.bytes_recv);
                 socket.close(
                     Closed {
                         at_ns: raw.ts_ns,
                         tid: raw.tid,
                         cause,
                     },
-                    raw.bytes_sent,
-                    raw.bytes_recv,
+                    sent,
+                    recv,
                 );
                 Self::Close(socket)
             }
             EventKind::ProcessExit => Self::ProcessExit {
-                pid: raw.pid,
+                pid: raw.key.pid,
                 ts_ns: raw.ts_ns,
             },
             EventKind::Exec => Self::Exec {
-                pid: raw.pid,
+                pid: raw.key.pid,
                 ts_ns: raw.ts_ns,
             },
             EventKind::CloseRange => Self::CloseRange {
-                pid: raw.pid,
-                first: raw.fd,
+                pid: raw.key.pid,
+                first: raw.key.fd,
                 last: raw.arg,
                 ts_ns: raw.ts_ns,
             },
@@ -291,25 +276,22 @@ mod tests {
     fn raw(kind: EventKind) -> SocketEvent {
         let mut comm = [0u8; COMM_LEN];
         comm[..4].copy_from_slice(b"curl");
-        SocketEvent {
-            kind: kind as u32,
-            pid: 42,
-            tid: 43,
-            fd: 5,
-            ts_ns: 2_000,
-            connect_ns: 500,
+        let socket = TrackedSocket {
             bytes_sent: 77,
             bytes_recv: 12,
+            connect_ns: 500,
             daddr: u32::from_ne_bytes([127, 0, 0, 1]),
             dport: 8080,
             lport: 0,
-            result: -libc::ECONNREFUSED,
-            connect_tid: 44,
+            tid: 44,
+            state: SocketState::Established as u32,
             proto: IPPROTO_TCP,
             flags: 0,
-            arg: 0,
-            _pad1: 0,
             comm,
+        };
+        SocketEvent {
+            result: -libc::ECONNREFUSED,
+            ..SocketEvent::new(kind, SocketKey { pid: 42, fd: 5 }, 43, 2_000, socket)
         }
     }
 
@@ -325,8 +307,8 @@ mod tests {
             (socket.dport, socket.proto, socket.direction, socket.origin),
             (8080, Proto::Tcp, Direction::Out, Origin::Connect)
         );
-        assert_eq!((socket.comm.as_str(), socket.tid), ("curl", 43));
-        assert_eq!(socket.id.opened_ns, 2_000);
+        assert_eq!((socket.comm.as_str(), socket.tid), ("curl", 44));
+        assert_eq!(socket.id.opened_ns, 500);
         assert_eq!(result, ConnectResult::Failed(libc::ECONNREFUSED));
         assert_eq!(errno_name(libc::ECONNREFUSED), "ECONNREFUSED");
     }
@@ -364,12 +346,13 @@ mod tests {
             })
         );
         assert_eq!(socket.age_ns(u64::MAX), 1_500, "its lifetime");
+        assert_eq!(socket.comm, "curl");
     }
 
     #[test]
     fn decodes_an_accept_as_inbound() {
         let mut accept = raw(EventKind::Accept);
-        accept.flags = flags::INBOUND | flags::PEER_UNKNOWN;
+        accept.socket.flags = flags::INBOUND | flags::PEER_UNKNOWN;
         accept.arg = 3;
         let record = KernelRecord::from_raw(&accept).expect("valid");
         let KernelRecord::Accept {
@@ -389,7 +372,7 @@ mod tests {
     #[test]
     fn decodes_process_hints() {
         let mut range = raw(EventKind::CloseRange);
-        range.fd = 3;
+        range.key.fd = 3;
         range.arg = u32::MAX;
         assert_eq!(
             KernelRecord::from_raw(&range),
