@@ -20,7 +20,7 @@ pub const IPPROTO_UDP: u32 = 17;
 /// eBPF loop over them is bounded and still exact.
 pub const MAX_MMSG: u32 = 1024;
 
-/// Bits of [`TrackedSocket::flags`] and [`SocketEvent::flags`].
+/// Bits of [`TrackedSocket::flags`].
 pub mod flags {
     /// Returned by `accept()`: the peer connected to us.
     pub const INBOUND: u32 = 1;
@@ -63,31 +63,60 @@ pub mod globals {
     pub const DIRECTIONS: &str = "DIRECTIONS";
 }
 
-/// The syscalls the probes hook, and which side of each: user space attaches `enter_<name>` /
-/// `exit_<name>` tracepoint programs or `kp_<name>` / `kret_<name>` kprobes by these names.
-pub const SYSCALLS: [Syscall; 21] = [
-    Syscall::both("socket"),
-    Syscall::both("connect"),
-    Syscall::both("accept"),
-    Syscall::both("accept4"),
-    Syscall::both("write"),
-    Syscall::both("writev"),
-    Syscall::both("sendto"),
-    Syscall::both("sendmsg"),
-    Syscall::both("sendmmsg"),
-    Syscall::both("sendfile64"),
-    Syscall::both("read"),
-    Syscall::both("readv"),
-    Syscall::both("recvfrom"),
-    Syscall::both("recvmsg"),
-    Syscall::both("recvmmsg"),
-    Syscall::both("close"),
-    Syscall::optional("close_range"),
-    Syscall::both("dup2"),
-    Syscall::both("dup3"),
-    Syscall::exit_only("execve"),
-    Syscall::exit_only("execveat"),
-];
+/// The one list of hooked syscalls, passed to `$callback!` as one row per syscall:
+///
+/// `name hook entry exit;`
+/// - `name`: as in `syscalls:sys_enter_<name>` and the kernel's `__x64_sys_<name>`;
+/// - `hook`: `both` (entry and exit), `optional` (both, where the kernel has the syscall) or
+///   `exit_only` (exec: only its return matters), the [`Syscall`] constructor of the row;
+/// - `entry`: the function of sockwatch-ebpf's `enter` module that stashes the call (`_` for
+///   `exit_only` rows);
+/// - `exit`: the [`CallKind`] the exit may find stashed, or `Exec` for exec's return.
+///
+/// From it come [`SYSCALLS`] (what user space attaches) and, in sockwatch-ebpf, both backends'
+/// programs (`enter_<name>`/`exit_<name>` tracepoints, `kp_<name>`/`kret_<name>` kprobes), so
+/// the three can never disagree (sockwatch-tui's `tests/object.rs` checks the built object).
+#[macro_export]
+macro_rules! for_each_syscall {
+    ($callback:ident) => {
+        $callback! {
+            socket      both      socket       Socket;
+            connect     both      connect      Connect;
+            accept      both      accept       Accept;
+            accept4     both      accept       Accept;
+            write       both      send         Send;
+            writev      both      send         Send;
+            sendto      both      send         Send;
+            sendmsg     both      send         Send;
+            sendmmsg    both      sendmmsg     SendMmsg;
+            sendfile64  both      send         Send;
+            read        both      recv         Recv;
+            readv       both      recv         Recv;
+            recvfrom    both      recv         Recv;
+            recvmsg     both      recv         Recv;
+            recvmmsg    both      recvmmsg     RecvMmsg;
+            close       both      close        Close;
+            close_range optional  close_range  CloseRange;
+            dup2        both      dup_onto     DupOnto;
+            dup3        both      dup_onto     DupOnto;
+            execve      exit_only _            Exec;
+            execveat    exit_only _            Exec;
+        }
+    };
+}
+
+/// Builds [`SYSCALLS`] from the table's rows.
+macro_rules! syscall_list {
+    ($($name:ident $hook:ident $entry:tt $exit:ident;)*) => {
+        /// The syscalls the probes hook, and which side of each: user space attaches
+        /// `enter_<name>` / `exit_<name>` tracepoint programs or `kp_<name>` / `kret_<name>`
+        /// kprobes by these names.
+        pub const SYSCALLS: [Syscall; [$(stringify!($name)),*].len()] =
+            [$(Syscall::$hook(stringify!($name))),*];
+    };
+}
+
+for_each_syscall!(syscall_list);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Syscall {
@@ -154,9 +183,10 @@ impl SocketState {
     }
 }
 
-/// The kernel's record of one watched socket: the value of the `TRACKED` map.
+/// The kernel's record of one watched socket: the value of the `TRACKED` map, and the socket
+/// part of every [`SocketEvent`]. `Default` is all zeroes: no socket.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackedSocket {
     /// Sum of successful send return values (bytes), added atomically by every thread.
     pub bytes_sent: u64,
@@ -259,39 +289,51 @@ pub enum CloseHow {
     DupOnto = 2,
 }
 
-/// One record in the `EVENTS` ring buffer.
+/// One record in the `EVENTS` ring buffer: what happened (`kind`, by whom, when) to which
+/// socket, with the socket's record as the kernel tracks it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketEvent {
     /// An [`EventKind`] value.
     pub kind: u32,
-    pub pid: u32,
-    /// The thread that made the call (for a close: the closing thread).
+    /// The thread that made the call (for a close: the closing thread; `socket.tid` is the
+    /// one that connected).
     pub tid: u32,
-    pub fd: u32,
-    /// `bpf_ktime_get_ns()` when the event happened.
+    /// The socket (for process events: the process, and the first fd of a `close_range`).
+    pub key: SocketKey,
+    /// `bpf_ktime_get_ns()` when the event happened (for a connect or an accept it equals
+    /// `socket.connect_ns`).
     pub ts_ns: u64,
-    /// `bpf_ktime_get_ns()` when the socket's connect returned (equals `ts_ns` for a connect).
-    pub connect_ns: u64,
-    pub bytes_sent: u64,
-    pub bytes_recv: u64,
-    /// Network byte order.
-    pub daddr: u32,
-    /// Host byte order.
-    pub dport: u16,
-    /// Host byte order; 0 when not known.
-    pub lport: u16,
     /// For a connect: the syscall's return value (0, `-EINPROGRESS` or `-errno`). 0 otherwise.
     pub result: i32,
-    /// For a close: the thread that connected the socket.
-    pub connect_tid: u32,
-    pub proto: u32,
-    /// [`flags`] bits.
-    pub flags: u32,
     /// Per kind: [`CloseHow`], the listening fd, the last fd of a range.
     pub arg: u32,
-    pub _pad1: u32,
-    pub comm: [u8; COMM_LEN],
+    /// Connect, accept: the socket as it starts being tracked (also for a failed connect,
+    /// which is not tracked: `state` is 0 then). Close: the final record, counters included.
+    /// Process events: only `comm` is set.
+    pub socket: TrackedSocket,
+}
+
+impl SocketEvent {
+    /// An event of `kind` about `socket` (`key`), made by thread `tid` at `ts_ns`. `result`
+    /// and `arg` are 0: the kinds that have them set them with struct update syntax.
+    pub const fn new(
+        kind: EventKind,
+        key: SocketKey,
+        tid: u32,
+        ts_ns: u64,
+        socket: TrackedSocket,
+    ) -> Self {
+        Self {
+            kind: kind as u32,
+            tid,
+            key,
+            ts_ns,
+            result: 0,
+            arg: 0,
+            socket,
+        }
+    }
 }
 
 /// Indices into the `COUNTERS` per-CPU array.
@@ -325,4 +367,6 @@ const _: () = {
     assert!(core::mem::size_of::<TrackedSocket>() == 64);
     assert!(core::mem::size_of::<InflightCall>() == 32);
     assert!(core::mem::size_of::<SocketEvent>() == 96);
+    // The socket starts right after the event's own 32 bytes, 8-byte aligned: no padding.
+    assert!(core::mem::offset_of!(SocketEvent, socket) == 32);
 };

@@ -2,17 +2,34 @@
 
 use aya_ebpf::helpers::bpf_probe_read_user;
 use sockwatch_common::{
-    flags, CallKind, CloseHow, EventKind, InflightCall, SocketEvent, SocketState, TrackedSocket,
-    EINPROGRESS, IPPROTO_TCP, MAX_MMSG,
+    flags, CallKind, CloseHow, EventKind, InflightCall, SocketEvent, SocketState, EINPROGRESS,
+    IPPROTO_TCP, MAX_MMSG,
 };
 
 use crate::{
     enter::ipv4_sockaddr,
     maps::{NEW_SOCKETS, TRACKED},
     state::{
-        atomic_add, comm, current, emit, key, now_ns, process_event, take_inflight, track, untrack,
+        atomic_add, current, emit, key, new_socket, opened, process_event, take_inflight, track,
+        untrack,
     },
 };
+
+/// What a syscall's return does, by the exit column of `sockwatch_common::for_each_syscall!`
+/// (used by both backends' generated exit programs): exec's return is a process event; any
+/// other return completes the call its entry stashed, which must be of the row's `CallKind`.
+/// A macro rather than a function taking the kind, so that every exit program inlines
+/// `syscall_exit` with its own constant kind and keeps only that kind's branch, as the
+/// hand-written programs did: smaller programs, fewer paths for the verifier to walk.
+macro_rules! on_return {
+    (Exec, $ret:expr) => {
+        $crate::process::exec_exit($ret)
+    };
+    ($kind:ident, $ret:expr) => {
+        $crate::exit::syscall_exit($ret, sockwatch_common::CallKind::$kind)
+    };
+}
+pub(crate) use on_return;
 
 /// `CLOSE_RANGE_CLOEXEC`: the range is only marked close-on-exec, nothing is closed.
 const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
@@ -122,8 +139,6 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
             }
         }
     }
-    let now = now_ns();
-    let comm = comm();
     // SAFETY: copied out at once.
     let proto = unsafe { NEW_SOCKETS.get(socket_key) }.copied().unwrap_or(0);
     let state = match ret {
@@ -131,46 +146,20 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
         r if r == -i64::from(EINPROGRESS) => Some(SocketState::Connecting),
         _ => None,
     };
-    if let Some(state) = state {
-        let _ = NEW_SOCKETS.remove(socket_key);
-        track(
-            pid,
-            call.fd,
-            &TrackedSocket {
-                bytes_sent: 0,
-                bytes_recv: 0,
-                connect_ns: now,
-                daddr: call.daddr,
-                dport: call.dport,
-                lport: 0,
-                tid,
-                state: state as u32,
-                proto,
-                flags: 0,
-                comm,
-            },
-        );
-    }
-    emit(&SocketEvent {
-        kind: EventKind::Connect as u32,
-        pid,
-        tid,
-        fd: call.fd,
-        ts_ns: now,
-        connect_ns: now,
-        bytes_sent: 0,
-        bytes_recv: 0,
-        daddr: call.daddr,
-        dport: call.dport,
-        lport: 0,
+    // Built once, in place: the map entry is the event's own socket record.
+    let event = SocketEvent {
         result: ret as i32,
-        connect_tid: tid,
-        proto,
-        flags: 0,
-        arg: 0,
-        _pad1: 0,
-        comm,
-    });
+        ..opened(
+            EventKind::Connect,
+            socket_key,
+            new_socket(tid, call.daddr, call.dport, state, proto, 0),
+        )
+    };
+    if state.is_some() {
+        let _ = NEW_SOCKETS.remove(socket_key);
+        track(pid, call.fd, &event.socket);
+    }
+    emit(&event);
 }
 
 fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
@@ -185,43 +174,18 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
             None => return,
         }
     };
-    let now = now_ns();
-    let comm = comm();
-    track(
-        pid,
-        fd,
-        &TrackedSocket {
-            bytes_sent: 0,
-            bytes_recv: 0,
-            connect_ns: now,
-            daddr,
-            dport,
-            lport: 0,
-            tid,
-            state: SocketState::Established as u32,
-            proto: IPPROTO_TCP,
-            flags,
-            comm,
-        },
-    );
-    emit(&SocketEvent {
-        kind: EventKind::Accept as u32,
-        pid,
+    let socket = new_socket(
         tid,
-        fd,
-        ts_ns: now,
-        connect_ns: now,
-        bytes_sent: 0,
-        bytes_recv: 0,
         daddr,
         dport,
-        lport: 0,
-        result: 0,
-        connect_tid: tid,
-        proto: IPPROTO_TCP,
+        Some(SocketState::Established),
+        IPPROTO_TCP,
         flags,
+    );
+    let event = SocketEvent {
         arg: call.fd,
-        _pad1: 0,
-        comm,
-    });
+        ..opened(EventKind::Accept, key(pid, fd), socket)
+    };
+    track(pid, fd, &event.socket);
+    emit(&event);
 }

@@ -6,15 +6,13 @@
 //! arguments must be read from that `pt_regs`; older kernels' `sys_*` symbols take the
 //! arguments directly. User space tells which through the `SYSCALL_WRAPPER` global.
 
+use crate::{args::SyscallArgs, enter, exit::on_return};
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::bpf_probe_read_kernel,
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use sockwatch_common::CallKind;
-
-use crate::{args::SyscallArgs, enter, exit, process};
 
 /// Set by user space at load time (1: arguments are behind a `pt_regs *`).
 #[unsafe(no_mangle)]
@@ -63,52 +61,30 @@ fn user_reg(regs: *const pt_regs, n: usize) -> Option<u64> {
     unsafe { bpf_probe_read_kernel(&raw const (*regs).regs[n]) }.ok()
 }
 
-macro_rules! syscall_kprobes {
-    ($($enter:ident, $exit:ident => $handler:path, $kind:expr;)*) => {$(
-        #[kprobe]
-        pub fn $enter(ctx: ProbeContext) -> u32 {
-            $handler(&ctx);
-            0
+/// The programs of the rows of `sockwatch_common::for_each_syscall!`: the kprobe `kp_<name>`
+/// (not for exit-only rows) calls the row's `enter` handler, the kretprobe `kret_<name>` hands
+/// the return value on by the row's exit column.
+macro_rules! kprobe_programs {
+    (@enter exit_only $name:ident $entry:tt) => {};
+    (@enter $hook:ident $name:ident $entry:ident) => {
+        paste::paste! {
+            #[kprobe]
+            pub fn [<kp_ $name>](ctx: ProbeContext) -> u32 {
+                enter::$entry(&ctx);
+                0
+            }
         }
-
-        #[kretprobe]
-        pub fn $exit(ctx: RetProbeContext) -> u32 {
-            exit::syscall_exit(ctx.ret::<i64>(), $kind);
-            0
+    };
+    ($($name:ident $hook:ident $entry:tt $exit:ident;)*) => {$(
+        kprobe_programs!(@enter $hook $name $entry);
+        paste::paste! {
+            #[kretprobe]
+            pub fn [<kret_ $name>](ctx: RetProbeContext) -> u32 {
+                on_return!($exit, ctx.ret::<i64>());
+                0
+            }
         }
     )*};
 }
 
-syscall_kprobes! {
-    kp_socket, kret_socket => enter::socket, CallKind::Socket;
-    kp_connect, kret_connect => enter::connect, CallKind::Connect;
-    kp_accept, kret_accept => enter::accept, CallKind::Accept;
-    kp_accept4, kret_accept4 => enter::accept, CallKind::Accept;
-    kp_write, kret_write => enter::send, CallKind::Send;
-    kp_writev, kret_writev => enter::send, CallKind::Send;
-    kp_sendto, kret_sendto => enter::send, CallKind::Send;
-    kp_sendmsg, kret_sendmsg => enter::send, CallKind::Send;
-    kp_sendmmsg, kret_sendmmsg => enter::sendmmsg, CallKind::SendMmsg;
-    kp_sendfile64, kret_sendfile64 => enter::send, CallKind::Send;
-    kp_read, kret_read => enter::recv, CallKind::Recv;
-    kp_readv, kret_readv => enter::recv, CallKind::Recv;
-    kp_recvfrom, kret_recvfrom => enter::recv, CallKind::Recv;
-    kp_recvmsg, kret_recvmsg => enter::recv, CallKind::Recv;
-    kp_recvmmsg, kret_recvmmsg => enter::recvmmsg, CallKind::RecvMmsg;
-    kp_close, kret_close => enter::close, CallKind::Close;
-    kp_close_range, kret_close_range => enter::close_range, CallKind::CloseRange;
-    kp_dup2, kret_dup2 => enter::dup_onto, CallKind::DupOnto;
-    kp_dup3, kret_dup3 => enter::dup_onto, CallKind::DupOnto;
-}
-
-#[kretprobe]
-pub fn kret_execve(ctx: RetProbeContext) -> u32 {
-    process::exec_exit(ctx.ret::<i64>());
-    0
-}
-
-#[kretprobe]
-pub fn kret_execveat(ctx: RetProbeContext) -> u32 {
-    process::exec_exit(ctx.ret::<i64>());
-    0
-}
+sockwatch_common::for_each_syscall!(kprobe_programs);

@@ -2,8 +2,8 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use sockwatch_common::{
-    CallKind, CloseHow, Counter, EventKind, InflightCall, SocketEvent, SocketKey, TrackedSocket,
-    COMM_LEN,
+    CallKind, CloseHow, Counter, EventKind, InflightCall, SocketEvent, SocketKey, SocketState,
+    TrackedSocket, COMM_LEN,
 };
 
 use crate::maps::{bump, EVENTS, INFLIGHT, INFLIGHT_COUNT, PROCS, TRACKED};
@@ -99,60 +99,69 @@ pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
     let _ = PROCS.insert(pid, 1, 0);
 }
 
-/// Stops tracking `(pid, fd)` and reports its final counts.
+/// The record of a socket that starts being tracked now (connect, accept) by thread `tid`:
+/// no bytes counted yet, local port not known to the kernel side. `state` is `None` for a
+/// connect that failed (reported, never tracked).
+#[inline(always)]
+pub fn new_socket(
+    tid: u32,
+    daddr: u32,
+    dport: u16,
+    state: Option<SocketState>,
+    proto: u32,
+    flags: u32,
+) -> TrackedSocket {
+    TrackedSocket {
+        bytes_sent: 0,
+        bytes_recv: 0,
+        connect_ns: now_ns(),
+        daddr,
+        dport,
+        lport: 0,
+        tid,
+        state: match state {
+            Some(state) => state as u32,
+            None => 0,
+        },
+        proto,
+        flags,
+        comm: comm(),
+    }
+}
+
+/// The event of a socket that starts being tracked (connect, accept): made by the thread that
+/// opened it, at the moment its record was made.
+#[inline(always)]
+pub fn opened(kind: EventKind, key: SocketKey, socket: TrackedSocket) -> SocketEvent {
+    SocketEvent::new(kind, key, socket.tid, socket.connect_ns, socket)
+}
+
+/// Stops tracking `(pid, fd)` and reports its final record, counters included.
 #[inline(always)]
 pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow) {
     let key = key(pid, fd);
     // SAFETY: copied out at once; the entry is removed right after.
-    let Some(sock) = (unsafe { TRACKED.get(key) }).copied() else {
+    let Some(socket) = (unsafe { TRACKED.get(key) }).copied() else {
         return;
     };
     // Removed before the event is sent: user space never sees a closed socket still in the map.
     let _ = TRACKED.remove(key);
     emit(&SocketEvent {
-        kind: EventKind::Close as u32,
-        pid,
-        tid,
-        fd,
-        ts_ns: now_ns(),
-        connect_ns: sock.connect_ns,
-        bytes_sent: sock.bytes_sent,
-        bytes_recv: sock.bytes_recv,
-        daddr: sock.daddr,
-        dport: sock.dport,
-        lport: sock.lport,
-        result: 0,
-        connect_tid: sock.tid,
-        proto: sock.proto,
-        flags: sock.flags,
         arg: how as u32,
-        _pad1: 0,
-        comm: sock.comm,
+        ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
     });
 }
 
-/// An event about a whole process (exit, exec, close_range).
+/// An event about a whole process (exit, exec, close_range): no socket, only the caller's comm.
 #[inline(always)]
 pub fn process_event(kind: EventKind, pid: u32, tid: u32, first_fd: u32, arg: u32) -> SocketEvent {
-    SocketEvent {
-        kind: kind as u32,
-        pid,
-        tid,
-        fd: first_fd,
-        ts_ns: now_ns(),
-        connect_ns: 0,
-        bytes_sent: 0,
-        bytes_recv: 0,
-        daddr: 0,
-        dport: 0,
-        lport: 0,
-        result: 0,
-        connect_tid: 0,
-        proto: 0,
-        flags: 0,
-        arg,
-        _pad1: 0,
+    let socket = TrackedSocket {
         comm: comm(),
+        ..TrackedSocket::default()
+    };
+    SocketEvent {
+        arg,
+        ..SocketEvent::new(kind, key(pid, first_fd), tid, now_ns(), socket)
     }
 }
 

@@ -5,10 +5,8 @@
 //! `CONFIG_FTRACE_SYSCALLS`: the arguments are 8-byte slots from offset 16, and the exit's
 //! `ret` is at offset 16 (see `/sys/kernel/tracing/events/syscalls/*/format`).
 
+use crate::{args::SyscallArgs, enter, exit::on_return, process};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext};
-use sockwatch_common::CallKind;
-
-use crate::{args::SyscallArgs, enter, exit, process};
 
 const FIRST_ARG: usize = 16;
 const RET: usize = 16;
@@ -36,62 +34,35 @@ fn ret(ctx: &TracePointContext) -> Option<i64> {
     Some(field(ctx, RET) as i64)
 }
 
-/// One entry program and one exit program per syscall; `kind` is what the exit may find stashed.
-macro_rules! syscall_tracepoints {
-    ($($enter:ident, $exit:ident => $handler:path, $kind:expr;)*) => {$(
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            $handler(&ctx);
-            0
-        }
-
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            if let Some(ret) = ret(&ctx) {
-                exit::syscall_exit(ret, $kind);
+/// The programs of the rows of `sockwatch_common::for_each_syscall!`: `enter_<name>` (not for
+/// exit-only rows) calls the row's `enter` handler, `exit_<name>` hands the return value on by
+/// the row's exit column.
+macro_rules! tracepoint_programs {
+    (@enter exit_only $name:ident $entry:tt) => {};
+    (@enter $hook:ident $name:ident $entry:ident) => {
+        paste::paste! {
+            #[tracepoint]
+            pub fn [<enter_ $name>](ctx: TracePointContext) -> u32 {
+                enter::$entry(&ctx);
+                0
             }
-            0
+        }
+    };
+    ($($name:ident $hook:ident $entry:tt $exit:ident;)*) => {$(
+        tracepoint_programs!(@enter $hook $name $entry);
+        paste::paste! {
+            #[tracepoint]
+            pub fn [<exit_ $name>](ctx: TracePointContext) -> u32 {
+                if let Some(ret) = ret(&ctx) {
+                    on_return!($exit, ret);
+                }
+                0
+            }
         }
     )*};
 }
 
-syscall_tracepoints! {
-    enter_socket, exit_socket => enter::socket, CallKind::Socket;
-    enter_connect, exit_connect => enter::connect, CallKind::Connect;
-    enter_accept, exit_accept => enter::accept, CallKind::Accept;
-    enter_accept4, exit_accept4 => enter::accept, CallKind::Accept;
-    enter_write, exit_write => enter::send, CallKind::Send;
-    enter_writev, exit_writev => enter::send, CallKind::Send;
-    enter_sendto, exit_sendto => enter::send, CallKind::Send;
-    enter_sendmsg, exit_sendmsg => enter::send, CallKind::Send;
-    enter_sendmmsg, exit_sendmmsg => enter::sendmmsg, CallKind::SendMmsg;
-    enter_sendfile64, exit_sendfile64 => enter::send, CallKind::Send;
-    enter_read, exit_read => enter::recv, CallKind::Recv;
-    enter_readv, exit_readv => enter::recv, CallKind::Recv;
-    enter_recvfrom, exit_recvfrom => enter::recv, CallKind::Recv;
-    enter_recvmsg, exit_recvmsg => enter::recv, CallKind::Recv;
-    enter_recvmmsg, exit_recvmmsg => enter::recvmmsg, CallKind::RecvMmsg;
-    enter_close, exit_close => enter::close, CallKind::Close;
-    enter_close_range, exit_close_range => enter::close_range, CallKind::CloseRange;
-    enter_dup2, exit_dup2 => enter::dup_onto, CallKind::DupOnto;
-    enter_dup3, exit_dup3 => enter::dup_onto, CallKind::DupOnto;
-}
-
-#[tracepoint]
-pub fn exit_execve(ctx: TracePointContext) -> u32 {
-    if let Some(ret) = ret(&ctx) {
-        process::exec_exit(ret);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn exit_execveat(ctx: TracePointContext) -> u32 {
-    if let Some(ret) = ret(&ctx) {
-        process::exec_exit(ret);
-    }
-    0
-}
+sockwatch_common::for_each_syscall!(tracepoint_programs);
 
 /// `sched:sched_process_exit`, used by both backends (a static tracepoint, not a syscall one).
 #[tracepoint]

@@ -1,10 +1,11 @@
 //! Refresh and render time of the socket table at 100, 10k and 100k rows, on synthetic data.
 //!
-//! `table/N/refresh`: one tick's `Model::update(Action::Snapshot { .. })` with N tracked sockets
-//! whose byte counts all changed (rates, row bookkeeping, selection); `table/N/render`: one
-//! `ui::view` of the model that refresh left, into a 200x50 ratatui `TestBackend`, as each
-//! refresh of the dashboard draws it; `table/N/visible`: `view_state::visible` alone, the
-//! filtered and sorted listing the table is drawn from, to tell its cost from the rest. Each
+//! `table/N/refresh`: one tick's map read (`Message::Model(Action::Snapshot { .. })`) with N
+//! tracked sockets whose byte counts all changed (rates, row bookkeeping, selection);
+//! `table/N/render`: one `view::render` of the dashboard that refresh left, into a 200x50
+//! ratatui `TestBackend`, as each refresh of the dashboard draws it; `table/N/visible`:
+//! `ViewState::visible` alone, the filtered and sorted listing the table is drawn from, to tell
+//! its cost from the rest. Each
 //! tick of the dashboard pays a refresh and a render. Run by `cargo xtask bench`, or alone:
 //! `cargo bench -p sockwatch-tui --bench table`.
 
@@ -12,14 +13,15 @@ use std::{cell::Cell, hint::black_box, net::Ipv4Addr, time::Duration};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode};
 use ratatui::{backend::TestBackend, Terminal};
-use sockwatch_common::SocketKey;
 use sockwatch_tui::{
     clock::WallClock,
-    dns::HostNames,
-    events::{Endpoint, TrackedEntry},
-    reducer::{Action, Model},
-    ui,
-    view_state::{self, ViewAction},
+    model::{dns::HostNames, Action, Model},
+    socket::{Socket, SocketKey},
+    view::{
+        self,
+        state::{ViewAction, ViewState},
+        Dashboard, Message,
+    },
 };
 
 const SIZES: [usize; 3] = [100, 10_000, 100_000];
@@ -30,49 +32,45 @@ const HEIGHT: u16 = 50;
 
 /// N sockets as the kernel map would hold them at `tick`: 50 per process, each sending at its
 /// own rate, so that sorting by send rate has work to do.
-fn entries(n: usize, tick: u64) -> Vec<TrackedEntry> {
+fn entries(n: usize, tick: u64) -> Vec<Socket> {
     (0..n)
         .map(|i| {
             let i = i as u64;
             let pid = 1000 + (i / 50) as u32;
-            let mut socket = Endpoint::new(
+            let mut socket = Socket::new(
                 SocketKey {
                     pid,
                     fd: 3 + (i % 50) as u32,
                 },
+                SEC,
                 Ipv4Addr::new(127, 0, (i >> 8) as u8, i as u8),
                 1024 + (i % 50_000) as u16,
                 format!("worker-{}", pid % 97),
             );
             socket.lport = 40_000 + (i % 20_000) as u16;
-            TrackedEntry {
-                socket,
-                tid: pid,
-                connect_ns: SEC,
-                bytes_sent: tick * (i * 7919 % 100_003),
-                bytes_recv: tick * (i * 104_729 % 10_007),
-                established: true,
-                preexisting: false,
-            }
+            socket.bytes_sent = tick * (i * 7919 % 100_003);
+            socket.bytes_recv = tick * (i * 104_729 % 10_007);
+            socket
         })
         .collect()
 }
 
 /// A model that has seen two snapshots of N sockets (so rates exist), in a 200x50 terminal.
-fn model(n: usize) -> Model {
+fn model(n: usize) -> Dashboard {
     let mut model = Model::new("tracepoint");
     model.hosts = HostNames::new(false);
-    model.update(Action::View(ViewAction::Resize {
+    let mut dashboard = Dashboard::new(model, ViewState::default());
+    dashboard.update(Message::View(ViewAction::Resize {
         width: WIDTH,
         height: HEIGHT,
     }));
     for tick in 1..=2 {
-        model.update(Action::Snapshot {
-            entries: entries(n, tick),
+        dashboard.update(Message::Model(Action::Snapshot {
+            map: entries(n, tick),
             now_ns: tick * SEC,
-        });
+        }));
     }
-    model
+    dashboard
 }
 
 fn table(c: &mut Criterion) {
@@ -82,7 +80,7 @@ fn table(c: &mut Criterion) {
         // A 100k-row iteration takes long: the same few iterations per sample, not a ramp.
         group.sampling_mode(SamplingMode::Flat);
         // Built on first use, so a filtered run (`-- table/100/`) skips the big ones.
-        let mut slot: Option<Model> = None;
+        let mut slot: Option<Dashboard> = None;
         let tick = Cell::new(3u64);
         group.bench_function("refresh", |b| {
             let model = slot.get_or_insert_with(|| model(n));
@@ -92,20 +90,20 @@ fn table(c: &mut Criterion) {
                     tick.set(t + 1);
                     (entries(n, t), t * SEC)
                 },
-                |(entries, now_ns)| model.update(Action::Snapshot { entries, now_ns }),
+                |(map, now_ns)| model.update(Message::Model(Action::Snapshot { map, now_ns })),
                 BatchSize::PerIteration,
             );
         });
         group.bench_function("visible", |b| {
             let model = slot.get_or_insert_with(|| model(n));
-            b.iter(|| view_state::visible(black_box(model)));
+            b.iter(|| black_box(&model.view).visible(black_box(&model.model)));
         });
         let mut terminal = Terminal::new(TestBackend::new(WIDTH, HEIGHT)).expect("a test terminal");
         group.bench_function("render", |b| {
             let model = slot.get_or_insert_with(|| model(n));
             b.iter(|| {
                 terminal
-                    .draw(|frame| ui::view(black_box(model), &clock, frame))
+                    .draw(|frame| view::render(black_box(model), &clock, frame))
                     .expect("drawing into a test terminal");
             });
         });

@@ -1,8 +1,12 @@
-//! The one task that owns the state: it waits on the ring buffer, a refresh tick, the terminal
-//! and signals, turns each into reducer actions, and renders or prints the result.
+//! The one task that owns the state, and its one loop: it waits on the ring buffer, the refresh
+//! and reconciliation ticks, signals, and (for the dashboard) the terminal and name answers;
+//! the tracker turns what the kernel says into changes, the model takes them, and the output
+//! (the dashboard, or JSON lines) shows them. Both outputs run the same model on the same
+//! changes, so they tell one history.
 
 use std::{
-    io::{self, IsTerminal, Write},
+    collections::HashSet,
+    io::{self, IsTerminal, StdoutLock, Write},
     time::Duration,
 };
 
@@ -13,25 +17,34 @@ use futures::StreamExt;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
+    sync::mpsc::UnboundedReceiver,
     time::{interval, MissedTickBehavior},
 };
 
 use crate::{
     cli::Args,
     clock::{monotonic_ns, WallClock},
-    dns::{self, HostNames, Resolver},
-    events::{KernelEvent, KernelRecord, TrackedEntry},
     json::Record,
+    kernel::{
+        decode::KernelRecord,
+        loader::{self, KernelTables, LoadOptions},
+        tracker::{Change, Tracker},
+    },
     logfile::Log,
-    probes::{self, KernelTables, LoadOptions},
-    reducer::{Action, Model},
+    model::{
+        dns::{self, Answer, HostNames, Resolver},
+        Action, Model,
+    },
+    socket::{Socket, SocketId},
     terminal::TerminalGuard,
-    tracker::Tracker,
-    ui,
-    view_state::{ViewAction, ViewState},
+    view::{
+        self, keys,
+        state::{ViewAction, ViewState},
+        Dashboard, Message,
+    },
 };
 
-/// Where socket events come from: the ring buffer, settled by the tracker against the maps.
+/// Where socket changes come from: the ring buffer and the maps, squared by the tracker.
 struct Source {
     ring: AsyncFd<RingBuf<MapData>>,
     tables: KernelTables,
@@ -39,47 +52,158 @@ struct Source {
 }
 
 impl Source {
-    /// Every event waiting in the ring buffer (does not wait).
-    fn drain(&mut self, log: &mut Log) -> Vec<KernelEvent> {
-        let Self {
-            ring,
-            tables,
-            tracker,
-        } = self;
-        let mut events = Vec::new();
-        let ring = ring.get_mut();
-        while let Some(item) = ring.next() {
-            match KernelRecord::decode(&item) {
-                Ok(record) => events.extend(tracker.handle(record, tables)),
-                Err(error) => log.line(format_args!("skipping a ring buffer record: {error}")),
-            }
-        }
-        events
-    }
-
-    /// Waits until the ring buffer has records, then takes them all.
-    async fn next_batch(&mut self, log: &mut Log) -> anyhow::Result<Vec<KernelEvent>> {
+    /// Waits until the ring buffer has records.
+    async fn readable(&mut self) -> anyhow::Result<()> {
         let mut guard = self
             .ring
             .readable_mut()
             .await
             .context("waiting on the ring buffer")?;
         guard.clear_ready();
-        drop(guard);
-        Ok(self.drain(log))
+        Ok(())
     }
 
-    fn reconcile(&mut self) -> Vec<KernelEvent> {
-        self.tracker.reconcile(&mut self.tables, monotonic_ns())
-    }
-
-    /// The kernel's map as of now, with what user space knows added.
-    fn snapshot(&self) -> Vec<TrackedEntry> {
-        let mut entries = self.tables.snapshot();
-        for entry in &mut entries {
-            self.tracker.enrich(entry);
+    /// Takes every record waiting (does not wait), one at a time: the tracker reads the model
+    /// as the changes before each record left it. Returns which sockets opened and closed.
+    fn drain(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<Drained> {
+        let Self {
+            ring,
+            tables,
+            tracker,
+        } = self;
+        let mut drained = Drained::default();
+        let ring = ring.get_mut();
+        while let Some(item) = ring.next() {
+            let record = match KernelRecord::decode(&item) {
+                Ok(record) => record,
+                Err(error) => {
+                    log.line(format_args!("skipping a ring buffer record: {error}"));
+                    continue;
+                }
+            };
+            drop(item);
+            for change in tracker.handle(record, &output.model().open, tables) {
+                match &change {
+                    Change::Opened(socket) => drained.opened.insert(socket.id),
+                    Change::Closed(socket) => drained.closed.insert(socket.id),
+                    Change::Failed { .. } => false,
+                };
+                output.apply(change)?;
+            }
         }
-        entries
+        Ok(drained)
+    }
+
+    /// Reads the kernel's map, then takes the records sent until then: the kernel removes an
+    /// entry before it reports the close, so a socket the read missed whose close record was
+    /// merely waiting is closed by now, not taken for one whose record was lost. Then the
+    /// tracker checks the read and the model takes its counters. Returns the map's sockets,
+    /// and those opened after the read.
+    fn read_map(
+        &mut self,
+        output: &mut Output,
+        log: &mut Log,
+    ) -> anyhow::Result<(Vec<SocketId>, HashSet<SocketId>)> {
+        let mut map = self.tables.snapshot();
+        let now_ns = monotonic_ns();
+        let drained = self.drain(output, log)?;
+        // Closed since the read: their entries are stale.
+        map.retain(|s| !drained.closed.contains(&s.id));
+        for change in self.tracker.observe_map(&map, &output.model().open, now_ns) {
+            output.apply(change)?;
+        }
+        let ids = map.iter().map(|s| s.id).collect();
+        output.observe_map(map, now_ns);
+        Ok((ids, drained.opened))
+    }
+
+    /// The periodic check against /proc.
+    fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<()> {
+        let (map, _) = self.read_map(output, log)?;
+        let changes =
+            self.tracker
+                .reconcile(&map, &output.model().open, &mut self.tables, monotonic_ns());
+        for change in changes {
+            output.apply(change)?;
+        }
+        Ok(())
+    }
+}
+
+/// What one drain of the ring buffer opened and closed.
+#[derive(Default)]
+struct Drained {
+    opened: HashSet<SocketId>,
+    closed: HashSet<SocketId>,
+}
+
+/// What the changes are shown on.
+enum Output<'a> {
+    Json {
+        model: Box<Model>,
+        out: io::BufWriter<StdoutLock<'a>>,
+        clock: WallClock,
+        reported_drops: u64,
+    },
+    Dashboard {
+        dashboard: Box<Dashboard>,
+        terminal: TerminalGuard,
+    },
+}
+
+impl Output<'_> {
+    fn model(&self) -> &Model {
+        match self {
+            Self::Json { model, .. } => model,
+            Self::Dashboard { dashboard, .. } => &dashboard.model,
+        }
+    }
+
+    fn apply(&mut self, change: Change) -> anyhow::Result<()> {
+        match self {
+            Self::Json {
+                model, out, clock, ..
+            } => {
+                // An open as its record says it (the syscall's result); a close as the model
+                // keeps it (with what was learned while it was open).
+                let record = match change {
+                    Change::Failed { ref socket, errno } => {
+                        let written = Record::failed(socket, errno, clock).write_line(out);
+                        model.apply(change);
+                        written
+                    }
+                    Change::Opened(ref socket) => {
+                        let written = Record::opened(socket, clock).write_line(out);
+                        model.apply(change);
+                        written
+                    }
+                    Change::Closed(_) => match model.apply(change) {
+                        Some(kept) => Record::closed(kept, clock).write_line(out),
+                        None => Ok(()),
+                    },
+                };
+                record.context("writing to stdout")?;
+            }
+            Self::Dashboard { dashboard, .. } => {
+                dashboard.update(Message::Model(Action::Change(change)));
+            }
+        }
+        Ok(())
+    }
+
+    fn observe_map(&mut self, map: Vec<Socket>, now_ns: u64) {
+        let action = Action::Snapshot { map, now_ns };
+        match self {
+            Self::Json { model, .. } => model.update(action),
+            Self::Dashboard { dashboard, .. } => dashboard.update(Message::Model(action)),
+        }
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if let Self::Json { out, .. } = self {
+            out.flush().context("writing to stdout")?;
+        }
+        Ok(())
     }
 }
 
@@ -94,7 +218,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ring_bytes: args.ring_kib * 1024,
         directions: args.direction.mask(),
     };
-    let (probes, ring, tables) = probes::attach(args.probe, options)?;
+    let (probes, ring, tables) = loader::attach(args.probe, options)?;
     log.line(format_args!("attached the {} probes", probes.backend));
     let clock = WallClock::now();
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as the
@@ -108,11 +232,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracker: Tracker::default(),
     };
     let backend = probes.backend.to_string();
-    let result = if args.json {
-        run_json(&args, &backend, &mut source, &clock, &mut log).await
-    } else {
-        run_dashboard(&args, &backend, &mut source, &clock, &mut log).await
-    };
+    let result = run_loop(&args, &backend, &mut source, clock, &mut log).await;
     probes.release();
     result
 }
@@ -153,166 +273,249 @@ fn every(period: Duration) -> tokio::time::Interval {
     tick
 }
 
-fn write_events(out: &mut impl Write, events: &[KernelEvent], clock: &WallClock) -> io::Result<()> {
-    for event in events {
-        Record::from_event(event, clock).write_line(out)?;
-    }
-    out.flush()
+/// The dashboard's own inputs: keys, and answers from the name resolver.
+struct Terminal {
+    keys: EventStream,
+    answers: UnboundedReceiver<Answer>,
+    resolver: Resolver,
 }
 
-async fn run_json(
+/// The next key or name answer; never ready in JSON mode.
+async fn next_input(terminal: &mut Option<Terminal>) -> Input {
+    let Some(terminal) = terminal else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        key = terminal.keys.next() => Input::Key(key),
+        Some(answer) = terminal.answers.recv() => Input::Answer(answer),
+    }
+}
+
+enum Input {
+    Key(Option<io::Result<TermEvent>>),
+    Answer(Answer),
+}
+
+/// What woke the loop, and so whether the screen is redrawn.
+#[derive(PartialEq, Eq)]
+enum Woke {
+    /// Records or a check: counted now, shown at the next tick (a burst costs one frame).
+    Quietly,
+    Redraw,
+    Stop,
+}
+
+async fn run_loop(
     args: &Args,
     backend: &str,
     source: &mut Source,
-    clock: &WallClock,
+    clock: WallClock,
     log: &mut Log,
 ) -> anyhow::Result<()> {
     let mut stop = Stop::new(args.duration)?;
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    let now = clock.unix_secs(monotonic_ns());
-    Record::Start {
-        time: now,
-        probe: backend,
-        pid: std::process::id(),
-        tracked_map_id: source.tables.tracked_map_id,
-    }
-    .write_line(&mut out)?;
-    out.flush()?;
+    let (mut output, mut terminal) = if args.json {
+        let mut out = io::BufWriter::new(io::stdout().lock());
+        Record::Start {
+            time: clock.unix_secs(monotonic_ns()),
+            probe: backend,
+            pid: std::process::id(),
+            tracked_map_id: source.tables.tracked_map_id,
+        }
+        .write_line(&mut out)?;
+        out.flush()?;
+        let output = Output::Json {
+            model: Box::new(Model::counts_only(backend)),
+            out,
+            clock,
+            reported_drops: 0,
+        };
+        (output, None)
+    } else {
+        let guard = TerminalGuard::enter()?;
+        let mut model = Model::new(backend);
+        model.hosts = HostNames::new(!args.no_resolve);
+        // NO_COLOR (no-color.org): set and not empty means no colours.
+        let color = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+        let mut dashboard = Dashboard::new(model, ViewState::new(args.view_options(color)));
+        if let Ok((width, height)) = crossterm::terminal::size() {
+            dashboard.update(Message::View(ViewAction::Resize { width, height }));
+        }
+        // Reverse DNS on worker threads; their answers come back on this channel.
+        let (answer_tx, answers) = tokio::sync::mpsc::unbounded_channel();
+        let resolver = Resolver::start(dns::WORKERS, dns::system_lookup, move |answer| {
+            answer_tx.send(answer).is_ok()
+        })
+        .context("starting the name resolver threads")?;
+        let output = Output::Dashboard {
+            dashboard: Box::new(dashboard),
+            terminal: guard,
+        };
+        let inputs = Terminal {
+            keys: EventStream::new(),
+            answers,
+            resolver,
+        };
+        (output, Some(inputs))
+    };
     if !args.no_existing {
         let existing = source.tracker.adopt_existing(
             &mut source.tables,
             args.direction.mask(),
             monotonic_ns(),
         );
-        write_events(&mut out, &existing, clock).context("writing to stdout")?;
+        for change in existing {
+            output.apply(change)?;
+        }
+        output.flush()?;
     }
     let mut tick = every(args.interval());
     let mut reconcile = every(args.reconcile_interval());
-    let mut reported_drops = 0;
     loop {
-        let events = tokio::select! {
-            batch = source.next_batch(log) => batch?,
-            _ = reconcile.tick() => source.reconcile(),
-            _ = tick.tick() => {
-                let drops = source.tables.counters().ringbuf_drops;
-                if drops > reported_drops {
-                    let time = clock.unix_secs(monotonic_ns());
-                    Record::Lost { time, count: drops - reported_drops, total: drops }
-                        .write_line(&mut out)?;
-                    out.flush()?;
-                    reported_drops = drops;
-                }
-                continue;
+        let woke = tokio::select! {
+            ready = source.readable() => {
+                ready?;
+                source.drain(&mut output, log)?;
+                Woke::Quietly
             }
-            () = stop.wait() => break,
+            _ = reconcile.tick() => {
+                source.reconcile(&mut output, log)?;
+                Woke::Quietly
+            }
+            _ = tick.tick() => {
+                refresh(source, &mut output, &clock, log)?;
+                Woke::Redraw
+            }
+            input = next_input(&mut terminal) => on_input(input, &mut output)?,
+            () = stop.wait() => Woke::Stop,
         };
-        write_events(&mut out, &events, clock).context("writing to stdout")?;
+        output.flush()?;
+        if woke == Woke::Stop {
+            break;
+        }
+        if let (
+            Output::Dashboard {
+                dashboard,
+                terminal: screen,
+            },
+            Some(inputs),
+        ) = (&mut output, &terminal)
+        {
+            if dashboard.quit {
+                break;
+            }
+            if woke == Woke::Redraw {
+                for addr in dashboard.model.hosts.take_requests() {
+                    if let Err(busy) = inputs.resolver.request(addr) {
+                        dashboard.update(Message::Model(Action::HostName(busy)));
+                    }
+                }
+                screen.draw(|frame| view::render(dashboard, &clock, frame))?;
+            }
+        }
     }
-    // Whatever arrived before the stop is still reported, then what is still open.
-    let events = source.drain(log);
-    write_events(&mut out, &events, clock).context("writing to stdout")?;
-    let now_ns = monotonic_ns();
-    let open = source.snapshot();
-    for entry in &open {
-        Record::open(entry, clock, now_ns).write_line(&mut out)?;
-    }
-    let counters = source.tables.counters();
-    Record::End {
-        time: clock.unix_secs(now_ns),
-        open: open.len(),
-        lost: counters.ringbuf_drops,
-        untracked: counters.tracked_full,
-        repairs: source.tracker.repairs,
-    }
-    .write_line(&mut out)?;
-    out.flush().context("writing to stdout")
+    finish(source, output, log, clock)
 }
 
-async fn run_dashboard(
-    args: &Args,
-    backend: &str,
+/// A refresh tick: the dashboard reads the map and the kernel's counters; JSON reports lost
+/// records.
+fn refresh(
     source: &mut Source,
+    output: &mut Output,
     clock: &WallClock,
     log: &mut Log,
 ) -> anyhow::Result<()> {
-    let mut stop = Stop::new(args.duration)?;
-    let mut terminal = TerminalGuard::enter()?;
-    let mut keys = EventStream::new();
-    let mut model = Model::new(backend);
-    // NO_COLOR (no-color.org): set and not empty means no colours.
-    let color = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    model.view = ViewState::new(args.view_options(color));
-    model.hosts = HostNames::new(!args.no_resolve);
-    if let Ok((width, height)) = crossterm::terminal::size() {
-        model.update(Action::View(ViewAction::Resize { width, height }));
-    }
-    // Reverse DNS on worker threads; their answers come back on this channel.
-    let (answer_tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
-    let resolver = Resolver::start(dns::WORKERS, dns::system_lookup, move |answer| {
-        answer_tx.send(answer).is_ok()
-    })
-    .context("starting the name resolver threads")?;
-    if !args.no_existing {
-        for event in
-            source
-                .tracker
-                .adopt_existing(&mut source.tables, args.direction.mask(), monotonic_ns())
-        {
-            model.update(Action::Kernel(event));
-        }
-    }
-    let mut tick = every(args.interval());
-    let mut reconcile = every(args.reconcile_interval());
-    loop {
-        tokio::select! {
-            batch = source.next_batch(log) => {
-                for event in batch? {
-                    model.update(Action::Kernel(event));
+    let counters = source.tables.counters();
+    match output {
+        Output::Json {
+            out,
+            reported_drops,
+            ..
+        } => {
+            let drops = counters.ringbuf_drops;
+            if drops > *reported_drops {
+                let time = clock.unix_secs(monotonic_ns());
+                Record::Lost {
+                    time,
+                    count: drops - *reported_drops,
+                    total: drops,
                 }
-                // Rendering waits for the tick: a burst of events costs one frame, not many.
-                continue;
-            }
-            _ = reconcile.tick() => {
-                for event in source.reconcile() {
-                    model.update(Action::Kernel(event));
-                }
-                continue;
-            }
-            _ = tick.tick() => {
-                model.update(Action::Snapshot { entries: source.snapshot(), now_ns: monotonic_ns() });
-                let mut counters = source.tables.counters();
-                counters.repairs = source.tracker.repairs;
-                model.update(Action::Counters(counters));
-            }
-            Some(answer) = answers.recv() => {
-                // Names show at the next refresh.
-                model.update(Action::HostName(answer));
-                continue;
-            }
-            key = keys.next() => match key {
-                Some(Ok(TermEvent::Key(key))) => {
-                    if let Some(action) = ui::keys::action_for(key, model.view.key_mode()) {
-                        model.update(action);
-                    }
-                }
-                Some(Ok(TermEvent::Resize(width, height))) => {
-                    model.update(Action::View(ViewAction::Resize { width, height }));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(error)) => return Err(error).context("reading the terminal"),
-                None => break,
-            },
-            () = stop.wait() => break,
-        }
-        if model.quit {
-            break;
-        }
-        for addr in model.hosts.take_requests() {
-            if let Err(busy) = resolver.request(addr) {
-                model.update(Action::HostName(busy));
+                .write_line(out)?;
+                *reported_drops = drops;
             }
         }
-        terminal.draw(|frame| ui::view(&model, clock, frame))?;
+        Output::Dashboard { .. } => {
+            source.read_map(output, log)?;
+            if let Output::Dashboard { dashboard, .. } = output {
+                dashboard.update(Message::Model(Action::Counters(counters)));
+            }
+        }
     }
     Ok(())
+}
+
+fn on_input(input: Input, output: &mut Output) -> anyhow::Result<Woke> {
+    let Output::Dashboard { dashboard, .. } = output else {
+        return Ok(Woke::Quietly);
+    };
+    match input {
+        Input::Answer(answer) => {
+            // Names show at the next refresh.
+            dashboard.update(Message::Model(Action::HostName(answer)));
+            Ok(Woke::Quietly)
+        }
+        Input::Key(Some(Ok(TermEvent::Key(key)))) => {
+            if let Some(message) = keys::action_for(key, dashboard.view.key_mode()) {
+                dashboard.update(message);
+            }
+            Ok(Woke::Redraw)
+        }
+        Input::Key(Some(Ok(TermEvent::Resize(width, height)))) => {
+            dashboard.update(Message::View(ViewAction::Resize { width, height }));
+            Ok(Woke::Redraw)
+        }
+        Input::Key(Some(Ok(_))) => Ok(Woke::Redraw),
+        Input::Key(Some(Err(error))) => Err(error).context("reading the terminal"),
+        Input::Key(None) => Ok(Woke::Stop),
+    }
+}
+
+/// Whatever arrived before the stop is still reported; JSON then lists what is still open and
+/// the run's totals.
+fn finish(
+    source: &mut Source,
+    mut output: Output,
+    log: &mut Log,
+    clock: WallClock,
+) -> anyhow::Result<()> {
+    if matches!(output, Output::Dashboard { .. }) {
+        return Ok(());
+    }
+    // The last read: what it misses, bar what opened since, lost its close record.
+    let mut map = source.tables.snapshot();
+    let now_ns = monotonic_ns();
+    let drained = source.drain(&mut output, log)?;
+    map.retain(|s| !drained.closed.contains(&s.id));
+    for change in source
+        .tracker
+        .finish(&map, &output.model().open, &drained.opened, now_ns)
+    {
+        output.apply(change)?;
+    }
+    output.observe_map(map, now_ns);
+    let counters = source.tables.counters();
+    let Output::Json { model, mut out, .. } = output else {
+        return Ok(());
+    };
+    for socket in model.open.values() {
+        Record::open(socket, &clock, now_ns).write_line(&mut out)?;
+    }
+    Record::End {
+        time: clock.unix_secs(now_ns),
+        open: model.open.len(),
+        lost: counters.ringbuf_drops,
+        untracked: counters.tracked_full,
+        repairs: model.totals.repairs,
+    }
+    .write_line(&mut out)?;
+    out.flush().context("writing to stdout")
 }

@@ -4,16 +4,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
-/// Which kernel mechanism carries the entry/exit probes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ProbeChoice {
-    /// Syscall tracepoints when the kernel has them, kprobes otherwise.
-    Auto,
-    /// `syscalls:sys_enter_*` / `sys_exit_*` tracepoints.
-    Tracepoint,
-    /// kprobe + kretprobe on the syscall entry symbols (`__x64_sys_*`).
-    Kprobe,
-}
+use crate::view::{filter::Scope, state::ViewOptions};
+
+pub use crate::kernel::loader::ProbeChoice;
 
 /// Which sockets to track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -125,9 +118,9 @@ impl Args {
     }
 
     /// The dashboard's starting view: `--pid`/`--comm`/`--port` scope and `--linger`.
-    pub fn view_options(&self, color: bool) -> crate::view_state::ViewOptions {
-        crate::view_state::ViewOptions {
-            scope: crate::view_state::filter::Scope {
+    pub fn view_options(&self, color: bool) -> ViewOptions {
+        ViewOptions {
+            scope: Scope {
                 pids: self.pid.clone(),
                 comms: self.comm.clone(),
                 ports: self.port.clone(),

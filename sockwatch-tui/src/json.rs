@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::{
     clock::WallClock,
-    events::{ConnectResult, Direction, Endpoint, KernelEvent, TrackedEntry},
+    kernel::decode::errno_name,
+    socket::{CloseCause, Origin, Socket, State},
 };
 
 /// The fields every socket record shares.
@@ -25,11 +26,11 @@ pub struct SocketFields<'a> {
 }
 
 impl<'a> SocketFields<'a> {
-    fn of(socket: &'a Endpoint) -> Self {
+    fn of(socket: &'a Socket) -> Self {
         Self {
-            pid: socket.key.pid,
+            pid: socket.pid(),
             comm: &socket.comm,
-            fd: socket.key.fd,
+            fd: socket.fd(),
             proto: socket.proto.label(),
             direction: socket.direction.label(),
             daddr: socket.daddr.to_string(),
@@ -82,7 +83,7 @@ pub enum Record<'a> {
         bytes_sent: u64,
         bytes_recv: u64,
         lifetime_ns: u64,
-        /// close, dup2, close_range, exec, exit, or reconciled.
+        /// close, dup2, close_range, exec, exit, reconciled, or vanished.
         reason: &'static str,
         preexisting: bool,
     },
@@ -112,50 +113,71 @@ pub enum Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    pub fn from_event(event: &'a KernelEvent, clock: &WallClock) -> Self {
-        match event {
-            KernelEvent::Connect(c) => {
-                let time = clock.unix_secs(c.ts_ns);
-                let socket = SocketFields::of(&c.socket);
-                match (c.result, c.socket.direction) {
-                    (ConnectResult::Existing, _) => Record::Existing { time, socket },
-                    (_, Direction::In) => Record::Accept {
-                        time,
-                        tid: c.tid,
-                        socket,
-                    },
-                    (result, Direction::Out) => Record::Connect {
-                        time,
-                        tid: c.tid,
-                        socket,
-                        result: result.label(),
-                        bytes_sent: 0,
-                        bytes_recv: 0,
-                    },
-                }
-            }
-            KernelEvent::Close(c) => Record::Close {
-                time: clock.unix_secs(c.ts_ns),
-                tid: c.tid,
-                connect_tid: c.connect_tid,
-                socket: SocketFields::of(&c.socket),
-                bytes_sent: c.bytes_sent,
-                bytes_recv: c.bytes_recv,
-                lifetime_ns: c.lifetime_ns(),
-                reason: c.cause.label(),
-                preexisting: c.preexisting,
+    /// A socket became tracked: `connect`, `accept` or `existing`, by its origin.
+    pub fn opened(socket: &'a Socket, clock: &WallClock) -> Self {
+        let time = clock.unix_secs(socket.id.opened_ns);
+        let fields = SocketFields::of(socket);
+        match socket.origin {
+            Origin::Existing => Record::Existing {
+                time,
+                socket: fields,
+            },
+            Origin::Accept => Record::Accept {
+                time,
+                tid: socket.tid,
+                socket: fields,
+            },
+            Origin::Connect => Record::Connect {
+                time,
+                tid: socket.tid,
+                socket: fields,
+                result: match socket.state {
+                    State::Connecting => "in_progress".to_owned(),
+                    State::Established => "ok".to_owned(),
+                },
+                bytes_sent: 0,
+                bytes_recv: 0,
             },
         }
     }
 
-    pub fn open(entry: &'a TrackedEntry, clock: &WallClock, now_ns: u64) -> Self {
+    /// A connect that failed with `errno`.
+    pub fn failed(socket: &'a Socket, errno: i32, clock: &WallClock) -> Self {
+        Record::Connect {
+            time: clock.unix_secs(socket.id.opened_ns),
+            tid: socket.tid,
+            socket: SocketFields::of(socket),
+            result: errno_name(errno),
+            bytes_sent: 0,
+            bytes_recv: 0,
+        }
+    }
+
+    /// A socket that ended, with its final counts.
+    pub fn closed(socket: &'a Socket, clock: &WallClock) -> Self {
+        let closed = socket.closed;
+        Record::Close {
+            time: clock.unix_secs(closed.map_or(0, |c| c.at_ns)),
+            tid: closed.map_or(0, |c| c.tid),
+            connect_tid: socket.tid,
+            socket: SocketFields::of(socket),
+            bytes_sent: socket.bytes_sent,
+            bytes_recv: socket.bytes_recv,
+            lifetime_ns: socket.age_ns(0),
+            reason: closed.map_or(CloseCause::Close, |c| c.cause).label(),
+            preexisting: socket.origin == Origin::Existing,
+        }
+    }
+
+    /// At the end of a run: a socket still open at `now_ns`.
+    pub fn open(socket: &'a Socket, clock: &WallClock, now_ns: u64) -> Self {
         Record::Open {
             time: clock.unix_secs(now_ns),
-            socket: SocketFields::of(&entry.socket),
-            bytes_sent: entry.bytes_sent,
-            bytes_recv: entry.bytes_recv,
-            age_ns: now_ns.saturating_sub(entry.connect_ns),
-            preexisting: entry.preexisting,
+            socket: SocketFields::of(socket),
+            bytes_sent: socket.bytes_sent,
+            bytes_recv: socket.bytes_recv,
+            age_ns: socket.age_ns(now_ns),
+            preexisting: socket.origin == Origin::Existing,
         }
     }
 
@@ -170,22 +192,21 @@ impl<'a> Record<'a> {
 mod tests {
     use std::net::Ipv4Addr;
 
-    use sockwatch_common::SocketKey;
-
     use super::*;
-    use crate::events::{CloseCause, CloseEvent, ConnectEvent, Proto};
+    use crate::socket::{Closed, Direction, Proto, SocketKey};
 
-    fn endpoint() -> Endpoint {
-        Endpoint {
-            proto: Proto::Tcp,
-            lport: 40000,
-            ..Endpoint::new(
-                SocketKey { pid: 7, fd: 4 },
-                Ipv4Addr::LOCALHOST,
-                8080,
-                "curl",
-            )
-        }
+    fn endpoint() -> Socket {
+        let mut socket = Socket::new(
+            SocketKey { pid: 7, fd: 4 },
+            1_000_000_000,
+            Ipv4Addr::LOCALHOST,
+            8080,
+            "curl",
+        );
+        socket.proto = Proto::Tcp;
+        socket.lport = 40000;
+        socket.tid = 8;
+        socket
     }
 
     fn line(record: &Record) -> serde_json::Value {
@@ -197,13 +218,12 @@ mod tests {
 
     #[test]
     fn connect_record_has_the_documented_fields() {
-        let event = KernelEvent::Connect(ConnectEvent {
-            socket: endpoint(),
-            tid: 8,
-            result: ConnectResult::Failed(libc::ECONNREFUSED),
-            ts_ns: 1_000_000_000,
-        });
-        let value = line(&Record::from_event(&event, &WallClock::default()));
+        let socket = endpoint();
+        let value = line(&Record::failed(
+            &socket,
+            libc::ECONNREFUSED,
+            &WallClock::default(),
+        ));
         assert_eq!(
             value,
             serde_json::json!({"event": "connect", "time": 1.0, "pid": 7, "tid": 8, "comm": "curl",
@@ -216,43 +236,40 @@ mod tests {
     fn inbound_and_existing_sockets_have_their_own_events() {
         let mut socket = endpoint();
         socket.direction = Direction::In;
-        let accept = KernelEvent::Connect(ConnectEvent {
-            socket,
-            tid: 8,
-            result: ConnectResult::Ok,
-            ts_ns: 0,
-        });
-        let value = line(&Record::from_event(&accept, &WallClock::default()));
+        socket.origin = Origin::Accept;
+        let value = line(&Record::opened(&socket, &WallClock::default()));
         assert_eq!(
             (value["event"].as_str(), value["direction"].as_str()),
             (Some("accept"), Some("in"))
         );
-        let existing = KernelEvent::Connect(ConnectEvent {
-            socket: endpoint(),
-            tid: 7,
-            result: ConnectResult::Existing,
-            ts_ns: 0,
-        });
+        let mut socket = endpoint();
+        socket.origin = Origin::Existing;
         assert_eq!(
-            line(&Record::from_event(&existing, &WallClock::default()))["event"],
+            line(&Record::opened(&socket, &WallClock::default()))["event"],
             "existing"
+        );
+        let mut socket = endpoint();
+        socket.state = State::Connecting;
+        let value = line(&Record::opened(&socket, &WallClock::default()));
+        assert_eq!(
+            (value["event"].as_str(), value["result"].as_str()),
+            (Some("connect"), Some("in_progress"))
         );
     }
 
     #[test]
     fn close_record_carries_final_counts_lifetime_and_reason() {
-        let event = KernelEvent::Close(CloseEvent {
-            socket: endpoint(),
-            tid: 9,
-            connect_tid: 8,
-            ts_ns: 3_000,
-            connect_ns: 1_000,
-            bytes_sent: 1234,
-            bytes_recv: 5,
-            cause: CloseCause::Exit,
-            preexisting: false,
-        });
-        let value = line(&Record::from_event(&event, &WallClock::default()));
+        let mut socket = endpoint();
+        socket.close(
+            Closed {
+                at_ns: 1_000_002_000,
+                tid: 9,
+                cause: CloseCause::Exit,
+            },
+            1234,
+            5,
+        );
+        let value = line(&Record::closed(&socket, &WallClock::default()));
         assert_eq!(value["event"], "close");
         assert_eq!(
             (value["bytes_sent"].as_u64(), value["bytes_recv"].as_u64()),

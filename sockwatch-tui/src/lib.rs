@@ -1,23 +1,21 @@
 //! sockwatch: IPv4 sockets watched with eBPF, shown live in the terminal.
 //!
-//! `probes` loads the kernel programs; `events` decodes what they send; `reducer` owns the
-//! kernel-driven state and `view_state` what the user chose to see; `rates` and `dns` derive
-//! rates and host names; `ui` renders it all; `json` prints it headless; `app` wires them in one
-//! async loop.
+//! The pipeline, one folder a stage (a stage never imports a later one):
+//! `kernel` (load the programs, decode what they send, square it with the map and /proc) →
+//! `model` (the one owner of the sockets, a pure reducer) → `view` (the dashboard), or `json`
+//! (headless lines). `socket` is the one record they all share; `app` runs the one loop.
+//! See docs/ARCHITECTURE.md.
 
 pub mod app;
 pub mod cli;
 pub mod clock;
-pub mod dns;
-pub mod events;
 pub mod json;
+pub mod kernel;
 pub mod logfile;
-pub mod probes;
-pub mod procfs;
-pub mod rates;
-pub mod reducer;
-pub mod socket_id;
+pub mod model;
+pub mod socket;
 pub mod terminal;
-pub mod tracker;
-pub mod ui;
-pub mod view_state;
+pub mod view;
+
+#[cfg(test)]
+mod layering;

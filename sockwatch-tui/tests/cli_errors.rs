@@ -2,16 +2,19 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use support::BIN;
+use support::{
+    process::{output_within, COMMAND_TIMEOUT},
+    BIN,
+};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running sockwatch-tui")
+    output_within(
+        Command::new(BIN).args(args),
+        COMMAND_TIMEOUT,
+        &format!("sockwatch-tui {args:?}"),
+    )
 }
 
 fn stderr(output: &Output) -> String {
@@ -22,7 +25,7 @@ fn stderr(output: &Output) -> String {
 fn kprobe_backend_without_kprobes_is_one_clear_error() {
     support::assert_root();
     let output = run(&["--json", "--probe", "kprobe", "--duration", "1"]);
-    if sockwatch_tui::probes::kprobes_available() {
+    if sockwatch_tui::kernel::support::kprobes_available() {
         // Kernels with kprobes (the VM test) must run the backend instead.
         assert!(
             output.status.success(),
@@ -48,18 +51,19 @@ fn kprobe_backend_without_kprobes_is_one_clear_error() {
 fn without_privileges_it_says_to_use_sudo() {
     support::assert_root();
     // Drop to nobody with no capabilities, as an ordinary user would run it.
-    let output = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--",
-        ])
-        .args([BIN, "--json", "--duration", "1"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("running setpriv (util-linux)");
+    let output = output_within(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--",
+            ])
+            .args([BIN, "--json", "--duration", "1"]),
+        COMMAND_TIMEOUT,
+        "setpriv (util-linux) running sockwatch-tui as nobody",
+    );
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert_eq!(text.lines().count(), 1, "one line: {text:?}");

@@ -65,11 +65,12 @@ fn sigterm_restores_the_terminal() {
         s.contains("Open IPv4 sockets")
     });
     let shell = tmux.pane("#{pane_pid}");
-    let status = std::process::Command::new("pkill")
-        .args(["-TERM", "-P", &shell, "-x", "sockwatch-tui"])
-        .status()
-        .expect("running pkill");
-    assert!(status.success(), "sockwatch-tui found and signalled");
+    let pkill = support::process::output_within(
+        std::process::Command::new("pkill").args(["-TERM", "-P", &shell, "-x", "sockwatch-tui"]),
+        support::process::COMMAND_TIMEOUT,
+        "pkill",
+    );
+    assert!(pkill.status.success(), "sockwatch-tui found and signalled");
     assert_terminal_restored(&tmux, &state_file);
 }
 

@@ -4,19 +4,18 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader, Write},
     net::{Ipv6Addr, TcpListener},
-    process::{Command, Stdio},
+    process::Command,
+    time::Duration,
 };
 
 use serde_json::Value;
 use support::{
     inbound_of,
     io::{recv_exact, send_all, Receiver, Sender},
-    net, record_of, Sockwatch,
+    load::{field, Load, LOAD_TIMEOUT},
+    net, process, record_of, Sockwatch,
 };
-
-const LOAD: &str = env!("CARGO_BIN_EXE_sockwatch-load");
 
 fn u(value: &Value) -> u64 {
     value
@@ -154,7 +153,14 @@ fn inbound_only_ignores_connects() {
     );
     net::close(client);
     net::close(listener);
-    let outbound = sw.received(|r| r["pid"] == pid && r["direction"] == "out");
+    // Barrier: a clean stop drains every event the kernel emitted before the signal, so the
+    // records up to `end` hold whatever the client's connect and close caused, and `open`
+    // records whatever is still tracked.
+    let rest = sw.stop();
+    let outbound: Vec<_> = rest
+        .iter()
+        .filter(|r| r["pid"] == pid && r["direction"] == "out")
+        .collect();
     assert!(
         outbound.is_empty(),
         "outbound sockets reported: {outbound:?}"
@@ -269,47 +275,26 @@ fn dup2_onto_a_tracked_fd_ends_it() {
     net::close(fd);
 }
 
-/// Runs `sockwatch-load MODE ...` with a pipe on stdin and reads its first output line.
-fn load_process(args: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(LOAD)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawning sockwatch-load");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("reading sockwatch-load's first line");
-    (child, line)
-}
-
-fn field(line: &str, name: &str) -> u32 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-}
-
 #[test]
 fn process_exit_without_close_ends_its_sockets() {
     let mut sw = Sockwatch::start(&[]);
     let server = net::CountingServer::start();
     let port = server.port.to_string();
-    let (mut child, line) =
-        load_process(&["exit-without-close", "--port", &port, "--bytes", "2500"]);
+    let mut load = Load::spawn(&["exit-without-close", "--port", &port, "--bytes", "2500"]);
+    let line = load.line(LOAD_TIMEOUT);
     let (pid, fd) = (field(&line, "pid"), field(&line, "fd"));
-    child
-        .stdin
-        .as_mut()
-        .expect("stdin")
-        .write_all(b"go\n")
-        .expect("telling it to exit");
-    child.wait().expect("waiting for it");
+    load.tell("go");
+    let status = load.wait_exit(LOAD_TIMEOUT);
+    assert!(
+        status.success(),
+        "sockwatch-load exit-without-close: {status}"
+    );
     let close = sw.wait_for("exit close", record_of("close", pid, fd as i32));
     assert_eq!(close["reason"], "exit");
-    assert_eq!(u(&close["bytes_sent"]), 2500);
-    assert_eq!(server.next_total(), 2500);
+    // What the other end received, not what the helper was asked to send.
+    let received = server.next_total();
+    assert_eq!(u(&close["bytes_sent"]), received, "{close}");
+    assert_eq!(received, 2500, "the helper sent what it was asked to");
 }
 
 #[test]
@@ -317,33 +302,39 @@ fn exec_closes_close_on_exec_sockets_only() {
     let mut sw = Sockwatch::start(&[]);
     let server = net::CountingServer::start();
     let port = server.port.to_string();
-    let (mut child, line) =
-        load_process(&["exec-with-cloexec", "--port", &port, "--bytes", "1000"]);
+    let mut load = Load::spawn(&["exec-with-cloexec", "--port", &port, "--bytes", "1000"]);
+    let line = load.line(LOAD_TIMEOUT);
     let pid = field(&line, "pid");
     let (cloexec_fd, keep_fd) = (
         field(&line, "cloexec_fd") as i32,
         field(&line, "keep_fd") as i32,
     );
-    child
-        .stdin
-        .as_mut()
-        .expect("stdin")
-        .write_all(b"go\n")
-        .expect("telling it to exec");
+    load.tell("go");
     let close = sw.wait_for("exec close", record_of("close", pid, cloexec_fd));
     assert_eq!(close["reason"], "exec");
-    assert_eq!(u(&close["bytes_sent"]), 1000);
+    // The expected counts are what the server received on each connection. Only the exec has
+    // closed one so far (the exec'd `sleep` holds the other until it is killed), so the next
+    // connection to finish at the server is the close-on-exec one.
+    let cloexec_received = server.next_total();
+    assert_eq!(u(&close["bytes_sent"]), cloexec_received, "{close}");
     let kept = sw.received(record_of("close", pid, keep_fd));
     assert!(
         kept.is_empty(),
         "the socket without FD_CLOEXEC survives exec: {kept:?}"
     );
-    // The exec'd `sleep` holds the other socket until it is killed.
-    child.kill().expect("killing sleep");
-    child.wait().expect("reaping sleep");
+    load.kill();
+    let status = load.wait_exit(LOAD_TIMEOUT);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the exec'd sleep ran until killed: {status}"
+    );
     let close = sw.wait_for("exit close", record_of("close", pid, keep_fd));
     assert_eq!(close["reason"], "exit");
-    assert_eq!(u(&close["bytes_sent"]), 2000);
+    let keep_received = server.next_total();
+    assert_eq!(u(&close["bytes_sent"]), keep_received, "{close}");
+    // The two sockets carry different counts, so records swapped between them would fail.
+    assert_ne!(cloexec_received, keep_received);
 }
 
 #[test]
@@ -390,29 +381,52 @@ fn no_existing_leaves_old_connections_alone() {
 #[test]
 fn churn_leaves_nothing_behind() {
     const CYCLES: u64 = 3000;
+    const BYTES: u64 = 100;
     // Without the start-up scan of /proc, which runs beside the churn and could adopt one
     // of its sockets as `existing`.
     let mut sw = Sockwatch::start(&["--no-existing"]);
+    let pid = std::process::id();
     let server = net::CountingServer::start();
     let port = server.port.to_string();
-    let output = Command::new(LOAD)
-        .args([
-            "churn",
-            "--port",
-            &port,
-            "--count",
-            &CYCLES.to_string(),
-            "--bytes",
-            "100",
-        ])
-        .output()
-        .expect("running sockwatch-load churn");
+    let mut churn = Load::spawn(&[
+        "churn",
+        "--port",
+        &port,
+        "--count",
+        &CYCLES.to_string(),
+        "--bytes",
+        &BYTES.to_string(),
+    ]);
+    let churn_pid = churn.pid();
+    let status = churn.wait_exit(Duration::from_secs(120));
+    assert!(status.success(), "sockwatch-load churn: {status}");
+    let summary = churn.line(LOAD_TIMEOUT);
+    assert_eq!(u64::from(field(&summary, "cycles")), CYCLES, "{summary}");
+    // The other end saw every cycle's bytes: the oracle for the close records below.
+    for cycle in 0..CYCLES {
+        assert_eq!(
+            server.next_total(),
+            BYTES,
+            "connection {cycle} at the server"
+        );
+    }
+
+    // Nothing of the churn's is left in the kernel's map. A socket of this process, open while
+    // the map is read, shows that the read finds what is there.
+    let control = net::connected(server.port);
+    let keys = sw.tracked_keys();
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        keys.contains(&(pid, control as u32)),
+        "the open control socket ({pid}, {control}) is in the map: {keys:?}"
     );
-    let is_ours = |r: &Value| r["dport"] == server.port && r["comm"] == "sockwatch-load";
+    let left: Vec<_> = keys.iter().filter(|(p, _)| *p == churn_pid).collect();
+    assert!(
+        left.is_empty(),
+        "churn sockets left in the kernel map: {left:?}"
+    );
+    net::close(control);
+
+    let is_ours = |r: &Value| r["pid"] == churn_pid && r["dport"] == server.port;
     // The churn has ended, so every event is in the ring buffer: stopping drains it all.
     let records = sw.stop();
     let end = records
@@ -420,7 +434,17 @@ fn churn_leaves_nothing_behind() {
         .find(|r| r["event"] == "end")
         .expect("end record");
     assert_eq!(u(&end["lost"]), 0, "{end}");
-    // In arrival order, each close follows its own connect on that fd.
+    // `end.open` counts what was still tracked at the end, listed in the `open` records:
+    // none of them may be the churn's.
+    let open: Vec<_> = records.iter().filter(|r| r["event"] == "open").collect();
+    assert_eq!(u(&end["open"]) as usize, open.len(), "{end}; {open:?}");
+    let open_of_ours: Vec<_> = open.iter().filter(|r| is_ours(r)).collect();
+    assert!(
+        open_of_ours.is_empty(),
+        "churn sockets still tracked at the end: {open_of_ours:?}"
+    );
+    // In arrival order, each close follows its own connect on that fd, and every socket was
+    // ended by its own close (not settled later, at the process's exit, from a leftover entry).
     let mut open_fds = std::collections::HashMap::new();
     let (mut connects, mut closes) = (0, 0);
     for record in records.iter().filter(|r| is_ours(r)) {
@@ -439,7 +463,8 @@ fn churn_leaves_nothing_behind() {
                     open_fds.remove(&fd).is_some(),
                     "close without a connect: {record}"
                 );
-                assert_eq!(u(&record["bytes_sent"]), 100, "{record}");
+                assert_eq!(record["reason"], "close", "{record}");
+                assert_eq!(u(&record["bytes_sent"]), BYTES, "{record}");
             }
             _ => panic!("unexpected record: {record}"),
         }
@@ -476,14 +501,20 @@ fn reconciliation_repairs_what_events_missed() {
         flags: 0,
         comm,
     };
-    let status = Command::new("bpftool")
-        .args(["map", "update", "id", &map_id.to_string(), "key", "hex"])
-        .args(hex_bytes(&key))
-        .args(["value", "hex"])
-        .args(hex_bytes(&value))
-        .status()
-        .expect("running bpftool (installed by cargo xtask setup)");
-    assert!(status.success(), "bpftool map update");
+    let update = process::output_within(
+        Command::new("bpftool")
+            .args(["map", "update", "id", &map_id.to_string(), "key", "hex"])
+            .args(hex_bytes(&key))
+            .args(["value", "hex"])
+            .args(hex_bytes(&value)),
+        process::COMMAND_TIMEOUT,
+        "bpftool map update (installed by cargo xtask setup)",
+    );
+    assert!(
+        update.status.success(),
+        "bpftool map update: {}",
+        String::from_utf8_lossy(&update.stderr)
+    );
     let close = sw.wait_for("reconciled close", record_of("close", pid, FD as i32));
     assert_eq!(close["reason"], "reconciled");
     assert_eq!((u(&close["bytes_sent"]), u(&close["bytes_recv"])), (42, 7));

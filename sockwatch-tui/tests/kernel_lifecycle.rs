@@ -5,7 +5,7 @@ mod support;
 
 use std::{process::Command, thread, time::Duration};
 
-use support::{gettid, net, record_of, Sockwatch};
+use support::{f64_of, gettid, net, process, record_of, u64_of, Sockwatch};
 
 #[test]
 fn connect_sendto_close_are_reported_with_exact_numbers() {
@@ -40,8 +40,20 @@ fn connect_sendto_close_are_reported_with_exact_numbers() {
     assert_eq!(close["daddr"], "127.0.0.1");
     assert_eq!(close["tid"], tid);
     assert_eq!(close["connect_tid"], tid);
-    assert!(close["lifetime_ns"].as_u64().is_some_and(|ns| ns > 0));
-    assert!(close["time"].as_f64() >= connect["time"].as_f64());
+    let lifetime_ns = u64_of(&close, "lifetime_ns");
+    assert!(lifetime_ns > 0, "{close}");
+    let (connect_time, close_time) = (f64_of(&connect, "time"), f64_of(&close, "time"));
+    assert!(
+        close_time >= connect_time,
+        "close before connect: {close_time} < {connect_time}"
+    );
+    // Both times and the lifetime come from the same kernel timestamps: they agree to the
+    // precision of an f64 of Unix seconds (about 0.24 µs now).
+    let between_ns = (close_time - connect_time) * 1e9;
+    assert!(
+        (between_ns - lifetime_ns as f64).abs() < 2_000.0,
+        "close time - connect time = {between_ns} ns, lifetime_ns = {lifetime_ns}"
+    );
 }
 
 /// The kernel's own per-socket count (`ss -tin`, tcp_info) is an independent oracle.
@@ -171,11 +183,13 @@ fn bytes_from_several_threads_add_up_on_one_socket() {
 fn curl_against_a_local_server_is_seen() {
     let mut sw = Sockwatch::start(&[]);
     let server = net::HttpServer::start();
-    let output = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "--max-time", "10"])
-        .arg(format!("http://127.0.0.1:{}/", server.port))
-        .output()
-        .expect("running curl (installed by cargo xtask setup)");
+    let output = process::output_within(
+        Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{}/", server.port)),
+        process::COMMAND_TIMEOUT,
+        "curl (installed by cargo xtask setup)",
+    );
     assert!(
         output.status.success(),
         "curl failed: {}",
@@ -199,7 +213,29 @@ fn curl_against_a_local_server_is_seen() {
 
 #[test]
 fn duration_ends_the_run_by_itself() {
-    let mut sw = Sockwatch::start(&["--duration", "0.5"]);
-    let status = sw.wait_exit(Duration::from_secs(10));
+    const DURATION: Duration = Duration::from_millis(1000);
+    let mut sw = Sockwatch::start(&["--duration", &DURATION.as_secs_f64().to_string()]);
+    // Bounded well above the duration: a run that ignores --duration fails here.
+    let status = sw.wait_exit(DURATION + Duration::from_secs(10));
+    let spawn_to_exit = sw.spawned.elapsed();
     assert!(status.success(), "exit status {status}");
+    // The deadline starts after the spawn, so an honest run cannot end sooner than this.
+    assert!(
+        spawn_to_exit >= DURATION,
+        "exited {spawn_to_exit:?} after the spawn, before --duration {DURATION:?}"
+    );
+    // The run itself, not the loading before it, lasted the duration: from the start record
+    // (printed once the probes are attached, right after the deadline was set) to the end
+    // record (written once it fired). The deadline is set a few µs before the start record's
+    // time is read; 5 ms covers that, far less than the duration.
+    let end = sw.wait_for("end", |r| r["event"] == "end");
+    let run_secs = f64_of(&end, "time") - f64_of(&sw.start, "time");
+    assert!(
+        run_secs >= DURATION.as_secs_f64() - 0.005,
+        "start to end took {run_secs} s, less than --duration {DURATION:?}"
+    );
+    assert!(
+        run_secs < DURATION.as_secs_f64() + 5.0,
+        "start to end took {run_secs} s for --duration {DURATION:?}"
+    );
 }

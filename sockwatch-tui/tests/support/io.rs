@@ -27,7 +27,15 @@ pub enum Receiver {
 }
 
 fn check(n: isize, what: impl std::fmt::Debug) -> usize {
-    assert!(n >= 0, "{what:?}: {}", std::io::Error::last_os_error());
+    if n < 0 {
+        let error = std::io::Error::last_os_error();
+        let hint = if error.kind() == std::io::ErrorKind::WouldBlock {
+            format!(" (no progress within {:?})", super::net::SOCKET_TIMEOUT)
+        } else {
+            String::new()
+        };
+        panic!("{what:?}: {error}{hint}");
+    }
     n as usize
 }
 

@@ -6,7 +6,9 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod io;
+pub mod load;
 pub mod net;
+pub mod process;
 pub mod tmux;
 
 use std::{
@@ -53,6 +55,8 @@ pub struct Sockwatch {
     /// Records already received but not yet consumed by a wait.
     seen: Vec<Value>,
     pub start: Value,
+    /// When the process was spawned (before it loaded anything).
+    pub spawned: Instant,
 }
 
 impl Sockwatch {
@@ -68,6 +72,7 @@ impl Sockwatch {
         if let Some(probe) = &probe {
             command.args(["--probe", probe]);
         }
+        let spawned = Instant::now();
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -100,6 +105,7 @@ impl Sockwatch {
             stderr,
             seen: Vec::new(),
             start: Value::Null,
+            spawned,
         };
         match sockwatch.records.recv_timeout(START_TIMEOUT) {
             Ok(start) if start["event"] == "start" => {
@@ -110,7 +116,7 @@ impl Sockwatch {
             }
             Ok(other) => panic!("first record is not `start`: {other}"),
             Err(_) => {
-                let _ = sockwatch.child.kill();
+                process::kill_and_reap(&mut sockwatch.child);
                 let stderr = sockwatch
                     .stderr
                     .recv_timeout(EVENT_TIMEOUT)
@@ -172,39 +178,66 @@ impl Sockwatch {
         }
     }
 
-    /// Waits for the process to end by itself and returns its exit status.
+    /// Waits (bounded) for the process to end by itself and returns its exit status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for sockwatch-tui") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sockwatch-tui still running after {timeout:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        process::wait_or_kill(&mut self.child, timeout, "sockwatch-tui")
+    }
+
+    /// The keys `(pid, fd)` in the kernel's map of tracked sockets right now, read with
+    /// `bpftool map dump id <tracked_map_id>` (the key is `SocketKey`: pid, then fd, native
+    /// endian).
+    pub fn tracked_keys(&self) -> Vec<(u32, u32)> {
+        let map_id = u64_of(&self.start, "tracked_map_id");
+        let output = process::output_within(
+            Command::new("bpftool").args(["-j", "map", "dump", "id", &map_id.to_string()]),
+            process::COMMAND_TIMEOUT,
+            "bpftool map dump",
+        );
+        assert!(
+            output.status.success(),
+            "bpftool map dump id {map_id}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let entries: Vec<Value> = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("bpftool's JSON: {e}"));
+        entries
+            .iter()
+            .map(|entry| {
+                let key: Vec<u8> = entry["key"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("no key in {entry}"))
+                    .iter()
+                    .map(|byte| {
+                        byte.as_str()
+                            .and_then(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
+                            .unwrap_or_else(|| panic!("not a hex byte: {byte}"))
+                    })
+                    .collect();
+                assert_eq!(key.len(), 8, "SocketKey is 8 bytes: {entry}");
+                let word = |i: usize| u32::from_ne_bytes(key[i..i + 4].try_into().expect("4"));
+                (word(0), word(4))
+            })
+            .collect()
     }
 }
 
 impl Drop for Sockwatch {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid; SIGTERM lets it detach its probes cleanly.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SAFETY: kill(2) on our own child's pid, not reaped yet (so not reused); SIGTERM lets
+        // it detach its probes cleanly.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        if !matches!(
+            process::wait_timeout(&mut self.child, Duration::from_secs(5)),
+            Ok(Some(_))
+        ) {
+            process::kill_and_reap(&mut self.child);
+        }
     }
 }
 
-/// A matcher for records of `event` from process `pid` on file descriptor `fd`.
 /// A matcher for records of `event` about the outbound socket `fd` of process `pid`.
 ///
 /// Direction matters: the test's own servers run in the same process, and their accepted
@@ -216,6 +249,21 @@ pub fn record_of(event: &'static str, pid: u32, fd: i32) -> impl Fn(&Value) -> b
 /// Like [`record_of`], for an inbound (accepted) socket.
 pub fn inbound_of(event: &'static str, pid: u32, fd: i32) -> impl Fn(&Value) -> bool {
     move |r| r["event"] == event && r["pid"] == pid && r["fd"] == fd && r["direction"] == "in"
+}
+
+/// The unsigned integer `field` of `record`; panics, showing the record, if it is missing or
+/// not one.
+pub fn u64_of(record: &Value, field: &str) -> u64 {
+    record[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{field}` missing or not an unsigned integer in {record}"))
+}
+
+/// The number `field` of `record` (e.g. `time`); panics, showing the record, if it is missing.
+pub fn f64_of(record: &Value, field: &str) -> f64 {
+    record[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{field}` missing or not a number in {record}"))
 }
 
 pub fn gettid() -> u32 {

@@ -77,6 +77,32 @@ fn sockaddr(port: u16) -> libc::sockaddr_in {
     }
 }
 
+/// How long one blocking call on a test socket (connect, accept, send, receive) may wait.
+pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds every blocking call on `fd` by [`SOCKET_TIMEOUT`] (`SO_RCVTIMEO`, which also bounds
+/// accept, and `SO_SNDTIMEO`, which also bounds connect): a peer that never answers fails the
+/// test with EAGAIN (or EINPROGRESS for connect) instead of hanging it.
+fn bound_blocking_calls(fd: RawFd) {
+    let timeout = libc::timeval {
+        tv_sec: SOCKET_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: a valid timeval of the size passed, on a socket the caller owns.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+    }
+}
+
 pub fn tcp_socket(flags: i32) -> RawFd {
     // Close-on-exec: the processes tests spawn (sockwatch itself, curl, ss) must not inherit
     // our sockets, or closing them here would not end the connection.
@@ -89,6 +115,7 @@ pub fn tcp_socket(flags: i32) -> RawFd {
         )
     };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    bound_blocking_calls(fd);
     fd
 }
 
@@ -180,16 +207,22 @@ pub fn ss_bytes_sent(sport: u16, expected: u64) -> Option<u64> {
 /// vm-test` a spurious tail loss probe, seen as `dsack_dups:1`, resends the last segment), so
 /// `bytes_retrans` is taken off. A counter ss does not print (it omits zeros) counts as 0.
 pub fn ss_counters(sport: u16) -> Option<(u64, u64)> {
-    let out = std::process::Command::new("ss")
-        .args([
+    let out = super::process::output_within(
+        std::process::Command::new("ss").args([
             "-tinH",
             "state",
             "established",
             "src",
             &format!("127.0.0.1:{sport}"),
-        ])
-        .output()
-        .expect("running ss (iproute2)");
+        ]),
+        super::process::COMMAND_TIMEOUT,
+        "ss (iproute2)",
+    );
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
         return None;
@@ -310,6 +343,7 @@ pub fn accept_with_peer(listener: RawFd) -> (RawFd, u16) {
     assert!(fd >= 0, "accept: {}", std::io::Error::last_os_error());
     // SAFETY: as above.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    bound_blocking_calls(fd);
     (fd, u16::from_be(sa.sin_port))
 }
 
@@ -325,6 +359,7 @@ pub fn accept4_without_peer(listener: RawFd) -> RawFd {
         )
     };
     assert!(fd >= 0, "accept4: {}", std::io::Error::last_os_error());
+    bound_blocking_calls(fd);
     fd
 }
 
@@ -338,6 +373,7 @@ pub fn connect6(addr: std::net::Ipv6Addr, port: u16) -> (RawFd, i32) {
             "socket(AF_INET6): {}",
             std::io::Error::last_os_error()
         );
+        bound_blocking_calls(fd);
         let sa = libc::sockaddr_in6 {
             sin6_family: libc::AF_INET6 as libc::sa_family_t,
             sin6_port: port.to_be(),
@@ -370,6 +406,7 @@ pub fn connected_udp(port: u16) -> RawFd {
         "socket(SOCK_DGRAM): {}",
         std::io::Error::last_os_error()
     );
+    bound_blocking_calls(fd);
     assert_eq!(connect(fd, port), 0, "connect(udp)");
     fd
 }

@@ -1,10 +1,12 @@
 //! A real terminal for end-to-end tests: a private tmux server running a plain shell.
 
 use std::{
-    process::Command,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
+
+use super::process::{self, COMMAND_TIMEOUT};
 
 pub struct Tmux {
     socket: String,
@@ -38,11 +40,11 @@ impl Tmux {
     }
 
     fn run(&self, args: &[&str]) -> String {
-        let output = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .expect("running tmux (installed by cargo xtask setup)");
+        let output = process::output_within(
+            Command::new("tmux").args(["-L", &self.socket]).args(args),
+            COMMAND_TIMEOUT,
+            &format!("tmux {args:?} (installed by cargo xtask setup)"),
+        );
         assert!(
             output.status.success(),
             "tmux {args:?}: {}",
@@ -92,8 +94,20 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
+        // Best effort and bounded, never a panic: this may run while a test unwinds.
+        let kill = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
-            .output();
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(mut kill) = kill {
+            if !matches!(
+                process::wait_timeout(&mut kill, COMMAND_TIMEOUT),
+                Ok(Some(_))
+            ) {
+                process::kill_and_reap(&mut kill);
+            }
+        }
     }
 }

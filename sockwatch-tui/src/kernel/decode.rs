@@ -1,0 +1,447 @@
+//! Kernel records decoded into [`Socket`]s: ring buffer records, and entries of the kernel's
+//! `TRACKED` map.
+
+use std::net::Ipv4Addr;
+
+use sockwatch_common::{
+    flags, CloseHow, EventKind, SocketEvent, SocketKey, SocketState, TrackedSocket, COMM_LEN,
+    EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::socket::{CloseCause, Closed, Direction, Origin, Proto, Socket, State};
+
+/// How a `connect()` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectResult {
+    /// Returned 0: connected.
+    Ok,
+    /// Returned `-EINPROGRESS`: a non-blocking connect under way (tracked).
+    InProgress,
+    /// Returned `-errno` (positive errno here): failed, not tracked.
+    Failed(i32),
+}
+
+impl ConnectResult {
+    pub fn from_return(ret: i32) -> Self {
+        match ret {
+            0 => Self::Ok,
+            r if r == -EINPROGRESS => Self::InProgress,
+            r => Self::Failed(r.saturating_neg()),
+        }
+    }
+}
+
+/// The symbolic name of the errnos a `connect()` can return.
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EINVAL => "EINVAL",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EPROTOTYPE => "EPROTOTYPE",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EISCONN => "EISCONN",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EALREADY => "EALREADY",
+        libc::EINPROGRESS => "EINPROGRESS",
+        other => return format!("E{other}"),
+    };
+    name.to_owned()
+}
+
+/// Why a ring buffer record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer record of {0} bytes, expected {expected}", expected = size_of::<SocketEvent>())]
+    WrongSize(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+}
+
+/// One ring buffer record, decoded. Some are about one socket; others are hints about a whole
+/// process that the tracker settles from the kernel's map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelRecord {
+    /// A `connect()` on an IPv4 destination returned (the socket is tracked unless it failed).
+    Connect {
+        socket: Socket,
+        result: ConnectResult,
+    },
+    /// An accepted socket; `listener` is the listening fd (for the local port), and
+    /// `peer_unknown` says the caller passed no address buffer.
+    Accept {
+        socket: Socket,
+        listener: u32,
+        peer_unknown: bool,
+    },
+    /// A tracked socket was closed: `socket.closed` is set, its counts are final.
+    Close(Socket),
+    ProcessExit {
+        pid: u32,
+        ts_ns: u64,
+    },
+    Exec {
+        pid: u32,
+        ts_ns: u64,
+    },
+    CloseRange {
+        pid: u32,
+        first: u32,
+        last: u32,
+        ts_ns: u64,
+    },
+}
+
+impl KernelRecord {
+    /// Decodes one ring buffer record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() != size_of::<SocketEvent>() {
+            return Err(DecodeError::WrongSize(bytes.len()));
+        }
+        // SAFETY: the length was checked, SocketEvent is plain old data without padding (any bit
+        // pattern is valid), and read_unaligned makes no assumption about the buffer's alignment.
+        let raw: SocketEvent = unsafe { bytes.as_ptr().cast::<SocketEvent>().read_unaligned() };
+        Self::from_raw(&raw)
+    }
+
+    pub fn from_raw(raw: &SocketEvent) -> Result<Self, DecodeError> {
+        let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
+        // The event carries the socket's map record: as it starts being tracked, or final.
+        let socket = || tracked_socket(raw.key, &raw.socket);
+        Ok(match kind {
+            EventKind::Connect => {
+                let result = ConnectResult::from_return(raw.result);
+                let mut socket = socket();
+                socket.state = match result {
+                    ConnectResult::InProgress => State::Connecting,
+                    ConnectResult::Ok | ConnectResult::Failed(_) => State::Established,
+                };
+                Self::Connect { socket, result }
+            }
+            EventKind::Accept => Self::Accept {
+                socket: socket(),
+                listener: raw.arg,
+                peer_unknown: raw.socket.flags & flags::PEER_UNKNOWN != 0,
+            },
+            EventKind::Close => {
+                let mut socket = socket();
+                let cause = if raw.arg == CloseHow::DupOnto as u32 {
+                    CloseCause::DupOnto
+                } else {
+                    CloseCause::Close
+                };
+                let (sent, recv) = (socket.bytes_sent, socket.bytes_recv);
+                socket.close(
+                    Closed {
+                        at_ns: raw.ts_ns,
+                        tid: raw.tid,
+                        cause,
+                    },
+                    sent,
+                    recv,
+                );
+                Self::Close(socket)
+            }
+            EventKind::ProcessExit => Self::ProcessExit {
+                pid: raw.key.pid,
+                ts_ns: raw.ts_ns,
+            },
+            EventKind::Exec => Self::Exec {
+                pid: raw.key.pid,
+                ts_ns: raw.ts_ns,
+            },
+            EventKind::CloseRange => Self::CloseRange {
+                pid: raw.key.pid,
+                first: raw.key.fd,
+                last: raw.arg,
+                ts_ns: raw.ts_ns,
+            },
+        })
+    }
+}
+
+/// One entry of the kernel's `TRACKED` map as a socket, its counters as of the read.
+pub fn tracked_socket(key: SocketKey, value: &TrackedSocket) -> Socket {
+    let mut socket = Socket::new(
+        key,
+        value.connect_ns,
+        ipv4(value.daddr),
+        value.dport,
+        comm_string(&value.comm),
+    );
+    socket.tid = value.tid;
+    socket.lport = value.lport;
+    socket.proto = proto(value.proto);
+    socket.direction = direction(value.flags);
+    socket.origin = origin(value.flags);
+    socket.state = match SocketState::from_u32(value.state) {
+        Some(SocketState::Established) => State::Established,
+        _ => State::Connecting,
+    };
+    socket.bytes_sent = value.bytes_sent;
+    socket.bytes_recv = value.bytes_recv;
+    socket
+}
+
+/// The map value user space inserts for a socket found open at start.
+pub fn tracked_value(socket: &Socket) -> TrackedSocket {
+    TrackedSocket {
+        bytes_sent: socket.bytes_sent,
+        bytes_recv: socket.bytes_recv,
+        connect_ns: socket.id.opened_ns,
+        daddr: u32::from_ne_bytes(socket.daddr.octets()),
+        dport: socket.dport,
+        lport: socket.lport,
+        tid: socket.tid,
+        state: match socket.state {
+            State::Connecting => SocketState::Connecting as u32,
+            State::Established => SocketState::Established as u32,
+        },
+        proto: match socket.proto {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+            Proto::Unknown => 0,
+        },
+        flags: match socket.origin {
+            Origin::Existing => flags::PREEXISTING,
+            _ => 0,
+        } | match socket.direction {
+            Direction::In => flags::INBOUND,
+            Direction::Out => 0,
+        },
+        comm: comm_bytes(&socket.comm),
+    }
+}
+
+fn proto(value: u32) -> Proto {
+    match value {
+        IPPROTO_TCP => Proto::Tcp,
+        IPPROTO_UDP => Proto::Udp,
+        _ => Proto::Unknown,
+    }
+}
+
+fn direction(bits: u32) -> Direction {
+    if bits & flags::INBOUND != 0 {
+        Direction::In
+    } else {
+        Direction::Out
+    }
+}
+
+fn origin(bits: u32) -> Origin {
+    if bits & flags::PREEXISTING != 0 {
+        Origin::Existing
+    } else if bits & flags::INBOUND != 0 {
+        Origin::Accept
+    } else {
+        Origin::Connect
+    }
+}
+
+/// The kernel keeps addresses in network byte order, as `sockaddr_in` does.
+fn ipv4(network_order: u32) -> Ipv4Addr {
+    Ipv4Addr::from(network_order.to_ne_bytes())
+}
+
+fn comm_string(comm: &[u8; COMM_LEN]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
+fn comm_bytes(comm: &str) -> [u8; COMM_LEN] {
+    let mut bytes = [0u8; COMM_LEN];
+    let len = comm.len().min(COMM_LEN - 1);
+    bytes[..len].copy_from_slice(&comm.as_bytes()[..len]);
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: EventKind) -> SocketEvent {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        let socket = TrackedSocket {
+            bytes_sent: 77,
+            bytes_recv: 12,
+            connect_ns: 500,
+            daddr: u32::from_ne_bytes([127, 0, 0, 1]),
+            dport: 8080,
+            lport: 0,
+            tid: 44,
+            state: SocketState::Established as u32,
+            proto: IPPROTO_TCP,
+            flags: 0,
+            comm,
+        };
+        SocketEvent {
+            result: -libc::ECONNREFUSED,
+            ..SocketEvent::new(kind, SocketKey { pid: 42, fd: 5 }, 43, 2_000, socket)
+        }
+    }
+
+    #[test]
+    fn decodes_a_failed_connect() {
+        let record = KernelRecord::from_raw(&raw(EventKind::Connect)).expect("valid");
+        let KernelRecord::Connect { socket, result } = record else {
+            panic!("not a connect: {record:?}")
+        };
+        assert_eq!(socket.key(), SocketKey { pid: 42, fd: 5 });
+        assert_eq!(socket.daddr, Ipv4Addr::LOCALHOST);
+        assert_eq!(
+            (socket.dport, socket.proto, socket.direction, socket.origin),
+            (8080, Proto::Tcp, Direction::Out, Origin::Connect)
+        );
+        assert_eq!((socket.comm.as_str(), socket.tid), ("curl", 44));
+        assert_eq!(socket.id.opened_ns, 500);
+        assert_eq!(result, ConnectResult::Failed(libc::ECONNREFUSED));
+        assert_eq!(errno_name(libc::ECONNREFUSED), "ECONNREFUSED");
+    }
+
+    #[test]
+    fn an_in_progress_connect_is_connecting() {
+        let mut connect = raw(EventKind::Connect);
+        connect.result = -EINPROGRESS;
+        let record = KernelRecord::from_raw(&connect).expect("valid");
+        let KernelRecord::Connect { socket, result } = record else {
+            panic!("not a connect: {record:?}")
+        };
+        assert_eq!(
+            (result, socket.state),
+            (ConnectResult::InProgress, State::Connecting)
+        );
+    }
+
+    #[test]
+    fn decodes_a_close_with_lifetime_and_cause() {
+        let mut dup = raw(EventKind::Close);
+        dup.arg = CloseHow::DupOnto as u32;
+        let record = KernelRecord::from_raw(&dup).expect("valid");
+        let KernelRecord::Close(socket) = record else {
+            panic!("not a close: {record:?}")
+        };
+        assert_eq!((socket.bytes_sent, socket.bytes_recv), (77, 12));
+        assert_eq!(socket.tid, 44, "the connecting thread");
+        assert_eq!(
+            socket.closed,
+            Some(Closed {
+                at_ns: 2_000,
+                tid: 43,
+                cause: CloseCause::DupOnto
+            })
+        );
+        assert_eq!(socket.age_ns(u64::MAX), 1_500, "its lifetime");
+        assert_eq!(socket.comm, "curl");
+    }
+
+    #[test]
+    fn decodes_an_accept_as_inbound() {
+        let mut accept = raw(EventKind::Accept);
+        accept.socket.flags = flags::INBOUND | flags::PEER_UNKNOWN;
+        accept.arg = 3;
+        let record = KernelRecord::from_raw(&accept).expect("valid");
+        let KernelRecord::Accept {
+            socket,
+            listener,
+            peer_unknown,
+        } = record
+        else {
+            panic!("not an accept: {record:?}")
+        };
+        assert_eq!(
+            (socket.direction, socket.origin, listener, peer_unknown),
+            (Direction::In, Origin::Accept, 3, true)
+        );
+    }
+
+    #[test]
+    fn decodes_process_hints() {
+        let mut range = raw(EventKind::CloseRange);
+        range.key.fd = 3;
+        range.arg = u32::MAX;
+        assert_eq!(
+            KernelRecord::from_raw(&range),
+            Ok(KernelRecord::CloseRange {
+                pid: 42,
+                first: 3,
+                last: u32::MAX,
+                ts_ns: 2_000
+            })
+        );
+        assert_eq!(
+            KernelRecord::from_raw(&raw(EventKind::ProcessExit)),
+            Ok(KernelRecord::ProcessExit {
+                pid: 42,
+                ts_ns: 2_000
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(
+            KernelRecord::decode(&[0; 3]),
+            Err(DecodeError::WrongSize(3))
+        );
+        let mut bad = raw(EventKind::Connect);
+        bad.kind = 99;
+        assert_eq!(
+            KernelRecord::from_raw(&bad),
+            Err(DecodeError::UnknownKind(99))
+        );
+    }
+
+    #[test]
+    fn connect_results_map_from_return_values() {
+        assert_eq!(ConnectResult::from_return(0), ConnectResult::Ok);
+        assert_eq!(
+            ConnectResult::from_return(-EINPROGRESS),
+            ConnectResult::InProgress
+        );
+        assert_eq!(errno_name(9999), "E9999");
+    }
+
+    #[test]
+    fn map_values_round_trip_through_sockets() {
+        let mut socket = Socket::new(
+            SocketKey { pid: 9, fd: 4 },
+            1_000,
+            Ipv4Addr::new(10, 0, 0, 1),
+            5432,
+            "a-very-long-process-name",
+        );
+        socket.origin = Origin::Existing;
+        socket.direction = Direction::In;
+        socket.proto = Proto::Udp;
+        socket.lport = 40_000;
+        let value = tracked_value(&socket);
+        let back = tracked_socket(socket.key(), &value);
+        assert_eq!(
+            back.comm, "a-very-long-pro",
+            "comm is cut as the kernel cuts it"
+        );
+        assert_eq!(
+            (back.id, back.daddr, back.dport, back.lport, back.proto),
+            (socket.id, socket.daddr, 5432, 40_000, Proto::Udp)
+        );
+        assert_eq!(
+            (back.direction, back.origin, back.state),
+            (Direction::In, Origin::Existing, State::Established)
+        );
+    }
+}

@@ -1,0 +1,547 @@
+//! The one place that squares what the kernel reports with the kernel's map and /proc, for
+//! every output (the dashboard and `--json` alike).
+//!
+//! - A connect, accept or close record becomes a [`Change`]; an accept gets its local port (and
+//!   its peer, when the caller passed no address buffer) from /proc.
+//! - A process exit, an exec or a `close_range` arrives as one record about a whole process: the
+//!   tracker settles each of the process's sockets from the kernel map (their counters are final:
+//!   the fds are gone) and reports them closed.
+//! - Each read of the kernel map is checked against the open sockets: one that left the map
+//!   without its close record reaching us (the ring buffer dropped it) is reported `vanished`.
+//! - A periodic reconciliation checks that each tracked (pid, fd) still names the same socket
+//!   inode, and reports `reconciled` what events missed.
+//! - Sockets open before sockwatch started are found in /proc and handed to the kernel map.
+//!
+//! The set of open sockets is the model's; the tracker reads it and keeps only what checking
+//! needs: the inodes it has learned and the sockets under suspicion.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sockwatch_common::directions;
+
+use super::{
+    decode::{tracked_value, ConnectResult, KernelRecord},
+    loader::KernelTables,
+    procfs,
+};
+use crate::socket::{CloseCause, Closed, Direction, Origin, Proto, Socket, SocketId, SocketKey};
+
+/// How long an open socket must have been missing from the kernel's map, over two reads at
+/// least, before its close record counts as lost. The records the kernel sent before a read are
+/// taken before the read is checked (see `app.rs`), so only a close whose sender was preempted
+/// between removing the entry and reporting it could still be on its way: this covers it.
+pub const MISSING_GRACE_NS: u64 = 1_000_000_000;
+
+/// The open sockets, by (pid, fd): the model owns them, the tracker reads them.
+pub type OpenSockets = BTreeMap<SocketKey, Socket>;
+
+/// What happened to a socket, as the model and the outputs take it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A socket became tracked: a connect (or one under way), an accept, or found at start.
+    Opened(Socket),
+    /// A connect failed (`errno`): counted, not tracked.
+    Failed { socket: Socket, errno: i32 },
+    /// A tracked socket is gone; `socket.closed` says how. Its counts are final, except for a
+    /// `vanished` one, whose counts are the last the map showed.
+    Closed(Socket),
+}
+
+/// The sockets of process `pid` among `open`.
+fn of_process(open: &OpenSockets, pid: u32) -> impl Iterator<Item = &Socket> {
+    open.range(SocketKey { pid, fd: 0 }..=SocketKey { pid, fd: u32::MAX })
+        .map(|(_, socket)| socket)
+}
+
+#[derive(Default)]
+pub struct Tracker {
+    /// Socket inodes learned from /proc (at accept or adoption, or at the first check).
+    inodes: HashMap<SocketId, u64>,
+    /// Sockets whose fd the previous reconciliation found gone or changed (acted on at the next
+    /// one, so a close whose record is still on its way is not mistaken for a missed one).
+    suspects: HashSet<SocketId>,
+    /// Open sockets a map read did not find, and when that was first (same patience, same
+    /// reason).
+    missing: HashMap<SocketId, u64>,
+    /// Local port of listening sockets, by (pid, fd, inode), so accepts cost no table scan.
+    listener_ports: HashMap<(u32, u32, u64), u16>,
+    /// Sockets an exec closed whose map entry a `close()` of the same fd number in the new
+    /// program reached first (the dynamic loader reuses low fds at once): that close record is
+    /// reported as the exec's.
+    exec_closed: HashSet<SocketId>,
+}
+
+impl Tracker {
+    /// Turns one ring buffer record into the changes it means. `open` must reflect every change
+    /// of the records before this one.
+    pub fn handle(
+        &mut self,
+        record: KernelRecord,
+        open: &OpenSockets,
+        tables: &mut KernelTables,
+    ) -> Vec<Change> {
+        match record {
+            KernelRecord::Connect { socket, result } => match result {
+                ConnectResult::Failed(errno) => vec![Change::Failed { socket, errno }],
+                ConnectResult::Ok | ConnectResult::InProgress => self.opened(socket, open),
+            },
+            KernelRecord::Accept {
+                socket,
+                listener,
+                peer_unknown,
+            } => match self.accepted(socket, listener, peer_unknown, tables) {
+                Some(socket) => self.opened(socket, open),
+                None => Vec::new(),
+            },
+            KernelRecord::Close(mut socket) => {
+                if self.exec_closed.remove(&socket.id) {
+                    if let Some(closed) = &mut socket.closed {
+                        closed.cause = CloseCause::Exec;
+                    }
+                }
+                self.forget(socket.id);
+                vec![Change::Closed(socket)]
+            }
+            KernelRecord::ProcessExit { pid, ts_ns } => {
+                // Every fd of the process is gone: whatever socket the map has on each.
+                let keys = of_process(open, pid).map(|s| (s.key(), None)).collect();
+                self.settle(tables, keys, CloseCause::Exit, pid, ts_ns)
+            }
+            KernelRecord::Exec { pid, ts_ns } => self.exec(pid, ts_ns, open, tables),
+            KernelRecord::CloseRange {
+                pid,
+                first,
+                last,
+                ts_ns,
+            } => {
+                // A socket connected on a reused fd after the call is not one it closed.
+                let gone = of_process(open, pid)
+                    .filter(|s| (first..=last).contains(&s.fd()) && s.id.opened_ns < ts_ns)
+                    .map(|s| (s.key(), Some(s.id)))
+                    .collect();
+                self.settle(tables, gone, CloseCause::CloseRange, pid, ts_ns)
+            }
+        }
+    }
+
+    /// A new socket on a (pid, fd) that still holds an older one: that one's close record was
+    /// lost (the fd was closed and reused in between), so it ends here.
+    fn opened(&mut self, socket: Socket, open: &OpenSockets) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if let Some(old) = open.get(&socket.key()) {
+            if old.id.opened_ns < socket.id.opened_ns {
+                changes.push(Change::Closed(vanished(old, socket.id.opened_ns)));
+                self.forget(old.id);
+            }
+        }
+        changes.push(Change::Opened(socket));
+        changes
+    }
+
+    /// A successful exec closed the process's close-on-exec fds, without any close() call:
+    /// each socket whose fd no longer holds it is settled as closed by the exec.
+    fn exec(
+        &mut self,
+        pid: u32,
+        ts_ns: u64,
+        open: &OpenSockets,
+        tables: &mut KernelTables,
+    ) -> Vec<Change> {
+        let mut gone = Vec::new();
+        for socket in of_process(open, pid).filter(|s| s.id.opened_ns < ts_ns) {
+            match tables.get(socket.key()) {
+                Some(entry) => {
+                    if entry.id == socket.id && !self.still_open(socket.id) {
+                        gone.push((socket.key(), Some(socket.id)));
+                    }
+                }
+                // Gone from the map already: a close() of the same fd number after the exec
+                // hit its entry, and that close's record is still to come.
+                None => {
+                    let now = procfs::socket_inode(pid, socket.fd()).ok().flatten();
+                    if now.is_none() || now != self.inodes.get(&socket.id).copied() {
+                        self.exec_closed.insert(socket.id);
+                    }
+                }
+            }
+        }
+        self.settle(tables, gone, CloseCause::Exec, pid, ts_ns)
+    }
+
+    /// Checks one read of the kernel map against the open sockets, once the records sent before
+    /// the read were applied: one missing from reads [`MISSING_GRACE_NS`] apart lost its close
+    /// record, and is reported vanished. One whose fd holds a newer socket in the map is gone at
+    /// once (its close came before that socket's connect, and was not among the records).
+    pub fn observe_map(&mut self, map: &[Socket], open: &OpenSockets, now_ns: u64) -> Vec<Change> {
+        let in_map: HashMap<SocketKey, SocketId> = map.iter().map(|s| (s.key(), s.id)).collect();
+        let mut changes = Vec::new();
+        let mut still_missing = HashMap::new();
+        for socket in open.values() {
+            let gone = match in_map.get(&socket.key()) {
+                Some(id) if *id == socket.id => false,
+                Some(id) if id.opened_ns > socket.id.opened_ns => true,
+                _ => {
+                    let since = self.missing.get(&socket.id).copied().unwrap_or(now_ns);
+                    if now_ns.saturating_sub(since) < MISSING_GRACE_NS {
+                        still_missing.insert(socket.id, since);
+                        continue;
+                    }
+                    true
+                }
+            };
+            if gone {
+                changes.push(Change::Closed(vanished(socket, now_ns)));
+                self.forget(socket.id);
+            }
+        }
+        self.missing = still_missing;
+        changes
+    }
+
+    /// At the end of a run, once the last records were taken: every open socket the final map
+    /// read did not find is gone, its close record lost; except those opened since the read
+    /// (`opened_since`).
+    pub fn finish(
+        &mut self,
+        map: &[Socket],
+        open: &OpenSockets,
+        opened_since: &HashSet<SocketId>,
+        now_ns: u64,
+    ) -> Vec<Change> {
+        let in_map: HashSet<SocketId> = map.iter().map(|s| s.id).collect();
+        open.values()
+            .filter(|s| !in_map.contains(&s.id) && !opened_since.contains(&s.id))
+            .map(|s| Change::Closed(vanished(s, now_ns)))
+            .collect()
+    }
+
+    /// Checks every socket in the kernel map against /proc; what has been gone for two checks
+    /// in a row is removed from the map and reported closed (`reconciled`).
+    pub fn reconcile(
+        &mut self,
+        map: &[SocketId],
+        open: &OpenSockets,
+        tables: &mut KernelTables,
+        now_ns: u64,
+    ) -> Vec<Change> {
+        let own_pid = std::process::id();
+        let mut gone = Vec::new();
+        let mut suspects = HashSet::new();
+        for &id in map.iter().filter(|id| id.key.pid != own_pid) {
+            if self.still_open(id) {
+                continue;
+            }
+            if self.suspects.contains(&id) {
+                gone.push(id);
+            } else {
+                suspects.insert(id);
+            }
+        }
+        self.suspects = suspects;
+        // Forget what is neither in the map nor open any more.
+        let known: HashSet<SocketId> = map
+            .iter()
+            .copied()
+            .chain(open.values().map(|s| s.id))
+            .collect();
+        self.inodes.retain(|id, _| known.contains(id));
+        self.exec_closed.retain(|id| known.contains(id));
+        let mut changes = Vec::new();
+        for id in gone {
+            // Only the very entry found gone: the fd may hold a new socket by now.
+            if tables.get(id.key).is_some_and(|e| e.id == id) {
+                if let Some(mut socket) = tables.take(id.key) {
+                    close_now(&mut socket, CloseCause::Reconciled, id.key.pid, now_ns);
+                    self.forget(id);
+                    changes.push(Change::Closed(socket));
+                }
+            }
+        }
+        changes
+    }
+
+    /// Finds IPv4 sockets that were open before we started, hands them to the kernel map, and
+    /// reports them opened (`existing`); `mask` is the `--direction` mask.
+    pub fn adopt_existing(
+        &mut self,
+        tables: &mut KernelTables,
+        mask: u32,
+        now_ns: u64,
+    ) -> Vec<Change> {
+        let inet = procfs::inet_sockets();
+        let listening: HashSet<u16> = inet
+            .values()
+            .filter(|s| s.proto == Proto::Tcp && s.state == procfs::TCP_LISTEN)
+            .map(|s| s.local.port())
+            .collect();
+        let own_pid = std::process::id();
+        let mut changes = Vec::new();
+        for (pid, fd, inode) in procfs::socket_fds() {
+            let Some(found) = inet.get(&inode).filter(|s| s.is_connected()) else {
+                continue;
+            };
+            if pid == own_pid {
+                continue;
+            }
+            let inbound = found.proto == Proto::Tcp && listening.contains(&found.local.port());
+            let wanted = if inbound {
+                directions::INBOUND
+            } else {
+                directions::OUTBOUND
+            };
+            if mask & wanted == 0 {
+                continue;
+            }
+            let key = SocketKey { pid, fd };
+            let mut socket = Socket::new(
+                key,
+                now_ns,
+                *found.remote.ip(),
+                found.remote.port(),
+                procfs::comm(pid).unwrap_or_default(),
+            );
+            socket.lport = found.local.port();
+            socket.proto = found.proto;
+            socket.origin = Origin::Existing;
+            if inbound {
+                socket.direction = Direction::In;
+            }
+            if !tables.adopt(key, &tracked_value(&socket)) {
+                continue;
+            }
+            // The scan above is not atomic: the socket may have been closed since, and an entry
+            // for a closed fd would be taken for whatever the process opens there next.
+            if procfs::socket_inode(pid, fd).ok().flatten() != Some(inode) {
+                if tables.get(key).is_some_and(|e| e.id == socket.id) {
+                    tables.take(key);
+                }
+                continue;
+            }
+            self.inodes.insert(socket.id, inode);
+            changes.push(Change::Opened(socket));
+        }
+        changes
+    }
+
+    /// Whether the socket's fd still holds the same socket (learning its inode if new).
+    fn still_open(&mut self, id: SocketId) -> bool {
+        let inode = match procfs::socket_inode(id.key.pid, id.key.fd) {
+            Ok(Some(inode)) => inode,
+            // The fd is gone, or now names something that is not a socket.
+            Ok(None) | Err(_) => return false,
+        };
+        *self.inodes.entry(id).or_insert(inode) == inode
+    }
+
+    /// Completes an accepted socket from /proc; `None` when it is not IPv4 after all.
+    fn accepted(
+        &mut self,
+        mut socket: Socket,
+        listener: u32,
+        peer_unknown: bool,
+        tables: &mut KernelTables,
+    ) -> Option<Socket> {
+        let key = socket.key();
+        let inode = procfs::socket_inode(key.pid, key.fd).ok().flatten();
+        if peer_unknown {
+            // Only /proc can say whether this is an IPv4 socket at all.
+            let Some(found) = inode.and_then(|inode| procfs::inet_sockets().remove(&inode)) else {
+                tables.take(key);
+                return None;
+            };
+            socket.daddr = *found.remote.ip();
+            socket.dport = found.remote.port();
+            socket.lport = found.local.port();
+        } else {
+            socket.lport = self.listener_port(key.pid, listener).unwrap_or(0);
+        }
+        if let Some(inode) = inode {
+            self.inodes.insert(socket.id, inode);
+        }
+        Some(socket)
+    }
+
+    fn listener_port(&mut self, pid: u32, fd: u32) -> Option<u16> {
+        let inode = procfs::socket_inode(pid, fd).ok()??;
+        if let Some(port) = self.listener_ports.get(&(pid, fd, inode)) {
+            return Some(*port);
+        }
+        let port = procfs::inet_sockets().get(&inode)?.local.port();
+        self.listener_ports.insert((pid, fd, inode), port);
+        Some(port)
+    }
+
+    /// Removes each target from the kernel map and reports it closed by `cause`. A target with
+    /// an id is taken only if the map still holds that very socket (its fd may hold a newer one).
+    fn settle(
+        &mut self,
+        tables: &mut KernelTables,
+        targets: Vec<(SocketKey, Option<SocketId>)>,
+        cause: CloseCause,
+        tid: u32,
+        ts_ns: u64,
+    ) -> Vec<Change> {
+        targets
+            .into_iter()
+            .filter_map(|(key, id)| {
+                if let Some(id) = id {
+                    if tables.get(key).is_none_or(|entry| entry.id != id) {
+                        return None;
+                    }
+                }
+                let mut socket = tables.take(key)?;
+                close_now(&mut socket, cause, tid, ts_ns);
+                self.forget(socket.id);
+                Some(Change::Closed(socket))
+            })
+            .collect()
+    }
+
+    fn forget(&mut self, id: SocketId) {
+        self.inodes.remove(&id);
+        self.suspects.remove(&id);
+        self.missing.remove(&id);
+    }
+}
+
+/// Closes a socket settled from the map; its counts (as the map had them) are final.
+fn close_now(socket: &mut Socket, cause: CloseCause, tid: u32, at_ns: u64) {
+    let (sent, recv) = (socket.bytes_sent, socket.bytes_recv);
+    socket.close(Closed { at_ns, tid, cause }, sent, recv);
+}
+
+/// An open socket whose close record was lost, closed as of `now_ns`.
+fn vanished(socket: &Socket, now_ns: u64) -> Socket {
+    let mut socket = socket.clone();
+    let pid = socket.pid();
+    close_now(&mut socket, CloseCause::Vanished, pid, now_ns);
+    socket
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn socket(fd: u32, opened_ns: u64, sent: u64) -> Socket {
+        let mut socket = Socket::new(
+            SocketKey { pid: 10, fd },
+            opened_ns,
+            Ipv4Addr::LOCALHOST,
+            8080,
+            "curl",
+        );
+        socket.bytes_sent = sent;
+        socket
+    }
+
+    fn open(sockets: &[Socket]) -> OpenSockets {
+        sockets.iter().map(|s| (s.key(), s.clone())).collect()
+    }
+
+    fn closed(changes: &[Change]) -> Vec<(SocketId, CloseCause, u64)> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Closed(s) => s.closed.map(|closed| (s.id, closed.cause, s.bytes_sent)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_socket_missing_from_reads_a_second_apart_vanished_with_its_last_counts() {
+        let mut tracker = Tracker::default();
+        let open = open(&[socket(3, SEC, 50), socket(4, SEC, 7)]);
+        let map = [socket(4, SEC, 7)];
+        assert!(
+            tracker.observe_map(&map, &open, 2 * SEC).is_empty(),
+            "one miss may be a close record still in flight"
+        );
+        assert!(
+            tracker.observe_map(&map, &open, 2 * SEC + 1000).is_empty(),
+            "reads close together are one miss"
+        );
+        let changes = tracker.observe_map(&map, &open, 3 * SEC);
+        assert_eq!(
+            closed(&changes),
+            [(
+                SocketId::new(SocketKey { pid: 10, fd: 3 }, SEC),
+                CloseCause::Vanished,
+                50
+            )]
+        );
+        let Change::Closed(gone) = &changes[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            gone.age_ns(u64::MAX),
+            2 * SEC,
+            "lived until it was found gone"
+        );
+    }
+
+    #[test]
+    fn a_socket_seen_again_is_no_longer_missing() {
+        let mut tracker = Tracker::default();
+        let open = open(&[socket(3, SEC, 0)]);
+        assert!(tracker.observe_map(&[], &open, 2 * SEC).is_empty());
+        assert!(tracker
+            .observe_map(&[socket(3, SEC, 1)], &open, 3 * SEC)
+            .is_empty());
+        assert!(
+            tracker.observe_map(&[], &open, 4 * SEC).is_empty(),
+            "a fresh miss"
+        );
+    }
+
+    #[test]
+    fn a_reused_fd_in_the_map_ends_the_old_socket_at_once() {
+        let mut tracker = Tracker::default();
+        let open = open(&[socket(3, SEC, 9)]);
+        let changes = tracker.observe_map(&[socket(3, 5 * SEC, 0)], &open, 6 * SEC);
+        assert_eq!(
+            closed(&changes),
+            [(
+                SocketId::new(SocketKey { pid: 10, fd: 3 }, SEC),
+                CloseCause::Vanished,
+                9
+            )]
+        );
+    }
+
+    #[test]
+    fn finishing_closes_whatever_the_map_lost() {
+        let mut tracker = Tracker::default();
+        let open = open(&[socket(3, SEC, 1), socket(4, SEC, 2)]);
+        let mut later = socket(5, 8 * SEC, 0);
+        later.id.opened_ns = 8 * SEC;
+        let open_now = {
+            let mut all = open.clone();
+            all.insert(later.key(), later.clone());
+            all
+        };
+        let since: HashSet<SocketId> = [later.id].into();
+        let changes = tracker.finish(&[socket(4, SEC, 2)], &open_now, &since, 9 * SEC);
+        assert_eq!(
+            closed(&changes).len(),
+            1,
+            "not the one opened after the read"
+        );
+        assert_eq!(closed(&changes)[0].0.key.fd, 3);
+    }
+
+    #[test]
+    fn sockets_of_a_process_are_found_by_range() {
+        let mut other = socket(1, SEC, 0);
+        other.id.key.pid = 11;
+        let mut before = socket(9, SEC, 0);
+        before.id.key.pid = 9;
+        let open = open(&[socket(3, SEC, 0), socket(u32::MAX, SEC, 0), other, before]);
+        let fds: Vec<u32> = of_process(&open, 10).map(Socket::fd).collect();
+        assert_eq!(fds, [3, u32::MAX]);
+    }
+}

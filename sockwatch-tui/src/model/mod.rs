@@ -1,0 +1,510 @@
+//! The second stage: the one owner of what is known about sockets. A pure reducer: the kernel
+//! stage's [`Change`]s and map reads come in as [`Action`]s with their own timestamps, and
+//! [`Model::update`] folds them into the open sockets, the close log, the totals and the rates.
+//! The dashboard and `--json` both run it, so they share one history.
+
+pub mod dns;
+
+use std::collections::VecDeque;
+
+use self::dns::{Answer, HostNames};
+use crate::{
+    kernel::{
+        loader::KernelCounters,
+        tracker::{Change, OpenSockets},
+    },
+    socket::{CloseCause, Origin, Socket, SocketId, State, Throughput},
+};
+
+/// How many closed sockets the close log keeps.
+pub const CLOSE_LOG_CAPACITY: usize = 1000;
+const SEC: u64 = 1_000_000_000;
+/// Connects and closes per second are averaged over this long, so a connect every 1.3 s does not
+/// read 1, 0, 1, 1, 0.
+const ACTIVITY_WINDOW_NS: u64 = 5 * SEC;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Outbound connects, failed ones included.
+    pub connects: u64,
+    pub failed_connects: u64,
+    /// Inbound connections accepted.
+    pub accepts: u64,
+    /// Sockets found open at start.
+    pub existing: u64,
+    pub closes: u64,
+    /// Closes found by the check against /proc: events the probes missed.
+    pub repairs: u64,
+    /// Closes whose record was lost (the socket left the kernel map unannounced).
+    pub vanished: u64,
+}
+
+/// Machine-wide activity per second, for the header.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Activity {
+    pub connects_per_sec: f64,
+    pub closes_per_sec: f64,
+    /// Sum over open sockets.
+    pub bytes: Throughput,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Change(Change),
+    /// The kernel's map as read at `now_ns` (kernel monotonic clock).
+    Snapshot {
+        map: Vec<Socket>,
+        now_ns: u64,
+    },
+    Counters(KernelCounters),
+    /// A reverse DNS answer.
+    HostName(Answer),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    /// The open sockets: the only set of them in user space.
+    pub open: OpenSockets,
+    /// Closed sockets, oldest first, bounded.
+    closed: VecDeque<Socket>,
+    pub totals: Totals,
+    pub counters: KernelCounters,
+    /// Kernel monotonic time of the latest map read: the "now" that ages are measured from.
+    pub now_ns: u64,
+    /// The probe backend in use, for the status line.
+    pub backend: String,
+    pub activity: Activity,
+    /// (time, connects + accepts, closes) of recent map reads, oldest first.
+    activity_window: VecDeque<(u64, u64, u64)>,
+    /// Names of remote addresses.
+    pub hosts: HostNames,
+    /// Without rates (and their history): what `--json` needs, at a fraction of the memory.
+    pub counts_only: bool,
+}
+
+impl Model {
+    pub fn new(backend: impl Into<String>) -> Self {
+        Self {
+            backend: backend.into(),
+            ..Self::default()
+        }
+    }
+
+    /// A model that keeps counts but no rates or history (for `--json`).
+    pub fn counts_only(backend: impl Into<String>) -> Self {
+        Self {
+            counts_only: true,
+            ..Self::new(backend)
+        }
+    }
+
+    /// Closed sockets, newest first.
+    pub fn closes(&self) -> impl ExactSizeIterator<Item = &Socket> + DoubleEndedIterator {
+        self.closed.iter().rev()
+    }
+
+    /// A socket by identity, open or in the close log.
+    pub fn socket(&self, id: SocketId) -> Option<&Socket> {
+        self.open
+            .get(&id.key)
+            .filter(|s| s.id == id)
+            .or_else(|| self.closed.iter().rev().find(|s| s.id == id))
+    }
+
+    pub fn update(&mut self, action: Action) {
+        match action {
+            Action::Change(change) => {
+                self.apply(change);
+            }
+            Action::Snapshot { map, now_ns } => self.snapshot(map, now_ns),
+            Action::Counters(counters) => self.counters = counters,
+            Action::HostName(answer) => self.hosts.answer(answer, self.now_ns),
+        }
+    }
+
+    /// Folds in one change; returns the socket as the model now keeps it (for a close: with
+    /// everything learned while it was open), or `None` for a failed connect.
+    pub fn apply(&mut self, change: Change) -> Option<&Socket> {
+        match change {
+            Change::Opened(socket) => {
+                match socket.origin {
+                    Origin::Existing => self.totals.existing += 1,
+                    Origin::Accept => self.totals.accepts += 1,
+                    Origin::Connect => self.totals.connects += 1,
+                }
+                let key = socket.key();
+                match self.open.get_mut(&key) {
+                    // A map read showed this very socket already: keep its counters and rates,
+                    // take what the record knows better (the tracker's local port and peer).
+                    Some(kept) if kept.id == socket.id => kept.learn(&socket),
+                    // A record older than the socket the map showed on this fd: stale.
+                    Some(kept) if kept.id > socket.id => {}
+                    _ => {
+                        self.open.insert(key, socket);
+                    }
+                }
+                self.open.get(&key)
+            }
+            Change::Failed { .. } => {
+                self.totals.connects += 1;
+                self.totals.failed_connects += 1;
+                None
+            }
+            Change::Closed(socket) => {
+                let closed = socket.closed?;
+                self.totals.closes += 1;
+                match closed.cause {
+                    CloseCause::Reconciled => self.totals.repairs += 1,
+                    CloseCause::Vanished => self.totals.vanished += 1,
+                    _ => {}
+                }
+                let record = match self.open.remove(&socket.key()) {
+                    Some(mut open) if open.id == socket.id => {
+                        open.close(closed, socket.bytes_sent, socket.bytes_recv);
+                        if open.lport == 0 {
+                            open.lport = socket.lport;
+                        }
+                        open
+                    }
+                    other => {
+                        // Not the socket this close is about (or none): leave it open.
+                        if let Some(other) = other {
+                            self.open.insert(other.key(), other);
+                        }
+                        socket
+                    }
+                };
+                if self.closed.len() == CLOSE_LOG_CAPACITY {
+                    self.closed.pop_front();
+                }
+                self.closed.push_back(record);
+                self.closed.back()
+            }
+        }
+    }
+
+    fn snapshot(&mut self, map: Vec<Socket>, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        for entry in map {
+            match self.open.get_mut(&entry.key()) {
+                Some(kept) if kept.id == entry.id => {
+                    if self.counts_only {
+                        kept.bytes_sent = entry.bytes_sent;
+                        kept.bytes_recv = entry.bytes_recv;
+                    } else {
+                        kept.observe(entry.bytes_sent, entry.bytes_recv, now_ns);
+                    }
+                    if entry.state == State::Established {
+                        kept.state = State::Established;
+                    }
+                }
+                // An older socket than the one we know: a read that raced a reuse of the fd.
+                Some(kept) if kept.id > entry.id => {}
+                // Its open record is still on its way (or was lost): show it from the map.
+                _ => {
+                    let (sent, recv) = (entry.bytes_sent, entry.bytes_recv);
+                    let mut socket = entry;
+                    if !self.counts_only {
+                        socket.observe(sent, recv, now_ns);
+                    }
+                    self.open.insert(socket.key(), socket);
+                }
+            }
+        }
+        if !self.counts_only {
+            self.observe_activity(now_ns);
+        }
+    }
+
+    fn observe_activity(&mut self, now_ns: u64) {
+        self.activity.bytes = self.open.values().fold(Throughput::default(), |sum, s| {
+            sum.saturating_add(s.rates.now)
+        });
+        let opened = self.totals.connects.saturating_add(self.totals.accepts);
+        let closes = self.totals.closes;
+        // Keep one sample at least a window old (or the oldest there is) to measure from.
+        while self.activity_window.len() > 1
+            && self.activity_window[1].0.saturating_add(ACTIVITY_WINDOW_NS) <= now_ns
+        {
+            self.activity_window.pop_front();
+        }
+        if let Some(&(since_ns, since_opened, since_closes)) = self.activity_window.front() {
+            let elapsed = now_ns.saturating_sub(since_ns);
+            if elapsed > 0 {
+                let secs = elapsed as f64 / SEC as f64;
+                self.activity.connects_per_sec = opened.saturating_sub(since_opened) as f64 / secs;
+                self.activity.closes_per_sec = closes.saturating_sub(since_closes) as f64 / secs;
+            }
+        }
+        self.activity_window.push_back((now_ns, opened, closes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::socket::{Closed, SocketKey};
+
+    fn socket(pid: u32, fd: u32, opened_ns: u64) -> Socket {
+        Socket::new(
+            SocketKey { pid, fd },
+            opened_ns,
+            Ipv4Addr::LOCALHOST,
+            8080,
+            "curl",
+        )
+    }
+
+    fn opened(pid: u32, fd: u32, opened_ns: u64) -> Action {
+        Action::Change(Change::Opened(socket(pid, fd, opened_ns)))
+    }
+
+    fn closed(pid: u32, fd: u32, opened_ns: u64, at_ns: u64, sent: u64) -> Action {
+        closed_by(pid, fd, opened_ns, at_ns, sent, CloseCause::Close)
+    }
+
+    fn closed_by(
+        pid: u32,
+        fd: u32,
+        opened_ns: u64,
+        at_ns: u64,
+        sent: u64,
+        cause: CloseCause,
+    ) -> Action {
+        let mut s = socket(pid, fd, opened_ns);
+        s.close(
+            Closed {
+                at_ns,
+                tid: pid,
+                cause,
+            },
+            sent,
+            0,
+        );
+        Action::Change(Change::Closed(s))
+    }
+
+    fn read(entries: &[(u32, u32, u64, u64)], now_ns: u64) -> Action {
+        let map = entries
+            .iter()
+            .map(|&(pid, fd, opened_ns, sent)| {
+                let mut s = socket(pid, fd, opened_ns);
+                s.bytes_sent = sent;
+                s
+            })
+            .collect();
+        Action::Snapshot { map, now_ns }
+    }
+
+    #[test]
+    fn an_open_socket_moves_to_the_log_when_it_closes() {
+        let mut model = Model::new("tracepoint");
+        model.update(opened(10, 3, 100));
+        assert_eq!(model.open.len(), 1);
+        model.update(closed(10, 3, 100, 1_100, 64));
+        assert!(model.open.is_empty());
+        let logged = model.closes().next().expect("one close");
+        assert_eq!((logged.bytes_sent, logged.age_ns(0)), (64, 1_000));
+        assert_eq!(logged.closed.map(|c| c.cause), Some(CloseCause::Close));
+        assert_eq!(
+            model.totals,
+            Totals {
+                connects: 1,
+                closes: 1,
+                ..Totals::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_close_keeps_what_was_learned_while_open() {
+        let mut model = Model::new("tracepoint");
+        let mut accepted = socket(10, 3, 100);
+        accepted.lport = 8080;
+        accepted.daddr = Ipv4Addr::new(127, 0, 0, 2);
+        accepted.origin = Origin::Accept;
+        model.update(Action::Change(Change::Opened(accepted)));
+        model.update(read(&[(10, 3, 100, 40)], 2 * SEC));
+        // The kernel's close record knows neither the local port nor (here) the peer.
+        let mut record = socket(10, 3, 100);
+        record.daddr = Ipv4Addr::UNSPECIFIED;
+        record.close(
+            Closed {
+                at_ns: 3 * SEC,
+                tid: 10,
+                cause: CloseCause::Close,
+            },
+            50,
+            0,
+        );
+        let kept = model.apply(Change::Closed(record)).expect("logged").clone();
+        assert_eq!(
+            (kept.lport, kept.daddr),
+            (8080, Ipv4Addr::new(127, 0, 0, 2))
+        );
+        assert_eq!(kept.bytes_sent, 50, "final counts from the close");
+        assert_eq!(kept.rates.history.len(), 1, "its history stays");
+        assert_eq!(model.totals.accepts, 1);
+    }
+
+    #[test]
+    fn an_open_record_after_a_map_read_adds_what_it_knows_and_keeps_the_counts() {
+        let mut model = Model::new("tracepoint");
+        model.update(read(&[(10, 3, 100, 7)], 2 * SEC));
+        let mut accepted = socket(10, 3, 100);
+        accepted.lport = 8080;
+        accepted.daddr = Ipv4Addr::new(127, 0, 0, 9);
+        accepted.origin = Origin::Accept;
+        accepted.direction = crate::socket::Direction::In;
+        let kept = model.apply(Change::Opened(accepted)).expect("kept").clone();
+        assert_eq!(
+            (kept.lport, kept.daddr),
+            (8080, Ipv4Addr::new(127, 0, 0, 9))
+        );
+        assert_eq!((kept.origin, kept.bytes_sent), (Origin::Accept, 7));
+        // A record older than the socket on that fd changes nothing.
+        model.update(opened(10, 3, 50));
+        assert_eq!(
+            model.open.values().next().map(|s| s.id.opened_ns),
+            Some(100)
+        );
+    }
+
+    #[test]
+    fn counts_only_keeps_no_rates() {
+        let mut model = Model::counts_only("tracepoint");
+        model.update(opened(10, 3, SEC));
+        model.update(read(&[(10, 3, SEC, 500)], 3 * SEC));
+        let kept = model.open.values().next().expect("open");
+        assert_eq!(kept.bytes_sent, 500);
+        assert!(kept.rates.history.is_empty() && kept.rates.now.send == 0);
+    }
+
+    #[test]
+    fn failed_connects_are_counted_not_kept() {
+        let mut model = Model::new("tracepoint");
+        let kept = model.apply(Change::Failed {
+            socket: socket(10, 3, 100),
+            errno: libc::ECONNREFUSED,
+        });
+        assert!(kept.is_none());
+        assert!(model.open.is_empty());
+        assert_eq!(
+            (model.totals.connects, model.totals.failed_connects),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_connecting_socket_is_established_once_the_map_says_so() {
+        let mut model = Model::new("tracepoint");
+        let mut connecting = socket(10, 3, 100);
+        connecting.state = State::Connecting;
+        model.update(Action::Change(Change::Opened(connecting)));
+        assert_eq!(
+            model.open.values().next().map(|s| s.state),
+            Some(State::Connecting)
+        );
+        model.update(read(&[(10, 3, 100, 5)], 200));
+        let kept = model.open.values().next().expect("open");
+        assert_eq!((kept.state, kept.bytes_sent), (State::Established, 5));
+    }
+
+    #[test]
+    fn map_reads_show_sockets_whose_record_is_pending_and_keep_their_counts() {
+        let mut model = Model::new("tracepoint");
+        model.update(read(&[(10, 3, 100, 7)], 150));
+        assert_eq!(model.open.values().next().map(|s| s.bytes_sent), Some(7));
+        // The open record arriving late must not reset the counters of the same socket.
+        model.update(opened(10, 3, 100));
+        assert_eq!(model.open.values().next().map(|s| s.bytes_sent), Some(7));
+        assert_eq!(model.now_ns, 150);
+    }
+
+    #[test]
+    fn a_reused_fd_starts_a_new_socket_from_zero_and_stale_closes_leave_it() {
+        let mut model = Model::new("tracepoint");
+        model.update(opened(10, 3, 100));
+        model.update(read(&[(10, 3, 100, 50)], 150));
+        model.update(closed(10, 3, 100, 200, 50));
+        model.update(opened(10, 3, 300));
+        let kept = model.open.values().next().expect("open");
+        assert_eq!((kept.id.opened_ns, kept.bytes_sent), (300, 0));
+        // A stale close of the old socket must not remove the new one.
+        model.update(closed(10, 3, 100, 400, 50));
+        assert_eq!(model.open.len(), 1);
+    }
+
+    #[test]
+    fn repairs_and_lost_closes_are_counted() {
+        let mut model = Model::new("tracepoint");
+        model.update(opened(10, 3, 100));
+        model.update(opened(10, 4, 100));
+        model.update(closed_by(10, 3, 100, 200, 0, CloseCause::Reconciled));
+        model.update(closed_by(10, 4, 100, 200, 0, CloseCause::Vanished));
+        assert_eq!((model.totals.repairs, model.totals.vanished), (1, 1));
+        assert_eq!(model.totals.closes, 2);
+    }
+
+    #[test]
+    fn the_close_log_is_bounded() {
+        let mut model = Model::new("tracepoint");
+        for i in 0..(CLOSE_LOG_CAPACITY as u64 + 5) {
+            model.update(closed(10, 3, i, i + 1, i));
+        }
+        assert_eq!(model.closes().len(), CLOSE_LOG_CAPACITY);
+        assert_eq!(
+            model.closes().next().map(|c| c.bytes_sent),
+            Some(CLOSE_LOG_CAPACITY as u64 + 4)
+        );
+    }
+
+    #[test]
+    fn rates_and_activity_follow_map_reads() {
+        let mut model = Model::new("tracepoint");
+        model.update(opened(7, 3, SEC));
+        model.update(read(&[(7, 3, SEC, 2000)], 3 * SEC));
+        let id = SocketId::new(SocketKey { pid: 7, fd: 3 }, SEC);
+        assert_eq!(model.socket(id).map(|s| s.rates.now.send), Some(1000));
+        assert_eq!(model.activity.bytes.send, 1000);
+        model.update(closed(7, 3, SEC, 4 * SEC, 2500));
+        assert_eq!(model.socket(id).map(|s| s.rates.now.send), Some(0));
+        assert_eq!(
+            model.socket(id).map(|s| s.rates.history.len()),
+            Some(1),
+            "a closed socket keeps its history"
+        );
+    }
+
+    #[test]
+    fn connects_and_closes_per_second() {
+        let mut model = Model::new("tracepoint");
+        model.update(read(&[], SEC));
+        for fd in 0..4 {
+            model.update(opened(7, fd, SEC));
+        }
+        model.update(read(
+            &[
+                (7, 0, SEC, 0),
+                (7, 1, SEC, 0),
+                (7, 2, SEC, 0),
+                (7, 3, SEC, 0),
+            ],
+            3 * SEC,
+        ));
+        assert!((model.activity.connects_per_sec - 2.0).abs() < 1e-9);
+        assert!(model.activity.closes_per_sec.abs() < 1e-9);
+        // Averaged over the last five seconds: quiet seconds bring it down gradually.
+        for second in 4..=7 {
+            model.update(read(&[], second * SEC));
+        }
+        // From the sample at 1 s (the last one at least 5 s old): 4 connects in 6 s.
+        assert!((model.activity.connects_per_sec - 4.0 / 6.0).abs() < 1e-9);
+        for second in 9..=20 {
+            model.update(read(&[], second * SEC));
+        }
+        assert!(model.activity.connects_per_sec.abs() < 1e-9);
+    }
+}

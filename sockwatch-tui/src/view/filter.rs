@@ -1,0 +1,321 @@
+//! Narrowing the table: the `/` filter typed in the dashboard, and the `--pid`, `--comm` and
+//! `--port` scope given on the command line.
+//!
+//! A filter is words separated by spaces; a socket is shown when it matches every word (so each
+//! word narrows). A plain word matches the process name, the host name or `ip:port` (case does
+//! not matter); a number matches the pid or a port exactly; `pid:`, `port:`, `comm:`, `host:`
+//! and `ip:` pin a word to one field, and `:443` means port 443. A word that cannot mean
+//! anything (`pid:abc`) is ignored and reported, never an error.
+
+use crate::socket::Socket;
+
+/// Longest filter text kept (characters).
+pub const MAX_FILTER_LEN: usize = 200;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Term {
+    /// Process name, host name or `ip:port`, lowercase.
+    Text(String),
+    /// Pid or port.
+    Number(u32),
+    Pid(u32),
+    Port(u16),
+    Comm(String),
+    Host(String),
+    Ip(String),
+}
+
+impl Term {
+    fn parse(word: &str) -> Result<Self, String> {
+        let lower = word.to_lowercase();
+        if let Some(port) = lower.strip_prefix(':') {
+            return port_number(word, port).map(Self::Port);
+        }
+        if let Some((field, value)) = lower.split_once(':') {
+            let needs_value = || {
+                if value.is_empty() {
+                    Err(format!("{word} needs a value"))
+                } else {
+                    Ok(value.to_owned())
+                }
+            };
+            match field {
+                "pid" => {
+                    return value
+                        .parse()
+                        .map(Self::Pid)
+                        .map_err(|_| format!("{word}: pid is a number"))
+                }
+                "port" => return port_number(word, value).map(Self::Port),
+                "comm" => return needs_value().map(Self::Comm),
+                "host" => return needs_value().map(Self::Host),
+                "ip" => return needs_value().map(Self::Ip),
+                // `127.0.0.1:8080` and the like: plain text.
+                _ => {}
+            }
+        }
+        if !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(n) = lower.parse() {
+                return Ok(Self::Number(n));
+            }
+        }
+        Ok(Self::Text(lower))
+    }
+
+    fn matches(&self, s: &Socket, host: Option<&str>) -> bool {
+        let has_port = |port: u16| s.dport == port || (s.lport != 0 && s.lport == port);
+        let host = || host.unwrap_or_default().to_lowercase();
+        match self {
+            Self::Text(text) => {
+                s.comm.to_lowercase().contains(text.as_str())
+                    || host().contains(text.as_str())
+                    || format!("{}:{}", s.daddr, s.dport).contains(text.as_str())
+            }
+            Self::Number(n) => s.pid() == *n || u16::try_from(*n).is_ok_and(has_port),
+            Self::Pid(pid) => s.pid() == *pid,
+            Self::Port(port) => has_port(*port),
+            Self::Comm(comm) => s.comm.to_lowercase().contains(comm.as_str()),
+            Self::Host(name) => host().contains(name.as_str()),
+            Self::Ip(ip) => s.daddr.to_string().contains(ip.as_str()),
+        }
+    }
+}
+
+fn port_number(word: &str, value: &str) -> Result<u16, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{word}: a port is a number up to 65535"))
+}
+
+/// The `/` filter: its text as typed, and what it means.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    text: String,
+    terms: Vec<Term>,
+    /// Words that were ignored, and why.
+    problems: Vec<String>,
+}
+
+impl Filter {
+    pub fn new(text: &str) -> Self {
+        let text: String = text
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_FILTER_LEN)
+            .collect();
+        let mut terms = Vec::new();
+        let mut problems = Vec::new();
+        for word in text.split_whitespace() {
+            match Term::parse(word) {
+                Ok(term) => terms.push(term),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        Self {
+            text,
+            terms,
+            problems,
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.trim().is_empty()
+    }
+
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+
+    pub fn push(&mut self, c: char) {
+        if c.is_control() || self.text.chars().count() >= MAX_FILTER_LEN {
+            return;
+        }
+        let mut text = std::mem::take(&mut self.text);
+        text.push(c);
+        *self = Self::new(&text);
+    }
+
+    pub fn pop(&mut self) {
+        let mut text = std::mem::take(&mut self.text);
+        text.pop();
+        *self = Self::new(&text);
+    }
+
+    /// Whether `socket` (whose remote end is called `host`, when named) passes every word.
+    pub fn matches(&self, socket: &Socket, host: Option<&str>) -> bool {
+        self.terms.iter().all(|term| term.matches(socket, host))
+    }
+}
+
+/// What `--pid`, `--comm` and `--port` allow: any of the values of each given flag, and every
+/// given flag.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub pids: Vec<u32>,
+    /// Substrings of the process name.
+    pub comms: Vec<String>,
+    /// Destination or local ports.
+    pub ports: Vec<u16>,
+}
+
+impl Scope {
+    pub fn is_everything(&self) -> bool {
+        self.pids.is_empty() && self.comms.is_empty() && self.ports.is_empty()
+    }
+
+    pub fn matches(&self, s: &Socket) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&s.pid()))
+            && (self.comms.is_empty() || self.comms.iter().any(|c| s.comm.contains(c.as_str())))
+            && (self.ports.is_empty()
+                || self
+                    .ports
+                    .iter()
+                    .any(|&p| s.dport == p || (s.lport != 0 && s.lport == p)))
+    }
+
+    /// For the header: `pid 42,43 comm curl port 443`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let join = |values: Vec<String>| values.join(",");
+        if !self.pids.is_empty() {
+            parts.push(format!(
+                "pid {}",
+                join(self.pids.iter().map(u32::to_string).collect())
+            ));
+        }
+        if !self.comms.is_empty() {
+            parts.push(format!("comm {}", join(self.comms.clone())));
+        }
+        if !self.ports.is_empty() {
+            parts.push(format!(
+                "port {}",
+                join(self.ports.iter().map(u16::to_string).collect())
+            ));
+        }
+        parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::socket::SocketKey;
+
+    type Named = (Socket, Option<&'static str>);
+
+    fn socket(pid: u32, comm: &str, ip: [u8; 4], port: u16, host: Option<&'static str>) -> Named {
+        let key = SocketKey { pid, fd: 3 };
+        (Socket::new(key, 1, Ipv4Addr::from(ip), port, comm), host)
+    }
+
+    fn shown<'a>(filter: &str, sockets: &'a [Named]) -> Vec<&'a str> {
+        let filter = Filter::new(filter);
+        sockets
+            .iter()
+            .filter(|(s, host)| filter.matches(s, *host))
+            .map(|(s, _)| s.comm.as_str())
+            .collect()
+    }
+
+    fn sample() -> Vec<Named> {
+        vec![
+            socket(100, "curl", [93, 184, 216, 34], 443, Some("example.com")),
+            socket(101, "curl", [127, 0, 0, 1], 8080, Some("localhost")),
+            socket(443, "Python3", [10, 0, 0, 5], 5432, None),
+            socket(102, "wget", [10, 0, 0, 6], 443, None),
+        ]
+    }
+
+    #[test]
+    fn words_narrow() {
+        let sockets = sample();
+        assert_eq!(shown("", &sockets).len(), 4);
+        assert_eq!(shown("curl", &sockets), ["curl", "curl"]);
+        assert_eq!(shown("curl 443", &sockets), ["curl"]);
+        assert_eq!(shown("  CURL   443 ", &sockets), ["curl"]);
+        assert_eq!(shown("curl 443 nothing", &sockets), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn numbers_match_pids_and_ports_exactly() {
+        let sockets = sample();
+        // 443 is wget's and curl's port and python's pid.
+        assert_eq!(shown("443", &sockets), ["curl", "Python3", "wget"]);
+        assert_eq!(shown("44", &sockets), Vec::<&str>::new());
+        assert_eq!(shown("pid:443", &sockets), ["Python3"]);
+        assert_eq!(shown("port:443", &sockets), ["curl", "wget"]);
+        assert_eq!(shown(":8080", &sockets), ["curl"]);
+    }
+
+    #[test]
+    fn text_matches_names_hosts_and_addresses() {
+        let sockets = sample();
+        assert_eq!(shown("python", &sockets), ["Python3"]);
+        assert_eq!(shown("example", &sockets), ["curl"]);
+        assert_eq!(shown("10.0.0", &sockets), ["Python3", "wget"]);
+        assert_eq!(shown("127.0.0.1:8080", &sockets), ["curl"]);
+        assert_eq!(shown("host:local", &sockets), ["curl"]);
+        assert_eq!(shown("ip:10.0.0.6", &sockets), ["wget"]);
+        assert_eq!(shown("comm:wg", &sockets), ["wget"]);
+    }
+
+    #[test]
+    fn invalid_words_are_ignored_and_reported() {
+        let sockets = sample();
+        for text in [
+            "pid:abc",
+            "port:70000",
+            "pid:",
+            ":x",
+            "comm:",
+            "pid:-1",
+            "99999999999999999999",
+        ] {
+            let filter = Filter::new(text);
+            assert!(
+                !filter.problems().is_empty() || filter.terms.len() == 1,
+                "{text}"
+            );
+            // Never a panic; an ignored word narrows nothing.
+            let _ = shown(text, &sockets);
+        }
+        assert_eq!(shown("pid:abc curl", &sockets), ["curl", "curl"]);
+        assert_eq!(Filter::new("pid:abc").problems().len(), 1);
+        // Control characters are dropped, length is bounded.
+        let mut filter = Filter::new("cu\u{1b}[2Jrl");
+        assert_eq!(filter.text(), "cu[2Jrl");
+        for _ in 0..500 {
+            filter.push('x');
+        }
+        assert_eq!(filter.text().chars().count(), MAX_FILTER_LEN);
+        filter.push('\n');
+        for _ in 0..1000 {
+            filter.pop();
+        }
+        assert!(filter.is_empty());
+    }
+
+    #[test]
+    fn scope_allows_any_value_of_each_flag() {
+        let sockets = sample();
+        let scope = Scope {
+            pids: vec![100, 102],
+            comms: vec![],
+            ports: vec![443],
+        };
+        let kept: Vec<u32> = sockets
+            .iter()
+            .filter(|(s, _)| scope.matches(s))
+            .map(|(s, _)| s.pid())
+            .collect();
+        assert_eq!(kept, [100, 102]);
+        assert_eq!(scope.describe(), "pid 100,102 port 443");
+        assert!(Scope::default().is_everything());
+    }
+}

@@ -1,0 +1,103 @@
+//! The two header lines: what is being watched and how busy it is.
+
+use ratatui::{
+    layout::Rect,
+    text::{Line, Span},
+    widgets::Paragraph,
+    Frame,
+};
+
+use super::{format, state::ViewState, theme::Theme};
+use crate::model::Model;
+
+/// `live` is the model as it is (its probe, whether names are on); `shown` the one on screen.
+pub fn render(
+    live: &Model,
+    shown: &Model,
+    view: &ViewState,
+    theme: Theme,
+    frame: &mut Frame,
+    area: Rect,
+) {
+    let field = |label: &str, value: String| {
+        [
+            Span::styled(format!("  {label} "), theme.label()),
+            Span::styled(value, theme.value()),
+        ]
+    };
+    let totals = &shown.totals;
+    let counters = &shown.counters;
+
+    let mut first = vec![Span::styled(" sockwatch ", theme.badge())];
+    first.extend(field("probe:", live.backend.clone()));
+    first.extend(field("open:", shown.open.len().to_string()));
+    first.extend(field(
+        "connects:",
+        format!("{} ({} failed)", totals.connects, totals.failed_connects),
+    ));
+    if totals.accepts > 0 {
+        first.extend(field("accepts:", totals.accepts.to_string()));
+    }
+    first.extend(field("closes:", totals.closes.to_string()));
+    let dropped = field("dropped:", counters.ringbuf_drops.to_string());
+    if counters.ringbuf_drops > 0 {
+        first.extend(dropped.map(|span| span.style(theme.warning())));
+    } else {
+        first.extend(dropped);
+    }
+    if counters.tracked_full > 0 {
+        first.extend(
+            field("untracked (map full):", counters.tracked_full.to_string())
+                .map(|span| span.style(theme.warning())),
+        );
+    }
+    if counters.inflight_full > 0 {
+        first.extend(
+            field("missed (stash full):", counters.inflight_full.to_string())
+                .map(|span| span.style(theme.warning())),
+        );
+    }
+    if totals.repairs > 0 {
+        // Sockets whose end the events missed, found by the check against /proc.
+        first.extend(field("repaired:", totals.repairs.to_string()));
+    }
+    if view.is_paused() {
+        first.push(Span::raw("  "));
+        first.push(Span::styled(" PAUSED ", theme.paused()));
+    }
+
+    let activity = &shown.activity;
+    let mut second = vec![Span::styled(" per second", theme.label())];
+    second.extend(field(
+        "connects:",
+        format::per_second(activity.connects_per_sec),
+    ));
+    second.extend(field(
+        "closes:",
+        format::per_second(activity.closes_per_sec),
+    ));
+    second.extend(field("send:", format::rate(activity.bytes.send)));
+    second.extend(field("recv:", format::rate(activity.bytes.recv)));
+    let mut modes = Vec::new();
+    if !view.scope.is_everything() {
+        modes.push(format!("only {}", view.scope.describe()));
+    }
+    if let Some(id) = view.follow {
+        modes.push(format!("following {}/{}", id.key.pid, id.key.fd));
+    }
+    if view.linger {
+        modes.push(format!("linger {}", format::age(view.linger_ns)));
+    }
+    if !live.hosts.enabled() {
+        modes.push("names off".to_owned());
+    }
+    for mode in modes {
+        second.push(Span::styled("  · ", theme.label()));
+        second.push(Span::styled(mode, theme.value()));
+    }
+
+    frame.render_widget(
+        Paragraph::new(vec![Line::from(first), Line::from(second)]),
+        area,
+    );
+}

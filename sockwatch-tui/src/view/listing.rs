@@ -1,0 +1,164 @@
+//! What the table lists: sockets by identity (open, lingering after their close, or followed),
+//! or one [`ProcessView`] per process when grouped; and the context a socket is read in (its
+//! host name, the time now).
+
+use std::collections::BTreeMap;
+
+use crate::{
+    model::dns::HostNames,
+    socket::{Socket, SocketId, Throughput},
+};
+
+/// What reading a socket needs besides the socket: names and the clock of the model shown.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub hosts: &'a HostNames,
+    pub now_ns: u64,
+}
+
+impl<'a> Context<'a> {
+    /// The remote end's name, when names are on and it has one.
+    pub fn host(&self, socket: &Socket) -> Option<&'a str> {
+        self.hosts.name(socket.daddr)
+    }
+
+    /// `host:port` when the name is known, `ip:port` otherwise.
+    pub fn destination(&self, socket: &Socket) -> String {
+        match self.host(socket) {
+            Some(host) => format!("{host}:{}", socket.dport),
+            None => socket.remote(),
+        }
+    }
+
+    pub fn age_ns(&self, socket: &Socket) -> u64 {
+        socket.age_ns(self.now_ns)
+    }
+}
+
+/// One process's sockets, summed: a process, not a socket, so a type of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessView {
+    pub pid: u32,
+    pub comm: String,
+    pub sockets: usize,
+    /// Of `sockets`, how many are closed (lingering).
+    pub closed: usize,
+    /// Distinct destinations, most used first, as text.
+    pub destinations: String,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub rate: Throughput,
+    /// Age of its oldest socket.
+    pub age_ns: u64,
+}
+
+/// Groups sockets by process (pid), in pid order.
+pub fn by_process(sockets: &[&Socket], context: &Context) -> Vec<ProcessView> {
+    let mut groups: BTreeMap<u32, Vec<&Socket>> = BTreeMap::new();
+    for socket in sockets {
+        groups.entry(socket.pid()).or_default().push(socket);
+    }
+    groups
+        .into_iter()
+        .map(|(pid, members)| {
+            let mut destinations: BTreeMap<String, usize> = BTreeMap::new();
+            for member in &members {
+                *destinations.entry(context.destination(member)).or_default() += 1;
+            }
+            let mut destinations: Vec<_> = destinations.into_iter().collect();
+            destinations.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let newest = members
+                .iter()
+                .max_by_key(|m| m.id.opened_ns)
+                .map(|m| m.comm.clone())
+                .unwrap_or_default();
+            ProcessView {
+                pid,
+                comm: newest,
+                sockets: members.len(),
+                closed: members.iter().filter(|m| m.is_closed()).count(),
+                destinations: destinations
+                    .iter()
+                    .map(|(dest, _)| dest.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                bytes_sent: members
+                    .iter()
+                    .fold(0u64, |sum, m| sum.saturating_add(m.bytes_sent)),
+                bytes_recv: members
+                    .iter()
+                    .fold(0u64, |sum, m| sum.saturating_add(m.bytes_recv)),
+                rate: members.iter().fold(Throughput::default(), |sum, m| {
+                    sum.saturating_add(m.rates.now)
+                }),
+                age_ns: members
+                    .iter()
+                    .map(|m| context.age_ns(m))
+                    .max()
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// A row of the table: one socket, or one process when grouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowKey {
+    Socket(SocketId),
+    Process(u32),
+}
+
+/// The table's rows, filtered and sorted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// Looked up in the model shown when drawn (only the rows on screen are).
+    Sockets(Vec<SocketId>),
+    Processes(Vec<ProcessView>),
+}
+
+impl Listing {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Sockets(rows) => rows.len(),
+            Self::Processes(rows) => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn key(&self, index: usize) -> Option<RowKey> {
+        match self {
+            Self::Sockets(rows) => rows.get(index).map(|id| RowKey::Socket(*id)),
+            Self::Processes(rows) => rows.get(index).map(|p| RowKey::Process(p.pid)),
+        }
+    }
+
+    pub fn position(&self, key: RowKey) -> Option<usize> {
+        match (self, key) {
+            (Self::Sockets(rows), RowKey::Socket(id)) => rows.iter().position(|r| *r == id),
+            (Self::Processes(rows), RowKey::Process(pid)) => rows.iter().position(|p| p.pid == pid),
+            _ => None,
+        }
+    }
+}
+
+/// What the table shows now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Visible {
+    pub listing: Listing,
+    /// Sockets in scope before the `/` filter (the "of N" in the title).
+    pub in_scope: usize,
+    /// Sockets that pass the filter.
+    pub matching: usize,
+    /// Of `matching`, how many are closed (lingering or followed).
+    pub closed: usize,
+    pub selected: Option<usize>,
+}
+
+impl Visible {
+    pub fn selected_key(&self) -> Option<RowKey> {
+        self.selected.and_then(|index| self.listing.key(index))
+    }
+}

@@ -1,0 +1,131 @@
+//! The third stage: the dashboard. [`Dashboard`] holds the model and what the user chose to see
+//! ([`state::ViewState`]); [`Dashboard::update`] takes every message (kernel changes, map reads,
+//! keys, names), and [`render`] draws it, changing nothing.
+
+pub mod close_log;
+pub mod columns;
+pub mod details;
+pub mod filter;
+pub mod footer;
+pub mod format;
+pub mod header;
+pub mod help;
+pub mod keys;
+pub mod layout;
+pub mod listing;
+#[cfg(test)]
+mod snapshot_tests;
+pub mod state;
+pub mod table;
+pub mod theme;
+
+use ratatui::{widgets::Paragraph, Frame};
+
+use self::{
+    state::{ViewAction, ViewState},
+    theme::Theme,
+};
+use crate::{
+    clock::WallClock,
+    model::{Action, Model},
+};
+
+/// Everything that changes the dashboard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Kernel-driven: a change, a map read, counters, a name.
+    Model(Action),
+    /// A key's effect on what is shown (sort, filter, selection, ...).
+    View(ViewAction),
+    Quit,
+}
+
+/// The dashboard's whole state: the model, and the view of it.
+#[derive(Clone, Debug, Default)]
+pub struct Dashboard {
+    pub model: Model,
+    pub view: ViewState,
+    pub quit: bool,
+}
+
+impl Dashboard {
+    pub fn new(model: Model, view: ViewState) -> Self {
+        Self {
+            model,
+            view,
+            quit: false,
+        }
+    }
+
+    pub fn update(&mut self, message: Message) {
+        match message {
+            Message::Model(action) => {
+                let read = matches!(action, Action::Snapshot { .. });
+                let counters = matches!(action, Action::Counters(_));
+                self.model.update(action);
+                if read {
+                    // After each map read: ask for the names of what is in scope, and settle
+                    // the table once for the frames until the next change.
+                    let addresses = self.view.addresses(&self.model);
+                    let now_ns = self.model.now_ns;
+                    self.model.hosts.observe(addresses.into_iter(), now_ns);
+                    self.view.settle(&self.model);
+                } else if !counters {
+                    // The table changed: the settled listing is out of date until the next
+                    // settle (rendering computes it afresh meanwhile).
+                    self.view.settled = None;
+                }
+            }
+            Message::View(ViewAction::ToggleNames) => {
+                let enabled = self.model.hosts.enabled();
+                self.model.hosts.set_enabled(!enabled);
+                self.view.settle(&self.model);
+            }
+            Message::View(action) => self.view.apply(&self.model, action),
+            Message::Quit => self.quit = true,
+        }
+    }
+}
+
+/// Draws the whole screen.
+pub fn render(dashboard: &Dashboard, clock: &WallClock, frame: &mut Frame) {
+    let area = frame.area();
+    if layout::too_small(area) {
+        let notice = format!(
+            "terminal too small ({}x{}): need {}x{}",
+            area.width,
+            area.height,
+            layout::MIN_WIDTH,
+            layout::MIN_HEIGHT
+        );
+        frame.render_widget(Paragraph::new(notice), area);
+        return;
+    }
+    let Dashboard { model, view, .. } = dashboard;
+    let theme = Theme::new(view.color);
+    let shown = view.shown(model);
+    let areas = layout::areas(area);
+    let computed;
+    let visible = match &view.settled {
+        Some(settled) => settled,
+        None => {
+            computed = view.visible(model);
+            &computed
+        }
+    };
+    header::render(model, shown, view, theme, frame, areas.header);
+    match view.details {
+        Some(id) => {
+            let body = areas.table.union(areas.log);
+            details::render(model, view, id, clock, theme, frame, body);
+        }
+        None => {
+            table::render(view, model, visible, theme, frame, areas.table);
+            close_log::render(view, model, clock, theme, frame, areas.log);
+        }
+    }
+    footer::render(view, theme, frame, areas.footer);
+    if view.help {
+        help::render(theme, frame, area);
+    }
+}

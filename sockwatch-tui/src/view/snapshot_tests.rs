@@ -1,0 +1,352 @@
+//! Snapshot tests of whole frames at fixed sizes. Time is injected (a zero wall-clock offset
+//! and fixed kernel timestamps), so frames are deterministic without scrubbing.
+
+use std::net::Ipv4Addr;
+
+use ratatui::{
+    backend::TestBackend,
+    style::{Color, Modifier},
+    Terminal,
+};
+
+use super::{
+    render as view,
+    state::{ViewAction, ViewOptions, ViewState},
+    Dashboard, Message,
+};
+use crate::{
+    clock::WallClock,
+    kernel::{loader::KernelCounters, tracker::Change},
+    model::{
+        dns::{Answer, HostNames, Outcome},
+        Action, Model,
+    },
+    socket::{CloseCause, Closed, Origin, Proto, Socket, SocketKey, State},
+};
+
+const SEC: u64 = 1_000_000_000;
+const DB: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
+const WEB: Ipv4Addr = Ipv4Addr::new(93, 184, 216, 34);
+
+/// A TCP socket connected at 10 s by thread pid + 1 (its `socket()` call was seen: the
+/// protocol is known).
+fn socket(pid: u32, fd: u32, comm: &str, addr: Ipv4Addr, port: u16) -> Socket {
+    let mut socket = Socket::new(SocketKey { pid, fd }, 10 * SEC, addr, port, comm);
+    socket.tid = pid + 1;
+    socket.proto = Proto::Tcp;
+    socket
+}
+
+fn tracked(
+    pid: u32,
+    fd: u32,
+    comm: &str,
+    addr: Ipv4Addr,
+    port: u16,
+    sent: u64,
+    recv: u64,
+) -> Socket {
+    let mut socket = socket(pid, fd, comm, addr, port);
+    socket.bytes_sent = sent;
+    socket.bytes_recv = recv;
+    socket
+}
+
+fn change(dashboard: &mut Dashboard, change: Change) {
+    dashboard.update(Message::Model(Action::Change(change)));
+}
+
+fn closed(socket: &mut Socket, at_ns: u64, sent: u64, recv: u64, cause: CloseCause) {
+    let tid = socket.pid();
+    socket.close(Closed { at_ns, tid, cause }, sent, recv);
+}
+
+/// Three open sockets with a minute of history, one close, one failed connect, names for two
+/// destinations, three lost events, one socket repaired by reconciliation.
+fn busy_model() -> Dashboard {
+    let mut model = Model::new("tracepoint");
+    model.hosts = HostNames::new(true);
+    let mut dashboard = Dashboard::new(model, ViewState::default());
+    act(
+        &mut dashboard,
+        &[ViewAction::Resize {
+            width: 110,
+            height: 20,
+        }],
+    );
+    let mut curl = socket(1200, 5, "curl", WEB, 80);
+    curl.state = State::Connecting;
+    change(&mut dashboard, Change::Opened(curl.clone()));
+    for (pid, fd, comm, addr, port) in [
+        (1300, 7, "python3", DB, 5432),
+        (1300, 8, "python3", Ipv4Addr::LOCALHOST, 6379),
+        (1500, 4, "ssh", WEB, 22),
+    ] {
+        change(
+            &mut dashboard,
+            Change::Opened(socket(pid, fd, comm, addr, port)),
+        );
+    }
+    change(
+        &mut dashboard,
+        Change::Failed {
+            socket: socket(1400, 3, "nc", Ipv4Addr::LOCALHOST, 9),
+            errno: libc::ECONNREFUSED,
+        },
+    );
+    closed(&mut curl, 12 * SEC, 78, 1500, CloseCause::Close);
+    change(&mut dashboard, Change::Closed(curl));
+    // A socket open at start that the check against /proc found gone: one repair.
+    let mut repaired = socket(1600, 9, "worker", DB, 5432);
+    repaired.origin = Origin::Existing;
+    change(&mut dashboard, Change::Opened(repaired.clone()));
+    closed(&mut repaired, 13 * SEC, 0, 0, CloseCause::Reconciled);
+    change(&mut dashboard, Change::Closed(repaired));
+    // A minute of one map read a second: the database socket sends in waves.
+    let (mut db_sent, mut db_recv) = (0u64, 0u64);
+    for second in 11..=75u64 {
+        db_sent += (second % 10) * 4096;
+        db_recv += (10 - second % 10) * 1024;
+        dashboard.update(Message::Model(Action::Snapshot {
+            map: vec![
+                tracked(1300, 7, "python3", DB, 5432, db_sent, db_recv),
+                tracked(1300, 8, "python3", Ipv4Addr::LOCALHOST, 6379, 512, 2048),
+                tracked(
+                    1500,
+                    4,
+                    "ssh",
+                    WEB,
+                    22,
+                    3 * 1024 * 1024 + 100 + second * 100,
+                    0,
+                ),
+            ],
+            now_ns: second * SEC,
+        }));
+        if second == 11 {
+            for (addr, name) in [
+                (DB, Some("db.internal")),
+                (Ipv4Addr::LOCALHOST, Some("localhost")),
+                (WEB, None),
+            ] {
+                dashboard.update(Message::Model(Action::HostName(Answer {
+                    addr,
+                    outcome: name.map_or(Outcome::NoName, |n| Outcome::Name(n.into())),
+                })));
+            }
+        }
+    }
+    dashboard.update(Message::Model(Action::Counters(KernelCounters {
+        ringbuf_drops: 3,
+        ..KernelCounters::default()
+    })));
+    dashboard
+}
+
+fn act(dashboard: &mut Dashboard, actions: &[ViewAction]) {
+    for &action in actions {
+        dashboard.update(Message::View(action));
+    }
+}
+
+fn terminal(model: &Dashboard, width: u16, height: u16) -> Terminal<TestBackend> {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("test terminal");
+    terminal
+        .draw(|frame| view(model, &WallClock::default(), frame))
+        .expect("drawn");
+    terminal
+}
+
+fn render(model: &Dashboard, width: u16, height: u16) -> String {
+    terminal(model, width, height).backend().to_string()
+}
+
+#[test]
+fn dashboard_with_open_and_closed_sockets() {
+    insta::assert_snapshot!(render(&busy_model(), 110, 20));
+}
+
+#[test]
+fn empty_dashboard() {
+    let empty = Dashboard::new(Model::new("kprobe"), ViewState::default());
+    insta::assert_snapshot!(render(&empty, 80, 14));
+}
+
+#[test]
+fn tiny_terminal_gets_a_notice() {
+    insta::assert_snapshot!(render(&busy_model(), 40, 6));
+}
+
+#[test]
+fn narrow_terminal_keeps_the_important_columns() {
+    let mut model = busy_model();
+    act(
+        &mut model,
+        &[ViewAction::Resize {
+            width: 72,
+            height: 16,
+        }],
+    );
+    insta::assert_snapshot!(render(&model, 72, 16));
+}
+
+#[test]
+fn sorted_by_process_name_marks_the_column() {
+    let mut model = busy_model();
+    // SEND/s → ... → COMM is nine steps back; COMM sorts A to Z first, then reversed.
+    act(&mut model, &[ViewAction::SortPrevious; 9]);
+    act(&mut model, &[ViewAction::SortReverse]);
+    insta::assert_snapshot!(render(&model, 110, 20));
+}
+
+#[test]
+fn filter_being_typed_narrows_the_table() {
+    let mut model = busy_model();
+    act(&mut model, &[ViewAction::FilterStart]);
+    for c in "python 6379 pid:x".chars() {
+        act(&mut model, &[ViewAction::FilterChar(c)]);
+    }
+    insta::assert_snapshot!(render(&model, 110, 20));
+}
+
+#[test]
+fn a_filter_that_matches_nothing_says_so() {
+    let mut model = busy_model();
+    act(&mut model, &[ViewAction::FilterStart]);
+    for c in "nothing-like-this".chars() {
+        act(&mut model, &[ViewAction::FilterChar(c)]);
+    }
+    act(&mut model, &[ViewAction::FilterDone]);
+    insta::assert_snapshot!(render(&model, 110, 20));
+}
+
+#[test]
+fn help_overlay_lists_every_key() {
+    let mut model = busy_model();
+    act(&mut model, &[ViewAction::ToggleHelp]);
+    insta::assert_snapshot!(render(&model, 110, 30));
+}
+
+#[test]
+fn details_of_a_socket_with_its_history() {
+    let mut model = busy_model();
+    act(
+        &mut model,
+        &[
+            ViewAction::Resize {
+                width: 110,
+                height: 30,
+            },
+            ViewAction::Open,
+        ],
+    );
+    insta::assert_snapshot!(render(&model, 110, 30));
+}
+
+#[test]
+fn grouped_by_process() {
+    let mut model = busy_model();
+    act(&mut model, &[ViewAction::ToggleGrouping]);
+    insta::assert_snapshot!(render(&model, 110, 20));
+}
+
+#[test]
+fn paused_following_with_closed_sockets_lingering() {
+    let mut model = busy_model();
+    act(
+        &mut model,
+        &[
+            ViewAction::ToggleLinger,
+            ViewAction::ToggleNames,
+            ViewAction::Bottom,
+            ViewAction::Follow,
+        ],
+    );
+    // The close shows while it lingers (5 s): make it recent.
+    let mut gone = socket(1300, 8, "python3", Ipv4Addr::LOCALHOST, 6379);
+    closed(&mut gone, 74 * SEC, 512, 2048, CloseCause::Exit);
+    change(&mut model, Change::Closed(gone));
+    act(&mut model, &[ViewAction::TogglePause]);
+    insta::assert_snapshot!(render(&model, 110, 20));
+}
+
+#[test]
+fn selected_row_is_reversed_and_the_log_pane_takes_focus() {
+    let mut model = busy_model();
+    act(&mut model, &[ViewAction::Down, ViewAction::SwitchPane]);
+    let terminal = terminal(&model, 110, 20);
+    let buffer = terminal.backend().buffer();
+    let line_of = |needle: &str| {
+        (0..buffer.area.height)
+            .find(|&y| {
+                let text: String = (0..buffer.area.width)
+                    .map(|x| buffer[(x, y)].symbol())
+                    .collect();
+                text.contains(needle)
+            })
+            .expect("on screen")
+    };
+    // Sorted by send rate: the database socket, then ssh (100 B/s), then 6379 (idle).
+    let selected = line_of("93.184.216.34:22");
+    assert!(buffer[(2, selected)].modifier.contains(Modifier::REVERSED));
+    assert!(!buffer[(2, line_of("db.internal:5432"))]
+        .modifier
+        .contains(Modifier::REVERSED));
+}
+
+#[test]
+fn no_color_means_no_colours_only_emphasis() {
+    let has_colour = |model: &Dashboard| {
+        let terminal = terminal(model, 110, 20);
+        let buffer = terminal.backend().buffer();
+        buffer
+            .content
+            .iter()
+            .any(|cell| cell.fg != Color::Reset || cell.bg != Color::Reset)
+    };
+    let mut model = busy_model();
+    assert!(has_colour(&model));
+    model.view = ViewState::new(ViewOptions {
+        color: false,
+        ..ViewOptions::default()
+    });
+    act(
+        &mut model,
+        &[ViewAction::Resize {
+            width: 110,
+            height: 20,
+        }],
+    );
+    assert!(!has_colour(&model));
+    // Emphasis remains: the selected row is still reversed.
+    let terminal = terminal(&model, 110, 20);
+    assert!(terminal
+        .backend()
+        .buffer()
+        .content
+        .iter()
+        .any(|cell| cell.modifier.contains(Modifier::REVERSED)));
+}
+
+#[test]
+fn every_size_renders_without_panicking() {
+    let mut model = busy_model();
+    for (overlay, width, height) in [
+        (None, 1, 1),
+        (None, 59, 11),
+        (None, 60, 12),
+        (Some(ViewAction::ToggleHelp), 60, 12),
+        (Some(ViewAction::Open), 60, 12),
+        (Some(ViewAction::ToggleGrouping), 61, 13),
+        (None, 300, 100),
+    ] {
+        let mut model = model.clone();
+        act(&mut model, &[ViewAction::Resize { width, height }]);
+        if let Some(action) = overlay {
+            act(&mut model, &[action]);
+        }
+        let _ = render(&model, width, height);
+    }
+    act(&mut model, &[ViewAction::Open]);
+    let _ = render(&model, 60, 12);
+}

@@ -1,0 +1,482 @@
+//! What the user has chosen to see: sort, filter, selection, focus, scroll, pause, overlays,
+//! grouping, details. The model stays the model's; this is the rest of the dashboard's state,
+//! changed only by [`ViewAction`]s through [`ViewState::apply`], as pure as the reducer.
+//!
+//! The selection is an identity (a socket, or a process when grouped), not a position: when
+//! rows re-sort, appear or vanish, the same socket stays selected. When it is gone, the row now
+//! at its position is.
+
+use std::collections::HashSet;
+
+use ratatui::layout::Size;
+
+use super::{
+    columns::{process_tiebreak, socket_tiebreak, Sort, PROCESS_COLUMNS, SOCKET_COLUMNS},
+    filter::{Filter, Scope},
+    layout,
+    listing::{by_process, Context, Listing, RowKey, Visible},
+};
+use crate::{
+    model::Model,
+    socket::{Socket, SocketId},
+};
+
+/// How long closed sockets stay in the table when lingering is on and no time was given.
+pub const DEFAULT_LINGER_NS: u64 = 5_000_000_000;
+
+/// Which pane has the keyboard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Focus {
+    #[default]
+    Table,
+    CloseLog,
+}
+
+/// How keys are read at the moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyMode {
+    Normal,
+    /// Typing in the filter line.
+    Filter,
+    /// The help overlay is open.
+    Help,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewAction {
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Top,
+    Bottom,
+    SwitchPane,
+    SortPrevious,
+    SortNext,
+    SortReverse,
+    TogglePause,
+    ToggleHelp,
+    /// Enter: a socket's details, or a process's sockets.
+    Open,
+    /// Esc: close what is open, or clear the filter.
+    Back,
+    /// Keep the selected socket selected and listed, even after it closes.
+    Follow,
+    ToggleNames,
+    ToggleLinger,
+    ToggleGrouping,
+    FilterStart,
+    FilterChar(char),
+    FilterBackspace,
+    FilterClear,
+    /// Enter in the filter line: keep the filter, leave the line.
+    FilterDone,
+    /// Esc in the filter line: clear the filter, leave the line.
+    FilterCancel,
+    Resize {
+        width: u16,
+        height: u16,
+    },
+}
+
+/// Choices made on the command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewOptions {
+    pub scope: Scope,
+    /// Keep closed sockets listed for this long (ns); `None`: off (the key turns it on, 5 s).
+    pub linger_ns: Option<u64>,
+    /// Colours, unless `NO_COLOR` is set.
+    pub color: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ViewState {
+    pub focus: Focus,
+    pub socket_sort: Sort,
+    pub process_sort: Sort,
+    pub filter: Filter,
+    pub editing_filter: bool,
+    pub scope: Scope,
+    /// The row chosen by hand (None until the user moves: then the first row is selected,
+    /// whichever it is).
+    pub selected: Option<RowKey>,
+    /// Position of the selection the last time it was resolved: where it stays when its row goes.
+    pub selected_index: usize,
+    /// First table row on screen.
+    pub offset: usize,
+    /// How many lines the close log is scrolled back from its newest entry.
+    pub close_scroll: usize,
+    /// The model as it was when paused: what the screen shows while counting goes on.
+    pub paused: Option<Box<Model>>,
+    pub help: bool,
+    /// The socket whose details fill the screen.
+    pub details: Option<SocketId>,
+    pub grouped: bool,
+    pub follow: Option<SocketId>,
+    pub linger: bool,
+    pub linger_ns: u64,
+    pub color: bool,
+    pub size: Size,
+    /// The table as last settled: filtering and sorting 100k rows takes tens of milliseconds,
+    /// so it is done once per refresh or key, not once per frame. `None` after kernel events,
+    /// until the next settle (rendering then computes it afresh).
+    pub settled: Option<Visible>,
+}
+
+impl Default for ViewState {
+    fn default() -> Self {
+        Self::new(ViewOptions {
+            color: true,
+            ..ViewOptions::default()
+        })
+    }
+}
+
+impl ViewState {
+    pub fn new(options: ViewOptions) -> Self {
+        Self {
+            focus: Focus::Table,
+            socket_sort: Sort::default(),
+            process_sort: Sort::default(),
+            filter: Filter::default(),
+            editing_filter: false,
+            scope: options.scope,
+            selected: None,
+            selected_index: 0,
+            offset: 0,
+            close_scroll: 0,
+            paused: None,
+            help: false,
+            details: None,
+            grouped: false,
+            follow: None,
+            linger: options.linger_ns.is_some(),
+            linger_ns: options.linger_ns.unwrap_or(DEFAULT_LINGER_NS),
+            color: options.color,
+            size: Size::new(80, 24),
+            settled: None,
+        }
+    }
+
+    pub fn key_mode(&self) -> KeyMode {
+        if self.help {
+            KeyMode::Help
+        } else if self.editing_filter {
+            KeyMode::Filter
+        } else {
+            KeyMode::Normal
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.is_some()
+    }
+
+    /// The sort of the table as it is (sockets or processes).
+    pub fn sort(&self) -> Sort {
+        if self.grouped {
+            self.process_sort
+        } else {
+            self.socket_sort
+        }
+    }
+
+    /// The model the screen shows: the live one, or the copy taken when paused.
+    pub fn shown<'a>(&'a self, live: &'a Model) -> &'a Model {
+        self.paused.as_deref().unwrap_or(live)
+    }
+
+    /// How sockets read on screen: the clock of the model shown, and the names as they are now
+    /// (names are not data the pause freezes: `n` works while paused).
+    pub fn context<'a>(&'a self, live: &'a Model) -> Context<'a> {
+        Context {
+            hosts: &live.hosts,
+            now_ns: self.shown(live).now_ns,
+        }
+    }
+
+    /// Every socket the table may list, before filtering: the open ones, the recently closed
+    /// ones when lingering is on, and the followed one wherever it is.
+    fn candidates<'a>(&self, shown: &'a Model) -> Vec<&'a Socket> {
+        let mut sockets: Vec<&Socket> = shown.open.values().collect();
+        let now_ns = shown.now_ns;
+        // Each socket once, even if the log somehow holds it twice or it is open again.
+        let mut seen: HashSet<SocketId> = sockets.iter().map(|s| s.id).collect();
+        sockets.extend(shown.closes().filter(|s| {
+            let at_ns = s.closed.map_or(0, |c| c.at_ns);
+            let lingers = self.linger && at_ns <= now_ns && now_ns - at_ns <= self.linger_ns;
+            (lingers || self.follow == Some(s.id)) && seen.insert(s.id)
+        }));
+        sockets
+    }
+
+    /// The table as this view says it should look.
+    pub fn visible(&self, live: &Model) -> Visible {
+        let shown = self.shown(live);
+        let context = self.context(live);
+        let followed = |s: &Socket| self.follow == Some(s.id);
+        let in_scope: Vec<&Socket> = self
+            .candidates(shown)
+            .into_iter()
+            .filter(|s| followed(s) || self.scope.matches(s))
+            .collect();
+        let total = in_scope.len();
+        let mut sockets: Vec<&Socket> = in_scope
+            .into_iter()
+            .filter(|s| followed(s) || self.filter.matches(s, context.host(s)))
+            .collect();
+        let matching = sockets.len();
+        let closed = sockets.iter().filter(|s| s.is_closed()).count();
+        let listing = if self.grouped {
+            let mut processes = by_process(&sockets, &context);
+            self.process_sort
+                .apply(PROCESS_COLUMNS, &mut processes, &context, process_tiebreak);
+            Listing::Processes(processes)
+        } else {
+            self.socket_sort
+                .apply(SOCKET_COLUMNS, &mut sockets, &context, socket_tiebreak);
+            Listing::Sockets(sockets.iter().map(|s| s.id).collect())
+        };
+        let selected = self.resolve(&listing);
+        Visible {
+            listing,
+            in_scope: total,
+            matching,
+            closed,
+            selected,
+        }
+    }
+
+    /// The close log as shown: newest first, within the scope and the filter.
+    pub fn log<'a>(&'a self, live: &'a Model) -> Vec<&'a Socket> {
+        let context = self.context(live);
+        self.shown(live)
+            .closes()
+            .filter(|s| self.scope.matches(s) && self.filter.matches(s, context.host(s)))
+            .collect()
+    }
+
+    /// Remote addresses of the open sockets in scope: the names worth looking up.
+    pub fn addresses(&self, live: &Model) -> Vec<std::net::Ipv4Addr> {
+        self.shown(live)
+            .open
+            .values()
+            .filter(|s| self.scope.matches(s))
+            .map(|s| s.daddr)
+            .collect()
+    }
+
+    fn resolve(&self, listing: &Listing) -> Option<usize> {
+        let last = listing.len().checked_sub(1)?;
+        let wanted = match self.follow {
+            Some(id) if !self.grouped => Some(RowKey::Socket(id)),
+            _ => self.selected,
+        };
+        wanted
+            .and_then(|key| listing.position(key))
+            .or(Some(self.selected_index.min(last)))
+    }
+
+    /// Applies one user action, then settles the selection and scroll.
+    pub fn apply(&mut self, live: &Model, action: ViewAction) {
+        use ViewAction as A;
+        match action {
+            A::Up => self.move_selection(live, Step::By(-1)),
+            A::Down => self.move_selection(live, Step::By(1)),
+            A::PageUp => self.move_selection(live, Step::Page(-1)),
+            A::PageDown => self.move_selection(live, Step::Page(1)),
+            A::Top => self.move_selection(live, Step::Top),
+            A::Bottom => self.move_selection(live, Step::Bottom),
+            A::SwitchPane => {
+                if self.details.is_none() {
+                    self.focus = match self.focus {
+                        Focus::Table => Focus::CloseLog,
+                        Focus::CloseLog => Focus::Table,
+                    };
+                }
+            }
+            A::SortPrevious | A::SortNext | A::SortReverse => {
+                let grouped = self.grouped;
+                let sort = if grouped {
+                    &mut self.process_sort
+                } else {
+                    &mut self.socket_sort
+                };
+                *sort = match action {
+                    A::SortReverse => sort.reversed(),
+                    A::SortNext if grouped => sort.step(PROCESS_COLUMNS, 1),
+                    A::SortNext => sort.step(SOCKET_COLUMNS, 1),
+                    _ if grouped => sort.step(PROCESS_COLUMNS, -1),
+                    _ => sort.step(SOCKET_COLUMNS, -1),
+                };
+            }
+            A::TogglePause => {
+                self.paused = match self.paused {
+                    Some(_) => None,
+                    None => Some(Box::new(live.clone())),
+                };
+            }
+            A::ToggleHelp => self.help = !self.help,
+            A::Open => self.open(live),
+            A::Back => self.back(),
+            A::Follow => self.follow(live),
+            // Names are the model's (its cache of them); the dashboard switches them.
+            A::ToggleNames => {}
+            A::ToggleLinger => self.linger = !self.linger,
+            A::ToggleGrouping => self.toggle_grouping(live),
+            A::FilterStart => {
+                self.editing_filter = true;
+                self.help = false;
+            }
+            A::FilterChar(c) => self.filter.push(c),
+            A::FilterBackspace => self.filter.pop(),
+            A::FilterClear => self.filter = Filter::default(),
+            A::FilterDone => self.editing_filter = false,
+            A::FilterCancel => {
+                self.editing_filter = false;
+                self.filter = Filter::default();
+            }
+            A::Resize { width, height } => self.size = Size::new(width, height),
+        }
+        self.settle(live);
+    }
+
+    /// Pins the selection to the row it resolves to, keeps it on screen, bounds the scrolls,
+    /// and keeps the listing for the frames until the next change.
+    pub fn settle(&mut self, live: &Model) {
+        let visible = self.visible(live);
+        let closes = self.log(live).len();
+        if let Some(id) = self.follow {
+            if !self.grouped && visible.listing.position(RowKey::Socket(id)).is_none() {
+                self.follow = None;
+            }
+        }
+        match visible.selected {
+            Some(index) => {
+                // A row chosen by hand stays chosen (and its neighbour takes over when it goes);
+                // until then the selection is a position, like a fresh top: the first row.
+                if self.selected.is_some() {
+                    self.selected = visible.listing.key(index);
+                }
+                self.selected_index = index;
+            }
+            None => self.selected_index = 0,
+        }
+        let page = usize::from(layout::table_page(self.size)).max(1);
+        let index = self.selected_index;
+        if index < self.offset {
+            self.offset = index;
+        } else if index >= self.offset + page {
+            self.offset = index + 1 - page;
+        }
+        self.offset = self.offset.min(visible.listing.len().saturating_sub(page));
+        self.close_scroll = self.close_scroll.min(closes.saturating_sub(1));
+        self.settled = Some(visible);
+    }
+
+    fn move_selection(&mut self, live: &Model, step: Step) {
+        let page = usize::from(layout::table_page(self.size)).max(1);
+        if self.focus == Focus::CloseLog && self.details.is_none() {
+            // Up scrolls back in time (towards older closes), down towards the newest.
+            self.close_scroll = match step {
+                Step::By(delta) => self.close_scroll.saturating_add_signed(-delta),
+                Step::Page(pages) => self
+                    .close_scroll
+                    .saturating_add_signed(-pages.saturating_mul(page.cast_signed())),
+                Step::Top => usize::MAX,
+                Step::Bottom => 0,
+            };
+            return;
+        }
+        let visible = self.visible(live);
+        let Some(last) = visible.listing.len().checked_sub(1) else {
+            return;
+        };
+        let current = visible.selected.unwrap_or(0);
+        let target = match step {
+            Step::By(delta) => current.saturating_add_signed(delta),
+            Step::Page(pages) => {
+                current.saturating_add_signed(pages.saturating_mul(page.cast_signed()))
+            }
+            Step::Top => 0,
+            Step::Bottom => last,
+        }
+        .min(last);
+        // Moving by hand ends following, as in htop.
+        self.follow = None;
+        self.selected = visible.listing.key(target);
+        self.selected_index = target;
+        if self.details.is_some() {
+            if let Some(RowKey::Socket(id)) = self.selected {
+                self.details = Some(id);
+            }
+        }
+    }
+
+    fn open(&mut self, live: &Model) {
+        match self.visible(live).selected_key() {
+            Some(RowKey::Socket(id)) => self.details = Some(id),
+            // A process: its sockets, ungrouped.
+            Some(RowKey::Process(pid)) => {
+                self.grouped = false;
+                self.filter = Filter::new(&format!("pid:{pid}"));
+                self.selected = None;
+                self.selected_index = 0;
+            }
+            None => {}
+        }
+    }
+
+    fn back(&mut self) {
+        if self.help {
+            self.help = false;
+        } else if self.editing_filter {
+            self.editing_filter = false;
+            self.filter = Filter::default();
+        } else if self.details.is_some() {
+            self.details = None;
+        } else if !self.filter.is_empty() {
+            self.filter = Filter::default();
+        } else if self.follow.is_some() {
+            self.follow = None;
+        }
+    }
+
+    fn follow(&mut self, live: &Model) {
+        if self.follow.take().is_some() || self.grouped {
+            return;
+        }
+        if let Some(RowKey::Socket(id)) = self.visible(live).selected_key() {
+            self.follow = Some(id);
+        }
+    }
+
+    fn toggle_grouping(&mut self, live: &Model) {
+        let selected = self.visible(live).selected_key();
+        self.grouped = !self.grouped;
+        self.follow = None;
+        self.selected = match selected {
+            // The process of the selected socket, or the first socket of the selected process.
+            Some(RowKey::Socket(id)) => Some(RowKey::Process(id.key.pid)),
+            Some(RowKey::Process(pid)) => match self.visible(live).listing {
+                Listing::Sockets(sockets) => sockets
+                    .iter()
+                    .find(|id| id.key.pid == pid)
+                    .map(|id| RowKey::Socket(*id)),
+                Listing::Processes(_) => None,
+            },
+            None => None,
+        };
+    }
+}
+
+enum Step {
+    By(isize),
+    Page(isize),
+    Top,
+    Bottom,
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

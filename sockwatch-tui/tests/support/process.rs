@@ -1,0 +1,155 @@
+//! Bounded waits on child processes. Every wait has a deadline; a child that outstays it is
+//! killed and reaped, then the test panics saying what it was waiting for. Exits are awaited
+//! (a pidfd polled for the time left), never slept for.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// How long a short command (ss, tmux, bpftool, curl, a CLI error run) may take on a busy
+/// 2-core machine.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits for `child` to exit for at most `timeout`: its status, or `None` if it still runs.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    if let Some(status) = child.try_wait()? {
+        return Ok(Some(status));
+    }
+    // SAFETY: pidfd_open(2) on our own child, which is not reaped yet (try_wait said so), so
+    // its pid cannot have been reused. The new fd is ours alone (pidfds are close-on-exec).
+    let pidfd = unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, child.id(), 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        OwnedFd::from_raw_fd(fd as i32)
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up, so the poll never returns before the deadline.
+        let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a pidfd turns readable when the process exits.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if rc == 0 && Instant::now() >= deadline {
+            return Ok(None);
+        }
+    }
+}
+
+/// Kills and reaps `child` (bounded, best effort: for clean-up and before panicking).
+pub fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = wait_timeout(child, Duration::from_secs(5));
+}
+
+/// Waits for `child` to exit within `timeout`; past it, kills it and panics naming `what`.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    match wait_timeout(child, timeout) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            kill_and_reap(child);
+            panic!(
+                "{what} (pid {}) still running after {timeout:?}; killed it",
+                child.id()
+            );
+        }
+        Err(error) => {
+            kill_and_reap(child);
+            panic!("waiting for {what} (pid {}): {error}", child.id());
+        }
+    }
+}
+
+/// Everything a pipe delivers until EOF, read by a thread so it can be awaited with a deadline.
+fn read_to_end_in_thread(mut pipe: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    rx
+}
+
+/// Like `Command::output` (stdin from /dev/null), but bounded: past `timeout` the command is
+/// killed and the test panics naming `what`.
+pub fn output_within(command: &mut Command, timeout: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + timeout;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    let stdout = read_to_end_in_thread(child.stdout.take().expect("piped stdout"));
+    let stderr = read_to_end_in_thread(child.stderr.take().expect("piped stderr"));
+    let status = wait_or_kill(&mut child, timeout, what);
+    // A grandchild that kept the pipes open would hold them past the exit: bounded too.
+    let collect = |pipe: Receiver<Vec<u8>>, name: &str| {
+        pipe.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("{what} exited ({status}) but its {name} stayed open"))
+    };
+    Output {
+        status,
+        stdout: collect(stdout, "stdout"),
+        stderr: collect(stderr, "stderr"),
+    }
+}
+
+/// The lines a child writes to a pipe, read by a thread so each one is awaited with a deadline.
+pub struct Lines {
+    what: String,
+    lines: Receiver<String>,
+}
+
+impl Lines {
+    pub fn of(pipe: impl Read + Send + 'static, what: &str) -> Self {
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            what: what.to_owned(),
+            lines,
+        }
+    }
+
+    /// The next line, waiting at most `timeout`; panics on a timeout or an early EOF.
+    pub fn next(&self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no line from {} within {timeout:?}", self.what)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("{} closed its output before the expected line", self.what)
+            }
+        }
+    }
+}
