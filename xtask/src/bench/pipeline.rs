@@ -5,8 +5,6 @@
 
 use std::{fs, process::Command, process::Stdio, thread, time::Duration, time::Instant};
 
-use std::sync::PoisonError;
-
 use anyhow::{bail, Context, Result};
 
 use super::{kernel, tracer, tracer::Tracer, Binaries};
@@ -129,9 +127,7 @@ fn run_phase(bins: &Binaries, sockets: u64, secs: f64) -> Result<Phase> {
     // The window starts once sockwatch has taken in every connect and accept of the holder
     // (if it never does, `tracked` tells).
     kernel::poll(HOLD_TIMEOUT, || {
-        let records = sockwatch.records.lock();
-        let records = records.unwrap_or_else(PoisonError::into_inner);
-        let seen = records.of(holder.id()).lifecycle >= sockets;
+        let seen = sockwatch.records()?.of(holder.id()).lifecycle >= sockets;
         Ok((seen || holder.try_wait()?.is_some()).then_some(()))
     })?;
     let (pid, wall) = (sockwatch.pid(), Instant::now());

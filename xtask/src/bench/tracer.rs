@@ -2,10 +2,9 @@
 //! (bpftrace with empty actions on exactly the tracepoints sockwatch hooks: the price of the
 //! hooks alone); sockwatch; the article's way (bpftrace printing every `sendto` and `close`).
 
-use std::{collections::BTreeSet, collections::HashMap, fs::File, mem, path::Path};
-use std::{io::BufRead, io::BufReader, thread, thread::JoinHandle, time::Duration};
-use std::{process::Child, process::Command, process::Stdio};
-use std::{sync::mpsc, sync::Arc, sync::Mutex, sync::PoisonError};
+use std::time::Duration;
+use std::{collections::BTreeSet, collections::HashMap, fs, fs::File, io::BufRead, io::BufReader};
+use std::{path::Path, path::PathBuf, process::Child, process::Command, process::Stdio};
 
 use anyhow::{anyhow, Context, Result};
 
@@ -41,7 +40,7 @@ pub struct PidRecords {
     pub max_sent: u64,
 }
 
-/// sockwatch's JSON records, tallied as they arrive; `end_lost` is the `end` record's `lost`.
+/// sockwatch's JSON records, tallied; `end_lost` is the `end` record's `lost`.
 #[derive(Debug, Default)]
 pub struct Records {
     pub by_pid: HashMap<u32, PidRecords>,
@@ -72,8 +71,8 @@ impl Records {
     }
 }
 
-/// The number after `key` (`"pid":`) in a JSON line: the reader shares 2 cores with the
-/// floods it counts, so it neither parses whole records nor allocates.
+/// The number after `key` (`"pid":`) in a JSON line (a throughput step prints ~700k records:
+/// no full parse, no allocation).
 fn number(line: &str, key: &str) -> Option<u64> {
     let rest = &line[line.find(key)? + key.len()..];
     let end = rest.find(|c: char| !c.is_ascii_digit());
@@ -92,8 +91,8 @@ pub struct Tracer {
     pub hooks: usize,
     /// The kernel's perf links and perf events with programs while it alone is attached.
     expect: (usize, usize),
-    pub records: Arc<Mutex<Records>>,
-    reader: Option<JoinHandle<()>>,
+    /// sockwatch's output file.
+    output: Option<PathBuf>,
 }
 
 impl Tracer {
@@ -118,31 +117,22 @@ impl Tracer {
         Ok(tracer)
     }
 
-    /// `sockwatch-tui --json` (pinned to `cpu`, if any), once its probes are attached; a
-    /// thread of ours tallies its records.
+    /// `sockwatch-tui --json` (pinned to `cpu`, if any), once its probes are attached. Its
+    /// records go to a file, as a user's `--json > file` would: a pipe to a reader of ours
+    /// would compete for the 2 cores and block its writes, and it lost events that way.
     pub fn sockwatch(bins: &Binaries, cpu: Option<usize>) -> Result<Self> {
+        let path = bins.work.join("sockwatch.jsonl");
+        let out = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut command = pinned(&bins.sockwatch, cpu);
         // Every socket the bench measures is opened after the start; without the /proc scan
-        // for older ones, the start record is the moment sockwatch is ready.
-        command.args(["--json", "--no-existing"]);
-        command.stdout(Stdio::piped());
+        // for older ones, the start record (flushed at once) is the moment sockwatch is ready.
+        command.args(["--json", "--no-existing"]).stdout(out);
         let mut tracer = Self::spawn(bins, command, "sockwatch-tui")?;
-        let stdout = tracer.child.as_mut().and_then(|c| c.stdout.take());
-        let stdout = BufReader::with_capacity(1 << 20, stdout.context("sockwatch's stdout")?);
-        let (started, start) = mpsc::channel();
-        let tally = Arc::clone(&tracer.records);
-        tracer.reader = Some(thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if line.starts_with(r#"{"event":"start""#) {
-                    let _ = started.send(());
-                }
-                let mut records = tally.lock().unwrap_or_else(PoisonError::into_inner);
-                records.add(&line);
-            }
-        }));
-        // Returns at once, too, if sockwatch exits (its stdout closes, the sender is dropped).
-        let started = start.recv_timeout(START_TIMEOUT);
-        started.map_err(|_| failed(bins, "sockwatch-tui"))?;
+        tracer.output = Some(path.clone());
+        tracer.wait_started(bins, || {
+            let start = fs::read_to_string(&path).unwrap_or_default();
+            Ok(start.starts_with(r#"{"event":"start""#))
+        })?;
         (tracer.progs, tracer.hooks) = kernel::held_by(tracer.pid())?;
         tracer.expect = (tracer.hooks, 0);
         Ok(tracer)
@@ -161,21 +151,41 @@ impl Tracer {
         let mut want: Vec<&str> = want.collect();
         want.sort_unstable();
         let pid = u64::from(tracer.pid());
-        let attached = kernel::poll(START_TIMEOUT, || {
-            let child = tracer.child.as_mut().context("bpftrace")?;
-            if child.try_wait()?.is_some() {
-                return Err(failed(bins, "bpftrace"));
-            }
+        tracer.wait_started(bins, || {
             let (_, perf) = kernel::attachments()?;
             let held = perf.iter().filter(|(p, _)| *p == pid);
             let mut held: Vec<&str> = held.map(|(_, name)| name.as_str()).collect();
             held.sort_unstable();
-            Ok((held == want).then_some(()))
+            Ok(held == want)
         })?;
-        attached.ok_or_else(|| failed(bins, "bpftrace"))?;
         (tracer.progs, tracer.hooks) = (kernel::held_by(tracer.pid())?.0, want.len());
         tracer.expect = (0, tracer.hooks);
         Ok(tracer)
+    }
+
+    /// Waits until `ready` holds, failing if the tracer exits first.
+    fn wait_started(&mut self, bins: &Binaries, ready: impl Fn() -> Result<bool>) -> Result<()> {
+        let started = kernel::poll(START_TIMEOUT, || {
+            let child = self.child.as_mut().context("no tracer")?;
+            if child.try_wait()?.is_some() {
+                return Err(failed(bins, self.comm));
+            }
+            Ok(ready()?.then_some(()))
+        })?;
+        started.ok_or_else(|| failed(bins, self.comm))
+    }
+
+    /// What sockwatch has printed so far (nothing for the other tracers).
+    pub fn records(&self) -> Result<Records> {
+        let mut records = Records::default();
+        let Some(path) = &self.output else {
+            return Ok(records);
+        };
+        let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        for line in BufReader::with_capacity(1 << 20, file).lines() {
+            records.add(&line?);
+        }
+        Ok(records)
     }
 
     pub fn pid(&self) -> u32 {
@@ -204,13 +214,8 @@ impl Tracer {
             let status = status.with_context(|| format!("{} did not stop", self.comm))?;
             anyhow::ensure!(status.success(), "{} exited with {status}", self.comm);
         }
-        if let Some(reader) = self.reader.take() {
-            let read = reader.join();
-            read.map_err(|_| anyhow!("the reader of sockwatch's records panicked"))?;
-        }
         kernel::wait_detached(&self.progs, self.comm)?;
-        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(mem::take(&mut *records))
+        self.records()
     }
 }
 
