@@ -54,8 +54,32 @@ pub mod maps {
     pub const PROCS: &str = "PROCS";
 }
 
+/// Byte offsets of the kernel struct fields on the way from an fd to its socket, read by user
+/// space from the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and set at load time (the
+/// `OFFSETS` global): Rust eBPF has no CO-RE relocations, so the layout cannot be compiled in.
+///
+/// `task_struct.files → files_struct.fdt → fdtable.{max_fds, fd}[fd] → file.{private_data
+/// (the struct socket), f_inode} → socket.sk, inode.i_ino`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub socket_sk: u32,
+    /// 1 when every offset above was found; 0 leaves sockets' `sk` and `ino` at 0.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
 /// Names of the global variables user space sets at load time.
 pub mod globals {
+    /// [`super::KernelOffsets`].
+    pub const OFFSETS: &str = "OFFSETS";
     /// `u32`: 1 when the kprobe backend's syscall symbols take a `struct pt_regs *` of the
     /// user registers (x86_64's `__x64_sys_*` wrappers), 0 when they take the arguments directly.
     pub const SYSCALL_WRAPPER: &str = "SYSCALL_WRAPPER";
@@ -194,6 +218,12 @@ pub struct TrackedSocket {
     pub bytes_recv: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the connect returned.
     pub connect_ns: u64,
+    /// The kernel's `struct sock` address: the socket's identity inside the kernel, whoever
+    /// holds it. 0 when not known (see [`KernelOffsets`]). Never shown to users.
+    pub sk: u64,
+    /// The socket's inode number, as `/proc/PID/fd` (`socket:[N]`) and `ss -e` show it: its
+    /// identity for users. 0 when not known.
+    pub ino: u64,
     /// Destination (for inbound sockets: peer) IPv4 address, network byte order.
     pub daddr: u32,
     /// Destination port, host byte order.
@@ -359,14 +389,16 @@ mod pod {
     unsafe impl aya::Pod for super::TrackedSocket {}
     unsafe impl aya::Pod for super::InflightCall {}
     unsafe impl aya::Pod for super::SocketEvent {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
 }
 
 // Layout checks: the kernel and user space must agree byte for byte.
 const _: () = {
     assert!(core::mem::size_of::<SocketKey>() == 8);
-    assert!(core::mem::size_of::<TrackedSocket>() == 64);
+    assert!(core::mem::size_of::<TrackedSocket>() == 80);
     assert!(core::mem::size_of::<InflightCall>() == 32);
-    assert!(core::mem::size_of::<SocketEvent>() == 96);
+    assert!(core::mem::size_of::<SocketEvent>() == 112);
+    assert!(core::mem::size_of::<KernelOffsets>() == 40);
     // The socket starts right after the event's own 32 bytes, 8-byte aligned: no padding.
     assert!(core::mem::offset_of!(SocketEvent, socket) == 32);
 };

@@ -152,7 +152,7 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
         ..opened(
             EventKind::Connect,
             socket_key,
-            new_socket(tid, call.daddr, call.dport, state, proto, 0),
+            new_socket(tid, call.fd, call.daddr, call.dport, state, proto, 0),
         )
     };
     if state.is_some() {
@@ -176,6 +176,7 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
     };
     let socket = new_socket(
         tid,
+        fd,
         daddr,
         dport,
         Some(SocketState::Established),

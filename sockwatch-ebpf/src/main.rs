@@ -15,6 +15,7 @@
 mod args;
 mod enter;
 mod exit;
+mod identity;
 mod kprobes;
 mod maps;
 mod process;

@@ -6,7 +6,10 @@ use sockwatch_common::{
     TrackedSocket, COMM_LEN,
 };
 
-use crate::maps::{bump, EVENTS, INFLIGHT, INFLIGHT_COUNT, PROCS, TRACKED};
+use crate::{
+    identity::socket_of,
+    maps::{bump, EVENTS, INFLIGHT, INFLIGHT_COUNT, PROCS, TRACKED},
+};
 
 /// `(pid_tgid, pid)` of the calling thread.
 #[inline(always)]
@@ -99,22 +102,26 @@ pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
     let _ = PROCS.insert(pid, 1, 0);
 }
 
-/// The record of a socket that starts being tracked now (connect, accept) by thread `tid`:
-/// no bytes counted yet, local port not known to the kernel side. `state` is `None` for a
-/// connect that failed (reported, never tracked).
+/// The record of the socket on `fd` that starts being tracked now (connect, accept) by thread
+/// `tid`: no bytes counted yet, local port not known to the kernel side. `state` is `None` for
+/// a connect that failed (reported, never tracked).
 #[inline(always)]
 pub fn new_socket(
     tid: u32,
+    fd: u32,
     daddr: u32,
     dport: u16,
     state: Option<SocketState>,
     proto: u32,
     flags: u32,
 ) -> TrackedSocket {
+    let (sk, ino) = socket_of(fd);
     TrackedSocket {
         bytes_sent: 0,
         bytes_recv: 0,
         connect_ns: now_ns(),
+        sk,
+        ino,
         daddr,
         dport,
         lport: 0,

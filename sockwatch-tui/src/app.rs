@@ -220,6 +220,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let (probes, ring, tables) = loader::attach(args.probe, options)?;
     log.line(format_args!("attached the {} probes", probes.backend));
+    if let Err(error) = &probes.identity {
+        log.line(format_args!("socket inodes will not be known: {error}"));
+    }
     let clock = WallClock::now();
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as the
     // AsyncFd owns the RingBuf.

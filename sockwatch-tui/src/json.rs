@@ -23,6 +23,8 @@ pub struct SocketFields<'a> {
     pub dport: u16,
     /// Local port; 0 when not known.
     pub lport: u16,
+    /// The socket's inode (`socket:[N]` in /proc); null when not known.
+    pub inode: Option<u64>,
 }
 
 impl<'a> SocketFields<'a> {
@@ -36,6 +38,7 @@ impl<'a> SocketFields<'a> {
             daddr: socket.daddr.to_string(),
             dport: socket.dport,
             lport: socket.lport,
+            inode: socket.inode,
         }
     }
 }
@@ -228,7 +231,8 @@ mod tests {
             value,
             serde_json::json!({"event": "connect", "time": 1.0, "pid": 7, "tid": 8, "comm": "curl",
                 "fd": 4, "proto": "tcp", "direction": "out", "daddr": "127.0.0.1", "dport": 8080,
-                "lport": 40000, "result": "ECONNREFUSED", "bytes_sent": 0, "bytes_recv": 0})
+                "lport": 40000, "inode": null, "result": "ECONNREFUSED", "bytes_sent": 0,
+                "bytes_recv": 0})
         );
     }
 

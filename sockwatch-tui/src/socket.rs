@@ -231,6 +231,9 @@ pub struct Socket {
     pub dport: u16,
     /// Local port; 0 when not known.
     pub lport: u16,
+    /// The socket's inode number (`socket:[N]` in /proc, `ino:N` in `ss -e`): the kernel
+    /// socket, whoever holds it. Not known without the kernel's BTF.
+    pub inode: Option<u64>,
     pub state: State,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
@@ -257,6 +260,7 @@ impl Socket {
             daddr,
             dport,
             lport: 0,
+            inode: None,
             state: State::Established,
             bytes_sent: 0,
             bytes_recv: 0,
@@ -303,6 +307,9 @@ impl Socket {
         self.dport = record.dport;
         if record.lport != 0 {
             self.lport = record.lport;
+        }
+        if record.inode.is_some() {
+            self.inode = record.inode;
         }
         if record.proto != Proto::Unknown {
             self.proto = record.proto;

@@ -492,6 +492,8 @@ fn reconciliation_repairs_what_events_missed() {
         bytes_sent: 42,
         bytes_recv: 7,
         connect_ns: 1,
+        sk: 0,
+        ino: 0,
         daddr: u32::from_ne_bytes([127, 0, 0, 1]),
         dport: 9,
         lport: 0,

@@ -56,6 +56,36 @@ fn connect_sendto_close_are_reported_with_exact_numbers() {
     );
 }
 
+/// Each socket is named by the kernel's own identity, its inode: the one /proc shows for the
+/// fd (`socket:[N]`), on the connecting side and the accepting side, from connect to close.
+#[test]
+fn sockets_carry_the_inode_proc_shows_for_their_fd() {
+    let mut sw = Sockwatch::start(&["--direction", "both"]);
+    let pid = std::process::id();
+    let (listener, port) = net::raw_listener();
+    let client = net::connected(port);
+    let (accepted, _) = net::accept_with_peer(listener);
+    let inode_of = |fd: i32| -> u64 {
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("an open fd");
+        let link = link.to_string_lossy();
+        link.strip_prefix("socket:[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("fd {fd} is not a socket: {link}"))
+    };
+    let (client_inode, accepted_inode) = (inode_of(client), inode_of(accepted));
+    assert_ne!(client_inode, accepted_inode);
+    let connect = sw.wait_for("connect", record_of("connect", pid, client));
+    assert_eq!(u64_of(&connect, "inode"), client_inode, "{connect}");
+    let accept = sw.wait_for("accept", support::inbound_of("accept", pid, accepted));
+    assert_eq!(u64_of(&accept, "inode"), accepted_inode, "{accept}");
+    for fd in [client, accepted, listener] {
+        net::close(fd);
+    }
+    let close = sw.wait_for("close", record_of("close", pid, client));
+    assert_eq!(u64_of(&close, "inode"), client_inode, "{close}");
+}
+
 /// The kernel's own per-socket count (`ss -tin`, tcp_info) is an independent oracle.
 #[test]
 fn sent_bytes_equal_the_kernels_own_count_in_ss() {

@@ -184,6 +184,7 @@ pub fn tracked_socket(key: SocketKey, value: &TrackedSocket) -> Socket {
     );
     socket.tid = value.tid;
     socket.lport = value.lport;
+    socket.inode = (value.ino != 0).then_some(value.ino);
     socket.proto = proto(value.proto);
     socket.direction = direction(value.flags);
     socket.origin = origin(value.flags);
@@ -202,6 +203,9 @@ pub fn tracked_value(socket: &Socket) -> TrackedSocket {
         bytes_sent: socket.bytes_sent,
         bytes_recv: socket.bytes_recv,
         connect_ns: socket.id.opened_ns,
+        // The kernel's own address of it is not in /proc; the inode is.
+        sk: 0,
+        ino: socket.inode.unwrap_or(0),
         daddr: u32::from_ne_bytes(socket.daddr.octets()),
         dport: socket.dport,
         lport: socket.lport,
@@ -280,6 +284,8 @@ mod tests {
             bytes_sent: 77,
             bytes_recv: 12,
             connect_ns: 500,
+            sk: 0xffff_8880_1234_5600,
+            ino: 4242,
             daddr: u32::from_ne_bytes([127, 0, 0, 1]),
             dport: 8080,
             lport: 0,
@@ -308,6 +314,7 @@ mod tests {
             (8080, Proto::Tcp, Direction::Out, Origin::Connect)
         );
         assert_eq!((socket.comm.as_str(), socket.tid), ("curl", 44));
+        assert_eq!(socket.inode, Some(4242));
         assert_eq!(socket.id.opened_ns, 500);
         assert_eq!(result, ConnectResult::Failed(libc::ECONNREFUSED));
         assert_eq!(errno_name(libc::ECONNREFUSED), "ECONNREFUSED");
@@ -429,6 +436,7 @@ mod tests {
         socket.direction = Direction::In;
         socket.proto = Proto::Udp;
         socket.lport = 40_000;
+        socket.inode = Some(77);
         let value = tracked_value(&socket);
         let back = tracked_socket(socket.key(), &value);
         assert_eq!(
@@ -439,6 +447,7 @@ mod tests {
             (back.id, back.daddr, back.dport, back.lport, back.proto),
             (socket.id, socket.daddr, 5432, 40_000, Proto::Udp)
         );
+        assert_eq!(back.inode, Some(77));
         assert_eq!(
             (back.direction, back.origin, back.state),
             (Direction::In, Origin::Existing, State::Established)

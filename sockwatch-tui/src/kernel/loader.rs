@@ -8,9 +8,10 @@ use aya::{
     programs::{KProbe, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sockwatch_common::{globals, maps, Counter, SocketKey, TrackedSocket, SYSCALLS};
+use sockwatch_common::{globals, maps, Counter, KernelOffsets, SocketKey, TrackedSocket, SYSCALLS};
 
 use super::{
+    btf,
     decode::tracked_socket,
     support::{
         self, kernel_error, kprobes_available, syscall_tracepoints_available, ProbeError,
@@ -62,6 +63,8 @@ pub struct LoadOptions {
 pub struct Probes {
     _ebpf: Ebpf,
     pub backend: Backend,
+    /// Whether the programs can name each socket's kernel identity (inode), and why not.
+    pub identity: Result<(), btf::BtfError>,
 }
 
 impl Probes {
@@ -223,12 +226,19 @@ pub fn attach(
     support::raise_memlock_limit();
 
     let wrapper: u32 = symbols.as_ref().map_or(1, |s| u32::from(s.takes_pt_regs));
+    // Without the kernel's BTF the programs cannot tell which socket an fd names: they run all
+    // the same, with socket identities unknown (0), and the caller is told why.
+    let (offsets, identity) = match btf::kernel_offsets() {
+        Ok(offsets) => (offsets, Ok(())),
+        Err(error) => (KernelOffsets::default(), Err(error)),
+    };
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(maps::TRACKED, options.max_sockets)
         .map_max_entries(maps::PROCS, options.max_sockets)
         .map_max_entries(maps::EVENTS, options.ring_bytes)
         .override_global(globals::SYSCALL_WRAPPER, &wrapper, true)
         .override_global(globals::DIRECTIONS, &options.directions, true)
+        .override_global(globals::OFFSETS, &offsets, true)
         .load(EBPF_OBJECT)
         .map_err(|e| permission_or(e, "loading the eBPF object"))?;
 
@@ -253,6 +263,7 @@ pub fn attach(
     let probes = Probes {
         _ebpf: ebpf,
         backend,
+        identity,
     };
     Ok((probes, events, tables))
 }

@@ -1,10 +1,12 @@
 //! The first stage: the kernel as user space sees it. `loader` loads and attaches the eBPF
 //! programs and reads their maps; `decode` turns ring-buffer records and map entries into
 //! [`crate::socket::Socket`]s; `tracker` squares them with the map and /proc (`procfs`) into the
-//! [`tracker::Change`]s every output consumes; `support` says what this kernel offers.
+//! [`tracker::Change`]s every output consumes; `support` says what this kernel offers, `btf`
+//! its struct layout (for the programs' walk from an fd to its socket).
 //!
 //! Nothing here imports the later stages (`model`, `view`).
 
+pub mod btf;
 pub mod decode;
 pub mod loader;
 pub mod procfs;

@@ -127,6 +127,10 @@ impl Tracker {
     /// A new socket on a (pid, fd) that still holds an older one: that one's close record was
     /// lost (the fd was closed and reused in between), so it ends here.
     fn opened(&mut self, socket: Socket, open: &OpenSockets) -> Vec<Change> {
+        // The kernel named the socket: no /proc lookup needed to check it later.
+        if let Some(inode) = socket.inode {
+            self.inodes.insert(socket.id, inode);
+        }
         let mut changes = Vec::new();
         if let Some(old) = open.get(&socket.key()) {
             if old.id.opened_ns < socket.id.opened_ns {
@@ -301,6 +305,7 @@ impl Tracker {
                 procfs::comm(pid).unwrap_or_default(),
             );
             socket.lport = found.local.port();
+            socket.inode = Some(inode);
             socket.proto = found.proto;
             socket.origin = Origin::Existing;
             if inbound {

@@ -117,7 +117,13 @@ fn fields(
     };
     let mut lines = vec![
         field("process", format!("{}  pid {}{thread}", s.comm, s.pid())),
-        field("fd", s.fd().to_string()),
+        field(
+            "fd",
+            match s.inode {
+                Some(inode) => format!("{}  (socket:[{inode}])", s.fd()),
+                None => s.fd().to_string(),
+            },
+        ),
         field(
             "protocol",
             match (s.proto, s.origin) {

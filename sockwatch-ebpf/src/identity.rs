@@ -1,0 +1,69 @@
+//! Which kernel socket an fd names: the `struct sock` (the kernel's identity of the socket,
+//! whoever holds it) and the socket's inode number (the identity users see in /proc and ss).
+//!
+//! The walk reads kernel memory at offsets user space found in this kernel's BTF (the `OFFSETS`
+//! global), since Rust eBPF has no CO-RE relocations. Every read goes through
+//! `bpf_probe_read_kernel`, which fails cleanly instead of faulting; any failure, or offsets
+//! user space could not find, gives "not known" (zeroes), never a wrong socket.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use sockwatch_common::KernelOffsets;
+
+/// Set by user space at load time; `valid` stays 0 where the kernel has no BTF.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_private_data: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    socket_sk: 0,
+    valid: 0,
+    _pad: 0,
+};
+
+/// `*(base + offset)` as a `T`, read from kernel memory.
+#[inline(always)]
+fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: a checked read of kernel memory; a bad address makes it fail, not fault.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// `(sk, ino)` of the socket on the calling process's `fd`, or zeroes when not known. Only
+/// for fds known to hold a socket (a connect or accept on them just succeeded): the file's
+/// `private_data` is a `struct socket` then.
+#[inline(always)]
+pub fn socket_of(fd: u32) -> (u64, u64) {
+    walk(fd).unwrap_or((0, 0))
+}
+
+#[inline(always)]
+fn walk(fd: u32) -> Option<(u64, u64)> {
+    // SAFETY: a volatile read of our own read-only global, so the offsets user space set at
+    // load time are used rather than the compile-time zeroes.
+    let offsets = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
+    if offsets.valid == 0 {
+        return None;
+    }
+    // SAFETY: a helper without preconditions; the task pointer is only ever read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, offsets.task_files)?;
+    let fdt: u64 = read(files, offsets.files_fdt)?;
+    let max_fds: u32 = read(fdt, offsets.fdtable_max_fds)?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fds: u64 = read(fdt, offsets.fdtable_fd)?;
+    let file: u64 = read(fds, fd.checked_mul(8)?)?;
+    let socket: u64 = read(file, offsets.file_private_data)?;
+    let inode: u64 = read(file, offsets.file_inode)?;
+    let sk: u64 = read(socket, offsets.socket_sk)?;
+    let ino: u64 = read(inode, offsets.inode_ino)?;
+    Some((sk, ino))
+}
