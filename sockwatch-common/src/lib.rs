@@ -52,6 +52,15 @@ pub mod maps {
     /// `HashMap<u32, u32>`: processes that own (or owned) a tracked socket, so that only their
     /// exit, exec and `close_range` are reported to user space.
     pub const PROCS: &str = "PROCS";
+    /// `HashMap<u64 /* struct sock * */, SkBytes>`: the socket backend's counters, by the
+    /// kernel's own socket, whoever moves the bytes.
+    pub const SK_BYTES: &str = "SK_BYTES";
+    /// `HashMap<u64 /* inode */, SocketKey>`: sockets found open at start whose kernel socket the
+    /// socket backend has yet to learn (at their first byte), and where they are tracked.
+    pub const ADOPTED: &str = "ADOPTED";
+    /// `Array<u32>` of one: how many `ADOPTED` entries user space put there and may still be
+    /// unresolved (0 spares the socket layer the lookup).
+    pub const ADOPTED_PENDING: &str = "ADOPTED_PENDING";
 }
 
 /// Byte offsets of the kernel struct fields on the way from an fd to its socket, read by user
@@ -71,13 +80,29 @@ pub struct KernelOffsets {
     pub file_inode: u32,
     pub inode_ino: u32,
     pub socket_sk: u32,
+    /// The other way, for sockets found open at start: `sock.sk_socket → socket.file`.
+    pub sock_socket: u32,
+    pub socket_file: u32,
     /// 1 when every offset above was found; 0 leaves sockets' `sk` and `ino` at 0.
     pub valid: u32,
     pub _pad: u32,
 }
 
+/// The socket backend's counters of one kernel socket: the value of `SK_BYTES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkBytes {
+    /// Sum of the lengths `sock:sock_send_length` reported (bytes), added atomically.
+    pub bytes_sent: u64,
+    /// Sum of the lengths `sock:sock_recv_length` reported, peeks excluded.
+    pub bytes_recv: u64,
+}
+
 /// Names of the global variables user space sets at load time.
 pub mod globals {
+    /// `u32`: 1 for the socket backend, whose counters live in `SK_BYTES` (keyed by the kernel
+    /// socket) rather than in `TRACKED` (keyed by the fd).
+    pub const COUNT_BY_SOCKET: &str = "COUNT_BY_SOCKET";
     /// [`super::KernelOffsets`].
     pub const OFFSETS: &str = "OFFSETS";
     /// `u32`: 1 when the kprobe backend's syscall symbols take a `struct pt_regs *` of the
@@ -136,11 +161,29 @@ macro_rules! syscall_list {
         /// `enter_<name>` / `exit_<name>` tracepoint programs or `kp_<name>` / `kret_<name>`
         /// kprobes by these names.
         pub const SYSCALLS: [Syscall; [$(stringify!($name)),*].len()] =
-            [$(Syscall::$hook(stringify!($name))),*];
+            [$(Syscall::$hook(stringify!($name)).exits_to(stringify!($exit))),*];
     };
 }
 
 for_each_syscall!(syscall_list);
+
+/// The exits that count bytes.
+const BYTE_KINDS: [&str; 4] = ["Send", "Recv", "SendMmsg", "RecvMmsg"];
+
+/// `a == b`, in a const context.
+const fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Syscall {
@@ -151,6 +194,9 @@ pub struct Syscall {
     /// Newer than the oldest kernel we support (close_range: 5.9): skipped where absent,
     /// since nothing can call a syscall the kernel does not have.
     pub optional: bool,
+    /// It moves bytes (its exit counts them): the socket backend counts at the socket layer
+    /// instead and does not hook it.
+    pub moves_bytes: bool,
 }
 
 impl Syscall {
@@ -159,6 +205,7 @@ impl Syscall {
             name,
             enter: true,
             optional: false,
+            moves_bytes: false,
         }
     }
     const fn optional(name: &'static str) -> Self {
@@ -166,6 +213,7 @@ impl Syscall {
             name,
             enter: true,
             optional: true,
+            moves_bytes: false,
         }
     }
     const fn exit_only(name: &'static str) -> Self {
@@ -173,7 +221,21 @@ impl Syscall {
             name,
             enter: false,
             optional: false,
+            moves_bytes: false,
         }
+    }
+
+    /// Marks the row by its exit's [`CallKind`] name (the table's last column).
+    const fn exits_to(mut self, kind: &str) -> Self {
+        let kind = kind.as_bytes();
+        let mut i = 0;
+        while i < BYTE_KINDS.len() {
+            if bytes_eq(BYTE_KINDS[i].as_bytes(), kind) {
+                self.moves_bytes = true;
+            }
+            i += 1;
+        }
+        self
     }
 }
 
@@ -390,6 +452,7 @@ mod pod {
     unsafe impl aya::Pod for super::InflightCall {}
     unsafe impl aya::Pod for super::SocketEvent {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::SkBytes {}
 }
 
 // Layout checks: the kernel and user space must agree byte for byte.
@@ -398,7 +461,18 @@ const _: () = {
     assert!(core::mem::size_of::<TrackedSocket>() == 80);
     assert!(core::mem::size_of::<InflightCall>() == 32);
     assert!(core::mem::size_of::<SocketEvent>() == 112);
-    assert!(core::mem::size_of::<KernelOffsets>() == 40);
+    assert!(core::mem::size_of::<KernelOffsets>() == 48);
+    assert!(core::mem::size_of::<SkBytes>() == 16);
+    // The socket backend hooks every syscall but the eleven that move bytes.
+    let mut moving = 0;
+    let mut i = 0;
+    while i < SYSCALLS.len() {
+        if SYSCALLS[i].moves_bytes {
+            moving += 1;
+        }
+        i += 1;
+    }
+    assert!(moving == 11);
     // The socket starts right after the event's own 32 bytes, 8-byte aligned: no padding.
     assert!(core::mem::offset_of!(SocketEvent, socket) == 32);
 };

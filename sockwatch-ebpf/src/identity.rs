@@ -20,6 +20,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     file_inode: 0,
     inode_ino: 0,
     socket_sk: 0,
+    sock_socket: 0,
+    socket_file: 0,
     valid: 0,
     _pad: 0,
 };
@@ -66,4 +68,21 @@ fn walk(fd: u32) -> Option<(u64, u64)> {
     let sk: u64 = read(socket, offsets.socket_sk)?;
     let ino: u64 = read(inode, offsets.inode_ino)?;
     Some((sk, ino))
+}
+
+/// The inode of the socket `sk` belongs to (`sk->sk_socket->file->f_inode->i_ino`), or 0.
+#[inline(always)]
+pub fn inode_of_sock(sk: u64) -> u64 {
+    // SAFETY: as in `walk`.
+    let offsets = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
+    if offsets.valid == 0 {
+        return 0;
+    }
+    let walk = || -> Option<u64> {
+        let socket: u64 = read(sk, offsets.sock_socket)?;
+        let file: u64 = read(socket, offsets.socket_file)?;
+        let inode: u64 = read(file, offsets.file_inode)?;
+        read(inode, offsets.inode_ino)
+    };
+    walk().unwrap_or(0)
 }

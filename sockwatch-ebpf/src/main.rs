@@ -19,6 +19,7 @@ mod identity;
 mod kprobes;
 mod maps;
 mod process;
+mod socket_layer;
 mod state;
 mod tracepoints;
 

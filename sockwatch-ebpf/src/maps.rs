@@ -2,10 +2,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sockwatch_common::{
-    directions, Counter, InflightCall, SocketKey, TrackedSocket, COUNTER_COUNT,
+    directions, Counter, InflightCall, SkBytes, SocketKey, TrackedSocket, COUNTER_COUNT,
 };
 
 /// Default sizes; user space overrides them at load time from its flags.
@@ -13,6 +13,7 @@ const TRACKED_DEFAULT: u32 = 65_536;
 const INFLIGHT_SIZE: u32 = 16_384;
 const NEW_SOCKETS_SIZE: u32 = 16_384;
 const EVENTS_DEFAULT_BYTES: u32 = 1 << 22;
+const ADOPTED_SIZE: u32 = 16_384;
 
 #[map(name = "TRACKED")]
 pub static TRACKED: HashMap<SocketKey, TrackedSocket> =
@@ -35,6 +36,30 @@ pub static NEW_SOCKETS: LruHashMap<SocketKey, u32> =
 
 #[map(name = "PROCS")]
 pub static PROCS: HashMap<u32, u32> = HashMap::with_max_entries(TRACKED_DEFAULT, 0);
+
+/// The socket backend's counters, by `struct sock *`: an entry exists from the connect or
+/// accept that tracks the socket to its close, so the socket layer counts only tracked sockets.
+#[map(name = "SK_BYTES")]
+pub static SK_BYTES: HashMap<u64, SkBytes> = HashMap::with_max_entries(TRACKED_DEFAULT, 0);
+
+/// Sockets found open at start, by inode, until the socket layer learns their `struct sock`.
+#[map(name = "ADOPTED")]
+pub static ADOPTED: HashMap<u64, SocketKey> = HashMap::with_max_entries(ADOPTED_SIZE, 0);
+
+/// How many `ADOPTED` entries may be unresolved (set by user space).
+#[map(name = "ADOPTED_PENDING")]
+pub static ADOPTED_PENDING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Set by user space at load time: 1 when counting happens at the socket layer (`SK_BYTES`).
+#[unsafe(no_mangle)]
+pub static COUNT_BY_SOCKET: u32 = 0;
+
+/// Whether this load counts by socket (read volatile: user space sets it at load time).
+#[inline(always)]
+pub fn count_by_socket() -> bool {
+    // SAFETY: a volatile read of our own read-only global.
+    unsafe { core::ptr::read_volatile(&raw const COUNT_BY_SOCKET) != 0 }
+}
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_DEFAULT_BYTES, 0);

@@ -2,13 +2,13 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use sockwatch_common::{
-    CallKind, CloseHow, Counter, EventKind, InflightCall, SocketEvent, SocketKey, SocketState,
-    TrackedSocket, COMM_LEN,
+    CallKind, CloseHow, Counter, EventKind, InflightCall, SkBytes, SocketEvent, SocketKey,
+    SocketState, TrackedSocket, COMM_LEN,
 };
 
 use crate::{
     identity::socket_of,
-    maps::{bump, EVENTS, INFLIGHT, INFLIGHT_COUNT, PROCS, TRACKED},
+    maps::{bump, count_by_socket, EVENTS, INFLIGHT, INFLIGHT_COUNT, PROCS, SK_BYTES, TRACKED},
 };
 
 /// `(pid_tgid, pid)` of the calling thread.
@@ -98,6 +98,11 @@ pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
         bump(Counter::TrackedFull);
         return;
     }
+    // The socket layer counts only sockets with an entry: from now on, this one. BPF_ANY: a
+    // kernel socket freed and reused at the same address starts from zero.
+    if count_by_socket() && socket.sk != 0 {
+        let _ = SK_BYTES.insert(socket.sk, SkBytes::default(), 0);
+    }
     // Only processes listed here have their exit, exec and close_range reported.
     let _ = PROCS.insert(pid, 1, 0);
 }
@@ -148,11 +153,19 @@ pub fn opened(kind: EventKind, key: SocketKey, socket: TrackedSocket) -> SocketE
 pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow) {
     let key = key(pid, fd);
     // SAFETY: copied out at once; the entry is removed right after.
-    let Some(socket) = (unsafe { TRACKED.get(key) }).copied() else {
+    let Some(mut socket) = (unsafe { TRACKED.get(key) }).copied() else {
         return;
     };
     // Removed before the event is sent: user space never sees a closed socket still in the map.
     let _ = TRACKED.remove(key);
+    if count_by_socket() {
+        // SAFETY: copied out at once; removed right after, so the counts are final.
+        if let Some(bytes) = unsafe { SK_BYTES.get(socket.sk) }.copied() {
+            socket.bytes_sent = bytes.bytes_sent;
+            socket.bytes_recv = bytes.bytes_recv;
+            let _ = SK_BYTES.remove(socket.sk);
+        }
+    }
     emit(&SocketEvent {
         arg: how as u32,
         ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)

@@ -535,3 +535,76 @@ fn hex_bytes<T: Copy>(value: &T) -> Vec<String> {
         unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Whether this run counts at the socket layer (the `socket` backend), where every holder's
+/// bytes count; the syscall backends count only the calls on the tracked (pid, fd).
+fn counts_every_holder(sw: &Sockwatch) -> bool {
+    sw.start["probe"] == "socket"
+}
+
+/// Bytes written through a `dup()` copy of a tracked fd are the same socket's: counted on the
+/// socket backend, as the server's own count says; the syscall backends see only the original.
+#[test]
+fn writes_through_a_dup_copy_count_on_the_socket_backend() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let fd = net::connected(server.port);
+    // SAFETY: dup of our own open fd.
+    let copy = unsafe { libc::dup(fd) };
+    assert!(copy >= 0, "dup: {}", std::io::Error::last_os_error());
+    net::sendto_all(fd, 1_000);
+    net::sendto_all(copy, 3_000);
+    net::close(copy);
+    net::close(fd);
+    let received = server.next_total();
+    assert_eq!(received, 4_000, "the server's own count");
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    let expected = if counts_every_holder(&sw) {
+        received
+    } else {
+        1_000
+    };
+    assert_eq!(u(&close["bytes_sent"]), expected, "{close}");
+}
+
+/// A forked child writing on the socket it inherited moves the same socket's bytes: the socket
+/// backend counts them toward the parent's row (the server's count is the oracle).
+#[test]
+fn a_forked_childs_bytes_count_on_the_socket_backend() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let fd = net::connected(server.port);
+    let chunk = [7u8; 2_000];
+    // SAFETY: the child only writes to the socket and leaves with _exit, both async-signal-safe.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        // SAFETY: as above; a short write leaves the count short, which the parent sees.
+        unsafe {
+            let mut sent = 0usize;
+            while sent < chunk.len() {
+                let n = libc::write(fd, chunk[sent..].as_ptr().cast(), chunk.len() - sent);
+                if n <= 0 {
+                    libc::_exit(1);
+                }
+                sent += n as usize;
+            }
+            libc::_exit(0);
+        }
+    }
+    let status = process::wait_pid(child, process::COMMAND_TIMEOUT, "the forked writer");
+    assert_eq!(status, 0, "the child wrote everything");
+    net::sendto_all(fd, 500);
+    net::close(fd);
+    let received = server.next_total();
+    assert_eq!(received, 2_500, "the server's own count");
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    let expected = if counts_every_holder(&sw) {
+        received
+    } else {
+        500
+    };
+    assert_eq!(u(&close["bytes_sent"]), expected, "{close}");
+}

@@ -19,11 +19,13 @@ enum Kind {
     TracePoint,
     KProbe,
     KRetProbe,
+    RawTracePoint,
 }
 
 /// Every program the loader attaches, by name, as its two backends name them: tracepoints
 /// `enter_<name>`/`exit_<name>`, kprobes `kp_<name>`/`kret_<name>` (no entry program for
-/// exit-only syscalls), and `sched_process_exit`, which both backends use.
+/// exit-only syscalls), `sched_process_exit`, which every backend uses, and the socket
+/// backend's raw tracepoints.
 fn expected_programs() -> BTreeMap<String, Kind> {
     let mut programs = BTreeMap::new();
     for syscall in SYSCALLS {
@@ -36,6 +38,10 @@ fn expected_programs() -> BTreeMap<String, Kind> {
         programs.insert(format!("kret_{name}"), Kind::KRetProbe);
     }
     programs.insert("sched_process_exit".to_owned(), Kind::TracePoint);
+    // The socket backend's counting, on the socket layer's raw tracepoints.
+    for event in sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS {
+        programs.insert(event.to_owned(), Kind::RawTracePoint);
+    }
     programs
 }
 
@@ -50,6 +56,7 @@ fn object_programs() -> BTreeMap<String, Option<Kind>> {
                 ProgramSection::TracePoint => Some(Kind::TracePoint),
                 ProgramSection::KProbe => Some(Kind::KProbe),
                 ProgramSection::KRetProbe => Some(Kind::KRetProbe),
+                ProgramSection::RawTracePoint => Some(Kind::RawTracePoint),
                 _ => None,
             };
             (name.clone(), kind)

@@ -27,7 +27,13 @@ pub fn run() -> Result<()> {
     // stop the next, so one run reports both lint and test failures.
     if steps.run("setup", setup::run) {
         steps.run("lint", lint::run);
-        let host_ok = steps.run("cargo test", cargo_test);
+        // `--probe auto`: the socket backend where the kernel has it, as users get it.
+        let auto_ok = steps.run("cargo test", || cargo_test(None));
+        // The real-kernel tests again with the syscall tracepoint backend, which kernels
+        // without the socket layer (6.1) run; the kprobe backend is proven in the VM.
+        let tracepoint_ok = steps.run("cargo test (tracepoint backend)", || {
+            cargo_test(Some("tracepoint"))
+        });
         // The benchmark is not part of the tests; that its harness works is (a tiny run).
         steps.run("bench smoke", || {
             crate::bench::run(crate::bench::Options {
@@ -37,7 +43,7 @@ pub fn run() -> Result<()> {
         });
         if let Err(e) = table::update(
             &cmd::workspace_root().join("README.md"),
-            &table::host_rows(host_ok),
+            &table::host_rows(auto_ok, tracepoint_ok),
         ) {
             cmd::warn(format!("kernel-support table not updated: {e:#}"));
         }
@@ -60,15 +66,23 @@ pub fn run() -> Result<()> {
 }
 
 /// Unit, integration and doc tests of the default members (never `--workspace`: the eBPF crate
-/// does not build for the host). Output is passed through line by line while the `test result:`
-/// lines are tallied.
-fn cargo_test() -> Result<()> {
+/// does not build for the host); with `probe`, only the real-kernel test binaries, each
+/// sockwatch they start using that backend. Output is passed through line by line while the
+/// `test result:` lines are tallied.
+fn cargo_test(probe: Option<&str>) -> Result<()> {
     let mut test = cmd::cargo();
     // The real-kernel tests never skip: without root or a kernel that loads the programs they
     // fail, so a green run always means the eBPF side was exercised.
     test.arg("test")
         .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::piped());
+    if let Some(probe) = probe {
+        test.args(["-p", "sockwatch-tui"]);
+        for binary in REAL_KERNEL_TESTS {
+            test.args(["--test", binary]);
+        }
+        test.env("SOCKWATCH_TEST_PROBE", probe);
+    }
     cmd::say(cmd::display(&test));
     let mut child = test.spawn().context("cannot run cargo test")?;
     let stdout = child.stdout.take().context("cargo test's stdout")?;
@@ -86,6 +100,10 @@ fn cargo_test() -> Result<()> {
     }
     Ok(())
 }
+
+/// The test binaries that load the programs and count real sockets (the ones whose result
+/// depends on the backend).
+const REAL_KERNEL_TESTS: [&str; 3] = ["kernel_accounting", "kernel_lifecycle", "cli_errors"];
 
 /// `test result: ok. 7 passed; 1 failed; ...` → (7, 1).
 pub fn parse_result_line(line: &str) -> Option<(u64, u64)> {

@@ -156,6 +156,8 @@ impl<'a> Btf<'a> {
             file_inode: self.offset("file", "f_inode")?,
             inode_ino: self.offset("inode", "i_ino")?,
             socket_sk: self.offset("socket", "sk")?,
+            sock_socket: self.offset("sock", "sk_socket")?,
+            socket_file: self.offset("socket", "file")?,
             valid: 1,
             _pad: 0,
         })

@@ -4,18 +4,20 @@
 use std::fmt;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{KProbe, TracePoint},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sockwatch_common::{globals, maps, Counter, KernelOffsets, SocketKey, TrackedSocket, SYSCALLS};
+use sockwatch_common::{
+    globals, maps, Counter, KernelOffsets, SkBytes, SocketKey, TrackedSocket, SYSCALLS,
+};
 
 use super::{
     btf,
     decode::tracked_socket,
     support::{
-        self, kernel_error, kprobes_available, syscall_tracepoints_available, ProbeError,
-        SyscallSymbols,
+        self, kernel_error, kprobes_available, socket_tracepoints_available,
+        syscall_tracepoints_available, ProbeError, SyscallSymbols,
     },
 };
 use crate::socket::Socket;
@@ -27,8 +29,11 @@ static EBPF_OBJECT: &[u8] =
 /// Which kernel mechanism carries the entry/exit probes (`--probe`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProbeChoice {
-    /// Syscall tracepoints when the kernel has them, kprobes otherwise.
+    /// The socket layer where the kernel has it (≥ 6.3), else syscall tracepoints, else kprobes.
     Auto,
+    /// Bytes counted at the socket layer (`sock:sock_send_length`/`sock_recv_length`) by the
+    /// kernel's socket, whoever moves them; lifecycle from syscall tracepoints.
+    Socket,
     /// `syscalls:sys_enter_*` / `sys_exit_*` tracepoints.
     Tracepoint,
     /// kprobe + kretprobe on the syscall entry symbols (`__x64_sys_*`).
@@ -37,6 +42,7 @@ pub enum ProbeChoice {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    Socket,
     Tracepoint,
     Kprobe,
 }
@@ -44,6 +50,7 @@ pub enum Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Socket => "socket",
             Self::Tracepoint => "tracepoint",
             Self::Kprobe => "kprobe",
         })
@@ -131,6 +138,15 @@ pub struct KernelTables {
     procs: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     max_sockets: u32,
+    /// The socket backend's counters, by kernel socket; `None` for the syscall backends.
+    by_socket: Option<SocketCounters>,
+}
+
+/// The socket backend's maps.
+struct SocketCounters {
+    bytes: HashMap<MapData, u64, SkBytes>,
+    adopted: HashMap<MapData, u64, SocketKey>,
+    adopted_pending: Array<MapData, u32>,
 }
 
 impl KernelTables {
@@ -139,20 +155,36 @@ impl KernelTables {
     /// Bounded by the map's size: iterating a hash map while the kernel deletes from it can
     /// restart from the first key, and this must never loop forever.
     pub fn snapshot(&self) -> Vec<Socket> {
-        self.tracked
+        let entries = self
+            .tracked
+            .iter()
+            .take(self.max_sockets as usize)
+            .filter_map(Result::ok);
+        let Some(by_socket) = &self.by_socket else {
+            return entries
+                .map(|(key, value)| tracked_socket(key, &value))
+                .collect();
+        };
+        // One pass over each map rather than a lookup per socket.
+        let bytes: std::collections::HashMap<u64, SkBytes> = by_socket
+            .bytes
             .iter()
             .take(self.max_sockets as usize)
             .filter_map(Result::ok)
-            .map(|(key, value)| tracked_socket(key, &value))
+            .collect();
+        entries
+            .map(|(key, value)| with_bytes(key, value, bytes.get(&value.sk)))
             .collect()
     }
 
     /// One tracked socket, if the kernel still has it.
     pub fn get(&self, key: SocketKey) -> Option<Socket> {
-        self.tracked
-            .get(&key, 0)
-            .ok()
-            .map(|value| tracked_socket(key, &value))
+        let value = self.tracked.get(&key, 0).ok()?;
+        let bytes = self
+            .by_socket
+            .as_ref()
+            .and_then(|by_socket| by_socket.bytes.get(&value.sk, 0).ok());
+        Some(with_bytes(key, value, bytes.as_ref()))
     }
 
     /// Stops tracking a socket user space found gone; returns its final counts.
@@ -160,8 +192,17 @@ impl KernelTables {
     /// Only for sockets whose fd no longer exists (exit, exec, close_range, reconciliation):
     /// nothing can add to their counters any more, so reading then deleting loses nothing.
     pub fn take(&mut self, key: SocketKey) -> Option<Socket> {
+        let value = self.tracked.get(&key, 0).ok()?;
         let entry = self.get(key)?;
         self.tracked.remove(&key).ok()?;
+        if let Some(by_socket) = &mut self.by_socket {
+            if value.sk != 0 {
+                let _ = by_socket.bytes.remove(&value.sk);
+            }
+            if value.ino != 0 {
+                let _ = by_socket.adopted.remove(&value.ino);
+            }
+        }
         Some(entry)
     }
 
@@ -174,7 +215,43 @@ impl KernelTables {
         }
         // So the kernel reports this process's exit, exec and close_range.
         let _ = self.procs.insert(key.pid, 1, 0);
+        // The socket layer learns its kernel socket at its first byte, by its inode.
+        if let Some(by_socket) = &mut self.by_socket {
+            if socket.ino != 0 && by_socket.adopted.insert(socket.ino, key, 0).is_ok() {
+                let pending = by_socket.adopted_pending.get(&0, 0).unwrap_or(0);
+                let _ = by_socket
+                    .adopted_pending
+                    .set(0, pending.saturating_add(1), 0);
+            }
+        }
         true
+    }
+
+    /// Forgets sockets found at start that closed before their first byte, and says how many
+    /// are still to be learned (0 spares the socket layer a lookup per untracked socket).
+    pub fn prune_adopted(&mut self) {
+        let Some(by_socket) = &mut self.by_socket else {
+            return;
+        };
+        let entries: Vec<(u64, SocketKey)> = by_socket
+            .adopted
+            .iter()
+            .take(self.max_sockets as usize)
+            .filter_map(Result::ok)
+            .collect();
+        let mut pending = 0u32;
+        for (inode, key) in entries {
+            if self
+                .tracked
+                .get(&key, 0)
+                .is_ok_and(|value| value.ino == inode)
+            {
+                pending = pending.saturating_add(1);
+            } else {
+                let _ = by_socket.adopted.remove(&inode);
+            }
+        }
+        let _ = by_socket.adopted_pending.set(0, pending, 0);
     }
 
     /// The kernel's own counters, summed over CPUs.
@@ -193,16 +270,43 @@ impl KernelTables {
     }
 }
 
+/// A map entry as a socket, with the socket backend's counters when it has them (and then
+/// established once any byte moved: a non-blocking connect has completed).
+fn with_bytes(key: SocketKey, value: TrackedSocket, bytes: Option<&SkBytes>) -> Socket {
+    let mut socket = tracked_socket(key, &value);
+    if let Some(bytes) = bytes {
+        socket.bytes_sent = bytes.bytes_sent;
+        socket.bytes_recv = bytes.bytes_recv;
+        if bytes.bytes_sent > 0 || bytes.bytes_recv > 0 {
+            socket.state = crate::socket::State::Established;
+        }
+    }
+    socket
+}
+
 /// Picks the backend for `choice` on this kernel, with a clear error when it cannot run here.
 pub fn choose_backend(choice: ProbeChoice) -> Result<Backend, ProbeError> {
     match choice {
+        ProbeChoice::Socket if socket_tracepoints_available() => Ok(Backend::Socket),
+        ProbeChoice::Socket => Err(ProbeError::NoSocketTracepoints),
         ProbeChoice::Tracepoint => Ok(Backend::Tracepoint),
         ProbeChoice::Kprobe if kprobes_available() => Ok(Backend::Kprobe),
         ProbeChoice::Kprobe => Err(ProbeError::NoKprobes),
-        // Tracepoints first: a stable kernel interface that needs no symbol lookup.
-        ProbeChoice::Auto if syscall_tracepoints_available() => Ok(Backend::Tracepoint),
-        ProbeChoice::Auto if kprobes_available() => Ok(Backend::Kprobe),
-        ProbeChoice::Auto => Err(ProbeError::NoBackend),
+        // The socket layer first: exact whoever moves the bytes, and the cheapest.
+        ProbeChoice::Auto if socket_tracepoints_available() => Ok(Backend::Socket),
+        ProbeChoice::Auto => choose_syscall_backend(),
+    }
+}
+
+/// The article's entry/exit backends, tracepoints first: a stable kernel interface that needs
+/// no symbol lookup.
+fn choose_syscall_backend() -> Result<Backend, ProbeError> {
+    if syscall_tracepoints_available() {
+        Ok(Backend::Tracepoint)
+    } else if kprobes_available() {
+        Ok(Backend::Kprobe)
+    } else {
+        Err(ProbeError::NoBackend)
     }
 }
 
@@ -215,23 +319,29 @@ pub fn attach(
     // Tracepoint ids live in tracefs: the syscall tracepoints, and sched_process_exit, which
     // both backends use.
     support::ensure_tracefs()?;
-    let backend = choose_backend(choice)?;
-    if backend == Backend::Tracepoint && !syscall_tracepoints_available() {
-        return Err(ProbeError::NoSyscallTracepoints);
-    }
-    let symbols = match backend {
-        Backend::Kprobe => Some(SyscallSymbols::resolve(&SYSCALLS)?),
-        Backend::Tracepoint => None,
-    };
-    support::raise_memlock_limit();
-
-    let wrapper: u32 = symbols.as_ref().map_or(1, |s| u32::from(s.takes_pt_regs));
-    // Without the kernel's BTF the programs cannot tell which socket an fd names: they run all
-    // the same, with socket identities unknown (0), and the caller is told why.
+    // Without the kernel's BTF the programs cannot tell which socket an fd names: the syscall
+    // backends run all the same (identities unknown), but the socket backend could count
+    // nothing, so `auto` falls back and `--probe socket` says why.
     let (offsets, identity) = match btf::kernel_offsets() {
         Ok(offsets) => (offsets, Ok(())),
         Err(error) => (KernelOffsets::default(), Err(error)),
     };
+    let backend = match (choose_backend(choice)?, &identity) {
+        (Backend::Socket, Err(_)) if choice == ProbeChoice::Auto => choose_syscall_backend()?,
+        (Backend::Socket, Err(error)) => return Err(ProbeError::NoBtf(error.to_string())),
+        (backend, _) => backend,
+    };
+    if backend != Backend::Kprobe && !syscall_tracepoints_available() {
+        return Err(ProbeError::NoSyscallTracepoints);
+    }
+    let symbols = match backend {
+        Backend::Kprobe => Some(SyscallSymbols::resolve(&SYSCALLS)?),
+        Backend::Tracepoint | Backend::Socket => None,
+    };
+    let count_by_socket = u32::from(backend == Backend::Socket);
+    support::raise_memlock_limit();
+
+    let wrapper: u32 = symbols.as_ref().map_or(1, |s| u32::from(s.takes_pt_regs));
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(maps::TRACKED, options.max_sockets)
         .map_max_entries(maps::PROCS, options.max_sockets)
@@ -239,12 +349,25 @@ pub fn attach(
         .override_global(globals::SYSCALL_WRAPPER, &wrapper, true)
         .override_global(globals::DIRECTIONS, &options.directions, true)
         .override_global(globals::OFFSETS, &offsets, true)
+        .override_global(globals::COUNT_BY_SOCKET, &count_by_socket, true)
+        .map_max_entries(maps::SK_BYTES, options.max_sockets)
         .load(EBPF_OBJECT)
         .map_err(|e| permission_or(e, "loading the eBPF object"))?;
 
     match &symbols {
-        None => attach_tracepoints(&mut ebpf)?,
+        None => attach_tracepoints(&mut ebpf, backend)?,
         Some(symbols) => attach_kprobes(&mut ebpf, symbols)?,
+    }
+    if backend == Backend::Socket {
+        for event in SOCKET_TRACEPOINTS {
+            let program: &mut RawTracePoint = program(&mut ebpf, event)?;
+            program
+                .load()
+                .map_err(|e| permission_or(e, format!("loading {event}")))?;
+            program
+                .attach(event)
+                .map_err(|e| permission_or(e, format!("attaching to sock:{event}")))?;
+        }
     }
     attach_tracepoint(&mut ebpf, SCHED_PROCESS_EXIT, "sched", SCHED_PROCESS_EXIT)?;
 
@@ -259,6 +382,14 @@ pub fn attach(
         procs: take_map(&mut ebpf, maps::PROCS)?,
         counters: take_map(&mut ebpf, maps::COUNTERS)?,
         max_sockets: options.max_sockets,
+        by_socket: match backend {
+            Backend::Socket => Some(SocketCounters {
+                bytes: take_map(&mut ebpf, maps::SK_BYTES)?,
+                adopted: take_map(&mut ebpf, maps::ADOPTED)?,
+                adopted_pending: take_map(&mut ebpf, maps::ADOPTED_PENDING)?,
+            }),
+            Backend::Tracepoint | Backend::Kprobe => None,
+        },
     };
     let probes = Probes {
         _ebpf: ebpf,
@@ -271,14 +402,21 @@ pub fn attach(
 /// `sched:sched_process_exit`: the program's name and the event's (both backends use it).
 const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
 
-/// The tracepoint backend's `(program, syscalls:event)` pairs, in attach order. Exits come
-/// before entries: an entry's stash must never wait for an exit program that is not there
-/// yet.
-fn syscall_tracepoints() -> Vec<(String, String)> {
+/// The socket layer's raw tracepoints (Linux ≥ 6.3), each with a program of its name.
+pub const SOCKET_TRACEPOINTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];
+
+/// The `(program, syscalls:event)` pairs of a tracepoint-based backend, in attach order. Exits
+/// come before entries: an entry's stash must never wait for an exit program that is not there
+/// yet. The socket backend leaves out the syscalls that move bytes: it counts them at the
+/// socket layer.
+fn syscall_tracepoints(backend: Backend) -> Vec<(String, String)> {
     let mut pairs = Vec::new();
     for phase in ["exit", "enter"] {
         for syscall in SYSCALLS {
             if phase == "enter" && !syscall.enter {
+                continue;
+            }
+            if backend == Backend::Socket && syscall.moves_bytes {
                 continue;
             }
             let event = format!("sys_{phase}_{}", syscall.name);
@@ -292,8 +430,8 @@ fn syscall_tracepoints() -> Vec<(String, String)> {
     pairs
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    for (program, event) in syscall_tracepoints() {
+fn attach_tracepoints(ebpf: &mut Ebpf, backend: Backend) -> Result<(), ProbeError> {
+    for (program, event) in syscall_tracepoints(backend) {
         attach_tracepoint(ebpf, &program, "syscalls", &event)?;
     }
     Ok(())

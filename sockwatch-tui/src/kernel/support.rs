@@ -20,11 +20,20 @@ pub enum ProbeError {
     )]
     NoSyscallTracepoints,
     #[error(
+        "this kernel has no socket-layer tracepoints (sock:sock_send_length, Linux 6.3 or later) \
+         or no syscall tracepoints: use --probe tracepoint or --probe kprobe"
+    )]
+    NoSocketTracepoints,
+    #[error("the socket backend needs the kernel's BTF ({0}): use --probe tracepoint")]
+    NoBtf(String),
+    #[error(
         "this kernel has no kprobes (CONFIG_KPROBES is not set: no kprobe PMU in \
          /sys/bus/event_source/devices): use --probe tracepoint"
     )]
     NoKprobes,
-    #[error("neither syscall tracepoints nor kprobes are available on this kernel")]
+    #[error(
+        "neither the socket layer, syscall tracepoints nor kprobes are available on this kernel"
+    )]
     NoBackend,
     #[error("kernel symbol for the {0} syscall not found in /proc/kallsyms")]
     MissingSymbol(&'static str),
@@ -58,6 +67,17 @@ pub fn syscall_tracepoints_available() -> bool {
             .join("events/syscalls/sys_enter_connect/id")
             .exists()
     })
+}
+
+/// The kernel has the socket layer's length tracepoints (`sock:sock_send_length`, Linux ≥ 6.3)
+/// that the socket backend counts on, besides the syscall tracepoints for the lifecycle.
+pub fn socket_tracepoints_available() -> bool {
+    syscall_tracepoints_available()
+        && [TRACEFS, DEBUGFS_TRACING].iter().any(|root| {
+            ["sock_send_length", "sock_recv_length"]
+                .iter()
+                .all(|event| Path::new(root).join("events/sock").join(event).exists())
+        })
 }
 
 /// Whether `syscalls:<event>` exists on this kernel.
@@ -196,16 +216,19 @@ mod tests {
         name: "connect",
         enter: true,
         optional: false,
+        moves_bytes: false,
     };
     const CLOSE: Syscall = Syscall {
         name: "close",
         enter: true,
         optional: false,
+        moves_bytes: false,
     };
     const CLOSE_RANGE: Syscall = Syscall {
         name: "close_range",
         enter: true,
         optional: true,
+        moves_bytes: false,
     };
 
     #[test]

@@ -242,6 +242,7 @@ impl Tracker {
             }
         }
         self.suspects = suspects;
+        tables.prune_adopted();
         // Forget what is neither in the map nor open any more.
         let known: HashSet<SocketId> = map
             .iter()

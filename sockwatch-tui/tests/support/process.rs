@@ -153,3 +153,34 @@ impl Lines {
         }
     }
 }
+
+/// Waits at most `timeout` for the forked child `pid` to exit and reaps it: its exit code.
+/// Panics (after killing it) when it does not exit in time.
+#[allow(dead_code, reason = "not every test binary forks")]
+pub fn wait_pid(pid: libc::pid_t, timeout: Duration, what: &str) -> i32 {
+    // SAFETY: pidfd_open(2) on our own unreaped child (so its pid is still its own), then poll
+    // on the fd we own, and waitpid on our child.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        let pidfd = OwnedFd::from_raw_fd(fd as i32);
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        if libc::poll(&mut pfd, 1, ms) <= 0 {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+            panic!("{what} (pid {pid}) did not exit within {timeout:?}");
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid, "waitpid {what}");
+        assert!(
+            libc::WIFEXITED(status),
+            "{what} did not exit normally: {status:#x}"
+        );
+        libc::WEXITSTATUS(status)
+    }
+}

@@ -40,27 +40,36 @@ impl Row {
 }
 
 /// The host kernel's rows after `cargo test` ran the real-kernel tests on it (`passed`).
-pub fn host_rows(passed: bool) -> Vec<Row> {
+pub fn host_rows(auto_passed: bool, tracepoint_passed: bool) -> Vec<Row> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
     let kernel = format!("{release} (host)");
-    let tracepoints = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .any(|root| {
-            Path::new(root)
-                .join("events/syscalls/sys_enter_connect")
-                .exists()
-        });
-    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
-    // `cargo test` runs with `--probe auto`, which prefers tracepoints.
-    let used = if tracepoints || !kprobes {
-        "tracepoint"
-    } else {
-        "kprobe"
+    let events = |path: &str| {
+        ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .iter()
+            .any(|root| Path::new(root).join("events").join(path).exists())
     };
-    let result = if passed { "pass" } else { "**FAIL**" };
-    let mut rows = vec![Row::new(&kernel, used, result)];
+    let tracepoints = events("syscalls/sys_enter_connect");
+    let socket_layer = tracepoints && events("sock/sock_send_length");
+    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    let verdict = |passed: bool| if passed { "pass" } else { "**FAIL**" };
+    let mut rows = Vec::new();
+    // `cargo test` runs with `--probe auto`: the socket layer, else tracepoints, else kprobes.
+    if socket_layer {
+        rows.push(Row::new(&kernel, "socket", verdict(auto_passed)));
+    }
+    if tracepoints {
+        // Its own run when auto picked the socket backend; the same run otherwise.
+        let passed = if socket_layer {
+            tracepoint_passed
+        } else {
+            auto_passed
+        };
+        rows.push(Row::new(&kernel, "tracepoint", verdict(passed)));
+    } else if kprobes {
+        rows.push(Row::new(&kernel, "kprobe", verdict(auto_passed)));
+    }
     if !kprobes {
         rows.push(Row::new(
             &kernel,
