@@ -28,6 +28,9 @@ pub mod flags {
     pub const PREEXISTING: u32 = 2;
     /// An `accept()` whose caller passed no address buffer: the peer is filled in by user space.
     pub const PEER_UNKNOWN: u32 = 4;
+    /// Bytes may move where a syscall backend cannot count them: the socket went through
+    /// io_uring or `splice`, or its fd was copied with `dup`/`fcntl(F_DUPFD)`.
+    pub const PARTIAL: u32 = 8;
 }
 
 /// Bits of the `DIRECTIONS` global: which sockets to track.
@@ -148,6 +151,9 @@ macro_rules! for_each_syscall {
             close_range optional  close_range  CloseRange;
             dup2        both      dup_onto     DupOnto;
             dup3        both      dup_onto     DupOnto;
+            dup         both      dup_copy     Partial;
+            fcntl       both      fcntl_dup    Partial;
+            splice      both      splice       Partial;
             execve      exit_only _            Exec;
             execveat    exit_only _            Exec;
         }
@@ -167,8 +173,9 @@ macro_rules! syscall_list {
 
 for_each_syscall!(syscall_list);
 
-/// The exits that count bytes.
-const BYTE_KINDS: [&str; 4] = ["Send", "Recv", "SendMmsg", "RecvMmsg"];
+/// The exits that count bytes, or whose calls let bytes move past the syscalls (`Partial`): the
+/// socket layer sees every byte, so the socket backend hooks none of them.
+const BYTE_KINDS: [&str; 5] = ["Send", "Recv", "SendMmsg", "RecvMmsg", "Partial"];
 
 /// `a == b`, in a const context.
 const fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
@@ -339,6 +346,8 @@ pub enum CallKind {
     DupOnto = 8,
     Accept = 9,
     Socket = 10,
+    /// Nothing to do at the exit: the entry marked the socket partial.
+    Partial = 11,
 }
 
 #[repr(u32)]
@@ -463,7 +472,8 @@ const _: () = {
     assert!(core::mem::size_of::<SocketEvent>() == 112);
     assert!(core::mem::size_of::<KernelOffsets>() == 48);
     assert!(core::mem::size_of::<SkBytes>() == 16);
-    // The socket backend hooks every syscall but the eleven that move bytes.
+    // The socket backend hooks every syscall but the eleven that move bytes and the three that
+    // only mark a socket partial for the syscall backends.
     let mut moving = 0;
     let mut i = 0;
     while i < SYSCALLS.len() {
@@ -472,7 +482,7 @@ const _: () = {
         }
         i += 1;
     }
-    assert!(moving == 11);
+    assert!(moving == 14);
     // The socket starts right after the event's own 32 bytes, 8-byte aligned: no padding.
     assert!(core::mem::offset_of!(SocketEvent, socket) == 32);
 };

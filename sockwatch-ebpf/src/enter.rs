@@ -9,7 +9,7 @@ use sockwatch_common::{
 use crate::{
     args::SyscallArgs,
     maps::tracking,
-    state::{call, current, has_tracked_sockets, is_tracked, stash},
+    state::{call, current, has_tracked_sockets, is_tracked, mark_partial, stash},
 };
 
 const SOCK_STREAM: u64 = 1;
@@ -177,4 +177,35 @@ pub fn dup_onto(args: &impl SyscallArgs) {
         return;
     }
     stash(pid_tgid, call(CallKind::DupOnto, new as u32, 0, 0));
+}
+
+/// `F_DUPFD` / `F_DUPFD_CLOEXEC`: `fcntl` commands that copy an fd.
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+/// `dup(fd)`: bytes written through the copy bypass this backend's accounting of `fd`.
+pub fn dup_copy(args: &impl SyscallArgs) {
+    if let Some(fd) = args.arg(0) {
+        mark_partial(current().1, fd as u32);
+    }
+}
+
+/// `fcntl(fd, F_DUPFD[_CLOEXEC], ...)`: the same as `dup`.
+pub fn fcntl_dup(args: &impl SyscallArgs) {
+    let (Some(fd), Some(cmd)) = (args.arg(0), args.arg(1)) else {
+        return;
+    };
+    if cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC {
+        mark_partial(current().1, fd as u32);
+    }
+}
+
+/// `splice(fd_in, off_in, fd_out, ...)`: the bytes move inside the kernel, past read and write.
+pub fn splice(args: &impl SyscallArgs) {
+    let (Some(fd_in), Some(fd_out)) = (args.arg(0), args.arg(2)) else {
+        return;
+    };
+    let pid = current().1;
+    mark_partial(pid, fd_in as u32);
+    mark_partial(pid, fd_out as u32);
 }

@@ -2,8 +2,8 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use sockwatch_common::{
-    CallKind, CloseHow, Counter, EventKind, InflightCall, SkBytes, SocketEvent, SocketKey,
-    SocketState, TrackedSocket, COMM_LEN,
+    flags::PARTIAL, CallKind, CloseHow, Counter, EventKind, InflightCall, SkBytes, SocketEvent,
+    SocketKey, SocketState, TrackedSocket, COMM_LEN,
 };
 
 use crate::{
@@ -42,6 +42,20 @@ pub fn is_tracked(pid: u32, fd: u32) -> bool {
 #[inline(always)]
 pub fn has_tracked_sockets(pid: u32) -> bool {
     PROCS.get_ptr(pid).is_some()
+}
+
+/// Marks a tracked socket's counts partial: bytes may now move where this backend cannot see
+/// them (io_uring, splice, a copied fd). Costs one lookup on untracked fds.
+#[inline(always)]
+pub fn mark_partial(pid: u32, fd: u32) {
+    if let Some(sock) = TRACKED.get_ptr_mut(key(pid, fd)) {
+        // SAFETY: a valid map value pointer; an aligned u32 read and stored whole. Flags are
+        // only ever set, so a lost race with another setter loses nothing that matters.
+        unsafe {
+            let flags = core::ptr::read_volatile(&raw const (*sock).flags);
+            core::ptr::write_volatile(&raw mut (*sock).flags, flags | PARTIAL);
+        }
+    }
 }
 
 /// Remembers this thread's call until its exit.

@@ -70,3 +70,18 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     process::process_exit();
     0
 }
+
+/// `io_uring:io_uring_file_get`: io_uring resolves a request's fd (in the submitting process or
+/// its io-wq workers). Bytes it moves bypass the syscalls: the syscall backends mark the socket
+/// partial. The record's `fd` is at offset 32 on every kernel since 5.19
+/// (`/sys/kernel/tracing/events/io_uring/io_uring_file_get/format`).
+#[tracepoint]
+pub fn io_uring_file_get(ctx: TracePointContext) -> u32 {
+    const FD: usize = 32;
+    // SAFETY: as in `field`; the verifier checks the offset against the record's size.
+    let fd = unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(FD).cast::<i32>()) };
+    if fd >= 0 {
+        crate::state::mark_partial(crate::state::current().1, fd as u32);
+    }
+    0
+}

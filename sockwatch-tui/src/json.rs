@@ -25,6 +25,9 @@ pub struct SocketFields<'a> {
     pub lport: u16,
     /// The socket's inode (`socket:[N]` in /proc); null when not known.
     pub inode: Option<u64>,
+    /// False when bytes may have moved where the backend could not count them: the counts
+    /// are a lower bound.
+    pub complete: bool,
 }
 
 impl<'a> SocketFields<'a> {
@@ -39,6 +42,7 @@ impl<'a> SocketFields<'a> {
             dport: socket.dport,
             lport: socket.lport,
             inode: socket.inode,
+            complete: socket.complete,
         }
     }
 }
@@ -231,7 +235,8 @@ mod tests {
             value,
             serde_json::json!({"event": "connect", "time": 1.0, "pid": 7, "tid": 8, "comm": "curl",
                 "fd": 4, "proto": "tcp", "direction": "out", "daddr": "127.0.0.1", "dport": 8080,
-                "lport": 40000, "inode": null, "result": "ECONNREFUSED", "bytes_sent": 0,
+                "lport": 40000, "inode": null, "complete": true, "result": "ECONNREFUSED",
+                "bytes_sent": 0,
                 "bytes_recv": 0})
         );
     }

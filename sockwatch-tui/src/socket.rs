@@ -237,6 +237,9 @@ pub struct Socket {
     pub state: State,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
+    /// False when bytes may have moved where the backend could not count them (the syscall
+    /// backends and io_uring, splice, a copied fd): the counts are then a lower bound.
+    pub complete: bool,
     pub rates: Rates,
     pub closed: Option<Closed>,
 }
@@ -264,6 +267,7 @@ impl Socket {
             state: State::Established,
             bytes_sent: 0,
             bytes_recv: 0,
+            complete: true,
             rates: Rates::starting(opened_ns),
             closed: None,
         }

@@ -560,12 +560,40 @@ fn writes_through_a_dup_copy_count_on_the_socket_backend() {
     let received = server.next_total();
     assert_eq!(received, 4_000, "the server's own count");
     let close = sw.wait_for("close", record_of("close", pid, fd));
-    let expected = if counts_every_holder(&sw) {
-        received
-    } else {
-        1_000
-    };
+    let every_holder = counts_every_holder(&sw);
+    let expected = if every_holder { received } else { 1_000 };
     assert_eq!(u(&close["bytes_sent"]), expected, "{close}");
+    // What a backend cannot count, it says: the counts are then a lower bound.
+    assert_eq!(close["complete"], every_holder, "{close}");
+}
+
+/// Bytes sent through io_uring bypass the syscalls: the socket backend counts them (the
+/// server's count is the oracle); the syscall backends mark the socket partial.
+#[test]
+fn io_uring_sends_count_on_the_socket_backend_and_are_flagged_elsewhere() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let fd = net::connected(server.port);
+    net::sendto_all(fd, 100);
+    let mut ring = io_uring::IoUring::new(8).expect("an io_uring (Linux 5.1 or later)");
+    let data = vec![5u8; 3_000];
+    let send =
+        io_uring::opcode::Send::new(io_uring::types::Fd(fd), data.as_ptr(), data.len() as u32)
+            .build();
+    // SAFETY: `data` outlives the request, which completes before this function returns.
+    unsafe { ring.submission().push(&send) }.expect("room in the submission queue");
+    ring.submit_and_wait(1).expect("io_uring_enter");
+    let sent = ring.completion().next().expect("a completion").result();
+    assert_eq!(sent, 3_000, "io_uring send result");
+    net::close(fd);
+    let received = server.next_total();
+    assert_eq!(received, 3_100, "the server's own count");
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    let every_holder = counts_every_holder(&sw);
+    let expected = if every_holder { received } else { 100 };
+    assert_eq!(u(&close["bytes_sent"]), expected, "{close}");
+    assert_eq!(close["complete"], every_holder, "{close}");
 }
 
 /// A forked child writing on the socket it inherited moves the same socket's bytes: the socket

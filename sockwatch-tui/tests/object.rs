@@ -38,6 +38,11 @@ fn expected_programs() -> BTreeMap<String, Kind> {
         programs.insert(format!("kret_{name}"), Kind::KRetProbe);
     }
     programs.insert("sched_process_exit".to_owned(), Kind::TracePoint);
+    // The syscall backends' mark of sockets used through io_uring.
+    programs.insert(
+        sockwatch_tui::kernel::loader::IO_URING_FILE_GET.to_owned(),
+        Kind::TracePoint,
+    );
     // The socket backend's counting, on the socket layer's raw tracepoints.
     for event in sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS {
         programs.insert(event.to_owned(), Kind::RawTracePoint);

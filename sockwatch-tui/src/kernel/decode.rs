@@ -194,6 +194,7 @@ pub fn tracked_socket(key: SocketKey, value: &TrackedSocket) -> Socket {
     };
     socket.bytes_sent = value.bytes_sent;
     socket.bytes_recv = value.bytes_recv;
+    socket.complete = value.flags & flags::PARTIAL == 0;
     socket
 }
 

@@ -358,6 +358,10 @@ pub fn attach(
         None => attach_tracepoints(&mut ebpf, backend)?,
         Some(symbols) => attach_kprobes(&mut ebpf, symbols)?,
     }
+    // The syscall backends cannot count what io_uring moves; they mark such sockets partial.
+    if backend != Backend::Socket && support::tracepoint_exists("io_uring", IO_URING_FILE_GET) {
+        attach_tracepoint(&mut ebpf, IO_URING_FILE_GET, "io_uring", IO_URING_FILE_GET)?;
+    }
     if backend == Backend::Socket {
         for event in SOCKET_TRACEPOINTS {
             let program: &mut RawTracePoint = program(&mut ebpf, event)?;
@@ -401,6 +405,10 @@ pub fn attach(
 
 /// `sched:sched_process_exit`: the program's name and the event's (both backends use it).
 const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+
+/// `io_uring:io_uring_file_get`, the program's name and the event's: the syscall backends mark
+/// sockets used through io_uring partial.
+pub const IO_URING_FILE_GET: &str = "io_uring_file_get";
 
 /// The socket layer's raw tracepoints (Linux ≥ 6.3), each with a program of its name.
 pub const SOCKET_TRACEPOINTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];

@@ -80,6 +80,17 @@ pub fn socket_tracepoints_available() -> bool {
         })
 }
 
+/// Whether `<category>:<event>` exists on this kernel.
+pub fn tracepoint_exists(category: &str, event: &str) -> bool {
+    [TRACEFS, DEBUGFS_TRACING].iter().any(|root| {
+        Path::new(root)
+            .join("events")
+            .join(category)
+            .join(event)
+            .exists()
+    })
+}
+
 /// Whether `syscalls:<event>` exists on this kernel.
 pub fn syscall_tracepoint_exists(event: &str) -> bool {
     [TRACEFS, DEBUGFS_TRACING]

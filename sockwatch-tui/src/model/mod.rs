@@ -161,6 +161,7 @@ impl Model {
                 let record = match self.open.remove(&socket.key()) {
                     Some(mut open) if open.id == socket.id => {
                         open.close(closed, socket.bytes_sent, socket.bytes_recv);
+                        open.complete &= socket.complete;
                         if open.lport == 0 {
                             open.lport = socket.lport;
                         }
@@ -188,6 +189,7 @@ impl Model {
         for entry in map {
             match self.open.get_mut(&entry.key()) {
                 Some(kept) if kept.id == entry.id => {
+                    kept.complete &= entry.complete;
                     if self.counts_only {
                         kept.bytes_sent = entry.bytes_sent;
                         kept.bytes_recv = entry.bytes_recv;

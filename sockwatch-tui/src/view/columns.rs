@@ -128,8 +128,8 @@ pub static SOCKET_COLUMNS: &[Column<Socket>] = &[
     SocketColumn::new("LPORT", 6, 11, |s, _| port_text(s.lport), |s, _| num(s.lport)),
     SocketColumn::new("DESTINATION", 21, 0, |s, c| c.destination(s), destination_key).fill().keep_end(),
     SocketColumn::new("STATE", 8, 4, |s, _| state_label(s).into(), state_key),
-    SocketColumn::new("SENT", 10, 7, |s, _| format::bytes(s.bytes_sent), |s, _| num(s.bytes_sent)).amount(),
-    SocketColumn::new("RECV", 10, 8, |s, _| format::bytes(s.bytes_recv), |s, _| num(s.bytes_recv)).amount(),
+    SocketColumn::new("SENT", 10, 7, |s, _| counted(s, s.bytes_sent), |s, _| num(s.bytes_sent)).amount(),
+    SocketColumn::new("RECV", 10, 8, |s, _| counted(s, s.bytes_recv), |s, _| num(s.bytes_recv)).amount(),
     SocketColumn::new("SEND/s", 10, 0, |s, _| format::rate(s.rates.now.send), |s, _| num(s.rates.now.send)).amount(),
     SocketColumn::new("RECV/s", 10, 2, |s, _| format::rate(s.rates.now.recv), |s, _| num(s.rates.now.recv)).amount(),
     SocketColumn::new("AGE", 6, 3, |s, c| format::age(c.age_ns(s)), |s, c| num(c.age_ns(s))),
@@ -148,6 +148,15 @@ pub static PROCESS_COLUMNS: &[Column<ProcessView>] = &[
     ProcessColumn::new("RECV/s", 10, 3, |p, _| format::rate(p.rate.recv), |p, _| num(p.rate.recv)).amount(),
     ProcessColumn::new("AGE", 6, 4, |p, _| format::age(p.age_ns), |p, _| num(p.age_ns)),
 ];
+
+/// A count, marked `*` when it is a lower bound (bytes moved where the backend cannot see).
+fn counted(s: &Socket, bytes: u64) -> String {
+    if s.complete {
+        format::bytes(bytes)
+    } else {
+        format!("{}*", format::bytes(bytes))
+    }
+}
 
 fn proto_text(s: &Socket) -> &'static str {
     match s.proto {

@@ -188,6 +188,14 @@ fn fields(
             format::rate(s.rates.now.recv)
         ),
     ));
+    if !s.complete {
+        lines.push(field(
+            "counts",
+            "partial: bytes moved through io_uring, splice or a copied fd are not seen by this \
+             backend (--probe socket sees them)"
+                .to_owned(),
+        ));
+    }
     if view.follow == Some(s.id) {
         lines.push(field("following", "yes (F stops)".to_owned()));
     }

@@ -32,6 +32,10 @@ use crate::{
 
 /// Everything that changes the dashboard.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a message is built and consumed at once, never stored: boxing would allocate per event"
+)]
 pub enum Message {
     /// Kernel-driven: a change, a map read, counters, a name.
     Model(Action),
