@@ -86,9 +86,11 @@ pub struct KernelOffsets {
     /// The other way, for sockets found open at start: `sock.sk_socket → socket.file`.
     pub sock_socket: u32,
     pub socket_file: u32,
+    /// `task_struct.mm`: a child sharing its parent's memory (vfork, posix_spawn) runs exec or
+    /// exits before it can use the sockets it holds.
+    pub task_mm: u32,
     /// 1 when every offset above was found; 0 leaves sockets' `sk` and `ino` at 0.
     pub valid: u32,
-    pub _pad: u32,
 }
 
 /// The socket backend's counters of one kernel socket: the value of `SK_BYTES`.
@@ -365,6 +367,9 @@ pub enum EventKind {
     Exec = 5,
     /// `close_range(fd, arg)` succeeded in a process with tracked sockets.
     CloseRange = 6,
+    /// A process with tracked sockets forked a child with its own copy of the fd table: the
+    /// child holds the same sockets (the syscall backends cannot count its bytes).
+    Fork = 7,
 }
 
 impl EventKind {
@@ -376,6 +381,7 @@ impl EventKind {
             4 => Self::ProcessExit,
             5 => Self::Exec,
             6 => Self::CloseRange,
+            7 => Self::Fork,
             _ => return None,
         })
     }

@@ -22,8 +22,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     socket_sk: 0,
     sock_socket: 0,
     socket_file: 0,
+    task_mm: 0,
     valid: 0,
-    _pad: 0,
 };
 
 /// `*(base + offset)` as a `T`, read from kernel memory.
@@ -85,4 +85,18 @@ pub fn inode_of_sock(sk: u64) -> u64 {
         read(inode, offsets.inode_ino)
     };
     walk().unwrap_or(0)
+}
+
+/// A task's fd table and memory (`task->files`, `task->mm`), or `None` when not known.
+#[inline(always)]
+pub fn files_and_mm_of(task: u64) -> Option<(u64, u64)> {
+    // SAFETY: as in `walk`.
+    let offsets = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
+    if offsets.valid == 0 {
+        return None;
+    }
+    Some((
+        read(task, offsets.task_files)?,
+        read(task, offsets.task_mm)?,
+    ))
 }

@@ -86,7 +86,7 @@ impl Source {
                 match &change {
                     Change::Opened(socket) => drained.opened.insert(socket.id),
                     Change::Closed(socket) => drained.closed.insert(socket.id),
-                    Change::Failed { .. } => false,
+                    Change::Failed { .. } | Change::Partial(_) => false,
                 };
                 output.apply(change)?;
             }
@@ -176,6 +176,11 @@ impl Output<'_> {
                         let written = Record::opened(socket, clock).write_line(out);
                         model.apply(change);
                         written
+                    }
+                    // Shown by the socket's later records (`complete: false`).
+                    Change::Partial(_) => {
+                        model.apply(change);
+                        Ok(())
                     }
                     Change::Closed(_) => match model.apply(change) {
                         Some(kept) => Record::closed(kept, clock).write_line(out),

@@ -597,7 +597,8 @@ fn io_uring_sends_count_on_the_socket_backend_and_are_flagged_elsewhere() {
 }
 
 /// A forked child writing on the socket it inherited moves the same socket's bytes: the socket
-/// backend counts them toward the parent's row (the server's count is the oracle).
+/// backend counts them toward the parent's row (the server's count is the oracle); the syscall
+/// backends flag the row partial.
 #[test]
 fn a_forked_childs_bytes_count_on_the_socket_backend() {
     let mut sw = Sockwatch::start(&[]);
@@ -629,10 +630,34 @@ fn a_forked_childs_bytes_count_on_the_socket_backend() {
     let received = server.next_total();
     assert_eq!(received, 2_500, "the server's own count");
     let close = sw.wait_for("close", record_of("close", pid, fd));
-    let expected = if counts_every_holder(&sw) {
-        received
-    } else {
-        500
-    };
+    let every_holder = counts_every_holder(&sw);
+    let expected = if every_holder { received } else { 500 };
     assert_eq!(u(&close["bytes_sent"]), expected, "{close}");
+    // The syscall backends cannot count the child's bytes: they say so.
+    assert_eq!(close["complete"], every_holder, "{close}");
+}
+
+/// A thread shares its process's fd table (its bytes are the process's own), and a program
+/// started the usual way (posix_spawn, sharing memory until its exec) never uses the parent's
+/// sockets: neither flags anything, on any backend.
+#[test]
+fn a_new_thread_or_a_started_program_leaves_the_counts_complete() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let fd = net::connected(server.port);
+    std::thread::spawn(move || net::sendto_all(fd, 700))
+        .join()
+        .expect("the sending thread");
+    let started = process::output_within(
+        &mut Command::new("true"),
+        process::COMMAND_TIMEOUT,
+        "true(1)",
+    );
+    assert!(started.status.success());
+    net::close(fd);
+    assert_eq!(server.next_total(), 700, "the server's own count");
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    assert_eq!(u(&close["bytes_sent"]), 700, "{close}");
+    assert_eq!(close["complete"], true, "{close}");
 }

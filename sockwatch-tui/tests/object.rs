@@ -43,6 +43,10 @@ fn expected_programs() -> BTreeMap<String, Kind> {
         sockwatch_tui::kernel::loader::IO_URING_FILE_GET.to_owned(),
         Kind::TracePoint,
     );
+    programs.insert(
+        sockwatch_tui::kernel::loader::SCHED_PROCESS_FORK.to_owned(),
+        Kind::RawTracePoint,
+    );
     // The socket backend's counting, on the socket layer's raw tracepoints.
     for event in sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS {
         programs.insert(event.to_owned(), Kind::RawTracePoint);

@@ -158,8 +158,8 @@ impl<'a> Btf<'a> {
             socket_sk: self.offset("socket", "sk")?,
             sock_socket: self.offset("sock", "sk_socket")?,
             socket_file: self.offset("socket", "file")?,
+            task_mm: self.offset("task_struct", "mm")?,
             valid: 1,
-            _pad: 0,
         })
     }
 }

@@ -103,6 +103,10 @@ pub enum KernelRecord {
         last: u32,
         ts_ns: u64,
     },
+    /// The process forked a child with its own fd table, holding its sockets too.
+    Fork {
+        pid: u32,
+    },
 }
 
 impl KernelRecord {
@@ -163,6 +167,7 @@ impl KernelRecord {
                 pid: raw.key.pid,
                 ts_ns: raw.ts_ns,
             },
+            EventKind::Fork => Self::Fork { pid: raw.key.pid },
             EventKind::CloseRange => Self::CloseRange {
                 pid: raw.key.pid,
                 first: raw.key.fd,

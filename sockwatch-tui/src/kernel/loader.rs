@@ -358,19 +358,16 @@ pub fn attach(
         None => attach_tracepoints(&mut ebpf, backend)?,
         Some(symbols) => attach_kprobes(&mut ebpf, symbols)?,
     }
-    // The syscall backends cannot count what io_uring moves; they mark such sockets partial.
-    if backend != Backend::Socket && support::tracepoint_exists("io_uring", IO_URING_FILE_GET) {
-        attach_tracepoint(&mut ebpf, IO_URING_FILE_GET, "io_uring", IO_URING_FILE_GET)?;
+    if backend != Backend::Socket {
+        // The syscall backends cannot count what io_uring or a forked child moves: they say so.
+        if support::tracepoint_exists("io_uring", IO_URING_FILE_GET) {
+            attach_tracepoint(&mut ebpf, IO_URING_FILE_GET, "io_uring", IO_URING_FILE_GET)?;
+        }
+        attach_raw_tracepoint(&mut ebpf, SCHED_PROCESS_FORK)?;
     }
     if backend == Backend::Socket {
         for event in SOCKET_TRACEPOINTS {
-            let program: &mut RawTracePoint = program(&mut ebpf, event)?;
-            program
-                .load()
-                .map_err(|e| permission_or(e, format!("loading {event}")))?;
-            program
-                .attach(event)
-                .map_err(|e| permission_or(e, format!("attaching to sock:{event}")))?;
+            attach_raw_tracepoint(&mut ebpf, event)?;
         }
     }
     attach_tracepoint(&mut ebpf, SCHED_PROCESS_EXIT, "sched", SCHED_PROCESS_EXIT)?;
@@ -405,6 +402,10 @@ pub fn attach(
 
 /// `sched:sched_process_exit`: the program's name and the event's (both backends use it).
 const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+
+/// `sched:sched_process_fork`, the raw tracepoint and its program's name: the syscall backends
+/// flag the sockets of a process that forks.
+pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
 
 /// `io_uring:io_uring_file_get`, the program's name and the event's: the syscall backends mark
 /// sockets used through io_uring partial.
@@ -442,6 +443,18 @@ fn attach_tracepoints(ebpf: &mut Ebpf, backend: Backend) -> Result<(), ProbeErro
     for (program, event) in syscall_tracepoints(backend) {
         attach_tracepoint(ebpf, &program, "syscalls", &event)?;
     }
+    Ok(())
+}
+
+/// Loads the program named `event` and attaches it to the raw tracepoint of that name.
+fn attach_raw_tracepoint(ebpf: &mut Ebpf, event: &str) -> Result<(), ProbeError> {
+    let program: &mut RawTracePoint = program(ebpf, event)?;
+    program
+        .load()
+        .map_err(|e| permission_or(e, format!("loading {event}")))?;
+    program
+        .attach(event)
+        .map_err(|e| permission_or(e, format!("attaching to the raw tracepoint {event}")))?;
     Ok(())
 }
 

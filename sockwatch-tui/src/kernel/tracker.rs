@@ -45,6 +45,8 @@ pub enum Change {
     /// A tracked socket is gone; `socket.closed` says how. Its counts are final, except for a
     /// `vanished` one, whose counts are the last the map showed.
     Closed(Socket),
+    /// Another process holds this socket too (a fork), whose bytes the backend cannot count.
+    Partial(SocketId),
 }
 
 /// The sockets of process `pid` among `open`.
@@ -108,6 +110,9 @@ impl Tracker {
                 self.settle(tables, keys, CloseCause::Exit, pid, ts_ns)
             }
             KernelRecord::Exec { pid, ts_ns } => self.exec(pid, ts_ns, open, tables),
+            KernelRecord::Fork { pid } => of_process(open, pid)
+                .map(|s| Change::Partial(s.id))
+                .collect(),
             KernelRecord::CloseRange {
                 pid,
                 first,

@@ -145,6 +145,11 @@ impl Model {
                 }
                 self.open.get(&key)
             }
+            Change::Partial(id) => {
+                let kept = self.open.get_mut(&id.key).filter(|s| s.id == id)?;
+                kept.complete = false;
+                Some(kept)
+            }
             Change::Failed { .. } => {
                 self.totals.connects += 1;
                 self.totals.failed_connects += 1;
