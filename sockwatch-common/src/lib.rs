@@ -89,6 +89,11 @@ pub struct KernelOffsets {
     /// `task_struct.mm`: a child sharing its parent's memory (vfork, posix_spawn) runs exec or
     /// exits before it can use the sockets it holds.
     pub task_mm: u32,
+    /// The file's reference count (`file.f_ref` since 6.13, `file.f_count` before): a close
+    /// while other holders remain (a forked child, an fd passed on) does not end the socket.
+    pub file_count: u32,
+    /// 1 for `f_ref` (`file_ref_t`, which stores the count minus one), 0 for `f_count`.
+    pub file_ref_style: u32,
     /// 1 when every offset above was found; 0 leaves sockets' `sk` and `ino` at 0.
     pub valid: u32,
 }
@@ -476,7 +481,7 @@ const _: () = {
     assert!(core::mem::size_of::<TrackedSocket>() == 80);
     assert!(core::mem::size_of::<InflightCall>() == 32);
     assert!(core::mem::size_of::<SocketEvent>() == 112);
-    assert!(core::mem::size_of::<KernelOffsets>() == 48);
+    assert!(core::mem::size_of::<KernelOffsets>() == 56);
     assert!(core::mem::size_of::<SkBytes>() == 16);
     // The socket backend hooks every syscall but the eleven that move bytes and the three that
     // only mark a socket partial for the syscall backends.

@@ -8,6 +8,7 @@ use sockwatch_common::{
 
 use crate::{
     args::SyscallArgs,
+    identity::file_shared,
     maps::tracking,
     state::{call, current, has_tracked_sockets, is_tracked, mark_partial, stash},
 };
@@ -150,6 +151,21 @@ pub fn recvmmsg(args: &impl SyscallArgs) {
 
 pub fn close(args: &impl SyscallArgs) {
     on_tracked_fd(args, CallKind::Close, None);
+    flag_if_shared(args.arg(0));
+}
+
+/// A tracked fd whose file others still hold (a forked child, a passed fd) is closed here but
+/// the socket lives on: what they move from now on is not this row's, so its counts are
+/// partial.
+#[inline(always)]
+fn flag_if_shared(fd: Option<u64>) {
+    let Some(fd) = fd else {
+        return;
+    };
+    let pid = current().1;
+    if is_tracked(pid, fd as u32) && file_shared(fd as u32) {
+        mark_partial(pid, fd as u32);
+    }
 }
 
 /// `close_range(first, last, flags)`: reported (for user space to settle) only for processes
@@ -176,6 +192,7 @@ pub fn dup_onto(args: &impl SyscallArgs) {
     if old == new || !is_tracked(pid, new as u32) {
         return;
     }
+    flag_if_shared(Some(new));
     stash(pid_tgid, call(CallKind::DupOnto, new as u32, 0, 0));
 }
 

@@ -23,6 +23,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sock_socket: 0,
     socket_file: 0,
     task_mm: 0,
+    file_count: 0,
+    file_ref_style: 0,
     valid: 0,
 };
 
@@ -46,6 +48,17 @@ pub fn socket_of(fd: u32) -> (u64, u64) {
 
 #[inline(always)]
 fn walk(fd: u32) -> Option<(u64, u64)> {
+    let (offsets, file) = file_of(fd)?;
+    let socket: u64 = read(file, offsets.file_private_data)?;
+    let inode: u64 = read(file, offsets.file_inode)?;
+    let sk: u64 = read(socket, offsets.socket_sk)?;
+    let ino: u64 = read(inode, offsets.inode_ino)?;
+    Some((sk, ino))
+}
+
+/// The calling process's `struct file` on `fd`, with the offsets that found it.
+#[inline(always)]
+fn file_of(fd: u32) -> Option<(KernelOffsets, u64)> {
     // SAFETY: a volatile read of our own read-only global, so the offsets user space set at
     // load time are used rather than the compile-time zeroes.
     let offsets = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
@@ -63,11 +76,27 @@ fn walk(fd: u32) -> Option<(u64, u64)> {
     }
     let fds: u64 = read(fdt, offsets.fdtable_fd)?;
     let file: u64 = read(fds, fd.checked_mul(8)?)?;
-    let socket: u64 = read(file, offsets.file_private_data)?;
-    let inode: u64 = read(file, offsets.file_inode)?;
-    let sk: u64 = read(socket, offsets.socket_sk)?;
-    let ino: u64 = read(inode, offsets.inode_ino)?;
-    Some((sk, ino))
+    Some((offsets, file))
+}
+
+/// Whether the file on `fd` has other holders than this fd (a forked child's copy, a `dup`,
+/// an fd in flight over a Unix socket, or another thread's call in progress): closing it then
+/// leaves the socket open elsewhere. `false` when not known.
+#[inline(always)]
+pub fn file_shared(fd: u32) -> bool {
+    let Some((offsets, file)) = file_of(fd) else {
+        return false;
+    };
+    let Some(count) = read::<i64>(file, offsets.file_count) else {
+        return false;
+    };
+    // `file_ref_t` keeps the count minus one (0 is one reference).
+    let holders = if offsets.file_ref_style != 0 {
+        count.saturating_add(1)
+    } else {
+        count
+    };
+    holders > 1
 }
 
 /// The inode of the socket `sk` belongs to (`sk->sk_socket->file->f_inode->i_ino`), or 0.

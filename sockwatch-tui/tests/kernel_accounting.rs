@@ -661,3 +661,57 @@ fn a_new_thread_or_a_started_program_leaves_the_counts_complete() {
     assert_eq!(u(&close["bytes_sent"]), 700, "{close}");
     assert_eq!(close["complete"], true, "{close}");
 }
+
+/// A socket closed by its process while a forked child still holds it lives on: the row ends
+/// with the bytes moved until then, marked partial on every backend (what the child moves
+/// afterwards is not the row's), and the server's count shows the child's bytes did flow.
+#[test]
+fn closing_a_socket_a_child_still_holds_ends_the_row_marked_partial() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let fd = net::connected(server.port);
+    net::sendto_all(fd, 300);
+    let mut go = [0i32; 2];
+    // SAFETY: pipe2 fills the array we own.
+    assert_eq!(unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let chunk = [9u8; 1_000];
+    // SAFETY: the child only reads, writes and leaves with _exit (async-signal-safe).
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        // SAFETY: as above; it waits for the parent's close, then writes on its own copy.
+        unsafe {
+            let mut byte = 0u8;
+            if libc::read(go[0], (&raw mut byte).cast(), 1) != 1 {
+                libc::_exit(2);
+            }
+            let mut sent = 0usize;
+            while sent < chunk.len() {
+                let n = libc::write(fd, chunk[sent..].as_ptr().cast(), chunk.len() - sent);
+                if n <= 0 {
+                    libc::_exit(1);
+                }
+                sent += n as usize;
+            }
+            libc::_exit(0);
+        }
+    }
+    net::close(fd);
+    // SAFETY: one byte into the pipe we own, then our end closed.
+    unsafe {
+        assert_eq!(libc::write(go[1], [1u8].as_ptr().cast(), 1), 1);
+        libc::close(go[1]);
+        libc::close(go[0]);
+    }
+    let status = process::wait_pid(
+        child,
+        process::COMMAND_TIMEOUT,
+        "the child holding the socket",
+    );
+    assert_eq!(status, 0, "the child wrote everything");
+    assert_eq!(server.next_total(), 1_300, "the server's own count");
+    let close = sw.wait_for("close", record_of("close", pid, fd));
+    assert_eq!(u(&close["bytes_sent"]), 300, "{close}");
+    assert_eq!(close["complete"], false, "{close}");
+}

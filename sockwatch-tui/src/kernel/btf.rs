@@ -147,7 +147,14 @@ impl<'a> Btf<'a> {
 
     /// The offsets the fd-to-socket walk needs.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        // `file_ref_t f_ref` replaced `atomic_long_t f_count` in 6.13; both lead with the count.
+        let (file_count, file_ref_style) = match self.offset("file", "f_ref") {
+            Ok(offset) => (offset, 1),
+            Err(_) => (self.offset("file", "f_count")?, 0),
+        };
         Ok(KernelOffsets {
+            file_count,
+            file_ref_style,
             task_files: self.offset("task_struct", "files")?,
             files_fdt: self.offset("files_struct", "fdt")?,
             fdtable_max_fds: self.offset("fdtable", "max_fds")?,
