@@ -605,24 +605,7 @@ fn a_forked_childs_bytes_count_on_the_socket_backend() {
     let server = net::CountingServer::start();
     let pid = std::process::id();
     let fd = net::connected(server.port);
-    let chunk = [7u8; 2_000];
-    // SAFETY: the child only writes to the socket and leaves with _exit, both async-signal-safe.
-    let child = unsafe { libc::fork() };
-    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
-    if child == 0 {
-        // SAFETY: as above; a short write leaves the count short, which the parent sees.
-        unsafe {
-            let mut sent = 0usize;
-            while sent < chunk.len() {
-                let n = libc::write(fd, chunk[sent..].as_ptr().cast(), chunk.len() - sent);
-                if n <= 0 {
-                    libc::_exit(1);
-                }
-                sent += n as usize;
-            }
-            libc::_exit(0);
-        }
-    }
+    let child = process::fork_writer(fd, 2_000, None);
     let status = process::wait_pid(child, process::COMMAND_TIMEOUT, "the forked writer");
     assert_eq!(status, 0, "the child wrote everything");
     net::sendto_all(fd, 500);
@@ -675,28 +658,7 @@ fn closing_a_socket_a_child_still_holds_ends_the_row_marked_partial() {
     let mut go = [0i32; 2];
     // SAFETY: pipe2 fills the array we own.
     assert_eq!(unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    let chunk = [9u8; 1_000];
-    // SAFETY: the child only reads, writes and leaves with _exit (async-signal-safe).
-    let child = unsafe { libc::fork() };
-    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
-    if child == 0 {
-        // SAFETY: as above; it waits for the parent's close, then writes on its own copy.
-        unsafe {
-            let mut byte = 0u8;
-            if libc::read(go[0], (&raw mut byte).cast(), 1) != 1 {
-                libc::_exit(2);
-            }
-            let mut sent = 0usize;
-            while sent < chunk.len() {
-                let n = libc::write(fd, chunk[sent..].as_ptr().cast(), chunk.len() - sent);
-                if n <= 0 {
-                    libc::_exit(1);
-                }
-                sent += n as usize;
-            }
-            libc::_exit(0);
-        }
-    }
+    let child = process::fork_writer(fd, 1_000, Some(go[0]));
     net::close(fd);
     // SAFETY: one byte into the pipe we own, then our end closed.
     unsafe {

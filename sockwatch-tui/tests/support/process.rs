@@ -184,3 +184,36 @@ pub fn wait_pid(pid: libc::pid_t, timeout: Duration, what: &str) -> i32 {
         libc::WEXITSTATUS(status)
     }
 }
+
+/// Forks a child that writes `len` bytes on `fd` (its inherited copy) and exits, after one byte
+/// arrives on `go` when given (so the parent can act first). Its exit code says whether every
+/// byte went out (0), the write failed (1), or `go` closed early (2): see [`wait_pid`].
+#[allow(dead_code, reason = "not every test binary forks")]
+pub fn fork_writer(fd: i32, len: usize, go: Option<i32>) -> libc::pid_t {
+    let chunk = vec![9u8; len];
+    // SAFETY: the child only reads, writes and leaves with _exit (async-signal-safe; `chunk`
+    // was allocated before the fork).
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        // SAFETY: as above.
+        unsafe {
+            if let Some(go) = go {
+                let mut byte = 0u8;
+                if libc::read(go, (&raw mut byte).cast(), 1) != 1 {
+                    libc::_exit(2);
+                }
+            }
+            let mut sent = 0usize;
+            while sent < chunk.len() {
+                let n = libc::write(fd, chunk[sent..].as_ptr().cast(), chunk.len() - sent);
+                if n <= 0 {
+                    libc::_exit(1);
+                }
+                sent += n as usize;
+            }
+            libc::_exit(0);
+        }
+    }
+    child
+}
