@@ -24,7 +24,9 @@ const PACKAGES: &[&str] = &[
     // `cargo xtask vm-test`: Debian's kernel under QEMU, an initramfs of busybox.
     "qemu-system-x86",
     "busybox-static",
+    // Uncompressing the kernels' bzImages and modules: xz (6.1), zstd (6.12's kernel).
     "xz-utils",
+    "zstd",
     // `cargo xtask bench`: the floor (b) and the article's per-event way (d).
     "bpftrace",
 ];

@@ -1,14 +1,17 @@
-//! `cargo xtask vm-test`: the real-kernel tests on Debian bookworm's kernel, booted in QEMU, with
-//! each probe backend.
+//! `cargo xtask vm-test`: the real-kernel tests on Debian bookworm's kernels (6.1 and 6.12),
+//! booted in QEMU one after the other, with each probe backend the kernel supports.
 //!
 //! The project's own kernel has no kprobes, so the kprobe backend can only be proven on another
-//! one. Steps: look up the current `linux-image-amd64` of bookworm and cache its kernel under
-//! `target/vm/` ([`kernel`]); build the integration tests and sockwatch-tui statically into
-//! `target/vm-build`; pack them with busybox and the few host tools the tests run into an
+//! one. Steps: build the integration tests and sockwatch-tui statically into `target/vm-build`
+//! and ask that binary which backends it knows ([`backend`]); then for each of [`KERNELS`]: look
+//! up the series' current package and cache its kernel and modules under `target/vm/kernels`
+//! ([`kernel`]); pack the binaries with busybox and the few host tools the tests run into an
 //! initramfs ([`image`]); boot it under TCG (no KVM here) with a generated init that runs every
-//! test binary once per backend plus a `--probe auto` check ([`guest`]); print per-backend
-//! results and rewrite the README's kernel-support table ([`table`]).
+//! test binary once per backend the kernel supports plus a `--probe auto` check ([`guest`]);
+//! print per-backend results and rewrite that kernel's rows of the README's kernel-support
+//! table ([`table`]).
 
+mod backend;
 mod guest;
 mod image;
 mod kernel;
@@ -32,6 +35,21 @@ use crate::{
     setup,
 };
 
+/// The kernels booted, one after the other: two TCG guests at once would share the same two
+/// cores and finish no sooner. Which backends run on each follows from its config and release
+/// ([`backend::BACKENDS`]).
+const KERNELS: &[kernel::Source] = &[
+    // Bookworm's own kernel: syscall tracepoints and kprobes, no socket-layer tracepoints.
+    kernel::Source {
+        series: "6.1",
+        metapackage: "linux-image-amd64",
+    },
+    // Trixie's kernel as bookworm-security carries it: also the socket-layer tracepoints.
+    kernel::Source {
+        series: "6.12",
+        metapackage: "linux-image-6.12-amd64",
+    },
+];
 /// Integration tests (files in sockwatch-tui/tests/) that run on the host only, and why. Every
 /// other file there runs in the VM with each backend, so a new real-kernel test is never left
 /// out of the kprobe run.
@@ -44,7 +62,7 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[(
 /// has every tool the tests run (see [`image::GUEST_TOOLS`]).
 const SKIPPED_IN_VM: &[(&str, &str)] = &[];
 
-/// The whole boot, all backends included; the guest bounds each test binary itself too.
+/// One boot, all its backends included; the guest bounds each test binary itself too.
 const QEMU_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long one test binary may run in the guest before `timeout` kills it.
 const GUEST_TEST_TIMEOUT_SECS: u64 = 420;
@@ -58,14 +76,22 @@ pub fn task() -> Result<()> {
     run(|passed, failed| println!("tests: {passed} passed, {failed} failed"))
 }
 
-/// Builds, boots and checks; an error when any backend failed or could not run. `tally` gets
-/// the guest's test counts (passed, failed) once it has run.
+/// Builds once, then boots and checks each of [`KERNELS`] in turn (a kernel that fails does not
+/// keep the next from running); an error when any backend failed or could not run on any of
+/// them. `tally` gets the guests' test counts (passed, failed) once all have run.
 pub fn run(tally: impl FnOnce(u64, u64)) -> Result<()> {
     ensure!(
         cfg!(target_arch = "x86_64"),
         "vm-test builds x86_64 test binaries for an x86_64 guest and needs an x86_64 host"
     );
-    for tool in ["qemu-system-x86_64", "busybox", "xz", "dpkg-deb", "ldd"] {
+    for tool in [
+        "qemu-system-x86_64",
+        "busybox",
+        "xz",
+        "zstd",
+        "dpkg-deb",
+        "ldd",
+    ] {
         if cmd::find_in_path(tool).is_none() {
             bail!("{tool} is not installed: run `cargo xtask setup` as root");
         }
@@ -74,29 +100,139 @@ pub fn run(tally: impl FnOnce(u64, u64)) -> Result<()> {
     let work = target.join("vm");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
-    let kernel = kernel::current(&work.join("kernels"))?;
     let tests = vm_tests()?;
     let built = build(&target, &tests)?;
+    let known = backend::known_by(&built.bin)?;
+    say(format!(
+        "vm-test: {PACKAGE} knows --probe {}",
+        known.join(", ")
+    ));
+
+    let mut runs = Vec::new();
+    let mut errors = Vec::new();
+    for source in KERNELS {
+        let started = Instant::now();
+        match test_kernel(*source, &work, &built, &tests, &known) {
+            Ok(mut run) => {
+                if let Some(error) = run.error() {
+                    errors.push(error);
+                }
+                runs.push((run, started.elapsed()));
+            }
+            Err(e) => errors.push(e.context(format!("vm-test on the {} kernel", source.series))),
+        }
+    }
+
+    say("vm-test: summary (wall time: fetch, image, boot to power-off):");
+    for (run, elapsed) in &runs {
+        say(format!(
+            "vm-test:   {}: {:.0} s ({:.0} s booted): {}",
+            run.kernel_name,
+            elapsed.as_secs_f64(),
+            run.booted.as_secs_f64(),
+            run.verdicts
+                .iter()
+                .map(|v| format!("{} {}", v.backend, v.table_result()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    tally(
+        runs.iter().map(|(run, _)| run.report.passed()).sum(),
+        runs.iter().map(|(run, _)| run.report.failed()).sum(),
+    );
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => bail!(
+            "{}",
+            errors
+                .iter()
+                .map(|e| format!("{e:#}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+}
+
+/// One kernel's boot, as the guest reported it.
+struct KernelRun {
+    /// `6.1.0-57-amd64 (Debian 6.1.192-3, QEMU)`, as the table names it.
+    kernel_name: String,
+    report: guest::Report,
+    verdicts: Vec<guest::Verdict>,
+    /// Boot to power-off.
+    booted: Duration,
+    /// Why the boot failed, if it did.
+    boot_error: Option<anyhow::Error>,
+}
+
+impl KernelRun {
+    /// What went wrong on this kernel, if anything: the boot, or backends that failed.
+    fn error(&mut self) -> Option<anyhow::Error> {
+        if let Some(error) = self.boot_error.take() {
+            return Some(error.context(format!("booting {}", self.kernel_name)));
+        }
+        let failed: Vec<_> = self
+            .verdicts
+            .iter()
+            .filter(|v| !v.ok)
+            .map(|v| v.backend.as_str())
+            .collect();
+        (!failed.is_empty()).then(|| {
+            anyhow::anyhow!(
+                "vm-test on {}: {} failed (the guest's output is above, lines marked `vm|`)",
+                self.kernel_name,
+                failed.join(", ")
+            )
+        })
+    }
+}
+
+/// Fetches `source`'s kernel, packs an initramfs whose init runs the backends the kernel
+/// supports among those `known` to the binary, boots it, prints the results and writes the
+/// kernel's rows of the README's table. An error when it could not get as far as booting.
+fn test_kernel(
+    source: kernel::Source,
+    work: &Path,
+    built: &Built,
+    tests: &[String],
+    known: &[String],
+) -> Result<KernelRun> {
+    let kernel = kernel::current(source, &work.join("kernels"))?;
+    let selection = backend::select(&kernel, known);
+    let expected_auto = selection.expected_auto().with_context(|| {
+        format!(
+            "{} supports none of the backends {PACKAGE} knows ({})",
+            kernel.release,
+            known.join(", ")
+        )
+    })?;
+    let skips: Vec<_> = SKIPPED_IN_VM.iter().map(|(name, _)| *name).collect();
     let plan = guest::Plan {
         bin: &built.bin,
-        tests: &tests,
-        skips: &SKIPPED_IN_VM
-            .iter()
-            .map(|(name, _)| *name)
-            .collect::<Vec<_>>(),
+        tests,
+        skips: &skips,
+        backends: &selection.run,
         test_timeout_secs: GUEST_TEST_TIMEOUT_SECS,
     };
-    let initramfs = image::build(&work, &guest::init_script(&plan), &built, &kernel.modules)?;
+    // A directory per series: each image stays on disk for a look after the run.
+    let initramfs = image::build(
+        &work.join(source.series),
+        &guest::init_script(&plan),
+        built,
+        &kernel.modules,
+    )?;
 
     let started = Instant::now();
     let boot = boot(&kernel.boot_image, &initramfs);
-    let elapsed = started.elapsed();
+    let booted = started.elapsed();
     let (lines, boot_error) = match boot {
         Ok(lines) => (lines, None),
         Err(Boot { lines, error }) => (lines, Some(error)),
     };
     let report = guest::parse(&lines);
-    let verdicts = report.verdicts(&plan, kernel.expected_auto());
+    let verdicts = report.verdicts(&plan, expected_auto);
 
     let kernel_name = format!(
         "{} (Debian {}, QEMU)",
@@ -106,7 +242,7 @@ pub fn run(tally: impl FnOnce(u64, u64)) -> Result<()> {
     say(format!(
         "vm-test: results on {kernel_name} from {}, boot to power-off {:.1} s:",
         kernel.package,
-        elapsed.as_secs_f64()
+        booted.as_secs_f64()
     ));
     for verdict in &verdicts {
         say(format!(
@@ -116,30 +252,38 @@ pub fn run(tally: impl FnOnce(u64, u64)) -> Result<()> {
             verdict.detail
         ));
     }
-    let rows: Vec<_> = verdicts
+    for (backend, why) in &selection.skipped {
+        say(format!("vm-test:   {backend:<10} {why}"));
+    }
+    // Every backend in `BACKENDS`' order, whether it ran or not, then auto.
+    let rows: Vec<_> = backend::BACKENDS
         .iter()
-        .map(|v| table::Row::new(&kernel_name, &v.backend, &v.table_result()))
+        .filter_map(|b| {
+            let ran = verdicts.iter().find(|v| v.backend == b.name);
+            let result = ran.map(guest::Verdict::table_result).or_else(|| {
+                let skipped = selection.skipped.iter().find(|(name, _)| *name == b.name);
+                skipped.map(|(_, why)| why.clone())
+            })?;
+            Some(table::Row::new(&kernel_name, b.name, &result))
+        })
+        .chain(
+            verdicts
+                .iter()
+                .filter(|v| v.backend == "auto")
+                .map(|v| table::Row::new(&kernel_name, "auto", &v.table_result())),
+        )
         .collect();
+    // Written now, not after the last kernel: a later boot that hangs loses nothing.
     if let Err(e) = table::update(&cmd::workspace_root().join("README.md"), &rows) {
         cmd::warn(format!("kernel-support table not updated: {e:#}"));
     }
-
-    tally(report.passed(), report.failed());
-    if let Some(error) = boot_error {
-        return Err(error.context(format!("booting {kernel_name}")));
-    }
-    let failed: Vec<_> = verdicts
-        .iter()
-        .filter(|v| !v.ok)
-        .map(|v| v.backend.as_str())
-        .collect();
-    if !failed.is_empty() {
-        bail!(
-            "vm-test on {kernel_name}: {} failed (the guest's output is above, lines marked `vm|`)",
-            failed.join(", ")
-        );
-    }
-    Ok(())
+    Ok(KernelRun {
+        kernel_name,
+        report,
+        verdicts,
+        booted,
+        boot_error,
+    })
 }
 
 /// The integration tests to run in the VM: every file in sockwatch-tui/tests/ but

@@ -8,8 +8,6 @@ use std::fmt::Write;
 
 use crate::test::parse_result_line;
 
-/// The backends whose whole suite runs in the guest, in this order.
-pub const BACKENDS: [&str; 2] = ["kprobe", "tracepoint"];
 /// Where the test binaries and modules are in the guest.
 pub const TESTS_DIR: &str = "/vm-test/tests";
 pub const MODULES_DIR: &str = "/vm-test/modules";
@@ -23,6 +21,8 @@ pub struct Plan<'a> {
     pub tests: &'a [String],
     /// Test names passed to libtest as `--skip NAME --exact`.
     pub skips: &'a [&'a str],
+    /// The backends whose whole suite runs, in this order.
+    pub backends: &'a [&'a str],
     pub test_timeout_secs: u64,
 }
 
@@ -66,7 +66,7 @@ grep -q ' /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs nodev /
             let _ = write!(args, " --skip {}", shell_quote(skip));
         }
     }
-    for backend in BACKENDS {
+    for backend in plan.backends {
         for test in plan.tests {
             let _ = writeln!(
                 s,
@@ -216,10 +216,11 @@ impl Report {
             .sum()
     }
 
-    /// One verdict per backend of [`BACKENDS`], then `auto`; `expected_auto` is the backend
+    /// One verdict per backend of the plan, then `auto`; `expected_auto` is the backend
     /// `--probe auto` must pick on this kernel.
     pub fn verdicts(&self, plan: &Plan, expected_auto: &str) -> Vec<Verdict> {
-        let mut verdicts: Vec<_> = BACKENDS
+        let mut verdicts: Vec<_> = plan
+            .backends
             .iter()
             .map(|backend| self.backend_verdict(plan, backend))
             .collect();
@@ -333,9 +334,10 @@ mod tests {
             bin: "/w/target/vm-build/x/debug/sockwatch-tui",
             tests: &tests,
             skips: &skips,
+            backends: &["tracepoint", "kprobe"],
             test_timeout_secs: 600,
         });
-        for backend in BACKENDS {
+        for backend in ["tracepoint", "kprobe"] {
             for test in &tests {
                 let line = format!(
                     "SOCKWATCH_TEST_PROBE={backend} timeout 600 {TESTS_DIR}/{test} \
@@ -344,6 +346,8 @@ mod tests {
                 assert!(script.contains(&line), "{line}\n{script}");
             }
         }
+        // Only the plan's backends.
+        assert!(!script.contains("SOCKWATCH_TEST_PROBE=socket"));
         assert!(script.contains("'/w/target/vm-build/x/debug/sockwatch-tui' --json --probe auto"));
         assert!(script.starts_with("#!/bin/busybox sh\n"));
     }
@@ -379,6 +383,7 @@ vm-test: begin backend=tracepoint test=errors
             bin: "/b",
             tests: &tests,
             skips: &skips,
+            backends: &["kprobe", "tracepoint"],
             test_timeout_secs: 1,
         };
         let report = parse(&lines(&format!("{GOOD}init: failure (1 failed)\n")));
@@ -425,6 +430,7 @@ vm-test: begin backend=tracepoint test=errors
             bin: "/b",
             tests: &tests,
             skips: &[],
+            backends: &["kprobe", "tracepoint"],
             test_timeout_secs: 1,
         };
         let output = "vm-test: begin backend=kprobe test=errors

@@ -1,6 +1,7 @@
 //! The README's kernel-support table (kernel, backend, result, date), rewritten between its
-//! markers after each run. Rows of a kernel that was just tested replace that kernel's old rows;
-//! other kernels' rows stay as their last run left them.
+//! markers after each run. A run's rows replace those of the same slot (the host, or one VM
+//! series such as 6.1, whatever its build: a security update replaces its predecessor's rows);
+//! other slots' rows stay as their last run left them.
 
 use std::{
     fs,
@@ -16,7 +17,8 @@ const HEADER: &str = "| kernel | backend | result | date |\n|---|---|---|---|\n"
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
-    /// The release first (`6.1.0-56-amd64 (Debian ...)`): rows are grouped by that word.
+    /// The release first (`6.1.0-56-amd64 (Debian ...)`, `6.18.4 (host)`): rows are grouped
+    /// by it.
     pub kernel: String,
     pub backend: String,
     pub result: String,
@@ -36,6 +38,28 @@ impl Row {
 
     fn release(&self) -> &str {
         self.kernel.split_whitespace().next().unwrap_or_default()
+    }
+
+    fn is_host(&self) -> bool {
+        self.kernel.ends_with("(host)")
+    }
+
+    /// `(major, minor)` of the release (`6.12.117+deb12-amd64` → (6, 12)); (0, 0) if unreadable.
+    fn series(&self) -> (u32, u32) {
+        let mut numbers = self
+            .release()
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse().unwrap_or(0));
+        (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+    }
+
+    /// Rows of one slot replace each other: the host's, or one VM series'.
+    fn same_slot(&self, other: &Row) -> bool {
+        match (self.is_host(), other.is_host()) {
+            (true, true) => true,
+            (false, false) => self.series() == other.series(),
+            _ => false,
+        }
     }
 }
 
@@ -99,11 +123,11 @@ fn merge(text: &str, rows: &[Row]) -> Option<String> {
     let mut all: Vec<Row> = text[start..end]
         .lines()
         .filter_map(parse_row)
-        .filter(|old| !rows.iter().any(|new| new.release() == old.release()))
+        .filter(|old| !rows.iter().any(|new| new.same_slot(old)))
         .collect();
     all.extend(rows.iter().cloned());
-    // Stable: each kernel's rows keep their order.
-    all.sort_by(|a, b| a.release().cmp(b.release()));
+    // VM series oldest first, then the host; stable: each kernel's rows keep their order.
+    all.sort_by_key(|row| (row.is_host(), row.series()));
     let mut table = String::from("\n");
     table.push_str(HEADER);
     for row in &all {
@@ -175,22 +199,24 @@ mod tests {
     }
 
     #[test]
-    fn a_run_replaces_its_kernels_rows_only() {
+    fn a_run_replaces_its_slots_rows_only() {
         let readme = format!(
             "# x\n{START}\n{HEADER}\
-             | 6.1.0-1-amd64 (Debian) | kprobe | **FAIL**: x | 2020-01-01 |\n\
+             | 6.1.0-1-amd64 (Debian 6.1.1-1, QEMU) | kprobe | **FAIL**: x | 2020-01-01 |\n\
+             | 6.12.9+deb12-amd64 (Debian 6.12.9-1, QEMU) | kprobe | pass (3 tests) | 2020-01-01 |\n\
              | 6.18.4 (host) | tracepoint | pass | 2020-01-01 |\n\
              {END}\nafter\n"
         );
+        // A newer build of the 6.1 series replaces the old build's rows.
         let new = [
             row(
-                "6.1.0-1-amd64 (Debian)",
+                "6.1.0-2-amd64 (Debian 6.1.2-1, QEMU)",
                 "kprobe",
                 "pass (3 tests)",
                 "2021-02-03",
             ),
             row(
-                "6.1.0-1-amd64 (Debian)",
+                "6.1.0-2-amd64 (Debian 6.1.2-1, QEMU)",
                 "auto",
                 "pass: picks tracepoint",
                 "2021-02-03",
@@ -201,8 +227,9 @@ mod tests {
             merged,
             format!(
                 "# x\n{START}\n{HEADER}\
-                 | 6.1.0-1-amd64 (Debian) | kprobe | pass (3 tests) | 2021-02-03 |\n\
-                 | 6.1.0-1-amd64 (Debian) | auto | pass: picks tracepoint | 2021-02-03 |\n\
+                 | 6.1.0-2-amd64 (Debian 6.1.2-1, QEMU) | kprobe | pass (3 tests) | 2021-02-03 |\n\
+                 | 6.1.0-2-amd64 (Debian 6.1.2-1, QEMU) | auto | pass: picks tracepoint | 2021-02-03 |\n\
+                 | 6.12.9+deb12-amd64 (Debian 6.12.9-1, QEMU) | kprobe | pass (3 tests) | 2020-01-01 |\n\
                  | 6.18.4 (host) | tracepoint | pass | 2020-01-01 |\n\
                  {END}\nafter\n"
             )
@@ -212,6 +239,12 @@ mod tests {
         let empty = format!("{START}\n{END}\n");
         assert!(merge(&empty, &new).expect("markers").contains("| auto |"));
         assert_eq!(merge("no markers", &new), None);
+
+        // The host's rows replace the host's, even on another release, and come last.
+        let host = [row("6.19.1 (host)", "tracepoint", "pass", "2021-02-03")];
+        let merged = merge(&merged, &host).expect("markers");
+        assert!(!merged.contains("6.18.4"));
+        assert!(merged.contains("| 6.12.9+deb12-amd64 (Debian 6.12.9-1, QEMU) | kprobe | pass (3 tests) | 2020-01-01 |\n| 6.19.1 (host) |"));
     }
 
     #[test]
