@@ -165,7 +165,8 @@ impl Results {
         hooked.extend(CONDITIONS.map(|c| na(c, overhead.hooks[c as usize].to_string())));
         rows.push(hooked);
         let mut ratios = vec![cells("added cost: multiple [valid rounds]")];
-        ratios[0].extend(MULTIPLES.map(|(x, y)| format!("({}-a)/({}-a)", x.letter(), y.letter())));
+        let letter = |c: Condition| char::from(b'a' + c as u8);
+        ratios[0].extend(MULTIPLES.map(|(x, y)| format!("({}-a)/({}-a)", letter(x), letter(y))));
         for (s, (_, label, _)) in overhead.loops.iter().zip(LOOPS) {
             let mut row = vec![label.to_owned()];
             for c in CONDITIONS {
@@ -243,6 +244,8 @@ fn table(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::overhead::Series;
+    use Condition::Untraced;
 
     #[test]
     fn a_verdict_needs_every_round_valid() {
@@ -255,6 +258,23 @@ mod tests {
         let why = "2 of 3 rounds valid: an added cost <= 0 (noise)";
         assert_eq!(on_rounds("t".into(), &noisy, (0.0, 9.0)).2, Err(why.into()));
         assert!(on_rounds("t".into(), &[], (0.0, 9.0)).2.is_err());
+    }
+
+    #[test]
+    fn issue_10_targets_take_the_default_backends_multiples_of_the_floor() {
+        let mut results = Results::default();
+        // Over (a)'s 100 ns, the floor adds 100 to each loop, sockwatch 40, 40 and 105.
+        for sockwatch in [140.0, 140.0, 205.0] {
+            let mut series = Series::default();
+            for (c, ns) in [(Untraced, 100.0), (Floor, 200.0), (Sockwatch, sockwatch)] {
+                series[c as usize] = vec![(ns, None)];
+            }
+            series[Article as usize] = vec![(2000.0, None)];
+            results.overhead.loops.push(series);
+        }
+        let outcomes: Vec<_> = results.verdicts().into_iter().map(|v| v.2).collect();
+        // send 0.4x <= 0.5x, write 0.4x > 0.3x, getppid 1.05x <= 1.1x, bpftrace 47.5x >= 10x.
+        assert_eq!(outcomes[..4], [Ok(true), Ok(false), Ok(true), Ok(true)]);
     }
 
     #[test]

@@ -61,11 +61,6 @@ impl Condition {
         let kprobes = Path::new(KPROBE_PMU).exists();
         (self == Kprobe && !kprobes).then_some("no kprobes in this kernel")
     }
-
-    /// Its letter in the tables, `(a)` to `(f)`.
-    pub fn letter(self) -> char {
-        char::from(b'a' + self as u8)
-    }
 }
 
 /// What sockwatch printed about one process: lifecycle records (connect, accept, close),
