@@ -90,6 +90,11 @@ enum Mode {
         #[arg(long, default_value_t = 1_000_000)]
         calls: u64,
     },
+    /// CALLS `getppid()`s (a syscall sockwatch does not hook); prints ns per call.
+    BenchGetppid {
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+    },
     /// CALLS loopback TCP connect + accept + send BYTES + close (both ends, abortive: no
     /// TIME_WAIT) cycles, all in one thread; prints ns per cycle.
     BenchChurn {
@@ -188,6 +193,7 @@ fn run(mode: Mode) -> io::Result<()> {
         Mode::BenchSend { calls, bytes } => bench::send(calls, bytes),
         Mode::BenchWriteDevnull { calls } => bench::write_devnull(calls),
         Mode::BenchClose { calls } => bench::close(calls),
+        Mode::BenchGetppid { calls } => bench::getppid(calls),
         Mode::BenchChurn { calls, bytes } => bench::churn(calls, bytes),
         Mode::Flood {
             secs,

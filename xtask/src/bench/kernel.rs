@@ -11,23 +11,37 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(90);
 /// Once the detaching process is gone, a little longer for deferred work (RCU callbacks).
 const SETTLE: Duration = Duration::from_millis(250);
 
-/// The tracepoints sockwatch's tracepoint backend attaches (`sockwatch-tui/src/probes`): the
-/// exit of every syscall in `SYSCALLS`, the entry of those with `enter`, optional ones only
-/// where this kernel has them (setup mounts tracefs), and `sched:sched_process_exit`.
-pub fn sockwatch_tracepoints() -> Vec<String> {
-    let mut all = Vec::new();
+/// The events sockwatch's `probe` backend attaches, sorted, as its link fds name them: for both
+/// tracepoint-based backends the exit of every syscall in `SYSCALLS` and the entry of those with
+/// `enter` (the socket backend leaves out the ones that move bytes and adds the socket layer's
+/// raw tracepoints), optional ones only where this kernel has them, and `sched_process_exit`.
+/// `None` for kprobes, whose links name no event.
+pub fn sockwatch_events(probe: &str) -> Option<Vec<String>> {
+    let socket = match probe {
+        "socket" => true,
+        "tracepoint" => false,
+        _ => return None,
+    };
+    let mut all = vec!["sched_process_exit".to_owned()];
     for syscall in sockwatch_common::SYSCALLS {
+        if socket && syscall.moves_bytes {
+            continue;
+        }
         for phase in ["enter", "exit"] {
             let event = format!("sys_{phase}_{}", syscall.name);
             let path = format!("/sys/kernel/tracing/events/syscalls/{event}");
             let exists = !syscall.optional || Path::new(&path).exists();
             if exists && (syscall.enter || phase == "exit") {
-                all.push(format!("tracepoint:syscalls:{event}"));
+                all.push(event);
             }
         }
     }
-    all.push("tracepoint:sched:sched_process_exit".into());
-    all
+    // The socket layer's raw tracepoints (`sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS`).
+    if socket {
+        all.extend(["sock_send_length", "sock_recv_length"].map(String::from));
+    }
+    all.sort_unstable();
+    Some(all)
 }
 
 /// `bpftool -j ARGS`: the list it prints (some versions print nothing for an empty one).
@@ -41,11 +55,14 @@ fn bpftool(args: &str) -> Result<Vec<Value>> {
     serde_json::from_str(text).with_context(|| format!("parsing `bpftool {args}`"))
 }
 
-/// Programs attached to tracepoints: aya's BPF links (`bpftool link`), and the perf event
-/// fds bpftrace attaches through (`bpftool perf`) as `(holder's pid, tracepoint)`.
+/// Programs attached to events: BPF links of the kinds aya attaches by (`bpftool link`:
+/// `perf_event` for tracepoints and kprobes, `raw_tracepoint`), and the perf event and raw
+/// tracepoint fds processes hold (`bpftool perf`: bpftrace's tracepoints, and the raw
+/// tracepoint links again) as `(holder's pid, event)`.
 pub fn attachments() -> Result<(usize, Vec<(u64, String)>)> {
     let (links, perf) = (bpftool("link show")?, bpftool("perf show")?);
-    let links = links.iter().filter(|l| l["type"] == "perf_event").count();
+    let hook = |l: &&Value| l["type"] == "perf_event" || l["type"] == "raw_tracepoint";
+    let links = links.iter().filter(hook).count();
     let perf = perf.into_iter().map(|p| {
         let name = p["tracepoint"].as_str().unwrap_or("?");
         (p["pid"].as_u64().unwrap_or(0), name.to_owned())
@@ -53,22 +70,35 @@ pub fn attachments() -> Result<(usize, Vec<(u64, String)>)> {
     Ok((links, perf.collect()))
 }
 
-/// The programs `pid` holds (prog and link fds both name theirs in fdinfo), and how many of
-/// its fds are perf links: one per tracepoint aya attached.
-pub fn held_by(pid: u32) -> Result<(BTreeSet<u64>, usize)> {
-    let (mut progs, mut links) = (BTreeSet::new(), 0);
-    let dir = format!("/proc/{pid}/fdinfo");
+/// What a process holds: its programs (prog and link fds both name theirs in fdinfo), its
+/// links (one per event aya attached), the events they name (tracepoints and raw tracepoints
+/// do), and how many are raw tracepoint links (`bpftool perf` lists those too).
+#[derive(Debug, Default)]
+pub struct Held {
+    pub progs: BTreeSet<u64>,
+    pub links: usize,
+    pub events: Vec<String>,
+    pub raw: usize,
+}
+
+pub fn held_by(pid: u32) -> Result<Held> {
+    let (mut held, dir) = (Held::default(), format!("/proc/{pid}/fdinfo"));
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
         let info = fs::read_to_string(entry?.path()).unwrap_or_default();
         for line in info.lines() {
             match line.split_whitespace().collect::<Vec<_>>()[..] {
-                ["prog_id:", id] => progs.extend(id.parse::<u64>().ok()),
-                ["link_type:", "perf"] => links += 1,
+                ["prog_id:", id] => held.progs.extend(id.parse::<u64>().ok()),
+                ["link_type:", kind] => {
+                    held.links += 1;
+                    held.raw += usize::from(kind == "raw_tracepoint");
+                }
+                ["tp_name:", name] => held.events.push(name.to_owned()),
                 _ => {}
             }
         }
     }
-    Ok((progs, links))
+    held.events.sort_unstable();
+    Ok(held)
 }
 
 /// While set, orphaned descendants (sockwatch's detaching child) become our children instead
@@ -137,11 +167,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_floor_hooks_what_sockwatch_hooks() {
-        let all = sockwatch_tracepoints().join(",");
-        assert!(all.contains("tracepoint:syscalls:sys_enter_connect,"));
-        assert!(all.contains("tracepoint:syscalls:sys_exit_execve,"));
-        assert!(!all.contains("sys_enter_execve,"));
-        assert!(all.ends_with(",tracepoint:sched:sched_process_exit"));
+    fn the_socket_backend_hooks_lifecycle_syscalls_and_the_socket_layer() {
+        let [tracepoint, socket] = ["tracepoint", "socket"].map(|p| sockwatch_events(p).unwrap());
+        let has = |events: &[String], e: &str| events.iter().any(|x| x == e);
+        for e in ["sys_enter_connect", "sys_exit_execve", "sched_process_exit"] {
+            assert!(has(&tracepoint, e) && has(&socket, e), "{e}");
+        }
+        assert!(has(&tracepoint, "sys_enter_sendto") && !has(&socket, "sys_enter_sendto"));
+        assert!(has(&socket, "sock_send_length") && !has(&tracepoint, "sock_send_length"));
+        assert!(!has(&tracepoint, "sys_enter_execve"));
+        // 11 syscalls that move bytes leave, with their entries and exits; 2 raw ones join.
+        assert_eq!(tracepoint.len() - socket.len(), 22 - 2);
+        assert_eq!(sockwatch_events("kprobe"), None);
     }
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: what sockwatch costs the programs it watches, and what it can take.
-//! Per-syscall overhead under four conditions (`overhead.rs`, `tracer.rs`), throughput and
+//! Per-syscall overhead under six conditions (`overhead.rs`, `tracer.rs`), throughput and
 //! scale (`pipeline.rs`), the table's criterion benchmark (`criterion.rs`); the tables
 //! (`report.rs`) are printed and written to bench/results.md. `--smoke` runs every step once,
 //! tiny, from the debug build, into target/bench/smoke (`cargo xtask test` does).
@@ -86,14 +86,17 @@ const PREAMBLE: &str = "# sockwatch benchmark results
 Written by `cargo xtask bench` (as root, release build; the README's Performance section says
 what it runs).
 Overhead: each `sockwatch-load` loop is timed under (a) nothing attached, (b) the floor:
-bpftrace with empty actions on exactly the tracepoints sockwatch hooks, the price of the hooks
-alone, (c) `sockwatch-tui --json`, (d) bpftrace sending every `sendto` and `close` of every
-process to user space and printing it. Rounds interleave a, b, c, d; an untraced run starts only
-once the previous tracer's programs are detached and its processes gone. Figures are medians
-(min-max) over rounds; multiples are taken round by round, `[k/n]`: valid in k rounds of n
-(both added costs positive, no other tracer attached, (c)'s send socket tracked). A verdict
-stands only on every round asked for. Throughput counts only the load's records; scale, the
-sockets sockwatch really tracked.
+bpftrace with empty actions on `sys_enter`/`sys_exit` of write, sendto and close (issue #10's
+yardstick, the same for every backend), (c) `sockwatch-tui --json` with its default backend
+(named in the column), (d) with `--probe tracepoint`, (e) with `--probe kprobe` (n/a where the
+kernel has no kprobes), (f) bpftrace sending every `sendto` and `close` of every process to
+user space and printing it. `events hooked` counts each condition's attached programs. Rounds
+interleave a to f; an untraced run starts only once the previous tracer's programs are
+detached and its processes gone. Figures are medians (min-max) over rounds; multiples are
+taken round by round, `[k/n]`: valid in k rounds of n (both added costs positive, no other
+tracer attached, sockwatch's send socket tracked). A verdict stands only on every round asked
+for. Throughput (default backend) counts only the load's records; scale, the sockets sockwatch
+really tracked.
 ";
 
 /// Builds what the bench runs before anything is measured, so that no compiler competes.
@@ -151,11 +154,9 @@ fn header(smoke: bool, rounds: usize, started: Instant, ticks: [u64; 2]) -> Stri
     let others = (all - ticks[0]).saturating_sub(ours - ticks[1]) as f64 / 100.0;
     let cpus = thread::available_parallelism().map_or(1, usize::from) as f64;
     let other = others / (minutes * 60.0 * cpus) * 100.0;
-    let hooks = kernel::sockwatch_tracepoints().len();
     format!(
         "sockwatch bench: {date} UTC, kernel {kernel}, {commit}{smoke}\n{rounds} rounds, \
-         {hooks} tracepoints hooked by (b) and (c), {minutes:.1} min; other processes used \
-         {other:.0}% of the machine's CPU meanwhile"
+         {minutes:.1} min; other processes used {other:.0}% of the machine's CPU meanwhile"
     )
 }
 

@@ -1,19 +1,20 @@
-//! Per-syscall overhead: four `sockwatch-load` loops, each timed under the four conditions,
-//! interleaved round by round (a, b, c, d, a, b, ...) so that drift on a shared machine lands
+//! Per-syscall overhead: five `sockwatch-load` loops, each timed under every condition,
+//! interleaved round by round (a, b, c, ..., a, b, ...) so that drift on a shared machine lands
 //! on every condition alike. Each run keeps the reason it cannot be trusted, if any.
 
 use std::{process::Stdio, time::Duration, time::Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use super::tracer::{self, Condition, Condition::Sockwatch, Tracer, CONDITIONS};
+use super::tracer::{self, Condition, Tracer, CONDITIONS};
 use super::Binaries;
 
 /// `(sockwatch-load mode, what one call is, calls per run)`: about 0.4 s untraced on the
 /// development machine, long enough to dwarf start-up; a smoke run makes 1/40 of them.
-pub const LOOPS: [(&str, &str, u64); 4] = [
+pub const LOOPS: [(&str, &str, u64); 5] = [
     ("bench-send", "send() 64 B, tracked TCP socket", 175_000),
     ("bench-write-devnull", "write() to /dev/null", 1_600_000),
+    ("bench-getppid", "getppid()", 1_600_000),
     ("bench-close", "close() of a dup of /dev/null", 900_000),
     ("bench-churn", "TCP connect+accept+send+close", 12_000),
 ];
@@ -21,8 +22,17 @@ pub const LOOPS: [(&str, &str, u64); 4] = [
 const SEND_BYTES: u64 = 64;
 
 /// Every run of one loop, `[condition][round]`: ns per call, and why the run cannot be
-/// trusted (`None`: it can).
-pub type Series = [Vec<(f64, Option<String>)>; 4];
+/// trusted (`None`: it can). A condition this kernel cannot run has no runs.
+pub type Series = [Vec<(f64, Option<String>)>; CONDITIONS.len()];
+
+/// The overhead pass: a [`Series`] per loop (in [`LOOPS`] order), the events each condition
+/// attached, and the backend sockwatch chose by default.
+#[derive(Default)]
+pub struct Overhead {
+    pub loops: Vec<Series>,
+    pub hooks: [usize; CONDITIONS.len()],
+    pub default_probe: String,
+}
 
 /// Per round, `(x − a) / (y − a)`: condition x's added cost as a multiple of y's. Valid only
 /// if all three runs are and both added costs are positive: a cost at or below the untraced
@@ -43,17 +53,23 @@ pub fn multiples(series: &Series, x: Condition, y: Condition) -> Vec<Result<f64,
     .collect()
 }
 
-/// Runs `rounds` rounds (`smoke`: tiny ones) of every loop, in [`LOOPS`] order; before each
-/// condition's runs, other tracers get `wait` to go.
-pub fn run(bins: &Binaries, rounds: usize, smoke: bool, wait: Duration) -> Result<Vec<Series>> {
+/// Runs `rounds` rounds (`smoke`: tiny ones) of every loop under every condition this kernel
+/// can run; before each condition's runs, other tracers get `wait` to go.
+pub fn run(bins: &Binaries, rounds: usize, smoke: bool, wait: Duration) -> Result<Overhead> {
     let calls = LOOPS.map(|(_, _, calls)| if smoke { calls / 40 } else { calls });
-    let mut all = vec![Series::default(); LOOPS.len()];
+    let mut all = Overhead {
+        loops: vec![Series::default(); LOOPS.len()],
+        ..Overhead::default()
+    };
     for round in 1..=rounds {
-        let (started, mut hooks) = (Instant::now(), [0; 4]);
-        for condition in CONDITIONS {
+        let started = Instant::now();
+        for condition in CONDITIONS.into_iter().filter(|c| c.unavailable().is_none()) {
             let tracer = Tracer::start(condition, bins);
             let tracer = tracer.with_context(|| format!("starting {condition:?}"))?;
-            hooks[condition as usize] = tracer.hooks;
+            all.hooks[condition as usize] = tracer.hooks;
+            if condition == Condition::Sockwatch {
+                all.default_probe.clone_from(&tracer.probe);
+            }
             let clean_before = tracer.clean(wait)?;
             let mut runs = Vec::new();
             for (i, &calls) in calls.iter().enumerate() {
@@ -65,17 +81,14 @@ pub fn run(bins: &Binaries, rounds: usize, smoke: bool, wait: Duration) -> Resul
                 let sent = records.of(pid).max_sent >= all_calls * SEND_BYTES;
                 let invalid = if !clean {
                     Some("another tracer was attached")
-                } else if condition == Sockwatch && i == 0 && !sent {
+                } else if condition.probe().is_some() && i == 0 && !sent {
                     Some("the send socket was not tracked")
                 } else {
                     None
                 };
-                all[i][condition as usize].push((ns, invalid.map(String::from)));
+                let cell = (ns, invalid.map(String::from));
+                all.loops[i][condition as usize].push(cell);
             }
-        }
-        let [_, floor, sockwatch, _] = hooks;
-        if floor != sockwatch {
-            bail!("the floor hooked {floor} tracepoints, sockwatch {sockwatch}: they must match");
         }
         let secs = started.elapsed().as_secs_f64();
         crate::cmd::say(format!("bench: round {round}/{rounds}: {secs:.0} s"));
@@ -108,12 +121,11 @@ mod tests {
     #[test]
     fn multiples_pair_each_round_and_refuse_noise() {
         let cells = |ns: [f64; 4]| ns.map(|ns| (ns, None)).to_vec();
-        let mut series = [
-            cells([100.0, 100.0, 100.0, 100.0]),
-            cells([110.0, 90.0, 120.0, 110.0]),
-            cells([130.0, 130.0, f64::NAN, 140.0]),
-            cells([400.0, 400.0, 400.0, 400.0]),
-        ];
+        let mut series = Series::default();
+        series[0] = cells([100.0, 100.0, 100.0, 100.0]);
+        series[1] = cells([110.0, 90.0, 120.0, 110.0]);
+        series[2] = cells([130.0, 130.0, f64::NAN, 140.0]);
+        series[5] = cells([400.0, 400.0, 400.0, 400.0]);
         series[2][3].1 = Some("the send socket was not tracked".into());
         let m = multiples(&series, Condition::Sockwatch, Condition::Floor);
         assert_eq!(m[0], Ok(3.0));
@@ -122,5 +134,7 @@ mod tests {
         assert_eq!(m[3], Err("the send socket was not tracked".into()));
         let article = multiples(&series, Condition::Article, Condition::Sockwatch);
         assert_eq!(article[0], Ok(10.0));
+        // A condition that did not run has no rounds.
+        assert!(multiples(&series, Condition::Kprobe, Condition::Floor).is_empty());
     }
 }

@@ -59,7 +59,7 @@ pub fn throughput(bins: &Binaries, steps: &[(u64, bool)], secs: f64, n: u64) -> 
 }
 
 fn run_step(bins: &Binaries, mut step: Step, secs: f64, processes: u64) -> Result<Step> {
-    let sockwatch = Tracer::sockwatch(bins, None)?;
+    let sockwatch = Tracer::sockwatch(bins, None, "auto")?;
     // sockwatch's records per lifecycle: TCP connect, accept, two closes; UDP connect, close.
     let per_cycle = if step.tcp { 4 } else { 2 };
     let rate = step.rate.div_ceil(processes * per_cycle).to_string();
@@ -114,7 +114,7 @@ pub fn scale(bins: &Binaries, sockets: &[u64], secs: f64) -> Result<Vec<Phase>> 
 }
 
 fn run_phase(bins: &Binaries, sockets: u64, secs: f64) -> Result<Phase> {
-    let sockwatch = Tracer::sockwatch(bins, None)?;
+    let sockwatch = Tracer::sockwatch(bins, None, "auto")?;
     let mut phase = Phase {
         sockets,
         ..Phase::default()

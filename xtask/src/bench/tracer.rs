@@ -1,12 +1,13 @@
-//! The four conditions a loop runs under, and the tracers that make them: nothing; the floor
-//! (bpftrace with empty actions on exactly the tracepoints sockwatch hooks: the price of the
-//! hooks alone); sockwatch; the article's way (bpftrace printing every `sendto` and `close`).
+//! The conditions a loop runs under, and the tracers that make them: nothing; the floor
+//! (bpftrace with empty actions on `sys_enter`/`sys_exit` of write, sendto and close: one
+//! fixed yardstick, the price of the hooks alone); sockwatch with its default backend and with
+//! each syscall backend; the article's way (bpftrace printing every `sendto` and `close`).
 
 use std::time::Duration;
 use std::{collections::BTreeSet, collections::HashMap, fs, fs::File, io::BufRead, io::BufReader};
 use std::{path::Path, path::PathBuf, process::Child, process::Command, process::Stdio};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::{kernel, Binaries};
 use crate::cmd;
@@ -15,21 +16,52 @@ use crate::cmd;
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The floor as issue #10 defines it, the same whatever sockwatch hooks.
+const FLOOR_PROBES: &str =
+    "tracepoint:syscalls:sys_enter_write,tracepoint:syscalls:sys_exit_write,\
+     tracepoint:syscalls:sys_enter_sendto,tracepoint:syscalls:sys_exit_sendto,\
+     tracepoint:syscalls:sys_enter_close,tracepoint:syscalls:sys_exit_close";
 const ARTICLE_PROBES: &str =
     "tracepoint:syscalls:sys_enter_sendto,tracepoint:syscalls:sys_enter_close";
 const ARTICLE_ACTION: &str = r#"printf("%s pid=%d tid=%d fd=%d\n", comm, pid, tid, args->fd);"#;
+/// The kprobe PMU (`CONFIG_KPROBES`), which aya attaches kprobes through (as sockwatch checks).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 /// The conditions, in the order each round runs them; `as usize` indexes their figures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Condition {
     Untraced,
     Floor,
+    /// sockwatch with `--probe auto` (the socket backend where the kernel has the socket layer).
     Sockwatch,
+    /// sockwatch with `--probe tracepoint`.
+    Tracepoint,
+    /// sockwatch with `--probe kprobe` (where the kernel has kprobes).
+    Kprobe,
     Article,
 }
-use Condition::{Article, Floor, Sockwatch, Untraced};
+use Condition::{Article, Floor, Kprobe, Sockwatch, Tracepoint, Untraced};
 
-pub const CONDITIONS: [Condition; 4] = [Untraced, Floor, Sockwatch, Article];
+/// Sockwatch's backends side by side, the default first.
+pub const CONDITIONS: [Condition; 6] = [Untraced, Floor, Sockwatch, Tracepoint, Kprobe, Article];
+
+impl Condition {
+    /// Its `--probe`, if it is sockwatch.
+    pub fn probe(self) -> Option<&'static str> {
+        match self {
+            Sockwatch => Some("auto"),
+            Tracepoint => Some("tracepoint"),
+            Kprobe => Some("kprobe"),
+            Untraced | Floor | Article => None,
+        }
+    }
+
+    /// Why it cannot run on this kernel, if it cannot.
+    pub fn unavailable(self) -> Option<&'static str> {
+        let kprobes = Path::new(KPROBE_PMU).exists();
+        (self == Kprobe && !kprobes).then_some("no kprobes in this kernel")
+    }
+}
 
 /// What sockwatch printed about one process: lifecycle records (connect, accept, close),
 /// `open` records (its sockets still tracked at the end), the most one of its sockets sent.
@@ -87,9 +119,10 @@ pub struct Tracer {
     comm: &'static str,
     /// Its programs, whose detach `stop` waits for.
     progs: BTreeSet<u64>,
-    /// Tracepoints it attached.
+    /// Events it attached, and the backend sockwatch reports in its start record.
     pub hooks: usize,
-    /// The kernel's perf links and perf events with programs while it alone is attached.
+    pub probe: String,
+    /// The kernel's hook links and perf event fds with programs while it alone is attached.
     expect: (usize, usize),
     /// sockwatch's output file.
     output: Option<PathBuf>,
@@ -98,12 +131,12 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `condition`, its tracer pinned to the observer CPU.
     pub fn start(condition: Condition, bins: &Binaries) -> Result<Self> {
-        let probes = kernel::sockwatch_tracepoints().join(",");
-        match condition {
-            Untraced => Ok(Self::default()),
-            Floor => Self::bpftrace(bins, &probes, ""),
-            Sockwatch => Self::sockwatch(bins, bins.cpus.map(|c| c.1)),
-            Article => Self::bpftrace(bins, ARTICLE_PROBES, ARTICLE_ACTION),
+        let cpu = bins.cpus.map(|c| c.1);
+        match (condition, condition.probe()) {
+            (Untraced, _) => Ok(Self::default()),
+            (Floor, _) => Self::bpftrace(bins, FLOOR_PROBES, ""),
+            (Article, _) => Self::bpftrace(bins, ARTICLE_PROBES, ARTICLE_ACTION),
+            (_, probe) => Self::sockwatch(bins, cpu, probe.context("not sockwatch")?),
         }
     }
 
@@ -117,24 +150,40 @@ impl Tracer {
         Ok(tracer)
     }
 
-    /// `sockwatch-tui --json` (pinned to `cpu`, if any), once its probes are attached. Its
-    /// records go to a file, as a user's `--json > file` would: a pipe to a reader of ours
-    /// would compete for the 2 cores and block its writes, and it lost events that way.
-    pub fn sockwatch(bins: &Binaries, cpu: Option<usize>) -> Result<Self> {
+    /// `sockwatch-tui --json --probe PROBE` (pinned to `cpu`, if any), once its probes are
+    /// attached, and checked to hold exactly the events its backend attaches. Its records go to
+    /// a file, as a user's `--json > file` would: a pipe to a reader of ours would compete for
+    /// the 2 cores and block its writes, and it lost events that way.
+    pub fn sockwatch(bins: &Binaries, cpu: Option<usize>, probe: &str) -> Result<Self> {
         let path = bins.work.join("sockwatch.jsonl");
         let out = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut command = pinned(&bins.sockwatch, cpu);
         // Every socket the bench measures is opened after the start; without the /proc scan
         // for older ones, the start record (flushed at once) is the moment sockwatch is ready.
-        command.args(["--json", "--no-existing"]).stdout(out);
+        let args = ["--json", "--no-existing", "--probe", probe];
+        command.args(args).stdout(out);
         let mut tracer = Self::spawn(bins, command, "sockwatch-tui")?;
         tracer.output = Some(path.clone());
         tracer.wait_started(bins, || {
             let start = fs::read_to_string(&path).unwrap_or_default();
             Ok(start.starts_with(r#"{"event":"start""#))
         })?;
-        (tracer.progs, tracer.hooks) = kernel::held_by(tracer.pid())?;
-        tracer.expect = (tracer.hooks, 0);
+        let start = fs::read_to_string(&path)?;
+        let chosen = start.split(r#""probe":""#).nth(1);
+        let chosen = chosen.and_then(|rest| rest.split('"').next());
+        let chosen = chosen.context("no probe in sockwatch's start record")?;
+        tracer.probe = chosen.to_owned();
+        let held = kernel::held_by(tracer.pid())?;
+        // A build that embedded another object (a stale or shared target dir) attaches other
+        // events than the syscall table says: its figures would be some other program's.
+        if let Some(want) = kernel::sockwatch_events(&tracer.probe) {
+            if held.events != want {
+                let (probe, held) = (&tracer.probe, &held.events);
+                bail!("sockwatch ({probe}) attached {held:?}, not {want:?}");
+            }
+        }
+        (tracer.progs, tracer.hooks) = (held.progs, held.links);
+        tracer.expect = (held.links, held.raw);
         Ok(tracer)
     }
 
@@ -158,7 +207,7 @@ impl Tracer {
             held.sort_unstable();
             Ok(held == want)
         })?;
-        (tracer.progs, tracer.hooks) = (kernel::held_by(tracer.pid())?.0, want.len());
+        (tracer.progs, tracer.hooks) = (kernel::held_by(tracer.pid())?.progs, want.len());
         tracer.expect = (0, tracer.hooks);
         Ok(tracer)
     }

@@ -120,6 +120,24 @@ pub fn close(calls: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// `getppid()`: a syscall sockwatch never hooks, so what it pays is only the slow path that any
+/// enabled syscall tracepoint puts every syscall of every task on. Made with `syscall(2)`, so
+/// that no libc can answer it from a cache.
+pub fn getppid(calls: u64) -> io::Result<()> {
+    // SAFETY: getppid takes no arguments and cannot fail.
+    let getppid_once = || unsafe { libc::syscall(libc::SYS_getppid) };
+    for _ in 0..warm_up(calls) {
+        getppid_once();
+    }
+    let start = Instant::now();
+    for _ in 0..calls {
+        getppid_once();
+    }
+    let elapsed = start.elapsed();
+    report("bench-getppid", calls, elapsed);
+    Ok(())
+}
+
 /// Where a lifecycle connects: a loopback TCP listener this thread accepts from itself, or a
 /// bound UDP socket nobody reads (once its buffer is full, datagrams are dropped).
 enum Target {
