@@ -36,10 +36,20 @@ pub fn sockwatch_events(probe: &str) -> Option<Vec<String>> {
             }
         }
     }
-    // The socket layer's raw tracepoints (`sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS`).
-    if socket {
-        all.extend(["sock_send_length", "sock_recv_length"].map(String::from));
-    }
+    // The socket layer's raw tracepoints (`sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS`);
+    // for the syscall backends, the marks of what they cannot count (io_uring, a fork).
+    let extra = if socket {
+        ["sock_send_length", "sock_recv_length"]
+    } else {
+        ["io_uring_file_get", "sched_process_fork"]
+    };
+    let io_uring = Path::new("/sys/kernel/tracing/events/io_uring/io_uring_file_get").exists();
+    all.extend(
+        extra
+            .iter()
+            .filter(|e| io_uring || **e != "io_uring_file_get")
+            .map(|e| e.to_string()),
+    );
     all.sort_unstable();
     Some(all)
 }
@@ -176,8 +186,9 @@ mod tests {
         assert!(has(&tracepoint, "sys_enter_sendto") && !has(&socket, "sys_enter_sendto"));
         assert!(has(&socket, "sock_send_length") && !has(&tracepoint, "sock_send_length"));
         assert!(!has(&tracepoint, "sys_enter_execve"));
-        // 11 syscalls that move bytes leave, with their entries and exits; 2 raw ones join.
-        assert_eq!(tracepoint.len() - socket.len(), 22 - 2);
+        // 14 syscalls that move bytes (or mark partial) leave with their entries and exits;
+        // the socket layer's 2 raw tracepoints replace io_uring's and the fork's marks.
+        assert_eq!(tracepoint.len() - socket.len(), 28);
         assert_eq!(sockwatch_events("kprobe"), None);
     }
 }
