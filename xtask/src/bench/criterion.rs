@@ -16,19 +16,15 @@ pub struct Rows {
     pub parts: [Vec<f64>; 3],
 }
 
-/// Runs the benchmark with its samples under `work/criterion` and its output in
-/// `work/criterion.log`. A smoke run builds it in the dev profile and measures 100 rows
-/// briefly, through the same files.
+/// Runs the benchmark, samples under `work/criterion`, output in `work/criterion.log`; a smoke
+/// run builds it in the dev profile and measures 100 rows briefly, through the same files.
 pub fn run(work: &Path, smoke: bool) -> Result<Vec<Rows>> {
     let (home, log) = (work.join("criterion"), work.join("criterion.log"));
     let mut bench = cmd::cargo();
     bench.args(["bench", "-p", "sockwatch-tui", "--bench", "table"]);
-    let sizes: &[usize] = if smoke {
-        &[100]
-    } else {
-        &[100, 10_000, 100_000]
-    };
+    let mut sizes: &[usize] = &[100, 10_000, 100_000];
     if smoke {
+        sizes = &[100];
         bench.args(["--profile", "dev", "--", "--warm-up-time", "0.05"]);
         bench.args(["--measurement-time", "0.1", "table/100/"]);
     }

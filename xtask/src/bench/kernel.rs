@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, fs, path::Path, process::Command, thread, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 /// Detaching takes the kernel a grace period per tracepoint: seconds for ~40 of them.
@@ -11,11 +11,10 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(90);
 /// Once the detaching process is gone, a little longer for deferred work (RCU callbacks).
 const SETTLE: Duration = Duration::from_millis(250);
 
-/// The events sockwatch's `probe` backend attaches, sorted, as its link fds name them: for both
-/// tracepoint-based backends the exit of every syscall in `SYSCALLS` and the entry of those with
-/// `enter` (the socket backend leaves out the ones that move bytes and adds the socket layer's
-/// raw tracepoints), optional ones only where this kernel has them, and `sched_process_exit`.
-/// `None` for kprobes, whose links name no event.
+/// The events sockwatch's `probe` backend attaches, sorted, as its link fds name them: the exit of
+/// every syscall in `SYSCALLS`, the entry of those with `enter` (the socket backend leaves out
+/// those that move bytes), optional ones only where this kernel has them, `sched_process_exit`
+/// and the extras below. `None` for kprobes, whose links name no event.
 pub fn sockwatch_events(probe: &str) -> Option<Vec<String>> {
     let socket = match probe {
         "socket" => true,
@@ -24,14 +23,11 @@ pub fn sockwatch_events(probe: &str) -> Option<Vec<String>> {
     };
     let mut all = vec!["sched_process_exit".to_owned()];
     for syscall in sockwatch_common::SYSCALLS {
-        if socket && syscall.moves_bytes {
-            continue;
-        }
         for phase in ["enter", "exit"] {
             let event = format!("sys_{phase}_{}", syscall.name);
             let path = format!("/sys/kernel/tracing/events/syscalls/{event}");
-            let exists = !syscall.optional || Path::new(&path).exists();
-            if exists && (syscall.enter || phase == "exit") {
+            let hooked = !(socket && syscall.moves_bytes) && (syscall.enter || phase == "exit");
+            if hooked && (!syscall.optional || Path::new(&path).exists()) {
                 all.push(event);
             }
         }
@@ -44,12 +40,8 @@ pub fn sockwatch_events(probe: &str) -> Option<Vec<String>> {
         ["io_uring_file_get", "sched_process_fork"]
     };
     let io_uring = Path::new("/sys/kernel/tracing/events/io_uring/io_uring_file_get").exists();
-    all.extend(
-        extra
-            .iter()
-            .filter(|e| io_uring || **e != "io_uring_file_get")
-            .map(|e| e.to_string()),
-    );
+    all.extend(extra.map(str::to_owned));
+    all.retain(|e| io_uring || e != "io_uring_file_get");
     all.sort_unstable();
     Some(all)
 }
@@ -59,16 +51,15 @@ fn bpftool(args: &str) -> Result<Vec<Value>> {
     let mut command = Command::new("bpftool");
     let output = command.arg("-j").args(args.split(' ')).output();
     let output = output.context("cannot run bpftool (cargo xtask setup installs it)")?;
-    anyhow::ensure!(output.status.success(), "bpftool {args}: {}", output.status);
+    ensure!(output.status.success(), "bpftool {args}: {}", output.status);
     let text = String::from_utf8_lossy(&output.stdout);
     let text = if text.trim().is_empty() { "[]" } else { &text };
     serde_json::from_str(text).with_context(|| format!("parsing `bpftool {args}`"))
 }
 
-/// Programs attached to events: BPF links of the kinds aya attaches by (`bpftool link`:
-/// `perf_event` for tracepoints and kprobes, `raw_tracepoint`), and the perf event and raw
-/// tracepoint fds processes hold (`bpftool perf`: bpftrace's tracepoints, and the raw
-/// tracepoint links again) as `(holder's pid, event)`.
+/// Programs attached to events: BPF links of the kinds aya attaches by (`perf_event`,
+/// `raw_tracepoint`), and the perf event and raw tracepoint fds processes hold (`bpftool perf`:
+/// bpftrace's tracepoints, raw tracepoint links again) as `(holder's pid, event)`.
 pub fn attachments() -> Result<(usize, Vec<(u64, String)>)> {
     let (links, perf) = (bpftool("link show")?, bpftool("perf show")?);
     let hook = |l: &&Value| l["type"] == "perf_event" || l["type"] == "raw_tracepoint";
@@ -117,7 +108,7 @@ pub fn set_subreaper(on: bool) -> Result<()> {
     // SAFETY: prctl with integer arguments only.
     let set = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, libc::c_ulong::from(on)) };
     let error = std::io::Error::last_os_error();
-    anyhow::ensure!(set == 0, "prctl(PR_SET_CHILD_SUBREAPER): {error}");
+    ensure!(set == 0, "prctl(PR_SET_CHILD_SUBREAPER): {error}");
     Ok(())
 }
 

@@ -1,8 +1,7 @@
-//! `cargo xtask bench`: what sockwatch costs the programs it watches, and what it can take.
-//! Per-syscall overhead under six conditions (`overhead.rs`, `tracer.rs`), throughput and
-//! scale (`pipeline.rs`), the table's criterion benchmark (`criterion.rs`); the tables
-//! (`report.rs`) are printed and written to bench/results.md. `--smoke` runs every step once,
-//! tiny, from the debug build, into target/bench/smoke (`cargo xtask test` does).
+//! `cargo xtask bench`: what sockwatch costs the programs it watches, and what it can take:
+//! per-syscall overhead under six conditions (`overhead.rs`, `tracer.rs`), throughput and scale
+//! (`pipeline.rs`), the table's criterion benchmark (`criterion.rs`), as tables (`report.rs`)
+//! printed and written to bench/results.md. `--smoke` (`cargo xtask test`): each step once, tiny.
 
 mod criterion;
 mod kernel;
@@ -25,9 +24,8 @@ pub struct Options {
     pub rounds: Option<usize>,
 }
 
-/// The programs under test, where the logs go, and the CPUs of the overhead pass: each loop
-/// runs alone on one (`.0`) and the tracer on another (`.1`), so that what a loop pays is the
-/// hooks and the kernel programs, not a share of its core taken by the tracer's user space.
+/// The programs under test, where the logs go, and the overhead pass's CPUs: each loop alone on
+/// `.0`, the tracer on `.1`, so a loop pays for the hooks, not for a share of its core.
 pub struct Binaries {
     pub sockwatch: PathBuf,
     pub load: PathBuf,
@@ -41,8 +39,7 @@ pub fn run(options: Options) -> Result<()> {
     }
     setup::run()?;
     let (smoke, bins) = (options.smoke, build(options.smoke)?);
-    // Five rounds: with each loop pinned to its own CPU the spread is small, and the whole
-    // run stays within 10 minutes on the 2-core development machine.
+    // Five: with pinned loops the spread is small, and a run takes < 10 minutes on 2 cores.
     let rounds = options.rounds.unwrap_or(if smoke { 1 } else { 5 }).max(1);
     let (mut results, started, ticks) = (report::Results::default(), Instant::now(), cpu_ticks());
     kernel::set_subreaper(true)?;
@@ -66,8 +63,7 @@ fn measure(bins: &Binaries, smoke: bool, rounds: usize, r: &mut report::Results)
     let wait = Duration::from_secs(if smoke { 2 } else { 120 });
     r.overhead = overhead::run(bins, rounds, smoke, wait)?;
     say("bench: 2. throughput");
-    // `(lifecycle events/s, tcp)`, 0 for flat out.
-    // 210k: the load's pacing undershoots a little, and the target is 200k.
+    // `(lifecycle events/s, tcp)`, 0: flat out; 210k, as the load's pacing undershoots 200k.
     let udp = [50_000, 100_000, 210_000, 0].map(|rate| (rate, false));
     let steps = [&udp[..], &[(0, true)]].concat();
     let steps = if smoke { vec![(10_000, false)] } else { steps };
@@ -103,30 +99,25 @@ really tracked.
 fn build(smoke: bool) -> Result<Binaries> {
     let mut build = cmd::cargo();
     build.args(["build", "-p", "sockwatch-tui", "--bins"]);
+    cmd::run(build.args((!smoke).then_some("--release")))?;
     if !smoke {
-        cmd::run(build.arg("--release"))?;
         let bench = "bench -p sockwatch-tui --bench table --no-run";
         cmd::run(cmd::cargo().args(bench.split(' ')))?;
-    } else {
-        cmd::run(&mut build)?;
     }
     let dir = cmd::target_dir().join(if smoke { "debug" } else { "release" });
     let work = cmd::target_dir().join(if smoke { "bench/smoke" } else { "bench" });
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let (sockwatch, load) = (dir.join("sockwatch-tui"), dir.join("sockwatch-load"));
     let cpus = thread::available_parallelism().map_or(1, usize::from);
-    let cpus = (cpus >= 2).then_some((cpus - 1, 0));
     Ok(Binaries {
-        sockwatch,
-        load,
+        sockwatch: dir.join("sockwatch-tui"),
+        load: dir.join("sockwatch-load"),
         work,
-        cpus,
+        cpus: (cpus >= 2).then_some((cpus - 1, 0)),
     })
 }
 
-/// Busy CPU ticks of the machine (/proc/stat: user nice system irq softirq steal) and of
-/// this process with its reaped children (/proc/self/stat, whose name here has no spaces:
-/// utime stime cutime cstime): over a run, the difference is what everything else used.
+/// Busy CPU ticks of the machine (/proc/stat: user nice system irq softirq steal) and of us and
+/// our reaped children (/proc/self/stat, our name has no spaces: utime stime cutime cstime).
 fn cpu_ticks() -> [u64; 2] {
     let sum = |path: &str, wanted: &[usize]| -> u64 {
         let text = fs::read_to_string(path).unwrap_or_default();
@@ -161,7 +152,8 @@ fn header(smoke: bool, rounds: usize, started: Instant, ticks: [u64; 2]) -> Stri
 }
 
 /// `name=value` among the words of a `sockwatch-load` line → value.
-fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+fn number(line: &str, name: &str) -> Option<f64> {
     let mut words = line.split_whitespace();
-    words.find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+    let value = words.find_map(|word| word.strip_prefix(name)?.strip_prefix('='));
+    value?.parse().ok()
 }

@@ -25,8 +25,7 @@ const SEND_BYTES: u64 = 64;
 /// trusted (`None`: it can). A condition this kernel cannot run has no runs.
 pub type Series = [Vec<(f64, Option<String>)>; CONDITIONS.len()];
 
-/// The overhead pass: a [`Series`] per loop (in [`LOOPS`] order), the events each condition
-/// attached, and the backend sockwatch chose by default.
+/// A [`Series`] per loop ([`LOOPS`] order), each condition's hooked events, the default backend.
 #[derive(Default)]
 pub struct Overhead {
     pub loops: Vec<Series>,
@@ -34,9 +33,8 @@ pub struct Overhead {
     pub default_probe: String,
 }
 
-/// Per round, `(x − a) / (y − a)`: condition x's added cost as a multiple of y's. Valid only
-/// if all three runs are and both added costs are positive: a cost at or below the untraced
-/// one is noise, and so is any ratio made with it.
+/// Per round, `(x − a) / (y − a)`: x's added cost as a multiple of y's; valid only if all three
+/// runs are and both added costs are positive (else it is noise, and so is a ratio of it).
 pub fn multiples(series: &Series, x: Condition, y: Condition) -> Vec<Result<f64, String>> {
     let [a, x, y] = [0, x as usize, y as usize].map(|c| &series[c]);
     let rounds = a.iter().zip(x).zip(y);
@@ -56,11 +54,9 @@ pub fn multiples(series: &Series, x: Condition, y: Condition) -> Vec<Result<f64,
 /// Runs `rounds` rounds (`smoke`: tiny ones) of every loop under every condition this kernel
 /// can run; before each condition's runs, other tracers get `wait` to go.
 pub fn run(bins: &Binaries, rounds: usize, smoke: bool, wait: Duration) -> Result<Overhead> {
-    let calls = LOOPS.map(|(_, _, calls)| if smoke { calls / 40 } else { calls });
-    let mut all = Overhead {
-        loops: vec![Series::default(); LOOPS.len()],
-        ..Overhead::default()
-    };
+    let share = if smoke { 40 } else { 1 };
+    let mut all = Overhead::default();
+    all.loops.resize(LOOPS.len(), Series::default());
     for round in 1..=rounds {
         let started = Instant::now();
         for condition in CONDITIONS.into_iter().filter(|c| c.unavailable().is_none()) {
@@ -71,23 +67,19 @@ pub fn run(bins: &Binaries, rounds: usize, smoke: bool, wait: Duration) -> Resul
                 all.default_probe.clone_from(&tracer.probe);
             }
             let clean_before = tracer.clean(wait)?;
-            let mut runs = Vec::new();
-            for (i, &calls) in calls.iter().enumerate() {
-                runs.push(run_loop(bins, LOOPS[i].0, calls)?);
-            }
+            let runs = LOOPS.iter().map(|l| run_loop(bins, l.0, l.2 / share));
+            let runs = runs.collect::<Result<Vec<_>>>()?;
             let clean = clean_before && tracer.clean(Duration::ZERO)?;
             let records = tracer.stop()?;
             for (i, (pid, ns, all_calls)) in runs.into_iter().enumerate() {
                 let sent = records.of(pid).max_sent >= all_calls * SEND_BYTES;
+                let untracked = condition.probe().is_some() && i == 0 && !sent;
                 let invalid = if !clean {
                     Some("another tracer was attached")
-                } else if condition.probe().is_some() && i == 0 && !sent {
-                    Some("the send socket was not tracked")
                 } else {
-                    None
+                    untracked.then_some("the send socket was not tracked")
                 };
-                let cell = (ns, invalid.map(String::from));
-                all.loops[i][condition as usize].push(cell);
+                all.loops[i][condition as usize].push((ns, invalid.map(String::from)));
             }
         }
         let secs = started.elapsed().as_secs_f64();
@@ -107,7 +99,7 @@ fn run_loop(bins: &Binaries, mode: &str, calls: u64) -> Result<(u32, f64, u64)> 
     let (status, stdout) = (output.status, String::from_utf8_lossy(&output.stdout));
     anyhow::ensure!(status.success(), "sockwatch-load {mode}: {status}");
     // `mode=bench-send calls=N warmup=W secs=S ns_per_call=X`
-    let number = |name| super::field(&stdout, name)?.parse::<f64>().ok();
+    let number = |name| super::number(&stdout, name);
     let (ns, calls) = (number("ns_per_call"), number("calls").zip(number("warmup")));
     let run = ns.zip(calls);
     let (ns, calls) = run.with_context(|| format!("{mode} printed {stdout:?}"))?;

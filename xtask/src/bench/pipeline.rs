@@ -3,19 +3,19 @@
 //! the load made and what sockwatch says it lost. Scale: CPU and peak RSS while N idle sockets
 //! are tracked (held open by `sockwatch-load hold`), counted from sockwatch's `open` records.
 
-use std::{fs, process::Command, process::Stdio, thread, time::Duration, time::Instant};
+use std::time::Instant;
+use std::{fs, process::Child, process::Command, process::Stdio, thread, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::{kernel, tracer, tracer::Tracer, Binaries};
 
 /// Opening 5,000 connections (and sockwatch taking in their 10,000 records) on a busy machine.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A throughput step: `rate` lifecycle events/s of all processes together (0: flat out), over
-/// TCP or UDP; `offered`, the lifecycle events the load made; `printed`, sockwatch's records of
-/// the load's pids; `lost`, the `end` record's (any process; `None` without one); `cpu`,
-/// sockwatch's CPU time in percent of one core.
+/// A throughput step: `rate` lifecycle events/s of all processes (0: flat out); `offered`, the
+/// load's lifecycle events; `printed`, sockwatch's records of its pids; `lost`, the `end`
+/// record's (any process; `None` without one); `cpu`, sockwatch's, in percent of one core.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Step {
     pub rate: u64,
@@ -46,16 +46,14 @@ impl Step {
     }
 }
 
-/// Runs each step, `(rate, tcp)`, for `secs` with `processes` load processes.
+/// Runs each step, `(rate, tcp)`, for `secs` with `n` load processes.
 pub fn throughput(bins: &Binaries, steps: &[(u64, bool)], secs: f64, n: u64) -> Result<Vec<Step>> {
-    let mut results = Vec::new();
-    for &(rate, tcp) in steps {
+    let run = |&(rate, tcp): &(u64, bool)| {
         let mut step = Step::default();
         (step.rate, step.tcp) = (rate, tcp);
-        let label = step.label();
-        results.push(run_step(bins, step, secs, n).context(label)?);
-    }
-    Ok(results)
+        run_step(bins, step, secs, n).context(step.label())
+    };
+    steps.iter().map(run).collect()
 }
 
 fn run_step(bins: &Binaries, mut step: Step, secs: f64, processes: u64) -> Result<Step> {
@@ -63,24 +61,19 @@ fn run_step(bins: &Binaries, mut step: Step, secs: f64, processes: u64) -> Resul
     // sockwatch's records per lifecycle: TCP connect, accept, two closes; UDP connect, close.
     let per_cycle = if step.tcp { 4 } else { 2 };
     let rate = step.rate.div_ceil(processes * per_cycle).to_string();
-    let mut loads = Vec::new();
-    for _ in 0..processes {
-        let mut command = Command::new(&bins.load);
-        command.args(["flood", "--secs", &secs.to_string(), "--rate", &rate]);
-        command.args(step.tcp.then_some("--tcp"));
-        loads.push(tracer::spawn(command.stdout(Stdio::piped()))?);
-    }
+    let mut command = Command::new(&bins.load);
+    command.args(["flood", "--secs", &secs.to_string(), "--rate", &rate]);
+    command.args(step.tcp.then_some("--tcp"));
+    command.stdout(Stdio::piped());
+    let loads = (0..processes).map(|_| tracer::spawn(&mut command));
+    let loads = loads.collect::<Result<Vec<_>>>()?;
     let (cpu_before, wall) = (cpu_ns(sockwatch.pid())?, Instant::now());
-    let mut pids = Vec::new();
+    let pids: Vec<u32> = loads.iter().map(Child::id).collect();
     for load in loads {
-        pids.push(load.id());
         let output = load.wait_with_output().context("waiting for a flood")?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            bail!("sockwatch-load flood failed ({})", output.status);
-        }
-        let number = |name| super::field(&stdout, name)?.parse::<f64>().ok();
-        let printed = number("cycles").zip(number("secs"));
+        let (status, stdout) = (output.status, String::from_utf8_lossy(&output.stdout));
+        ensure!(status.success(), "sockwatch-load flood failed ({status})");
+        let printed = super::number(&stdout, "cycles").zip(super::number(&stdout, "secs"));
         let (cycles, took) = printed.with_context(|| format!("flood printed {stdout:?}"))?;
         step.offered += cycles as u64 * per_cycle;
         step.secs = step.secs.max(took);
@@ -106,8 +99,7 @@ pub struct Phase {
     pub peak_rss_kib: u64,
 }
 
-/// A fresh sockwatch for each count of `sockets` (so that each peak is its own), measured
-/// over `secs`.
+/// A fresh sockwatch per count of `sockets` (so each peak is its own), measured over `secs`.
 pub fn scale(bins: &Binaries, sockets: &[u64], secs: f64) -> Result<Vec<Phase>> {
     let phase = |&n: &u64| run_phase(bins, n, secs).with_context(|| format!("{n} sockets"));
     sockets.iter().map(phase).collect()
@@ -115,10 +107,7 @@ pub fn scale(bins: &Binaries, sockets: &[u64], secs: f64) -> Result<Vec<Phase>> 
 
 fn run_phase(bins: &Binaries, sockets: u64, secs: f64) -> Result<Phase> {
     let sockwatch = Tracer::sockwatch(bins, None, "auto")?;
-    let mut phase = Phase {
-        sockets,
-        ..Phase::default()
-    };
+    let mut phase = Phase::default();
     // Both ends of each loopback connection are tracked: half as many connections. It holds
     // them until its stdin closes.
     let mut command = Command::new(&bins.load);
@@ -132,7 +121,6 @@ fn run_phase(bins: &Binaries, sockets: u64, secs: f64) -> Result<Phase> {
     })?;
     let (pid, wall) = (sockwatch.pid(), Instant::now());
     let cpu_before = cpu_ns(pid)?;
-    // The measurement itself: sockwatch's CPU time over an idle window.
     thread::sleep(Duration::from_secs_f64(secs));
     let cpu = cpu_ns(pid)?.saturating_sub(cpu_before);
     phase.cpu_percent = cpu as f64 / wall.elapsed().as_nanos() as f64 * 100.0;
@@ -144,10 +132,11 @@ fn run_phase(bins: &Binaries, sockets: u64, secs: f64) -> Result<Phase> {
     let records = sockwatch.stop()?;
     drop(holder.stdin.take());
     let held = holder.wait()?;
-    anyhow::ensure!(held.success(), "sockwatch-load hold failed ({held})");
+    ensure!(held.success(), "sockwatch-load hold failed ({held})");
     let all: u64 = records.by_pid.values().map(|r| r.lifecycle).sum();
     let holders = records.of(holder.id());
-    (phase.tracked, phase.others) = (holders.open, all - holders.lifecycle);
+    (phase.sockets, phase.tracked) = (sockets, holders.open);
+    phase.others = all - holders.lifecycle;
     Ok(phase)
 }
 

@@ -2,6 +2,8 @@
 //! preamble), closing with each target's verdict. A verdict checks its own precondition and
 //! says "not determined" with the reason when it does not hold.
 
+use std::collections::BTreeSet;
+
 use super::overhead::{multiples, Overhead, LOOPS};
 use super::tracer::{Condition, CONDITIONS};
 use super::{criterion::Rows, pipeline::Phase, pipeline::Step};
@@ -28,8 +30,7 @@ const MULTIPLES: [(Condition, Condition); 4] = [
     (Kprobe, Floor),
     (Article, Sockwatch),
 ];
-/// Issue #10's targets for the default backend: `(loop, most its added cost may be in
-/// multiples of the floor's)`.
+/// Issue #10's targets for the default backend: `(loop, most added cost, in floor's)`.
 const TARGETS: [(&str, f64); 3] = [
     ("bench-send", 0.5),
     ("bench-write-devnull", 0.3),
@@ -72,10 +73,8 @@ fn mib(kib: u64) -> String {
 /// The valid rounds' multiples, and (deduplicated) why the others are not valid.
 fn valid(per_round: &[Result<f64, String>]) -> (Vec<f64>, String) {
     let valid = per_round.iter().filter_map(|m| m.clone().ok()).collect();
-    let mut why: Vec<String> = per_round.iter().filter_map(|m| m.clone().err()).collect();
-    why.sort_unstable();
-    why.dedup();
-    (valid, why.join("; "))
+    let why: BTreeSet<String> = per_round.iter().filter_map(|m| m.clone().err()).collect();
+    (valid, Vec::from_iter(why).join("; "))
 }
 
 /// The verdict on a per-round multiple: determined only if every round asked for is valid.
@@ -108,13 +107,11 @@ impl Results {
         let per_round = multiples("bench-send", Article, Sockwatch);
         let target = format!("send(): bpftrace printf adds >= 10x sockwatch's ({probe}) cost");
         all.push(on_rounds(target, &per_round, (10.0, f64::INFINITY)));
-        let steps = &self.throughput;
-        let rates = |lossless: bool| {
-            let steps = steps.iter().filter(move |s| s.lossless() == lossless);
-            steps.map(Step::offered_per_sec)
-        };
-        let lossless = rates(true).fold(0.0, f64::max);
-        let lossy = rates(false).reduce(f64::min);
+        let steps = self.throughput.iter();
+        let rates = steps.map(|s| (s.lossless(), s.offered_per_sec()));
+        let (lossless, lossy): (Vec<_>, Vec<_>) = rates.partition(|r| r.0);
+        let lossless = lossless.iter().map(|r| r.1).fold(0.0, f64::max);
+        let lossy = lossy.iter().map(|r| r.1).reduce(f64::min);
         let mut measured = format!("lossless to {lossless:.0}/s");
         measured.extend(lossy.map(|l| format!(", lossy at {l:.0}/s")));
         // Missed by a loss at 200k/s or less, met by no loss at 200k/s or more; with neither,
@@ -127,22 +124,22 @@ impl Results {
         let target = ">= 200k lifecycle events/s with zero loss".into();
         all.push((target, measured, outcome));
         let phase = |n| self.scale.iter().find(|p| p.sockets == n);
-        let (idle, cpu) = (phase(0), |p: &Phase| format!("{:.2}%", p.cpu_percent));
+        let idle = phase(0);
         let outcome = match idle {
             None => Err("not measured".into()),
             Some(p) if p.others > 0 => Err(format!("not idle: {} others' records", p.others)),
             Some(p) => Ok(p.cpu_percent < 0.5),
         };
-        let target = "idle CPU < 0.5% of a core".into();
-        all.push((target, idle.map_or("-".into(), cpu), outcome));
+        let cpu = idle.map_or("-".into(), |p| format!("{:.2}%", p.cpu_percent));
+        all.push(("idle CPU < 0.5% of a core".into(), cpu, outcome));
         let ten_k = phase(10_000);
         let outcome = match ten_k {
             None => Err("not measured".into()),
             Some(p) if p.tracked < 10_000 => Err(format!("{} of 10000 tracked", p.tracked)),
             Some(p) => Ok(p.peak_rss_kib < 30 * 1024),
         };
-        let target = "peak RSS < 30 MiB with 10k tracked sockets".into();
         let rss = ten_k.map_or("-".into(), |p| mib(p.peak_rss_kib));
+        let target = "peak RSS < 30 MiB with 10k tracked sockets".into();
         all.push((target, rss, outcome));
         let render = self.table.iter().find(|r| r.rows == 100_000);
         let render = render.map(|r| &r.parts[2]);
@@ -157,66 +154,59 @@ impl Results {
 
     /// Everything, as aligned plain-text tables under `header`.
     pub fn text(&self, header: &str) -> String {
-        let (overhead, mut out) = (&self.overhead, format!("{header}\n"));
+        let o = &self.overhead;
         let na = |c: Condition, shown: String| c.unavailable().map_or(shown, |_| "n/a".into());
-        let mut rows = vec![cells(&format!("ns per call: median (min-max)|{TITLES}"))];
-        rows[0][1 + Sockwatch as usize] += &format!(": {}", overhead.default_probe);
-        let mut hooked = cells("events hooked");
-        hooked.extend(CONDITIONS.map(|c| na(c, overhead.hooks[c as usize].to_string())));
-        rows.push(hooked);
-        let mut ratios = vec![cells("added cost: multiple [valid rounds]")];
-        let letter = |c: Condition| char::from(b'a' + c as u8);
-        ratios[0].extend(MULTIPLES.map(|(x, y)| format!("({}-a)/({}-a)", letter(x), letter(y))));
-        for (s, (_, label, _)) in overhead.loops.iter().zip(LOOPS) {
-            let mut row = vec![label.to_owned()];
-            for c in CONDITIONS {
+        let hooked = CONDITIONS.map(|c| na(c, o.hooks[c as usize].to_string()));
+        let (mut per_call, mut added) = (vec![row("events hooked", hooked)], Vec::new());
+        for (s, (_, label, _)) in o.loops.iter().zip(LOOPS) {
+            let ns = |c: Condition| {
                 let ns: Vec<f64> = s[c as usize].iter().map(|cell| cell.0).collect();
-                row.push(na(c, show(&ns, |x| format!("{x:.0}"))));
-            }
-            rows.push(row);
-            let mut row = vec![label.to_owned()];
-            for (x, y) in MULTIPLES {
+                na(c, show(&ns, |x| format!("{x:.0}")))
+            };
+            per_call.push(row(label, CONDITIONS.map(ns)));
+            let multiple = |(x, y)| {
                 let per_round = multiples(s, x, y);
                 let (valid, _) = valid(&per_round);
                 let (k, n) = (valid.len(), per_round.len());
-                row.push(na(x, format!("{} [{k}/{n}]", show(&valid, times))));
-            }
-            ratios.push(row);
+                na(x, format!("{} [{k}/{n}]", show(&valid, times)))
+            };
+            added.push(row(label, MULTIPLES.map(multiple)));
         }
-        out += &table(&rows);
-        out += &table(&ratios);
-        let mut rows = vec![cells("throughput: load|offered/s|its records|lost|CPU")];
-        for s in &self.throughput {
+        let titles = TITLES.replace("default", &format!("default: {}", o.default_probe));
+        let mut out = format!("{header}\n");
+        out += &table(&format!("ns per call: median (min-max)|{titles}"), per_call);
+        let letter = |c: Condition| char::from(b'a' + c as u8);
+        let pairs = MULTIPLES.map(|(x, y)| format!("({}-a)/({}-a)", letter(x), letter(y)));
+        let head = format!("added cost: multiple [valid rounds]|{}", pairs.join("|"));
+        out += &table(&head, added);
+        let steps = self.throughput.iter().map(|s| {
             let lost = s.lost.map_or("no end record".into(), |l| l.to_string());
+            let (label, rate, cpu) = (s.label(), s.offered_per_sec(), s.cpu);
             let records = format!("{} of {}", s.printed, s.offered);
-            let rate = format!("{:.0}", s.offered_per_sec());
-            let cpu = format!("{:.0}%", s.cpu);
-            rows.push(vec![s.label(), rate, records, lost, cpu]);
-        }
-        out += &table(&rows);
-        let mut rows = vec![cells("scale: sockets|tracked|others' records|CPU|peak RSS")];
-        for p in &self.scale {
+            cells(&format!("{label}|{rate:.0}|{records}|{lost}|{cpu:.0}%"))
+        });
+        out += &table("throughput: load|offered/s|its records|lost|CPU", steps);
+        let scale = self.scale.iter().map(|p| {
             let (sockets, tracked, others) = (p.sockets, p.tracked, p.others);
-            let row = format!("{sockets}|{tracked}|{others}|{:.2}%|", p.cpu_percent);
-            rows.push(cells(&(row + &mib(p.peak_rss_kib))));
-        }
-        out += &table(&rows);
-        let mut rows = vec![cells("criterion: rows|refresh|visible|render")];
-        for r in &self.table {
+            let (cpu, rss) = (p.cpu_percent, mib(p.peak_rss_kib));
+            cells(&format!("{sockets}|{tracked}|{others}|{cpu:.2}%|{rss}"))
+        });
+        out += &table("scale: sockets|tracked|others' records|CPU|peak RSS", scale);
+        let criterion = self.table.iter().map(|r| {
             let parts = r.parts.iter().map(|p| show(p, duration));
-            rows.push([r.rows.to_string()].into_iter().chain(parts).collect());
-        }
-        out += &table(&rows);
-        let mut rows = vec![cells("verdict|target|measured")];
-        for (target, measured, outcome) in self.verdicts() {
+            row(&r.rows.to_string(), parts)
+        });
+        out += &table("criterion: rows|refresh|visible|render", criterion);
+        let verdicts = self.verdicts();
+        let verdicts = verdicts.into_iter().map(|(target, measured, outcome)| {
             let outcome = match outcome {
                 Ok(true) => "meets".into(),
                 Ok(false) => "MISSES".into(),
                 Err(why) => format!("not determined ({why})"),
             };
-            rows.push(vec![outcome, target, measured]);
-        }
-        out + &table(&rows)
+            vec![outcome, target, measured]
+        });
+        out + &table("verdict|target|measured", verdicts)
     }
 }
 
@@ -224,21 +214,24 @@ fn cells(row: &str) -> Vec<String> {
     row.split('|').map(str::to_owned).collect()
 }
 
-/// A blank line, then columns padded to their widest cell, two spaces apart.
-fn table(rows: &[Vec<String>]) -> String {
+fn row(first: &str, rest: impl IntoIterator<Item = String>) -> Vec<String> {
+    [first.to_owned()].into_iter().chain(rest).collect()
+}
+
+/// A blank line, then `head` (cells split at `|`) and `rows`, in columns padded to their widest
+/// cell, two spaces apart.
+fn table(head: &str, rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let rows: Vec<_> = [cells(head)].into_iter().chain(rows).collect();
     let mut widths = vec![0; rows.iter().map(Vec::len).max().unwrap_or(0)];
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = cell.chars().count().max(*width);
         }
     }
-    let mut out = String::from("\n");
-    for row in rows {
+    rows.iter().fold(String::from("\n"), |out, row| {
         let padded = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}"));
-        out += padded.collect::<Vec<_>>().join("  ").trim_end();
-        out.push('\n');
-    }
-    out
+        out + padded.collect::<Vec<_>>().join("  ").trim_end() + "\n"
+    })
 }
 
 #[cfg(test)]
@@ -306,7 +299,6 @@ mod tests {
         assert_eq!(outcomes(&results)[4..7], [Ok(true), Ok(true), Ok(true)]);
         results.throughput.push(step(190_000, 189_000));
         assert_eq!(outcomes(&results)[4], Ok(false));
-        let rows = [cells("a|bb"), cells("ccc|d")];
-        assert_eq!(table(&rows), "\na    bb\nccc  d\n");
+        assert_eq!(table("a|bb", [cells("ccc|d")]), "\na    bb\nccc  d\n");
     }
 }

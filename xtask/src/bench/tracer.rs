@@ -1,7 +1,6 @@
-//! The conditions a loop runs under, and the tracers that make them: nothing; the floor
-//! (bpftrace with empty actions on `sys_enter`/`sys_exit` of write, sendto and close: one
-//! fixed yardstick, the price of the hooks alone); sockwatch with its default backend and with
-//! each syscall backend; the article's way (bpftrace printing every `sendto` and `close`).
+//! The conditions a loop runs under and the tracers that make them: nothing; the floor (bpftrace,
+//! empty actions on write, sendto and close: the hooks' price alone); sockwatch with each
+//! backend; the article's way (bpftrace printing every `sendto` and `close`).
 
 use std::time::Duration;
 use std::{collections::BTreeSet, collections::HashMap, fs, fs::File, io::BufRead, io::BufReader};
@@ -34,9 +33,7 @@ pub enum Condition {
     Floor,
     /// sockwatch with `--probe auto` (the socket backend where the kernel has the socket layer).
     Sockwatch,
-    /// sockwatch with `--probe tracepoint`.
     Tracepoint,
-    /// sockwatch with `--probe kprobe` (where the kernel has kprobes).
     Kprobe,
     Article,
 }
@@ -103,8 +100,7 @@ impl Records {
     }
 }
 
-/// The number after `key` (`"pid":`) in a JSON line (a throughput step prints ~700k records:
-/// no full parse, no allocation).
+/// The number after `key` (`"pid":`) in a JSON line (no full parse: a step prints ~700k).
 fn number(line: &str, key: &str) -> Option<u64> {
     let rest = &line[line.find(key)? + key.len()..];
     let end = rest.find(|c: char| !c.is_ascii_digit());
@@ -124,19 +120,17 @@ pub struct Tracer {
     pub probe: String,
     /// The kernel's hook links and perf event fds with programs while it alone is attached.
     expect: (usize, usize),
-    /// sockwatch's output file.
     output: Option<PathBuf>,
 }
 
 impl Tracer {
     /// Starts `condition`, its tracer pinned to the observer CPU.
     pub fn start(condition: Condition, bins: &Binaries) -> Result<Self> {
-        let cpu = bins.cpus.map(|c| c.1);
         match (condition, condition.probe()) {
-            (Untraced, _) => Ok(Self::default()),
             (Floor, _) => Self::bpftrace(bins, FLOOR_PROBES, ""),
             (Article, _) => Self::bpftrace(bins, ARTICLE_PROBES, ARTICLE_ACTION),
-            (_, probe) => Self::sockwatch(bins, cpu, probe.context("not sockwatch")?),
+            (_, Some(probe)) => Self::sockwatch(bins, bins.cpus.map(|c| c.1), probe),
+            _ => Ok(Self::default()),
         }
     }
 
@@ -150,18 +144,17 @@ impl Tracer {
         Ok(tracer)
     }
 
-    /// `sockwatch-tui --json --probe PROBE` (pinned to `cpu`, if any), once its probes are
-    /// attached, and checked to hold exactly the events its backend attaches. Its records go to
-    /// a file, as a user's `--json > file` would: a pipe to a reader of ours would compete for
-    /// the 2 cores and block its writes, and it lost events that way.
+    /// `sockwatch-tui --json --probe PROBE` (pinned to `cpu`, if any), once attached, checked to
+    /// hold exactly its backend's events. Its records go to a file (`--json > file`): a pipe to
+    /// a reader of ours competed for the 2 cores and blocked its writes, and it lost events.
     pub fn sockwatch(bins: &Binaries, cpu: Option<usize>, probe: &str) -> Result<Self> {
         let path = bins.work.join("sockwatch.jsonl");
         let out = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut command = pinned(&bins.sockwatch, cpu);
         // Every socket the bench measures is opened after the start; without the /proc scan
         // for older ones, the start record (flushed at once) is the moment sockwatch is ready.
-        let args = ["--json", "--no-existing", "--probe", probe];
-        command.args(args).stdout(out);
+        command.args(["--json", "--no-existing", "--probe", probe]);
+        command.stdout(out);
         let mut tracer = Self::spawn(bins, command, "sockwatch-tui")?;
         tracer.output = Some(path.clone());
         tracer.wait_started(bins, || {
@@ -170,17 +163,14 @@ impl Tracer {
         })?;
         let start = fs::read_to_string(&path)?;
         let chosen = start.split(r#""probe":""#).nth(1);
-        let chosen = chosen.and_then(|rest| rest.split('"').next());
         let chosen = chosen.context("no probe in sockwatch's start record")?;
-        tracer.probe = chosen.to_owned();
+        tracer.probe = chosen.split('"').next().unwrap_or_default().to_owned();
         let held = kernel::held_by(tracer.pid())?;
-        // A build that embedded another object (a stale or shared target dir) attaches other
-        // events than the syscall table says: its figures would be some other program's.
-        if let Some(want) = kernel::sockwatch_events(&tracer.probe) {
-            if held.events != want {
-                let (probe, held) = (&tracer.probe, &held.events);
-                bail!("sockwatch ({probe}) attached {held:?}, not {want:?}");
-            }
+        // A stale or shared target dir's object attaches other events: another program's figures.
+        let want = kernel::sockwatch_events(&tracer.probe);
+        if let Some(want) = want.filter(|want| *want != held.events) {
+            let (probe, held) = (&tracer.probe, &held.events);
+            bail!("sockwatch ({probe}) attached {held:?}, not {want:?}");
         }
         (tracer.progs, tracer.hooks) = (held.progs, held.links);
         tracer.expect = (held.links, held.raw);
@@ -214,25 +204,26 @@ impl Tracer {
 
     /// Waits until `ready` holds, failing if the tracer exits first.
     fn wait_started(&mut self, bins: &Binaries, ready: impl Fn() -> Result<bool>) -> Result<()> {
+        let stderr = bins.work.join(format!("{}.stderr", self.comm));
+        let failed = || anyhow!("{} did not start; see {}", self.comm, stderr.display());
         let started = kernel::poll(START_TIMEOUT, || {
             let child = self.child.as_mut().context("no tracer")?;
             if child.try_wait()?.is_some() {
-                return Err(failed(bins, self.comm));
+                return Err(failed());
             }
             Ok(ready()?.then_some(()))
         })?;
-        started.ok_or_else(|| failed(bins, self.comm))
+        started.ok_or_else(failed)
     }
 
     /// What sockwatch has printed so far (nothing for the other tracers).
     pub fn records(&self) -> Result<Records> {
         let mut records = Records::default();
-        let Some(path) = &self.output else {
-            return Ok(records);
-        };
-        let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        for line in BufReader::with_capacity(1 << 20, file).lines() {
-            records.add(&line?);
+        if let Some(path) = &self.output {
+            let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+            for line in BufReader::with_capacity(1 << 20, file).lines() {
+                records.add(&line?);
+            }
         }
         Ok(records)
     }
@@ -242,8 +233,7 @@ impl Tracer {
     }
 
     /// Waits, at most `limit`, until the kernel's tracepoint programs are exactly this
-    /// condition's, with no other tracer (a test, another tool) slowing syscalls beside it;
-    /// whether they are.
+    /// condition's (no other tracer slowing syscalls beside it); whether they are.
     pub fn clean(&self, limit: Duration) -> Result<bool> {
         let clean = kernel::poll(limit, || {
             let (links, perf) = kernel::attachments()?;
@@ -277,18 +267,12 @@ impl Drop for Tracer {
     }
 }
 
-fn failed(bins: &Binaries, comm: &str) -> anyhow::Error {
-    let stderr = bins.work.join(format!("{comm}.stderr"));
-    anyhow!("{comm} did not start; see {}", stderr.display())
-}
-
 /// `program`, pinned to `cpu` with taskset (which execs it: the pid is the program's).
 pub fn pinned(program: &Path, cpu: Option<usize>) -> Command {
-    let Some(cpu) = cpu else {
-        return Command::new(program);
-    };
-    let mut command = Command::new("taskset");
-    command.args(["-c", &cpu.to_string()]).arg(program);
+    let mut command = Command::new(cpu.map_or(program, |_| Path::new("taskset")));
+    if let Some(cpu) = cpu {
+        command.args(["-c", &cpu.to_string()]).arg(program);
+    }
     command
 }
 
