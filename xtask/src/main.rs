@@ -43,7 +43,7 @@ enum Task {
     /// Setup, lint and all tests, `vm-test` included; needs root. This is what CI runs.
     Test,
     /// Measure what sockwatch costs the programs it watches, its throughput, memory and
-    /// render time (as root; writes bench/results.md; ~5 min).
+    /// render time (as root; writes bench/results.md; about 4 min plus release builds).
     Bench {
         /// One tiny round of everything from the debug build, into target/bench/smoke (the
         /// check `cargo xtask test` runs).
