@@ -116,18 +116,21 @@ pub fn accept(args: &impl SyscallArgs) {
 }
 
 /// Any call whose first argument is an fd and whose exit is handled by `kind` alone
-/// (byte counts, close, ...): stashed only when the fd is tracked.
+/// (byte counts, close, ...): stashed only when the fd is tracked; then `(pid, fd)`.
 #[inline(always)]
-fn on_tracked_fd(args: &impl SyscallArgs, kind: CallKind, ptr_arg: Option<usize>) {
-    let Some(fd) = args.arg(0) else {
-        return;
-    };
+fn on_tracked_fd(
+    args: &impl SyscallArgs,
+    kind: CallKind,
+    ptr_arg: Option<usize>,
+) -> Option<(u32, u32)> {
+    let fd = args.arg(0)? as u32;
     let (pid_tgid, pid) = current();
-    if !is_tracked(pid, fd as u32) {
-        return;
+    if !is_tracked(pid, fd) {
+        return None;
     }
     let ptr = ptr_arg.and_then(|n| args.arg(n)).unwrap_or(0);
-    stash(pid_tgid, call(kind, fd as u32, ptr, 0));
+    stash(pid_tgid, call(kind, fd, ptr, 0));
+    Some((pid, fd))
 }
 
 /// `write`, `writev`, `sendto`, `sendmsg`, `sendfile64` (out fd first): bytes out.
@@ -150,21 +153,18 @@ pub fn recvmmsg(args: &impl SyscallArgs) {
 }
 
 pub fn close(args: &impl SyscallArgs) {
-    on_tracked_fd(args, CallKind::Close, None);
-    flag_if_shared(args.arg(0));
+    if let Some((pid, fd)) = on_tracked_fd(args, CallKind::Close, None) {
+        flag_if_shared(pid, fd);
+    }
 }
 
 /// A tracked fd whose file others still hold (a forked child, a passed fd) is closed here but
 /// the socket lives on: what they move from now on is not this row's, so its counts are
 /// partial.
 #[inline(always)]
-fn flag_if_shared(fd: Option<u64>) {
-    let Some(fd) = fd else {
-        return;
-    };
-    let pid = current().1;
-    if is_tracked(pid, fd as u32) && file_shared(fd as u32) {
-        mark_partial(pid, fd as u32);
+fn flag_if_shared(pid: u32, fd: u32) {
+    if file_shared(fd) {
+        mark_partial(pid, fd);
     }
 }
 
@@ -192,7 +192,7 @@ pub fn dup_onto(args: &impl SyscallArgs) {
     if old == new || !is_tracked(pid, new as u32) {
         return;
     }
-    flag_if_shared(Some(new));
+    flag_if_shared(pid, new as u32);
     stash(pid_tgid, call(CallKind::DupOnto, new as u32, 0, 0));
 }
 

@@ -56,15 +56,19 @@ fn walk(fd: u32) -> Option<(u64, u64)> {
     Some((sk, ino))
 }
 
-/// The calling process's `struct file` on `fd`, with the offsets that found it.
+/// The offsets user space set at load time, if it found them all.
 #[inline(always)]
-fn file_of(fd: u32) -> Option<(KernelOffsets, u64)> {
+fn offsets() -> Option<KernelOffsets> {
     // SAFETY: a volatile read of our own read-only global, so the offsets user space set at
     // load time are used rather than the compile-time zeroes.
     let offsets = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
-    if offsets.valid == 0 {
-        return None;
-    }
+    (offsets.valid != 0).then_some(offsets)
+}
+
+/// The calling process's `struct file` on `fd`, with the offsets that found it.
+#[inline(always)]
+fn file_of(fd: u32) -> Option<(KernelOffsets, u64)> {
+    let offsets = offsets()?;
     // SAFETY: a helper without preconditions; the task pointer is only ever read through
     // bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
@@ -102,12 +106,8 @@ pub fn file_shared(fd: u32) -> bool {
 /// The inode of the socket `sk` belongs to (`sk->sk_socket->file->f_inode->i_ino`), or 0.
 #[inline(always)]
 pub fn inode_of_sock(sk: u64) -> u64 {
-    // SAFETY: as in `walk`.
-    let offsets = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
-    if offsets.valid == 0 {
-        return 0;
-    }
     let walk = || -> Option<u64> {
+        let offsets = offsets()?;
         let socket: u64 = read(sk, offsets.sock_socket)?;
         let file: u64 = read(socket, offsets.socket_file)?;
         let inode: u64 = read(file, offsets.file_inode)?;
@@ -119,11 +119,7 @@ pub fn inode_of_sock(sk: u64) -> u64 {
 /// A task's fd table and memory (`task->files`, `task->mm`), or `None` when not known.
 #[inline(always)]
 pub fn files_and_mm_of(task: u64) -> Option<(u64, u64)> {
-    // SAFETY: as in `walk`.
-    let offsets = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
-    if offsets.valid == 0 {
-        return None;
-    }
+    let offsets = offsets()?;
     Some((
         read(task, offsets.task_files)?,
         read(task, offsets.task_mm)?,
