@@ -96,30 +96,36 @@ impl Source {
 
     /// Reads the kernel's map, then takes the records sent until then: the kernel removes an
     /// entry before it reports the close, so a socket the read missed whose close record was
-    /// merely waiting is closed by now, not taken for one whose record was lost. Then the
-    /// tracker checks the read and the model takes its counters. Returns the map's sockets,
-    /// and those opened after the read.
-    fn read_map(
+    /// merely waiting is closed by now, not taken for one whose record was lost. Returns the
+    /// map's entries still open, the time of the read, and the sockets opened since it.
+    fn read_then_drain(
         &mut self,
         output: &mut Output,
         log: &mut Log,
-    ) -> anyhow::Result<(Vec<SocketId>, HashSet<SocketId>)> {
+    ) -> anyhow::Result<(Vec<Socket>, u64, HashSet<SocketId>)> {
         let mut map = self.tables.snapshot();
         let now_ns = monotonic_ns();
         let drained = self.drain(output, log)?;
         // Closed since the read: their entries are stale.
         map.retain(|s| !drained.closed.contains(&s.id));
+        Ok((map, now_ns, drained.opened))
+    }
+
+    /// A map read the tracker checks and the model takes its counters from; returns the
+    /// map's sockets.
+    fn read_map(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<Vec<SocketId>> {
+        let (map, now_ns, _) = self.read_then_drain(output, log)?;
         for change in self.tracker.observe_map(&map, &output.model().open, now_ns) {
             output.apply(change)?;
         }
         let ids = map.iter().map(|s| s.id).collect();
         output.observe_map(map, now_ns);
-        Ok((ids, drained.opened))
+        Ok(ids)
     }
 
     /// The periodic check against /proc.
     fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<()> {
-        let (map, _) = self.read_map(output, log)?;
+        let map = self.read_map(output, log)?;
         let changes =
             self.tracker
                 .reconcile(&map, &output.model().open, &mut self.tables, monotonic_ns());
@@ -499,13 +505,10 @@ fn finish(
         return Ok(());
     }
     // The last read: what it misses, bar what opened since, lost its close record.
-    let mut map = source.tables.snapshot();
-    let now_ns = monotonic_ns();
-    let drained = source.drain(&mut output, log)?;
-    map.retain(|s| !drained.closed.contains(&s.id));
+    let (map, now_ns, opened) = source.read_then_drain(&mut output, log)?;
     for change in source
         .tracker
-        .finish(&map, &output.model().open, &drained.opened, now_ns)
+        .finish(&map, &output.model().open, &opened, now_ns)
     {
         output.apply(change)?;
     }

@@ -179,12 +179,17 @@ impl KernelTables {
 
     /// One tracked socket, if the kernel still has it.
     pub fn get(&self, key: SocketKey) -> Option<Socket> {
+        self.entry(key).map(|(_, socket)| socket)
+    }
+
+    /// The map value of `key`, and the socket it makes with its counters.
+    fn entry(&self, key: SocketKey) -> Option<(TrackedSocket, Socket)> {
         let value = self.tracked.get(&key, 0).ok()?;
         let bytes = self
             .by_socket
             .as_ref()
             .and_then(|by_socket| by_socket.bytes.get(&value.sk, 0).ok());
-        Some(with_bytes(key, value, bytes.as_ref()))
+        Some((value, with_bytes(key, value, bytes.as_ref())))
     }
 
     /// Stops tracking a socket user space found gone; returns its final counts.
@@ -192,8 +197,7 @@ impl KernelTables {
     /// Only for sockets whose fd no longer exists (exit, exec, close_range, reconciliation):
     /// nothing can add to their counters any more, so reading then deleting loses nothing.
     pub fn take(&mut self, key: SocketKey) -> Option<Socket> {
-        let value = self.tracked.get(&key, 0).ok()?;
-        let entry = self.get(key)?;
+        let (value, entry) = self.entry(key)?;
         self.tracked.remove(&key).ok()?;
         if let Some(by_socket) = &mut self.by_socket {
             if value.sk != 0 {

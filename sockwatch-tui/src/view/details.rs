@@ -170,24 +170,15 @@ fn fields(
             ),
         ));
     }
-    lines.push(field(
-        "sent",
+    let count = |bytes: u64, rate: u64| {
         format!(
-            "{}  ({} bytes)  now {}",
-            format::bytes(s.bytes_sent),
-            s.bytes_sent,
-            format::rate(s.rates.now.send)
-        ),
-    ));
-    lines.push(field(
-        "received",
-        format!(
-            "{}  ({} bytes)  now {}",
-            format::bytes(s.bytes_recv),
-            s.bytes_recv,
-            format::rate(s.rates.now.recv)
-        ),
-    ));
+            "{}  ({bytes} bytes)  now {}",
+            format::bytes(bytes),
+            format::rate(rate)
+        )
+    };
+    lines.push(field("sent", count(s.bytes_sent, s.rates.now.send)));
+    lines.push(field("received", count(s.bytes_recv, s.rates.now.recv)));
     if !s.complete {
         lines.push(field(
             "counts",
