@@ -31,6 +31,10 @@ pub mod flags {
     /// Bytes may move where a syscall backend cannot count them: the socket went through
     /// io_uring or `splice`, or its fd was copied with `dup`/`fcntl(F_DUPFD)`.
     pub const PARTIAL: u32 = 8;
+    /// The socket backend's TCP socket whose fd is being closed while others hold its file (a
+    /// forked child, an fd passed over a Unix socket, a `dup`): its row is handed to them and
+    /// ends when the kernel releases the socket, not at this close.
+    pub const HANDED_OFF: u32 = 16;
 }
 
 /// Bits of the `DIRECTIONS` global: which sockets to track.
@@ -106,6 +110,15 @@ pub struct SkBytes {
     pub bytes_sent: u64,
     /// Sum of the lengths `sock:sock_recv_length` reported, peeks excluded.
     pub bytes_recv: u64,
+    /// 1 once the fd that tracked it was closed while others held the socket: no `TRACKED`
+    /// entry owns it any more, and the kernel reports it when it releases the socket.
+    pub handed_off: u32,
+    /// The process that last moved its bytes (kept only once handed off): where user space
+    /// looks for its holder.
+    pub mover: u32,
+    /// The socket's inode (0 where not known): so user space knows it among those it finds
+    /// held in /proc, whoever holds it.
+    pub ino: u64,
 }
 
 /// Names of the global variables user space sets at load time.
@@ -375,6 +388,14 @@ pub enum EventKind {
     /// A process with tracked sockets forked a child with its own copy of the fd table: the
     /// child holds the same sockets (the syscall backends cannot count its bytes).
     Fork = 7,
+    /// A tracked TCP socket's fd was closed while others hold the socket (the socket backend):
+    /// its row lives on; `key` is the closed fd, the counts are those so far, `arg` a
+    /// [`CloseHow`].
+    HandOff = 8,
+    /// The kernel released a handed-off socket (its last holder closed it or exited): the
+    /// counts are final. `key.pid` is the releasing process, 0 when not known (the release
+    /// was seen after the fact); the fd is gone and not known.
+    Release = 9,
 }
 
 impl EventKind {
@@ -387,6 +408,8 @@ impl EventKind {
             5 => Self::Exec,
             6 => Self::CloseRange,
             7 => Self::Fork,
+            8 => Self::HandOff,
+            9 => Self::Release,
             _ => return None,
         })
     }
@@ -482,7 +505,7 @@ const _: () = {
     assert!(core::mem::size_of::<InflightCall>() == 32);
     assert!(core::mem::size_of::<SocketEvent>() == 112);
     assert!(core::mem::size_of::<KernelOffsets>() == 56);
-    assert!(core::mem::size_of::<SkBytes>() == 16);
+    assert!(core::mem::size_of::<SkBytes>() == 32);
     // The socket backend hooks every syscall but the eleven that move bytes and the three that
     // only mark a socket partial for the syscall backends.
     let mut moving = 0;

@@ -10,7 +10,7 @@ use crate::{
     args::SyscallArgs,
     identity::file_shared,
     maps::tracking,
-    state::{call, current, has_tracked_sockets, is_tracked, mark_partial, stash},
+    state::{call, current, has_tracked_sockets, is_tracked, mark_partial, mark_shared, stash},
 };
 
 const SOCK_STREAM: u64 = 1;
@@ -159,12 +159,11 @@ pub fn close(args: &impl SyscallArgs) {
 }
 
 /// A tracked fd whose file others still hold (a forked child, a passed fd) is closed here but
-/// the socket lives on: what they move from now on is not this row's, so its counts are
-/// partial.
+/// the socket lives on (see [`mark_shared`]).
 #[inline(always)]
 fn flag_if_shared(pid: u32, fd: u32) {
     if file_shared(fd) {
-        mark_partial(pid, fd);
+        mark_shared(pid, fd);
     }
 }
 

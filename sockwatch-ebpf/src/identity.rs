@@ -103,6 +103,48 @@ pub fn file_shared(fd: u32) -> bool {
     holders > 1
 }
 
+/// How far the kernel is in releasing a socket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// A file still holds it (or it is not known).
+    Held,
+    /// Its file's last reference is gone: the calling task is closing it (its close or exit).
+    ByCaller,
+    /// It has no file any more (orphaned): closed earlier, ending now in whatever context the
+    /// network stack runs (the caller is not who closed it).
+    Done,
+}
+
+/// Where the socket `sk` is in its release. [`Release::Held`] when not known, so a wrong answer
+/// only delays the end until user space's check.
+#[inline(always)]
+pub fn release_of(sk: u64) -> Release {
+    let walk = || -> Option<Release> {
+        let offsets = offsets()?;
+        let socket: u64 = read(sk, offsets.sock_socket)?;
+        if socket == 0 {
+            return Some(Release::Done);
+        }
+        let file: u64 = read(socket, offsets.socket_file)?;
+        if file == 0 {
+            return Some(Release::Done);
+        }
+        let count: i64 = read(file, offsets.file_count)?;
+        // `file_ref_t` keeps the count minus one, and a negative (dead) value once released.
+        let released = if offsets.file_ref_style != 0 {
+            count < 0
+        } else {
+            count == 0
+        };
+        Some(if released {
+            Release::ByCaller
+        } else {
+            Release::Held
+        })
+    };
+    walk().unwrap_or(Release::Held)
+}
+
 /// The inode of the socket `sk` belongs to (`sk->sk_socket->file->f_inode->i_ino`), or 0.
 #[inline(always)]
 pub fn inode_of_sock(sk: u64) -> u64 {

@@ -29,6 +29,11 @@ pub static INFLIGHT: HashMap<u64, InflightCall> = HashMap::with_max_entries(INFL
 #[unsafe(no_mangle)]
 pub static mut INFLIGHT_COUNT: u64 = 0;
 
+/// How many `SK_BYTES` entries may be handed off (never less than the true number): while it
+/// is 0, TCP state changes cost no lookup.
+#[unsafe(no_mangle)]
+pub static mut HANDED_OFF_COUNT: u64 = 0;
+
 /// LRU: sockets that are never connected (listeners, unconnected UDP) age out.
 #[map(name = "NEW_SOCKETS")]
 pub static NEW_SOCKETS: LruHashMap<SocketKey, u32> =

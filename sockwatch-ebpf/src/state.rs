@@ -2,13 +2,17 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use sockwatch_common::{
-    flags::PARTIAL, CallKind, CloseHow, Counter, EventKind, InflightCall, SkBytes, SocketEvent,
-    SocketKey, SocketState, TrackedSocket, COMM_LEN,
+    flags::{HANDED_OFF, PARTIAL},
+    CallKind, CloseHow, Counter, EventKind, InflightCall, SkBytes, SocketEvent, SocketKey,
+    SocketState, TrackedSocket, COMM_LEN, IPPROTO_TCP,
 };
 
 use crate::{
     identity::socket_of,
-    maps::{bump, count_by_socket, EVENTS, INFLIGHT, INFLIGHT_COUNT, PROCS, SK_BYTES, TRACKED},
+    maps::{
+        bump, count_by_socket, EVENTS, HANDED_OFF_COUNT, INFLIGHT, INFLIGHT_COUNT, PROCS, SK_BYTES,
+        TRACKED,
+    },
 };
 
 /// `(pid_tgid, pid)` of the calling thread.
@@ -49,12 +53,44 @@ pub fn has_tracked_sockets(pid: u32) -> bool {
 #[inline(always)]
 pub fn mark_partial(pid: u32, fd: u32) {
     if let Some(sock) = TRACKED.get_ptr_mut(key(pid, fd)) {
-        // SAFETY: a valid map value pointer; an aligned u32 read and stored whole. Flags are
-        // only ever set, so a lost race with another setter loses nothing that matters.
-        unsafe {
-            let flags = core::ptr::read_volatile(&raw const (*sock).flags);
-            core::ptr::write_volatile(&raw mut (*sock).flags, flags | PARTIAL);
-        }
+        // SAFETY: a valid map value pointer.
+        unsafe { set_flag(sock, PARTIAL) };
+    }
+}
+
+/// A tracked fd is being closed while others hold its file: the socket lives on. The socket
+/// backend hands a TCP socket's row to them (the kernel tells when it releases the socket);
+/// otherwise what they move from now on is not counted, and the row says so.
+#[inline(always)]
+pub fn mark_shared(pid: u32, fd: u32) {
+    let Some(sock) = TRACKED.get_ptr_mut(key(pid, fd)) else {
+        return;
+    };
+    // SAFETY: a valid map value pointer; aligned fields read whole.
+    let (sk, proto) = unsafe { ((*sock).sk, (*sock).proto) };
+    // The fd may hold another file by now: an exec closed the socket (close-on-exec) and the
+    // new program reused the number before user space settled it. Nothing of ours is shared.
+    if sk != 0 && socket_of(fd).0 != sk {
+        return;
+    }
+    let flag = if count_by_socket() && sk != 0 && proto == IPPROTO_TCP {
+        HANDED_OFF
+    } else {
+        PARTIAL
+    };
+    // SAFETY: as above.
+    unsafe { set_flag(sock, flag) };
+}
+
+/// # Safety
+/// `sock` must be a valid `TRACKED` value pointer. Flags are only ever set, so a lost race
+/// with another setter loses nothing that matters.
+#[inline(always)]
+unsafe fn set_flag(sock: *mut TrackedSocket, flag: u32) {
+    // SAFETY: an aligned u32 read and stored whole, per the caller's guarantee.
+    unsafe {
+        let flags = core::ptr::read_volatile(&raw const (*sock).flags);
+        core::ptr::write_volatile(&raw mut (*sock).flags, flags | flag);
     }
 }
 
@@ -115,7 +151,11 @@ pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
     // The socket layer counts only sockets with an entry: from now on, this one. BPF_ANY: a
     // kernel socket freed and reused at the same address starts from zero.
     if count_by_socket() && socket.sk != 0 {
-        let _ = SK_BYTES.insert(socket.sk, SkBytes::default(), 0);
+        let bytes = SkBytes {
+            ino: socket.ino,
+            ..SkBytes::default()
+        };
+        let _ = SK_BYTES.insert(socket.sk, bytes, 0);
     }
     // Only processes listed here have their exit, exec and close_range reported.
     let _ = PROCS.insert(pid, 1, 0);
@@ -172,6 +212,13 @@ pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow) {
     };
     // Removed before the event is sent: user space never sees a closed socket still in the map.
     let _ = TRACKED.remove(key);
+    if count_by_socket() && socket.flags & HANDED_OFF != 0 && hand_off(&mut socket) {
+        emit(&SocketEvent {
+            arg: how as u32,
+            ..SocketEvent::new(EventKind::HandOff, key, tid, now_ns(), socket)
+        });
+        return;
+    }
     if count_by_socket() {
         // SAFETY: copied out at once; removed right after, so the counts are final.
         if let Some(bytes) = unsafe { SK_BYTES.get(socket.sk) }.copied() {
@@ -184,6 +231,26 @@ pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow) {
         arg: how as u32,
         ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
     });
+}
+
+/// Leaves a tracked socket's counters to the socket layer alone: from now on the kernel's
+/// release of the socket ends it ([`crate::socket_layer`]). `socket` takes the counts so far.
+/// `false` when it has no counters to leave (then it ends here, as any close).
+#[inline(always)]
+fn hand_off(socket: &mut TrackedSocket) -> bool {
+    let Some(bytes) = SK_BYTES.get_ptr_mut(socket.sk) else {
+        return false;
+    };
+    // Counted before the mark, so the count never falls below the number of marked entries.
+    // SAFETY: an atomic add on our own 8-byte aligned global.
+    unsafe { atomic_add(&raw mut HANDED_OFF_COUNT, 1) };
+    // SAFETY: a valid map value pointer; aligned fields read and stored whole.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*bytes).handed_off, 1);
+        socket.bytes_sent = core::ptr::read_volatile(&raw const (*bytes).bytes_sent);
+        socket.bytes_recv = core::ptr::read_volatile(&raw const (*bytes).bytes_recv);
+    }
+    true
 }
 
 /// An event about a whole process (exit, exec, close_range): no socket, only the caller's comm.

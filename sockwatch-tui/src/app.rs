@@ -86,6 +86,8 @@ impl Source {
                 match &change {
                     Change::Opened(socket) => drained.opened.insert(socket.id),
                     Change::Closed(socket) => drained.closed.insert(socket.id),
+                    // Gone from where a read before this record may have shown it.
+                    Change::Moved { from, .. } => drained.closed.insert(*from),
                     Change::Failed { .. } | Change::Partial(_) => false,
                 };
                 output.apply(change)?;
@@ -103,11 +105,17 @@ impl Source {
         output: &mut Output,
         log: &mut Log,
     ) -> anyhow::Result<(Vec<Socket>, u64, HashSet<SocketId>)> {
-        let mut map = self.tables.snapshot();
+        let (mut map, by_socket) = self.tables.snapshot();
         let now_ns = monotonic_ns();
         let drained = self.drain(output, log)?;
-        // Closed since the read: their entries are stale.
+        // Closed (or moved) since the read: their entries are stale.
         map.retain(|s| !drained.closed.contains(&s.id));
+        // Sockets handed to other holders: shown where they are now, counted by the kernel's
+        // socket whoever moves the bytes.
+        for change in self.tracker.find_holders(&by_socket, &output.model().open) {
+            output.apply(change)?;
+        }
+        map.extend(self.tracker.handed_rows(&by_socket, &output.model().open));
         Ok((map, now_ns, drained.opened))
     }
 
@@ -188,6 +196,13 @@ impl Output<'_> {
                         model.apply(change);
                         Ok(())
                     }
+                    Change::Moved { from, .. } => match model.apply(change) {
+                        Some(moved) => {
+                            let now_ns = monotonic_ns();
+                            Record::moved(moved, from.key, clock, now_ns).write_line(out)
+                        }
+                        None => Ok(()),
+                    },
                     Change::Closed(_) => match model.apply(change) {
                         Some(kept) => Record::closed(kept, clock).write_line(out),
                         None => Ok(()),

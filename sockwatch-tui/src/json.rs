@@ -7,15 +7,17 @@ use serde::Serialize;
 use crate::{
     clock::WallClock,
     kernel::decode::errno_name,
-    socket::{CloseCause, Origin, Socket, State},
+    socket::{CloseCause, Origin, Socket, SocketKey, State},
 };
 
 /// The fields every socket record shares.
 #[derive(Debug, Serialize)]
 pub struct SocketFields<'a> {
-    pub pid: u32,
+    /// Null while no process is known to hold it (handed off, not found yet).
+    pub pid: Option<u32>,
     pub comm: &'a str,
-    pub fd: u32,
+    /// Null when not known (see `pid`; or released after its last holder's fd was gone).
+    pub fd: Option<u32>,
     pub proto: &'static str,
     pub direction: &'static str,
     /// The remote end: destination of a connect, peer of an accept.
@@ -33,9 +35,9 @@ pub struct SocketFields<'a> {
 impl<'a> SocketFields<'a> {
     fn of(socket: &'a Socket) -> Self {
         Self {
-            pid: socket.pid(),
+            pid: socket.holder_pid(),
             comm: &socket.comm,
-            fd: socket.fd(),
+            fd: socket.holder_fd(),
             proto: socket.proto.label(),
             direction: socket.direction.label(),
             daddr: socket.daddr.to_string(),
@@ -93,6 +95,18 @@ pub enum Record<'a> {
         /// close, dup2, close_range, exec, exit, reconciled, or vanished.
         reason: &'static str,
         preexisting: bool,
+    },
+    /// A socket's row moved to another holder: its fd (`from_pid`, `from_fd`) was closed
+    /// while another process holds it (a forked child, a program started on it, the receiver
+    /// of the fd), or it was found there later.
+    Moved {
+        time: f64,
+        #[serde(flatten)]
+        socket: SocketFields<'a>,
+        from_pid: Option<u32>,
+        from_fd: Option<u32>,
+        bytes_sent: u64,
+        bytes_recv: u64,
     },
     /// Events the kernel could not hand over (ring buffer full) since the previous record.
     Lost { time: f64, count: u64, total: u64 },
@@ -173,6 +187,19 @@ impl<'a> Record<'a> {
             lifetime_ns: socket.age_ns(0),
             reason: closed.map_or(CloseCause::Close, |c| c.cause).label(),
             preexisting: socket.origin == Origin::Existing,
+        }
+    }
+
+    /// A socket now shown under another holder (`from`: where it was).
+    pub fn moved(socket: &'a Socket, from: SocketKey, clock: &WallClock, now_ns: u64) -> Self {
+        let was = Socket::new(from, 0, socket.daddr, 0, "");
+        Record::Moved {
+            time: clock.unix_secs(now_ns),
+            socket: SocketFields::of(socket),
+            from_pid: was.holder_pid(),
+            from_fd: was.holder_fd(),
+            bytes_sent: socket.bytes_sent,
+            bytes_recv: socket.bytes_recv,
         }
     }
 
@@ -264,6 +291,51 @@ mod tests {
             (value["event"].as_str(), value["result"].as_str()),
             (Some("connect"), Some("in_progress"))
         );
+    }
+
+    #[test]
+    fn moved_records_say_where_from_and_null_what_is_not_known() {
+        let mut socket = endpoint();
+        socket.bytes_sent = 12;
+        let from = socket.key();
+        socket.id.key = SocketKey {
+            pid: crate::socket::NO_HOLDER,
+            fd: 1,
+        };
+        let value = line(&Record::moved(
+            &socket,
+            from,
+            &WallClock::default(),
+            2_000_000_000,
+        ));
+        assert_eq!(
+            (&value["event"], &value["pid"], &value["fd"]),
+            (
+                &"moved".into(),
+                &serde_json::Value::Null,
+                &serde_json::Value::Null
+            ),
+            "no holder found yet: {value}"
+        );
+        assert_eq!(
+            (&value["from_pid"], &value["from_fd"]),
+            (&7.into(), &4.into())
+        );
+        assert_eq!(
+            (value["bytes_sent"].as_u64(), value["time"].as_f64()),
+            (Some(12), Some(2.0))
+        );
+        let back = socket.key();
+        socket.id.key = SocketKey {
+            pid: 9,
+            fd: crate::socket::NO_FD,
+        };
+        let value = line(&Record::moved(&socket, back, &WallClock::default(), 0));
+        assert_eq!(
+            (&value["pid"], &value["fd"]),
+            (&9.into(), &serde_json::Value::Null)
+        );
+        assert_eq!(value["from_pid"], serde_json::Value::Null);
     }
 
     #[test]

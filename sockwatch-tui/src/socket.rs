@@ -216,6 +216,15 @@ pub fn per_second(bytes: u64, elapsed_ns: u64) -> u64 {
     u64::try_from(rate).unwrap_or(u64::MAX)
 }
 
+/// The `pid` of a socket's key when no process is known to hold it: it was handed to holders
+/// not found yet (an fd in flight over a Unix socket, a child gone before we looked). Its key's
+/// `fd` is then only a serial that keeps such rows apart. No user process has pid 0.
+pub const NO_HOLDER: u32 = 0;
+
+/// The `fd` of a socket's key when its holder is known but not the fd (released by a process
+/// after its fd was gone).
+pub const NO_FD: u32 = u32::MAX;
+
 /// One socket: who holds it, both ends, its state, its counters and rates, and how it ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Socket {
@@ -283,6 +292,16 @@ impl Socket {
 
     pub fn fd(&self) -> u32 {
         self.id.key.fd
+    }
+
+    /// The process holding it; `None` for a socket handed to holders not found yet.
+    pub fn holder_pid(&self) -> Option<u32> {
+        (self.pid() != NO_HOLDER).then_some(self.pid())
+    }
+
+    /// Its fd in that process; `None` when not known (see [`NO_HOLDER`], [`NO_FD`]).
+    pub fn holder_fd(&self) -> Option<u32> {
+        (self.pid() != NO_HOLDER && self.fd() != NO_FD).then_some(self.fd())
     }
 
     pub fn is_closed(&self) -> bool {

@@ -645,21 +645,34 @@ fn a_new_thread_or_a_started_program_leaves_the_counts_complete() {
     assert_eq!(close["complete"], true, "{close}");
 }
 
-/// A socket closed by its process while a forked child still holds it lives on: the row ends
-/// with the bytes moved until then, marked partial on every backend (what the child moves
-/// afterwards is not the row's), and the server's count shows the child's bytes did flow.
+/// Records of `event` about kernel socket `inode`, whoever holds it.
+fn of_inode(event: &'static str, inode: u64) -> impl Fn(&Value) -> bool {
+    move |r| r["event"] == event && r["inode"] == inode
+}
+
+/// A socket closed by its process while a forked child still holds it lives on. The socket
+/// backend follows it to the child and ends it when the child's exit releases it, with every
+/// byte (the server's count is the oracle); the syscall backends end the row at the close with
+/// the bytes moved until then, marked partial.
 #[test]
-fn closing_a_socket_a_child_still_holds_ends_the_row_marked_partial() {
+fn closing_a_socket_a_child_still_holds_hands_it_to_the_child() {
     let mut sw = Sockwatch::start(&[]);
     let server = net::CountingServer::start();
     let pid = std::process::id();
     let fd = net::connected(server.port);
+    let inode = net::inode_of(fd);
     net::sendto_all(fd, 300);
     let mut go = [0i32; 2];
     // SAFETY: pipe2 fills the array we own.
     assert_eq!(unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     let child = process::fork_writer(fd, 1_000, Some(go[0]));
     net::close(fd);
+    let every_holder = counts_every_holder(&sw);
+    if every_holder {
+        sw.wait_for("the row to move to the child", |r| {
+            of_inode("moved", inode)(r) && r["pid"] == child && r["fd"] == fd
+        });
+    }
     // SAFETY: one byte into the pipe we own, then our end closed.
     unsafe {
         assert_eq!(libc::write(go[1], [1u8].as_ptr().cast(), 1), 1);
@@ -672,8 +685,147 @@ fn closing_a_socket_a_child_still_holds_ends_the_row_marked_partial() {
         "the child holding the socket",
     );
     assert_eq!(status, 0, "the child wrote everything");
-    assert_eq!(server.next_total(), 1_300, "the server's own count");
-    let close = sw.wait_for("close", record_of("close", pid, fd));
-    assert_eq!(u(&close["bytes_sent"]), 300, "{close}");
-    assert_eq!(close["complete"], false, "{close}");
+    let received = server.next_total();
+    assert_eq!(received, 1_300, "the server's own count");
+    let close = sw.wait_for("close", of_inode("close", inode));
+    if every_holder {
+        assert_eq!(close["pid"], child, "released by the child: {close}");
+        assert_eq!(close["fd"], fd, "{close}");
+        assert_eq!(u(&close["bytes_sent"]), received, "{close}");
+        assert_eq!(close["complete"], true, "{close}");
+    } else {
+        assert_eq!(close["pid"], pid, "{close}");
+        assert_eq!(u(&close["bytes_sent"]), 300, "{close}");
+        assert_eq!(close["complete"], false, "{close}");
+    }
+}
+
+/// A forking server: the parent accepts, a forked child echoes, the parent closes its copy.
+/// The socket backend shows the accepted socket under the child and counts the echo both ways
+/// (the client's own counts are the oracle); the syscall backends flag the row partial.
+#[test]
+fn a_forking_servers_child_carries_the_accepted_socket() {
+    const ECHO: usize = 50_000;
+    let mut sw = Sockwatch::start(&[]);
+    let pid = std::process::id();
+    let (listener, port) = net::raw_listener();
+    let client = net::connected(port);
+    let (accepted, _) = net::accept_with_peer(listener);
+    let inode = net::inode_of(accepted);
+    let child = process::fork_echo(accepted);
+    net::close(accepted);
+    let every_holder = counts_every_holder(&sw);
+    if every_holder {
+        sw.wait_for("the row to move to the worker", |r| {
+            of_inode("moved", inode)(r) && r["pid"] == child && r["direction"] == "in"
+        });
+    }
+    send_all(client, ECHO, Sender::Write);
+    recv_exact(client, ECHO, Receiver::Read);
+    net::shutdown_write(client);
+    let status = process::wait_pid(child, process::COMMAND_TIMEOUT, "the echo worker");
+    assert_eq!(status, 0, "the worker echoed everything");
+    let close = sw.wait_for("close", of_inode("close", inode));
+    assert_eq!(close["direction"], "in", "{close}");
+    if every_holder {
+        assert_eq!(close["pid"], child, "{close}");
+        assert_eq!(close["fd"], accepted, "{close}");
+        assert_eq!(u(&close["bytes_recv"]), ECHO as u64, "{close}");
+        assert_eq!(u(&close["bytes_sent"]), ECHO as u64, "{close}");
+        assert_eq!(close["complete"], true, "{close}");
+    } else {
+        assert_eq!(close["pid"], pid, "{close}");
+        assert_eq!(close["complete"], false, "{close}");
+    }
+    net::close(client);
+    net::close(listener);
+}
+
+/// A socket on a program's stdin and stdout (as inetd or `nc -e` start one): `cat` echoes what
+/// the peer sends. The socket backend follows the socket to `cat` (fd 0) and counts its bytes;
+/// the syscall backends end the row at our close, marked partial.
+#[test]
+fn a_socket_on_a_programs_stdin_and_stdout_counts_its_bytes() {
+    const ECHO: usize = 40_000;
+    let mut sw = Sockwatch::start(&[]);
+    let pid = std::process::id();
+    let (listener, port) = net::raw_listener();
+    let fd = net::connected(port);
+    let (peer, _) = net::accept_with_peer(listener);
+    let inode = net::inode_of(fd);
+    let copy = || {
+        // SAFETY: our open fd, borrowed only to copy it.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        borrowed
+            .try_clone_to_owned()
+            .expect("a copy of the socket's fd")
+    };
+    let mut cat = Command::new("cat")
+        .stdin(std::process::Stdio::from(copy()))
+        .stdout(std::process::Stdio::from(copy()))
+        .spawn()
+        .expect("cat");
+    net::close(fd);
+    let every_holder = counts_every_holder(&sw);
+    if every_holder {
+        sw.wait_for("the row to move to cat", |r| {
+            of_inode("moved", inode)(r) && r["pid"] == cat.id() && r["fd"] == 0
+        });
+    }
+    send_all(peer, ECHO, Sender::Write);
+    recv_exact(peer, ECHO, Receiver::Read);
+    net::shutdown_write(peer);
+    let status = process::wait_or_kill(&mut cat, process::COMMAND_TIMEOUT, "cat");
+    assert!(status.success(), "cat: {status}");
+    let close = sw.wait_for("close", of_inode("close", inode));
+    if every_holder {
+        assert_eq!(close["pid"], cat.id(), "{close}");
+        assert_eq!(close["comm"], "cat", "{close}");
+        assert_eq!(close["fd"], 0, "{close}");
+        assert_eq!(u(&close["bytes_recv"]), ECHO as u64, "{close}");
+        assert_eq!(u(&close["bytes_sent"]), ECHO as u64, "{close}");
+        assert_eq!(close["complete"], true, "{close}");
+    } else {
+        assert_eq!(close["pid"], pid, "{close}");
+        assert_eq!(close["complete"], false, "{close}");
+    }
+    net::close(peer);
+    net::close(listener);
+}
+
+/// A socket handed to another process over a Unix socket (SCM_RIGHTS): we send 1,000 bytes,
+/// pass it, close it; the receiver sends 30,000 and exits. The socket backend counts both
+/// (the server's count is the oracle) and ends the row with the receiver; the syscall
+/// backends see only our bytes and say so.
+#[test]
+fn a_socket_passed_over_a_unix_socket_counts_the_receivers_bytes() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let (ours, theirs) = net::unix_pair();
+    // Forked before the connect: the receiver holds the socket only once it is passed.
+    let receiver = process::fork_fd_receiver(theirs, 30_000);
+    net::close(theirs);
+    let fd = net::connected(server.port);
+    let inode = net::inode_of(fd);
+    net::sendto_all(fd, 1_000);
+    net::send_fd(ours, fd);
+    net::close(fd);
+    // SAFETY: one byte on the Unix socket we own: the receiver may write now.
+    assert_eq!(unsafe { libc::write(ours, [1u8].as_ptr().cast(), 1) }, 1);
+    let status = process::wait_pid(receiver, process::COMMAND_TIMEOUT, "the fd's receiver");
+    assert_eq!(status, 0, "the receiver wrote everything");
+    let received = server.next_total();
+    assert_eq!(received, 31_000, "the server's own count");
+    let close = sw.wait_for("close", of_inode("close", inode));
+    if counts_every_holder(&sw) {
+        assert_eq!(close["pid"], receiver, "released by the receiver: {close}");
+        assert_eq!(u(&close["bytes_sent"]), received, "{close}");
+        assert_eq!(close["complete"], true, "{close}");
+    } else {
+        assert_eq!(close["pid"], pid, "{close}");
+        assert_eq!(u(&close["bytes_sent"]), 1_000, "{close}");
+        assert_eq!(close["complete"], false, "{close}");
+    }
+    net::close(ours);
 }

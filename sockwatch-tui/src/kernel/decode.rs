@@ -107,6 +107,22 @@ pub enum KernelRecord {
     Fork {
         pid: u32,
     },
+    /// A tracked TCP socket's fd was closed while others hold the socket: `socket` (under the
+    /// closed fd, with its counts so far) lives on, `sk` names it until the kernel releases it.
+    HandOff {
+        socket: Socket,
+        sk: u64,
+    },
+    /// The kernel released handed-off socket `sk`: its last holder `pid` closed it or exited.
+    Release {
+        sk: u64,
+        pid: u32,
+        tid: u32,
+        comm: String,
+        ts_ns: u64,
+        bytes_sent: u64,
+        bytes_recv: u64,
+    },
 }
 
 impl KernelRecord {
@@ -168,6 +184,19 @@ impl KernelRecord {
                 ts_ns: raw.ts_ns,
             },
             EventKind::Fork => Self::Fork { pid: raw.key.pid },
+            EventKind::HandOff => Self::HandOff {
+                socket: socket(),
+                sk: raw.socket.sk,
+            },
+            EventKind::Release => Self::Release {
+                sk: raw.socket.sk,
+                pid: raw.key.pid,
+                tid: raw.tid,
+                comm: comm_string(&raw.socket.comm),
+                ts_ns: raw.ts_ns,
+                bytes_sent: raw.socket.bytes_sent,
+                bytes_recv: raw.socket.bytes_recv,
+            },
             EventKind::CloseRange => Self::CloseRange {
                 pid: raw.key.pid,
                 first: raw.key.fd,

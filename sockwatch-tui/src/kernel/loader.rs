@@ -130,6 +130,9 @@ pub struct KernelCounters {
     pub inflight_full: u64,
 }
 
+/// The socket backend's counters by kernel socket (`struct sock *`).
+pub type SkCounts = std::collections::HashMap<u64, SkBytes>;
+
 /// The maps user space reads besides the ring buffer.
 pub struct KernelTables {
     /// The kernel's id of the `TRACKED` map (for `bpftool map dump id N`).
@@ -150,31 +153,42 @@ struct SocketCounters {
 }
 
 impl KernelTables {
-    /// Every socket the kernel tracks, with its counters as of now.
+    /// Every socket the kernel tracks, with its counters as of now; and the socket backend's
+    /// counters by kernel socket (handed-off sockets included; empty for the syscall backends).
     ///
     /// Bounded by the map's size: iterating a hash map while the kernel deletes from it can
     /// restart from the first key, and this must never loop forever.
-    pub fn snapshot(&self) -> Vec<Socket> {
+    pub fn snapshot(&self) -> (Vec<Socket>, SkCounts) {
         let entries = self
             .tracked
             .iter()
             .take(self.max_sockets as usize)
             .filter_map(Result::ok);
         let Some(by_socket) = &self.by_socket else {
-            return entries
+            let sockets = entries
                 .map(|(key, value)| tracked_socket(key, &value))
                 .collect();
+            return (sockets, SkCounts::new());
         };
         // One pass over each map rather than a lookup per socket.
-        let bytes: std::collections::HashMap<u64, SkBytes> = by_socket
+        let bytes: SkCounts = by_socket
             .bytes
             .iter()
             .take(self.max_sockets as usize)
             .filter_map(Result::ok)
             .collect();
-        entries
+        let sockets = entries
             .map(|(key, value)| with_bytes(key, value, bytes.get(&value.sk)))
-            .collect()
+            .collect();
+        (sockets, bytes)
+    }
+
+    /// Stops counting a handed-off socket user space found gone; returns its final counts.
+    pub fn take_socket(&mut self, sk: u64) -> Option<SkBytes> {
+        let by_socket = self.by_socket.as_mut()?;
+        let bytes = by_socket.bytes.get(&sk, 0).ok()?;
+        by_socket.bytes.remove(&sk).ok()?;
+        Some(bytes)
     }
 
     /// One tracked socket, if the kernel still has it.
@@ -415,8 +429,15 @@ pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
 /// sockets used through io_uring partial.
 pub const IO_URING_FILE_GET: &str = "io_uring_file_get";
 
-/// The socket layer's raw tracepoints (Linux ≥ 6.3), each with a program of its name.
-pub const SOCKET_TRACEPOINTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];
+/// The socket backend's raw tracepoints, each with a program of its name: the socket layer's
+/// byte counts (Linux ≥ 6.3), and the TCP state changes that tell when the kernel releases a
+/// socket handed to other holders (Linux ≥ 4.16).
+pub const SOCKET_TRACEPOINTS: [&str; 4] = [
+    "sock_send_length",
+    "sock_recv_length",
+    "inet_sock_set_state",
+    "tcp_destroy_sock",
+];
 
 /// The `(program, syscalls:event)` pairs of a tracepoint-based backend, in attach order. Exits
 /// come before entries: an entry's stash must never wait for an exit program that is not there

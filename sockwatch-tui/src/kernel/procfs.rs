@@ -156,6 +156,38 @@ pub fn socket_fds() -> Vec<(u32, u32, u64)> {
     found
 }
 
+/// The lowest fd of process `pid` that holds socket `inode`, if any.
+pub fn fd_of_socket(pid: u32, inode: u64) -> Option<u32> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let link = fs::read_link(entry.path()).ok()?;
+            (parse_socket_link(&link.to_string_lossy()) == Some(inode)).then_some(fd)
+        })
+        .min()
+}
+
+/// The children of process `pid` (of each of its threads), from `/proc/PID/task/*/children`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children.dedup();
+    children
+}
+
 /// A process's name, as the kernel's `comm`.
 pub fn comm(pid: u32) -> Option<String> {
     fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("comm"))

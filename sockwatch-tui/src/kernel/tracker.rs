@@ -21,10 +21,15 @@ use sockwatch_common::directions;
 
 use super::{
     decode::{tracked_value, ConnectResult, KernelRecord},
-    loader::KernelTables,
+    loader::{KernelTables, SkCounts},
     procfs,
 };
-use crate::socket::{CloseCause, Closed, Direction, Origin, Proto, Socket, SocketId, SocketKey};
+use crate::{
+    clock::monotonic_ns,
+    socket::{
+        CloseCause, Closed, Direction, Origin, Proto, Socket, SocketId, SocketKey, NO_FD, NO_HOLDER,
+    },
+};
 
 /// How long an open socket must have been missing from the kernel's map, over two reads at
 /// least, before its close record counts as lost. The records the kernel sent before a read are
@@ -47,6 +52,14 @@ pub enum Change {
     Closed(Socket),
     /// Another process holds this socket too (a fork), whose bytes the backend cannot count.
     Partial(SocketId),
+    /// The socket's row now shows another holder: its fd was closed while others held the
+    /// socket (the socket backend follows it), and `to` is where it was found (or a
+    /// [`NO_HOLDER`] key while it is not found yet).
+    Moved {
+        from: SocketId,
+        to: SocketKey,
+        comm: String,
+    },
 }
 
 /// The sockets of process `pid` among `open`.
@@ -71,6 +84,13 @@ pub struct Tracker {
     /// program reached first (the dynamic loader reuses low fds at once): that close record is
     /// reported as the exec's.
     exec_closed: HashSet<SocketId>,
+    /// Sockets handed to other holders (the socket backend), by kernel socket (`struct sock *`):
+    /// the row that shows each, until the kernel reports its release.
+    handed: HashMap<u64, SocketId>,
+    /// Handed-off sockets the previous reconciliation found in no socket table.
+    handed_suspects: HashSet<u64>,
+    /// Serial of the keys of handed-off sockets whose holder is not found yet.
+    unknown_holders: u32,
 }
 
 impl Tracker {
@@ -113,6 +133,16 @@ impl Tracker {
             KernelRecord::Fork { pid } => of_process(open, pid)
                 .map(|s| Change::Partial(s.id))
                 .collect(),
+            KernelRecord::HandOff { socket, sk } => self.handed_off(&socket, sk, open),
+            KernelRecord::Release {
+                sk,
+                pid,
+                tid,
+                comm,
+                ts_ns,
+                bytes_sent,
+                bytes_recv,
+            } => self.released(sk, (pid, tid, comm), ts_ns, (bytes_sent, bytes_recv), open),
             KernelRecord::CloseRange {
                 pid,
                 first,
@@ -147,6 +177,203 @@ impl Tracker {
         changes
     }
 
+    /// A tracked fd was closed while others hold its socket: the row goes where the socket is
+    /// found now (most often a forked child, or the process itself through another fd).
+    fn handed_off(&mut self, socket: &Socket, sk: u64, open: &OpenSockets) -> Vec<Change> {
+        let Some(row) = open.get(&socket.key()).filter(|s| s.id == socket.id) else {
+            return Vec::new();
+        };
+        self.forget(row.id);
+        let holder = row
+            .inode
+            .and_then(|inode| find_holder(inode, None, Some(row.pid())));
+        self.move_to(row, holder, sk, open)
+    }
+
+    /// Shows a handed-off socket under `holder` (or under a [`NO_HOLDER`] key while none is
+    /// found), and keeps it as handed off under kernel socket `sk`.
+    fn move_to(
+        &mut self,
+        row: &Socket,
+        holder: Option<SocketKey>,
+        sk: u64,
+        open: &OpenSockets,
+    ) -> Vec<Change> {
+        let (to, comm) = match holder {
+            Some(key) => (
+                key,
+                procfs::comm(key.pid).unwrap_or_else(|| row.comm.clone()),
+            ),
+            None => {
+                self.unknown_holders = self.unknown_holders.wrapping_add(1);
+                let key = SocketKey {
+                    pid: NO_HOLDER,
+                    fd: self.unknown_holders,
+                };
+                (key, row.comm.clone())
+            }
+        };
+        let mut changes = Vec::new();
+        // That fd holds this socket now: a row still shown there ended unseen.
+        if let Some(stale) = open.get(&to).filter(|s| s.id != row.id) {
+            changes.push(Change::Closed(vanished(stale, monotonic_ns())));
+            self.forget(stale.id);
+        }
+        self.handed.insert(sk, SocketId::new(to, row.id.opened_ns));
+        changes.push(Change::Moved {
+            from: row.id,
+            to,
+            comm,
+        });
+        changes
+    }
+
+    /// The kernel released handed-off socket `sk`: its row ends with the final counts, under
+    /// the process that released it (whose fd was closed before the release, so not known
+    /// unless the row already showed that process).
+    fn released(
+        &mut self,
+        sk: u64,
+        (pid, tid, comm): (u32, u32, String),
+        ts_ns: u64,
+        (sent, recv): (u64, u64),
+        open: &OpenSockets,
+    ) -> Vec<Change> {
+        self.handed_suspects.remove(&sk);
+        let Some(id) = self.handed.remove(&sk) else {
+            return Vec::new();
+        };
+        let Some(row) = open.get(&id.key).filter(|s| s.id == id) else {
+            return Vec::new();
+        };
+        let mut socket = row.clone();
+        let mut changes = Vec::new();
+        // Pid 0: the kernel saw the release after the fact; the row's holder stands.
+        if pid != 0 && row.holder_pid() != Some(pid) {
+            let to = SocketKey { pid, fd: NO_FD };
+            if let Some(stale) = open.get(&to).filter(|s| s.id != id) {
+                changes.push(Change::Closed(vanished(stale, ts_ns)));
+            }
+            changes.push(Change::Moved {
+                from: id,
+                to,
+                comm: comm.clone(),
+            });
+            socket.id.key = to;
+            socket.comm = comm;
+        }
+        let cause = CloseCause::Close;
+        socket.close(
+            Closed {
+                at_ns: ts_ns,
+                tid,
+                cause,
+            },
+            sent,
+            recv,
+        );
+        changes.push(Change::Closed(socket));
+        changes
+    }
+
+    /// Checks that each handed-off socket is still where its row shows it, and looks for it
+    /// where it is not: first in the process that last moved its bytes (`by_socket`'s mover),
+    /// then in the shown process and its children.
+    pub fn find_holders(&mut self, by_socket: &SkCounts, open: &OpenSockets) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let handed: Vec<(u64, SocketId)> = self.handed.iter().map(|(k, v)| (*k, *v)).collect();
+        for (sk, id) in handed {
+            let Some(row) = open.get(&id.key).filter(|s| s.id == id) else {
+                continue;
+            };
+            let Some(inode) = row.inode else {
+                continue;
+            };
+            let holds = |pid: u32, fd: u32| procfs::socket_inode(pid, fd).ok().flatten();
+            if let (Some(pid), Some(fd)) = (row.holder_pid(), row.holder_fd()) {
+                if holds(pid, fd) == Some(inode) {
+                    continue;
+                }
+            }
+            let mover = by_socket.get(&sk).map(|b| b.mover).filter(|&pid| pid != 0);
+            match find_holder(inode, mover, row.holder_pid()) {
+                Some(key) if key != row.key() => {
+                    changes.extend(self.move_to(row, Some(key), sk, open));
+                }
+                Some(_) => {}
+                // Not found: no longer shown under a process that does not hold it.
+                None if row.holder_pid().is_some() => {
+                    changes.extend(self.move_to(row, None, sk, open));
+                }
+                None => {}
+            }
+        }
+        changes
+    }
+
+    /// The handed-off sockets as a map read shows them: their rows with the socket layer's
+    /// counts (`by_socket`), which go on whoever holds them.
+    pub fn handed_rows(&self, by_socket: &SkCounts, open: &OpenSockets) -> Vec<Socket> {
+        self.handed
+            .iter()
+            .filter_map(|(sk, id)| {
+                let bytes = by_socket.get(sk)?;
+                let mut socket = open.get(&id.key).filter(|s| s.id == *id)?.clone();
+                socket.bytes_sent = bytes.bytes_sent;
+                socket.bytes_recv = bytes.bytes_recv;
+                Some(socket)
+            })
+            .collect()
+    }
+
+    /// Whether the row `id` shows a handed-off socket.
+    fn is_handed(&self, id: SocketId) -> bool {
+        self.handed.values().any(|handed| *handed == id)
+    }
+
+    /// Ends handed-off sockets whose release record never came: gone from the kernel's socket
+    /// tables (`alive`: the inodes of open sockets) for two reconciliations in a row.
+    fn reconcile_handed(
+        &mut self,
+        alive: &HashSet<u64>,
+        open: &OpenSockets,
+        tables: &mut KernelTables,
+        now_ns: u64,
+    ) -> Vec<Change> {
+        let mut suspects = HashSet::new();
+        let mut changes = Vec::new();
+        let handed: Vec<(u64, SocketId)> = self.handed.iter().map(|(k, v)| (*k, *v)).collect();
+        for (sk, id) in handed {
+            let Some(row) = open.get(&id.key).filter(|s| s.id == id) else {
+                self.handed.remove(&sk);
+                continue;
+            };
+            if row.inode.is_none_or(|inode| alive.contains(&inode)) {
+                continue;
+            }
+            if !self.handed_suspects.contains(&sk) {
+                suspects.insert(sk);
+                continue;
+            }
+            self.handed.remove(&sk);
+            let mut socket = row.clone();
+            let (sent, recv) = tables
+                .take_socket(sk)
+                .map_or((row.bytes_sent, row.bytes_recv), |b| {
+                    (b.bytes_sent, b.bytes_recv)
+                });
+            let closed = Closed {
+                at_ns: now_ns,
+                tid: row.pid(),
+                cause: CloseCause::Reconciled,
+            };
+            socket.close(closed, sent, recv);
+            changes.push(Change::Closed(socket));
+        }
+        self.handed_suspects = suspects;
+        changes
+    }
+
     /// A successful exec closed the process's close-on-exec fds, without any close() call:
     /// each socket whose fd no longer holds it is settled as closed by the exec.
     fn exec(
@@ -157,7 +384,9 @@ impl Tracker {
         tables: &mut KernelTables,
     ) -> Vec<Change> {
         let mut gone = Vec::new();
-        for socket in of_process(open, pid).filter(|s| s.id.opened_ns < ts_ns) {
+        let handed: HashSet<SocketId> = self.handed.values().copied().collect();
+        let closable = of_process(open, pid).filter(|s| s.id.opened_ns < ts_ns);
+        for socket in closable.filter(|s| !handed.contains(&s.id)) {
             match tables.get(socket.key()) {
                 Some(entry) => {
                     if entry.id == socket.id && !self.still_open(socket.id) {
@@ -237,7 +466,7 @@ impl Tracker {
         let mut gone = Vec::new();
         let mut suspects = HashSet::new();
         for &id in map.iter().filter(|id| id.key.pid != own_pid) {
-            if self.still_open(id) {
+            if self.is_handed(id) || self.still_open(id) {
                 continue;
             }
             if self.suspects.contains(&id) {
@@ -257,6 +486,10 @@ impl Tracker {
         self.inodes.retain(|id, _| known.contains(id));
         self.exec_closed.retain(|id| known.contains(id));
         let mut changes = Vec::new();
+        if !self.handed.is_empty() {
+            let alive = procfs::inet_sockets().into_keys().collect();
+            changes = self.reconcile_handed(&alive, open, tables, now_ns);
+        }
         for id in gone {
             // Only the very entry found gone: the fd may hold a new socket by now.
             if tables.get(id.key).is_some_and(|e| e.id == id) {
@@ -286,11 +519,18 @@ impl Tracker {
             .collect();
         let own_pid = std::process::id();
         let mut changes = Vec::new();
-        for (pid, fd, inode) in procfs::socket_fds() {
+        let held = procfs::socket_fds();
+        // A socket is one row whoever holds it: not one the kernel tracks already (connected
+        // since the start, read after the scan so none is missed), and one row for a socket
+        // several processes hold (a forking server's), under the first holder found.
+        let (tracked, by_socket) = tables.snapshot();
+        let mut known: HashSet<u64> = tracked.iter().filter_map(|s| s.inode).collect();
+        known.extend(by_socket.values().map(|b| b.ino));
+        for (pid, fd, inode) in held {
             let Some(found) = inet.get(&inode).filter(|s| s.is_connected()) else {
                 continue;
             };
-            if pid == own_pid {
+            if pid == own_pid || !known.insert(inode) {
                 continue;
             }
             let inbound = found.proto == Proto::Tcp && listening.contains(&found.local.port());
@@ -413,6 +653,22 @@ impl Tracker {
         self.suspects.remove(&id);
         self.missing.remove(&id);
     }
+}
+
+/// Where socket `inode` is held: in `mover` (the process that last moved its bytes), else in
+/// `shown` (where its row shows it) or their children and grandchildren (a forking server's
+/// worker, a program started on it). The lowest fd of the first process found holding it.
+fn find_holder(inode: u64, mover: Option<u32>, shown: Option<u32>) -> Option<SocketKey> {
+    let children = shown.map(procfs::children).unwrap_or_default();
+    let grandchildren = children.iter().flat_map(|&child| procfs::children(child));
+    let candidates = mover
+        .into_iter()
+        .chain(shown)
+        .chain(children.clone())
+        .chain(grandchildren);
+    candidates
+        .filter(|&pid| pid != NO_HOLDER)
+        .find_map(|pid| procfs::fd_of_socket(pid, inode).map(|fd| SocketKey { pid, fd }))
 }
 
 /// Closes a socket settled from the map; its counts (as the map had them) are final.
@@ -554,5 +810,114 @@ mod tests {
         let open = open(&[socket(3, SEC, 0), socket(u32::MAX, SEC, 0), other, before]);
         let fds: Vec<u32> = of_process(&open, 10).map(Socket::fd).collect();
         assert_eq!(fds, [3, u32::MAX]);
+    }
+
+    /// A pid no process has (above the kernel's pid_max ceiling of 2^22).
+    const NOBODY: u32 = 1 << 30;
+
+    fn handed(inode: u64) -> (Socket, OpenSockets) {
+        let mut row = socket(5, SEC, 100);
+        row.id.key.pid = NOBODY;
+        row.inode = Some(inode);
+        let open = open(std::slice::from_ref(&row));
+        (row, open)
+    }
+
+    fn moved(changes: &[Change]) -> Vec<(SocketId, SocketKey)> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Moved { from, to, .. } => Some((*from, *to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_handed_off_socket_nobody_is_found_holding_waits_under_no_holder_until_its_release() {
+        let mut tracker = Tracker::default();
+        let (row, mut open) = handed(u64::MAX - 1);
+        let changes = tracker.handed_off(&row, 0xffff_8880_0000_1000, &open);
+        let [(from, to)] = moved(&changes)[..] else {
+            panic!("one move: {changes:?}")
+        };
+        assert_eq!(from, row.id);
+        assert_eq!(to.pid, NO_HOLDER, "no process is known to hold it");
+        let mut shown = open.remove(&row.key()).expect("the row");
+        shown.id.key = to;
+        open.insert(to, shown);
+        // Its counts go on at the socket layer, whoever moves the bytes.
+        let by_socket: SkCounts = [(
+            0xffff_8880_0000_1000,
+            sockwatch_common::SkBytes {
+                bytes_sent: 700,
+                ..Default::default()
+            },
+        )]
+        .into();
+        let rows = tracker.handed_rows(&by_socket, &open);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].key(), rows[0].bytes_sent), (to, 700));
+        // Released by process 42: shown under it (fd not known) with the final counts.
+        let releaser = (42, 43, "worker".to_owned());
+        let changes = tracker.released(0xffff_8880_0000_1000, releaser, 9 * SEC, (900, 5), &open);
+        let last = SocketKey { pid: 42, fd: NO_FD };
+        assert_eq!(moved(&changes), [(SocketId::new(to, SEC), last)]);
+        let Some(Change::Closed(end)) = changes.last() else {
+            panic!("ends closed: {changes:?}")
+        };
+        assert_eq!(end.key(), last);
+        assert_eq!(
+            (end.bytes_sent, end.bytes_recv, end.comm.as_str()),
+            (900, 5, "worker")
+        );
+        assert_eq!(
+            end.closed.map(|c| (c.tid, c.cause)),
+            Some((43, CloseCause::Close))
+        );
+        assert!(
+            tracker.handed_rows(&by_socket, &open).is_empty(),
+            "no longer handed off"
+        );
+    }
+
+    #[test]
+    fn a_release_seen_after_the_fact_keeps_the_holder_shown() {
+        let mut tracker = Tracker::default();
+        let (row, open) = handed(u64::MAX - 2);
+        tracker.handed.insert(7, row.id);
+        let changes = tracker.released(7, (0, 0, String::new()), 3 * SEC, (100, 0), &open);
+        assert!(moved(&changes).is_empty(), "{changes:?}");
+        assert_eq!(closed(&changes), [(row.id, CloseCause::Close, 100)]);
+        let unknown = tracker.released(8, (1, 1, String::new()), 3 * SEC, (1, 0), &open);
+        assert!(unknown.is_empty(), "not a handed-off socket");
+    }
+
+    #[test]
+    fn a_handed_off_socket_is_found_in_the_process_that_moves_its_bytes() {
+        // A real socket this test process holds, as a holder found in /proc.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a socket");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener) as u32;
+        let me = std::process::id();
+        let inode = procfs::socket_inode(me, fd)
+            .expect("our fd")
+            .expect("a socket");
+        let mut tracker = Tracker::default();
+        let (row, open) = handed(inode);
+        tracker.handed.insert(7, row.id);
+        let by_socket: SkCounts = [(
+            7,
+            sockwatch_common::SkBytes {
+                mover: me,
+                ..Default::default()
+            },
+        )]
+        .into();
+        let changes = tracker.find_holders(&by_socket, &open);
+        assert_eq!(moved(&changes), [(row.id, SocketKey { pid: me, fd })]);
+        let Some(Change::Moved { comm, .. }) = changes.last() else {
+            unreachable!()
+        };
+        assert_eq!(Some(comm.clone()), procfs::comm(me), "the holder's name");
     }
 }

@@ -145,6 +145,16 @@ impl Model {
                 }
                 self.open.get(&key)
             }
+            Change::Moved { from, to, comm } => {
+                if self.open.get(&from.key).is_none_or(|s| s.id != from) {
+                    return None;
+                }
+                let mut socket = self.open.remove(&from.key)?;
+                socket.id.key = to;
+                socket.comm = comm;
+                self.open.insert(to, socket);
+                self.open.get(&to)
+            }
             Change::Partial(id) => {
                 let kept = self.open.get_mut(&id.key).filter(|s| s.id == id)?;
                 kept.complete = false;
@@ -323,6 +333,37 @@ mod tests {
                 ..Totals::default()
             }
         );
+    }
+
+    #[test]
+    fn a_moved_socket_keeps_its_counts_and_rates_under_its_new_holder() {
+        let mut model = Model::new("socket");
+        model.update(opened(10, 3, SEC));
+        model.update(read(&[(10, 3, SEC, 4000)], 3 * SEC));
+        let from = SocketId::new(SocketKey { pid: 10, fd: 3 }, SEC);
+        let to = SocketKey { pid: 11, fd: 3 };
+        let stale = Change::Moved {
+            from: SocketId::new(from.key, 2 * SEC),
+            to,
+            comm: "worker".into(),
+        };
+        assert!(model.apply(stale).is_none(), "not the socket open there");
+        let moved = model
+            .apply(Change::Moved {
+                from,
+                to,
+                comm: "worker".into(),
+            })
+            .expect("moved")
+            .clone();
+        assert_eq!((moved.key(), moved.comm.as_str()), (to, "worker"));
+        assert_eq!(moved.bytes_sent, 4000);
+        assert_eq!(moved.rates.now.send, 2000, "rates go on");
+        assert_eq!(model.open.len(), 1, "one socket, one row");
+        model.update(closed(11, 3, SEC, 5 * SEC, 6000));
+        assert!(model.open.is_empty());
+        assert_eq!(model.closes().last().map(|s| s.bytes_sent), Some(6000));
+        assert_eq!(model.totals.closes, 1);
     }
 
     #[test]

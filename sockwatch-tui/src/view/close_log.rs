@@ -8,6 +8,7 @@ use ratatui::{
 };
 
 use super::{
+    columns::known,
     format,
     state::{Focus, ViewState},
     theme::Theme,
@@ -42,8 +43,8 @@ pub fn render(
                 "{} {:<15} pid {:<7} fd {:<4} {:<21} sent {:>10} recv {:>10} lived {}{}",
                 clock.local_hms(closed.at_ns),
                 socket.comm,
-                socket.pid(),
-                socket.fd(),
+                known(socket.holder_pid()),
+                known(socket.holder_fd()),
                 socket.remote(),
                 format::bytes(socket.bytes_sent),
                 format::bytes(socket.bytes_recv),

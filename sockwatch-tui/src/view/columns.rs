@@ -114,15 +114,20 @@ fn state_key(s: &Socket, _: &Context) -> SortKey {
 }
 
 type SocketColumn = Column<Socket>;
+
+/// A pid or fd, or `-` where not known (a socket handed to holders not found yet).
+pub fn known(value: Option<u32>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
 type ProcessColumn = Column<ProcessView>;
 
 /// The socket table, left to right. The default sort is `SEND/s`, largest first.
 #[rustfmt::skip]
 pub static SOCKET_COLUMNS: &[Column<Socket>] = &[
-    SocketColumn::new("PID", 7, 0, |s, _| s.pid().to_string(), |s, _| num(s.pid())),
+    SocketColumn::new("PID", 7, 0, |s, _| known(s.holder_pid()), |s, _| num(s.pid())),
     SocketColumn::new("TID", 7, 9, |s, _| s.tid.to_string(), |s, _| num(s.tid)),
     SocketColumn::new("COMM", 15, 0, |s, _| s.comm.clone(), |s, _| text(&s.comm)),
-    SocketColumn::new("FD", 4, 6, |s, _| s.fd().to_string(), |s, _| num(s.fd())),
+    SocketColumn::new("FD", 4, 6, |s, _| known(s.holder_fd()), |s, _| num(s.fd())),
     SocketColumn::new("PROTO", 6, 10, |s, _| proto_text(s).into(), |s, _| text(proto_text(s))),
     SocketColumn::new("DIR", 4, 5, |s, _| dir_text(s).into(), |s, _| text(dir_text(s))),
     SocketColumn::new("LPORT", 6, 11, |s, _| port_text(s.lport), |s, _| num(s.lport)),

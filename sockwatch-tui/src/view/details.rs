@@ -7,7 +7,12 @@ use ratatui::{
     Frame,
 };
 
-use super::{columns::state_label, format, state::ViewState, theme::Theme};
+use super::{
+    columns::{known, state_label},
+    format,
+    state::ViewState,
+    theme::Theme,
+};
 use crate::{
     clock::WallClock,
     model::{dns::HostName, Model},
@@ -116,12 +121,15 @@ fn fields(
         _ => format!("  thread {}", s.tid),
     };
     let mut lines = vec![
-        field("process", format!("{}  pid {}{thread}", s.comm, s.pid())),
+        field(
+            "process",
+            format!("{}  pid {}{thread}", s.comm, known(s.holder_pid())),
+        ),
         field(
             "fd",
             match s.inode {
-                Some(inode) => format!("{}  (socket:[{inode}])", s.fd()),
-                None => s.fd().to_string(),
+                Some(inode) => format!("{}  (socket:[{inode}])", known(s.holder_fd())),
+                None => known(s.holder_fd()),
             },
         ),
         field(

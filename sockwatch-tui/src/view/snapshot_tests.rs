@@ -350,3 +350,33 @@ fn every_size_renders_without_panicking() {
     act(&mut model, &[ViewAction::Open]);
     let _ = render(&model, 60, 12);
 }
+
+/// A forking server's accepted socket handed to its worker, and a socket passed to a process
+/// not found yet: `-` where the holder is not known, never a made-up pid or fd.
+#[test]
+fn handed_off_sockets_show_their_holder_or_a_dash() {
+    let mut dashboard = Dashboard::new(Model::new("socket"), ViewState::default());
+    act(
+        &mut dashboard,
+        &[ViewAction::Resize {
+            width: 110,
+            height: 14,
+        }],
+    );
+    let mut accepted = socket(2000, 6, "socat", Ipv4Addr::LOCALHOST, 41000);
+    accepted.direction = crate::socket::Direction::In;
+    let passed = socket(2000, 7, "socat", DB, 5432);
+    for opened in [accepted.clone(), passed.clone()] {
+        change(&mut dashboard, Change::Opened(opened));
+    }
+    let worker = SocketKey { pid: 2001, fd: 6 };
+    let nobody = SocketKey {
+        pid: crate::socket::NO_HOLDER,
+        fd: 1,
+    };
+    for (from, to, comm) in [(accepted.id, worker, "socat"), (passed.id, nobody, "socat")] {
+        let comm = comm.to_owned();
+        change(&mut dashboard, Change::Moved { from, to, comm });
+    }
+    insta::assert_snapshot!(render(&dashboard, 110, 14));
+}

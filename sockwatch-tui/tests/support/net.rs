@@ -425,3 +425,65 @@ pub fn udp_echo() -> u16 {
     });
     port
 }
+
+/// A connected pair of Unix stream sockets (close-on-exec).
+pub fn unix_pair() -> (RawFd, RawFd) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills the array we own.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+    (fds[0], fds[1])
+}
+
+/// Sends `fd` over the Unix socket `unix` (SCM_RIGHTS), with one byte of data.
+pub fn send_fd(unix: RawFd, fd: RawFd) {
+    let mut byte = 1u8;
+    let mut iov = libc::iovec {
+        iov_base: (&raw mut byte).cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: an all-zero msghdr is valid; it then points at buffers we own, and the control
+    // header is written inside `control`, which CMSG_SPACE sized for one fd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+        libc::CMSG_DATA(cmsg).cast::<RawFd>().write_unaligned(fd);
+        let sent = libc::sendmsg(unix, &raw const msg, 0);
+        assert_eq!(sent, 1, "sendmsg: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// `shutdown(fd, SHUT_WR)`: the peer reads end of file.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain shutdown(2) on an fd the caller owns.
+    let rc = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    assert_eq!(rc, 0, "shutdown: {}", std::io::Error::last_os_error());
+}
+
+/// The inode of the socket on our `fd` (`socket:[N]` in /proc): the kernel socket, whoever
+/// holds it.
+pub fn inode_of(fd: RawFd) -> u64 {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("our fd");
+    let link = link.to_string_lossy();
+    link.strip_prefix("socket:[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("fd {fd} is not a socket: {link}"))
+}

@@ -217,3 +217,84 @@ pub fn fork_writer(fd: i32, len: usize, go: Option<i32>) -> libc::pid_t {
     }
     child
 }
+
+/// Forks a child that echoes everything it reads on `fd` back to it until end of file, then
+/// leaves: a forking server's worker. Returns its pid.
+pub fn fork_echo(fd: i32) -> libc::pid_t {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: the child only reads, writes and leaves with _exit (async-signal-safe; `buf` was
+    // allocated before the fork).
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        // SAFETY: as above.
+        unsafe {
+            loop {
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                if n == 0 {
+                    libc::_exit(0);
+                }
+                if n < 0 {
+                    libc::_exit(1);
+                }
+                let mut sent = 0usize;
+                while sent < n as usize {
+                    let w = libc::write(fd, buf[sent..].as_ptr().cast(), n as usize - sent);
+                    if w <= 0 {
+                        libc::_exit(1);
+                    }
+                    sent += w as usize;
+                }
+            }
+        }
+    }
+    child
+}
+
+/// Forks a child that receives one fd over the Unix socket `unix` (SCM_RIGHTS), then waits for
+/// one more byte there (so the sender's close finds the fd held), writes `len` bytes on the fd,
+/// and leaves without closing it (its exit does). Returns its pid.
+pub fn fork_fd_receiver(unix: i32, len: usize) -> libc::pid_t {
+    let chunk = vec![7u8; len];
+    let mut control = vec![0u8; 64];
+    // SAFETY: the child only calls recvmsg, write and _exit (async-signal-safe; the buffers
+    // were allocated before the fork).
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        // SAFETY: as above; the message header points at buffers we own.
+        unsafe {
+            let mut byte = 0u8;
+            let mut iov = libc::iovec {
+                iov_base: (&raw mut byte).cast(),
+                iov_len: 1,
+            };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &raw mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = control.len();
+            if libc::recvmsg(unix, &raw mut msg, 0) != 1 {
+                libc::_exit(2);
+            }
+            let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+                libc::_exit(3);
+            }
+            let fd = libc::CMSG_DATA(cmsg).cast::<i32>().read_unaligned();
+            if libc::read(unix, (&raw mut byte).cast(), 1) != 1 {
+                libc::_exit(4);
+            }
+            let mut sent = 0usize;
+            while sent < chunk.len() {
+                let n = libc::write(fd, chunk[sent..].as_ptr().cast(), chunk.len() - sent);
+                if n <= 0 {
+                    libc::_exit(1);
+                }
+                sent += n as usize;
+            }
+            libc::_exit(0);
+        }
+    }
+    child
+}

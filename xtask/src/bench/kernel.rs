@@ -34,13 +34,18 @@ pub fn sockwatch_events(probe: &str) -> Option<Vec<String>> {
     }
     // The socket layer's raw tracepoints (`sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS`);
     // for the syscall backends, the marks of what they cannot count (io_uring, a fork).
-    let extra = if socket {
-        ["sock_send_length", "sock_recv_length"]
+    let extra: &[&str] = if socket {
+        &[
+            "sock_send_length",
+            "sock_recv_length",
+            "inet_sock_set_state",
+            "tcp_destroy_sock",
+        ]
     } else {
-        ["io_uring_file_get", "sched_process_fork"]
+        &["io_uring_file_get", "sched_process_fork"]
     };
     let io_uring = Path::new("/sys/kernel/tracing/events/io_uring/io_uring_file_get").exists();
-    all.extend(extra.map(str::to_owned));
+    all.extend(extra.iter().map(|e| (*e).to_owned()));
     all.retain(|e| io_uring || e != "io_uring_file_get");
     all.sort_unstable();
     Some(all)
