@@ -221,16 +221,30 @@ pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow) {
     }
     if count_by_socket() {
         // SAFETY: copied out at once; removed right after, so the counts are final.
-        if let Some(bytes) = unsafe { SK_BYTES.get(socket.sk) }.copied() {
-            socket.bytes_sent = bytes.bytes_sent;
-            socket.bytes_recv = bytes.bytes_recv;
-            let _ = SK_BYTES.remove(socket.sk);
+        match unsafe { SK_BYTES.get(socket.sk) }.copied() {
+            Some(bytes) if same_socket(&bytes, &socket) => {
+                socket.bytes_sent = bytes.bytes_sent;
+                socket.bytes_recv = bytes.bytes_recv;
+                let _ = SK_BYTES.remove(socket.sk);
+            }
+            // Released already and its `struct sock` reused by a socket tracked since (the
+            // kernel may free a closed socket before this exit runs): its counts are gone.
+            // Nothing is removed, and the row says its counts are not whole.
+            Some(_) => socket.flags |= PARTIAL,
+            None => {}
         }
     }
     emit(&SocketEvent {
         arg: how as u32,
         ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
     });
+}
+
+/// Whether the counters `bytes` are those of `socket` (its inode, when both know it), not of a
+/// newer socket at the same `struct sock` address.
+#[inline(always)]
+fn same_socket(bytes: &SkBytes, socket: &TrackedSocket) -> bool {
+    bytes.ino == 0 || socket.ino == 0 || bytes.ino == socket.ino
 }
 
 /// Leaves a tracked socket's counters to the socket layer alone: from now on the kernel's
@@ -241,6 +255,10 @@ fn hand_off(socket: &mut TrackedSocket) -> bool {
     let Some(bytes) = SK_BYTES.get_ptr_mut(socket.sk) else {
         return false;
     };
+    // SAFETY: a valid map value pointer; copied out at once.
+    if !same_socket(unsafe { &*bytes }, socket) {
+        return false;
+    }
     // Counted before the mark, so the count never falls below the number of marked entries.
     // SAFETY: an atomic add on our own 8-byte aligned global.
     unsafe { atomic_add(&raw mut HANDED_OFF_COUNT, 1) };

@@ -88,7 +88,7 @@ impl Source {
                     Change::Closed(socket) => drained.closed.insert(socket.id),
                     // Gone from where a read before this record may have shown it.
                     Change::Moved { from, .. } => drained.closed.insert(*from),
-                    Change::Failed { .. } | Change::Partial(_) => false,
+                    Change::Failed { .. } | Change::Partial(_) | Change::Holders { .. } => false,
                 };
                 output.apply(change)?;
             }
@@ -192,7 +192,7 @@ impl Output<'_> {
                         written
                     }
                     // Shown by the socket's later records (`complete: false`).
-                    Change::Partial(_) => {
+                    Change::Partial(_) | Change::Holders { .. } => {
                         model.apply(change);
                         Ok(())
                     }
@@ -476,6 +476,15 @@ fn refresh(
             source.read_map(output, log)?;
             if let Output::Dashboard { dashboard, .. } = output {
                 dashboard.update(Message::Model(Action::Counters(counters)));
+                // The socket whose details are shown: who holds it, looked up while shown.
+                let shown = dashboard
+                    .view
+                    .details
+                    .and_then(|id| dashboard.model.socket(id));
+                if let Some(socket) = shown.filter(|s| !s.is_closed()) {
+                    let holders = Tracker::holders(socket);
+                    dashboard.update(Message::Model(Action::Change(holders)));
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     clock::WallClock,
     kernel::decode::errno_name,
-    socket::{CloseCause, Origin, Socket, SocketKey, State},
+    socket::{holder_fd, holder_pid, CloseCause, Origin, Socket, SocketKey, State},
 };
 
 /// The fields every socket record shares.
@@ -192,12 +192,11 @@ impl<'a> Record<'a> {
 
     /// A socket now shown under another holder (`from`: where it was).
     pub fn moved(socket: &'a Socket, from: SocketKey, clock: &WallClock, now_ns: u64) -> Self {
-        let was = Socket::new(from, 0, socket.daddr, 0, "");
         Record::Moved {
             time: clock.unix_secs(now_ns),
             socket: SocketFields::of(socket),
-            from_pid: was.holder_pid(),
-            from_fd: was.holder_fd(),
+            from_pid: holder_pid(from),
+            from_fd: holder_fd(from),
             bytes_sent: socket.bytes_sent,
             bytes_recv: socket.bytes_recv,
         }

@@ -225,6 +225,16 @@ pub const NO_HOLDER: u32 = 0;
 /// after its fd was gone).
 pub const NO_FD: u32 = u32::MAX;
 
+/// The process a key names; `None` for [`NO_HOLDER`].
+pub fn holder_pid(key: SocketKey) -> Option<u32> {
+    (key.pid != NO_HOLDER).then_some(key.pid)
+}
+
+/// The fd a key names; `None` when not known ([`NO_HOLDER`], [`NO_FD`]).
+pub fn holder_fd(key: SocketKey) -> Option<u32> {
+    (key.pid != NO_HOLDER && key.fd != NO_FD).then_some(key.fd)
+}
+
 /// One socket: who holds it, both ends, its state, its counters and rates, and how it ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Socket {
@@ -251,6 +261,10 @@ pub struct Socket {
     pub complete: bool,
     pub rates: Rates,
     pub closed: Option<Closed>,
+    /// Every (pid, fd) found holding this socket, this row's own included (a forked child, a
+    /// `dup`, a program started on it): looked up in /proc while the dashboard shows the
+    /// socket's details; empty when not looked up.
+    pub holders: Vec<SocketKey>,
 }
 
 impl Socket {
@@ -279,6 +293,7 @@ impl Socket {
             complete: true,
             rates: Rates::starting(opened_ns),
             closed: None,
+            holders: Vec::new(),
         }
     }
 
@@ -296,12 +311,12 @@ impl Socket {
 
     /// The process holding it; `None` for a socket handed to holders not found yet.
     pub fn holder_pid(&self) -> Option<u32> {
-        (self.pid() != NO_HOLDER).then_some(self.pid())
+        holder_pid(self.key())
     }
 
     /// Its fd in that process; `None` when not known (see [`NO_HOLDER`], [`NO_FD`]).
     pub fn holder_fd(&self) -> Option<u32> {
-        (self.pid() != NO_HOLDER && self.fd() != NO_FD).then_some(self.fd())
+        holder_fd(self.key())
     }
 
     pub fn is_closed(&self) -> bool {

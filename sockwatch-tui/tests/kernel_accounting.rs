@@ -829,3 +829,57 @@ fn a_socket_passed_over_a_unix_socket_counts_the_receivers_bytes() {
     }
     net::close(ours);
 }
+
+/// A process that exits while the child it forked still holds its socket (a daemon whose worker
+/// outlives it). The socket backend hands the socket to the child and counts its bytes to the
+/// end (the server's count is the oracle); the syscall backends end the row at the exit, marked
+/// partial.
+#[test]
+fn a_socket_outlives_its_process_in_the_child_it_forked() {
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let port = server.port.to_string();
+    let mut load = Load::spawn(&[
+        "exit-leaving-child",
+        "--port",
+        &port,
+        "--bytes",
+        "500",
+        "--child-bytes",
+        "2000",
+    ]);
+    let line = load.line(LOAD_TIMEOUT);
+    let (pid, child, fd) = (
+        field(&line, "pid"),
+        field(&line, "child"),
+        field(&line, "fd"),
+    );
+    let status = load.wait_exit(LOAD_TIMEOUT);
+    assert!(status.success(), "{status}");
+    let every_holder = counts_every_holder(&sw);
+    if every_holder {
+        let moved = sw.wait_for("the row to move to the child", |r| {
+            r["event"] == "moved" && r["from_pid"] == pid && r["from_fd"] == fd
+        });
+        assert_eq!(
+            (&moved["pid"], &moved["fd"]),
+            (&child.into(), &fd.into()),
+            "{moved}"
+        );
+    }
+    // The child still reads the stdin the exited parent shared with it.
+    load.tell("go");
+    let received = server.next_total();
+    assert_eq!(received, 2_500, "the server's own count");
+    if every_holder {
+        let close = sw.wait_for("the child's exit", record_of("close", child, fd as i32));
+        assert_eq!(close["reason"], "exit", "{close}");
+        assert_eq!(u(&close["bytes_sent"]), received, "{close}");
+        assert_eq!(close["complete"], true, "{close}");
+    } else {
+        let close = sw.wait_for("the exit", record_of("close", pid, fd as i32));
+        assert_eq!(close["reason"], "exit", "{close}");
+        assert_eq!(u(&close["bytes_sent"]), 500, "{close}");
+        assert_eq!(close["complete"], false, "{close}");
+    }
+}

@@ -39,6 +39,17 @@ enum Mode {
         #[arg(long)]
         bytes: usize,
     },
+    /// Connect to 127.0.0.1:PORT, send BYTES, fork a child that holds the socket, print
+    /// `pid=P child=C fd=F`, and exit without closing it; the child waits for a line on stdin,
+    /// sends CHILD_BYTES and exits (a daemon whose worker outlives it).
+    ExitLeavingChild {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        bytes: usize,
+        #[arg(long)]
+        child_bytes: usize,
+    },
     /// Connect two sockets, one close-on-exec, send BYTES on the first and 2*BYTES on the
     /// second, print `pid=P cloexec_fd=A keep_fd=B`, wait for a line on stdin, then exec
     /// `sleep 60` (the second socket stays open in it).
@@ -143,6 +154,34 @@ fn run(mode: Mode) -> io::Result<()> {
             wait_for_stdin()?;
             // SAFETY: exiting at once, deliberately without closing the socket.
             unsafe { libc::_exit(0) }
+        }
+        Mode::ExitLeavingChild {
+            port,
+            bytes,
+            child_bytes,
+        } => {
+            let mut stream = connect_and_send(port, bytes)?;
+            io::stdout().flush()?;
+            // SAFETY: this program runs no other thread, so the child may do anything.
+            match unsafe { libc::fork() } {
+                -1 => Err(io::Error::last_os_error()),
+                0 => {
+                    wait_for_stdin()?;
+                    stream.write_all(&vec![b'y'; child_bytes])?;
+                    // SAFETY: leaving at once, the socket left to the exit as the parent did.
+                    unsafe { libc::_exit(0) }
+                }
+                child => {
+                    println!(
+                        "pid={} child={child} fd={}",
+                        std::process::id(),
+                        stream.as_raw_fd()
+                    );
+                    io::stdout().flush()?;
+                    // SAFETY: exiting at once, deliberately without closing the socket.
+                    unsafe { libc::_exit(0) }
+                }
+            }
         }
         Mode::ExecWithCloexec { port, bytes } => {
             // std opens sockets close-on-exec: that one is closed by the exec.

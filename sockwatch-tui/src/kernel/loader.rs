@@ -12,6 +12,7 @@ use sockwatch_common::{
     globals, maps, Counter, KernelOffsets, SkBytes, SocketKey, TrackedSocket, SYSCALLS,
 };
 
+use super::procfs;
 use super::{
     btf,
     decode::tracked_socket,
@@ -214,7 +215,9 @@ impl KernelTables {
         let (value, entry) = self.entry(key)?;
         self.tracked.remove(&key).ok()?;
         if let Some(by_socket) = &mut self.by_socket {
-            if value.sk != 0 {
+            // Only its own counters: not those of a newer socket at the same address.
+            let own = |bytes: SkBytes| counts_of(&value, &bytes);
+            if value.sk != 0 && by_socket.bytes.get(&value.sk, 0).is_ok_and(own) {
                 let _ = by_socket.bytes.remove(&value.sk);
             }
             if value.ino != 0 {
@@ -222,6 +225,34 @@ impl KernelTables {
             }
         }
         Some(entry)
+    }
+
+    /// Whether this backend counts by kernel socket (the socket backend).
+    pub fn counts_by_socket(&self) -> bool {
+        self.by_socket.is_some()
+    }
+
+    /// Moves the tracking of a socket from `from` (an fd gone with an exit, exec or
+    /// close_range) to `to`, another process's fd holding the same socket: its counters stay
+    /// (they are the kernel socket's), and the kernel reports `to`'s close, exit and exec from
+    /// now on. Never replaces an entry the kernel made (BPF_NOEXIST); returns whether it moved.
+    pub fn retrack(&mut self, from: SocketKey, to: SocketKey) -> bool {
+        const BPF_NOEXIST: u64 = 1;
+        let Ok(value) = self.tracked.get(&from, 0) else {
+            return false;
+        };
+        if self.tracked.insert(to, value, BPF_NOEXIST).is_err() {
+            return false;
+        }
+        // The holder may have closed it meanwhile, its fd number now naming something else.
+        let inode = procfs::socket_inode(to.pid, to.fd).ok().flatten();
+        if value.ino == 0 || inode != Some(value.ino) {
+            let _ = self.tracked.remove(&to);
+            return false;
+        }
+        let _ = self.procs.insert(to.pid, 1, 0);
+        let _ = self.tracked.remove(&from);
+        true
     }
 
     /// Starts tracking a socket found in /proc. Never replaces an entry the kernel made in the
@@ -288,11 +319,17 @@ impl KernelTables {
     }
 }
 
+/// Whether `bytes` are the counters of the tracked socket `value`, not of a newer socket at the
+/// same `struct sock` address (their inodes differ).
+fn counts_of(value: &TrackedSocket, bytes: &SkBytes) -> bool {
+    bytes.ino == 0 || value.ino == 0 || bytes.ino == value.ino
+}
+
 /// A map entry as a socket, with the socket backend's counters when it has them (and then
 /// established once any byte moved: a non-blocking connect has completed).
 fn with_bytes(key: SocketKey, value: TrackedSocket, bytes: Option<&SkBytes>) -> Socket {
     let mut socket = tracked_socket(key, &value);
-    if let Some(bytes) = bytes {
+    if let Some(bytes) = bytes.filter(|bytes| counts_of(&value, bytes)) {
         socket.bytes_sent = bytes.bytes_sent;
         socket.bytes_recv = bytes.bytes_recv;
         if bytes.bytes_sent > 0 || bytes.bytes_recv > 0 {

@@ -158,15 +158,24 @@ pub fn socket_fds() -> Vec<(u32, u32, u64)> {
 
 /// The lowest fd of process `pid` that holds socket `inode`, if any.
 pub fn fd_of_socket(pid: u32, inode: u64) -> Option<u32> {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()?
+    fds_of_socket(pid, inode).into_iter().min()
+}
+
+/// Every fd of process `pid` that holds socket `inode`, lowest first.
+pub fn fds_of_socket(pid: u32, inode: u64) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut fds: Vec<u32> = entries
         .flatten()
         .filter_map(|entry| {
             let fd = entry.file_name().to_str()?.parse::<u32>().ok()?;
             let link = fs::read_link(entry.path()).ok()?;
             (parse_socket_link(&link.to_string_lossy()) == Some(inode)).then_some(fd)
         })
-        .min()
+        .collect();
+    fds.sort_unstable();
+    fds
 }
 
 /// The children of process `pid` (of each of its threads), from `/proc/PID/task/*/children`.

@@ -60,6 +60,11 @@ pub enum Change {
         to: SocketKey,
         comm: String,
     },
+    /// Every (pid, fd) found holding the socket now (see [`Tracker::holders`]).
+    Holders {
+        id: SocketId,
+        holders: Vec<SocketKey>,
+    },
 }
 
 /// The sockets of process `pid` among `open`.
@@ -324,6 +329,33 @@ impl Tracker {
                 Some(socket)
             })
             .collect()
+    }
+
+    /// Every (pid, fd) found holding `socket` now: in its own process, and in that process's
+    /// children and grandchildren (forked workers, programs started on it). A handed-off socket
+    /// is shown where it was found, so its holders are found there too.
+    pub fn holders(socket: &Socket) -> Change {
+        let holders = socket.inode.map_or_else(Vec::new, |inode| {
+            let shown = socket.holder_pid();
+            let children = shown.map(procfs::children).unwrap_or_default();
+            let grandchildren = children.iter().flat_map(|&child| procfs::children(child));
+            let pids: Vec<u32> = shown
+                .into_iter()
+                .chain(children.clone())
+                .chain(grandchildren)
+                .collect();
+            pids.into_iter()
+                .flat_map(|pid| {
+                    procfs::fds_of_socket(pid, inode)
+                        .into_iter()
+                        .map(move |fd| SocketKey { pid, fd })
+                })
+                .collect()
+        });
+        Change::Holders {
+            id: socket.id,
+            holders,
+        }
     }
 
     /// Whether the row `id` shows a handed-off socket.
@@ -624,6 +656,9 @@ impl Tracker {
 
     /// Removes each target from the kernel map and reports it closed by `cause`. A target with
     /// an id is taken only if the map still holds that very socket (its fd may hold a newer one).
+    /// On the socket backend, a socket another process still holds (a child it forked, a
+    /// process it passed the fd to) is handed to that process instead: its row moves there
+    /// and the kernel tracks it under that holder's fd from now on.
     fn settle(
         &mut self,
         tables: &mut KernelTables,
@@ -632,20 +667,48 @@ impl Tracker {
         tid: u32,
         ts_ns: u64,
     ) -> Vec<Change> {
-        targets
+        let targets: Vec<Socket> = targets
             .into_iter()
             .filter_map(|(key, id)| {
-                if let Some(id) = id {
-                    if tables.get(key).is_none_or(|entry| entry.id != id) {
-                        return None;
-                    }
-                }
-                let mut socket = tables.take(key)?;
-                close_now(&mut socket, cause, tid, ts_ns);
-                self.forget(socket.id);
-                Some(Change::Closed(socket))
+                let entry = tables.get(key)?;
+                id.is_none_or(|id| entry.id == id).then_some(entry)
             })
-            .collect()
+            .collect();
+        // An exiting process no longer holds anything, whatever /proc still shows.
+        let gone = (cause == CloseCause::Exit).then_some(tid);
+        let holders = if tables.counts_by_socket() {
+            holders_elsewhere(&targets, gone)
+        } else {
+            HashMap::new()
+        };
+        let mut changes = Vec::new();
+        for socket in targets {
+            let key = socket.key();
+            if let Some(&(holder, alive)) = socket.inode.and_then(|i| holders.get(&i)) {
+                if let Some(to) = holder.filter(|&to| tables.retrack(key, to)) {
+                    self.forget(socket.id);
+                    let comm = procfs::comm(to.pid).unwrap_or_else(|| socket.comm.clone());
+                    changes.push(Change::Moved {
+                        from: socket.id,
+                        to,
+                        comm,
+                    });
+                    continue;
+                }
+                // Held by a process not found (an fd in flight): what it moves is lost to this
+                // row, which says so. (An exiting process may still be letting go of it.)
+                if alive && gone.is_none() {
+                    changes.push(Change::Partial(socket.id));
+                }
+            }
+            let Some(mut socket) = tables.take(key) else {
+                continue;
+            };
+            close_now(&mut socket, cause, tid, ts_ns);
+            self.forget(socket.id);
+            changes.push(Change::Closed(socket));
+        }
+        changes
     }
 
     fn forget(&mut self, id: SocketId) {
@@ -669,6 +732,40 @@ fn find_holder(inode: u64, mover: Option<u32>, shown: Option<u32>) -> Option<Soc
     candidates
         .filter(|&pid| pid != NO_HOLDER)
         .find_map(|pid| procfs::fd_of_socket(pid, inode).map(|fd| SocketKey { pid, fd }))
+}
+
+/// Of the `settling` sockets, those still open (per the kernel's socket tables) by inode, with
+/// another process's fd that holds each (not `gone`'s), when one is found in /proc. Two table
+/// reads and a scan of every process's fds, only when some socket is still open.
+fn holders_elsewhere(
+    settling: &[Socket],
+    gone: Option<u32>,
+) -> HashMap<u64, (Option<SocketKey>, bool)> {
+    let inodes: HashSet<u64> = settling.iter().filter_map(|s| s.inode).collect();
+    if inodes.is_empty() {
+        return HashMap::new();
+    }
+    let open = procfs::inet_sockets();
+    let alive: HashSet<u64> = inodes
+        .into_iter()
+        .filter(|inode| open.contains_key(inode))
+        .collect();
+    if alive.is_empty() {
+        return HashMap::new();
+    }
+    let mut holders: HashMap<u64, (Option<SocketKey>, bool)> =
+        alive.iter().map(|&inode| (inode, (None, true))).collect();
+    let settled: HashSet<SocketKey> = settling.iter().map(Socket::key).collect();
+    for (pid, fd, inode) in procfs::socket_fds() {
+        let key = SocketKey { pid, fd };
+        if Some(pid) == gone || settled.contains(&key) {
+            continue;
+        }
+        if let Some((holder @ None, _)) = holders.get_mut(&inode) {
+            *holder = Some(key);
+        }
+    }
+    holders
 }
 
 /// Closes a socket settled from the map; its counts (as the map had them) are final.
@@ -919,5 +1016,33 @@ mod tests {
             unreachable!()
         };
         assert_eq!(Some(comm.clone()), procfs::comm(me), "the holder's name");
+    }
+
+    #[test]
+    fn a_socket_another_process_still_holds_is_found_there_unless_it_is_the_one_leaving() {
+        // A real socket of this test process stands for the other holder.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a socket");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener) as u32;
+        let me = std::process::id();
+        let inode = procfs::socket_inode(me, fd)
+            .expect("our fd")
+            .expect("a socket");
+        let (settling, _) = handed(inode);
+        let found = holders_elsewhere(std::slice::from_ref(&settling), None);
+        assert_eq!(
+            found.get(&inode),
+            Some(&(Some(SocketKey { pid: me, fd }), true))
+        );
+        let leaving = holders_elsewhere(std::slice::from_ref(&settling), Some(me));
+        assert_eq!(
+            leaving.get(&inode),
+            Some(&(None, true)),
+            "open, held by no one else"
+        );
+        let (closed, _) = handed(u64::MAX - 3);
+        assert!(
+            holders_elsewhere(&[closed], None).is_empty(),
+            "not open anywhere"
+        );
     }
 }

@@ -155,6 +155,11 @@ impl Model {
                 self.open.insert(to, socket);
                 self.open.get(&to)
             }
+            Change::Holders { id, holders } => {
+                let kept = self.open.get_mut(&id.key).filter(|s| s.id == id)?;
+                kept.holders = holders;
+                Some(kept)
+            }
             Change::Partial(id) => {
                 let kept = self.open.get_mut(&id.key).filter(|s| s.id == id)?;
                 kept.complete = false;

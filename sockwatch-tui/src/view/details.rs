@@ -16,7 +16,9 @@ use super::{
 use crate::{
     clock::WallClock,
     model::{dns::HostName, Model},
-    socket::{CloseCause, Direction, Origin, Proto, Socket, SocketId, Throughput},
+    socket::{
+        holder_fd, holder_pid, CloseCause, Direction, Origin, Proto, Socket, SocketId, Throughput,
+    },
 };
 
 pub fn render(
@@ -28,7 +30,11 @@ pub fn render(
     frame: &mut Frame,
     area: Rect,
 ) {
-    let title = format!(" Socket {}/{} ", id.key.pid, id.key.fd);
+    let title = format!(
+        " Socket {}/{} ",
+        known(holder_pid(id.key)),
+        known(holder_fd(id.key))
+    );
     let block = Block::new()
         .borders(Borders::ALL)
         .title(title)
@@ -132,6 +138,17 @@ fn fields(
                 None => known(s.holder_fd()),
             },
         ),
+    ];
+    // Shown when another fd holds it too (a forked child, a `dup`, a program started on it).
+    if s.holders.iter().any(|holder| *holder != s.key()) {
+        let holders: Vec<String> = s
+            .holders
+            .iter()
+            .map(|h| format!("pid {} fd {}", h.pid, h.fd))
+            .collect();
+        lines.push(field("held by", holders.join(", ")));
+    }
+    lines.extend([
         field(
             "protocol",
             match (s.proto, s.origin) {
@@ -167,7 +184,7 @@ fn fields(
         field("host name", host),
         field("state", state),
         field("connected", connected),
-    ];
+    ]);
     if let Some(closed) = s.closed {
         lines.push(field(
             "closed",

@@ -27,7 +27,9 @@ use self::{
 };
 use crate::{
     clock::WallClock,
+    kernel::tracker::Change,
     model::{Action, Model},
+    socket::SocketId,
 };
 
 /// Everything that changes the dashboard.
@@ -64,6 +66,9 @@ impl Dashboard {
     pub fn update(&mut self, message: Message) {
         match message {
             Message::Model(action) => {
+                if let Action::Change(Change::Moved { from, to, .. }) = &action {
+                    self.view.moved(*from, SocketId::new(*to, from.opened_ns));
+                }
                 let read = matches!(action, Action::Snapshot { .. });
                 let counters = matches!(action, Action::Counters(_));
                 self.model.update(action);

@@ -380,3 +380,31 @@ fn handed_off_sockets_show_their_holder_or_a_dash() {
     }
     insta::assert_snapshot!(render(&dashboard, 110, 14));
 }
+
+/// The details of a socket a forked worker holds too list both holders.
+#[test]
+fn details_list_every_holder_of_a_shared_socket() {
+    let mut dashboard = Dashboard::new(Model::new("socket"), ViewState::default());
+    let mut shared = socket(2000, 6, "socat", Ipv4Addr::LOCALHOST, 41000);
+    shared.inode = Some(4242);
+    change(&mut dashboard, Change::Opened(shared.clone()));
+    let holders = vec![shared.key(), SocketKey { pid: 2001, fd: 6 }];
+    let id = shared.id;
+    change(&mut dashboard, Change::Holders { id, holders });
+    act(
+        &mut dashboard,
+        &[
+            ViewAction::Resize {
+                width: 80,
+                height: 24,
+            },
+            ViewAction::Open,
+        ],
+    );
+    let screen = render(&dashboard, 80, 24);
+    assert!(
+        screen.contains("held by") && screen.contains("pid 2000 fd 6, pid 2001 fd 6"),
+        "{screen}"
+    );
+    insta::assert_snapshot!(screen);
+}

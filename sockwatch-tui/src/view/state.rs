@@ -133,6 +133,19 @@ impl Default for ViewState {
 }
 
 impl ViewState {
+    /// A socket now shown under another holder (its id changed with its key): the selection,
+    /// the details and the followed socket go with it.
+    pub fn moved(&mut self, from: SocketId, to: SocketId) {
+        for id in [&mut self.details, &mut self.follow].into_iter().flatten() {
+            if *id == from {
+                *id = to;
+            }
+        }
+        if self.selected == Some(RowKey::Socket(from)) {
+            self.selected = Some(RowKey::Socket(to));
+        }
+    }
+
     pub fn new(options: ViewOptions) -> Self {
         Self {
             focus: Focus::Table,

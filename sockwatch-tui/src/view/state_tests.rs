@@ -601,3 +601,28 @@ fn the_close_log_narrows_with_the_scope_and_the_filter() {
     model.view.scope.pids = vec![100];
     assert_eq!(comms(&model), ["curl"]);
 }
+
+#[test]
+fn a_followed_socket_that_moves_to_another_holder_stays_selected_and_detailed() {
+    let mut model = busy();
+    view(&mut model, ViewAction::Down);
+    view(&mut model, ViewAction::Follow);
+    view(&mut model, ViewAction::Open);
+    let RowKey::Socket(from) = id(CURL_A) else {
+        unreachable!()
+    };
+    assert_eq!(model.view.details, Some(from));
+    let to = SocketKey { pid: 101, fd: 3 };
+    let comm = "worker".to_owned();
+    model.update(Message::Model(Action::Change(Change::Moved {
+        from,
+        to,
+        comm,
+    })));
+    let moved = SocketId::new(to, SEC);
+    assert_eq!(model.view.details, Some(moved));
+    assert_eq!(model.view.follow, Some(moved));
+    assert_eq!(selected(&model), Some(RowKey::Socket(moved)));
+    let shown = model.model.socket(moved).expect("the moved socket");
+    assert_eq!(shown.comm, "worker");
+}

@@ -41,13 +41,7 @@ pub const BACKENDS: &[Backend] = &[
         name: "socket",
         needs: Needs::Since(6, 3),
         what: "the socket-layer tracepoints `sock:sock_send_length`/`sock_recv_length` (Linux 6.3)",
-        // Its suites pass on the host, every run; in the VM on 6.12 one churn cycle of 3000
-        // once closed with 0 bytes instead of 100. Until that is understood, the VM checks
-        // only that auto picks it, so one unexplained miss cannot sink every run.
-        held_back: Some(
-            "held back in the VM: one churn socket once counted 0 of 100 bytes on 6.12 \
-             (under investigation); runs on the host",
-        ),
+        held_back: None,
     },
     Backend {
         name: "tracepoint",
@@ -216,13 +210,9 @@ mod tests {
             )]
         );
         let selection = select(&new, &with_socket);
-        assert_eq!(
-            selection.run,
-            ["tracepoint", "kprobe"],
-            "socket is held back"
-        );
+        assert_eq!(selection.run, ["socket", "tracepoint", "kprobe"]);
         assert_eq!(selection.expected_auto(), Some("socket"));
-        assert_eq!(selection.skipped.len(), 1);
+        assert!(selection.skipped.is_empty());
 
         let no_kprobes = Kernel::fake("6.1.0-57-amd64", "CONFIG_FTRACE_SYSCALLS=y\n");
         let selection = select(&no_kprobes, &today);
