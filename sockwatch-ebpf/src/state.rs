@@ -144,18 +144,27 @@ pub fn take_inflight(pid_tgid: u64, expected: CallKind) -> Option<InflightCall> 
 /// restart from zero.
 #[inline(always)]
 pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
-    if TRACKED.insert(key(pid, fd), socket, 0).is_err() {
-        bump(Counter::TrackedFull);
-        return;
-    }
+    let mut socket = *socket;
     // The socket layer counts only sockets with an entry: from now on, this one. BPF_ANY: a
-    // kernel socket freed and reused at the same address starts from zero.
-    if count_by_socket() && socket.sk != 0 {
+    // kernel socket freed and reused at the same address starts from zero. Without an entry
+    // (the map is full) its bytes go uncounted, and its row says so.
+    let by_socket = count_by_socket() && socket.sk != 0;
+    if by_socket {
         let bytes = SkBytes {
             ino: socket.ino,
             ..SkBytes::default()
         };
-        let _ = SK_BYTES.insert(socket.sk, bytes, 0);
+        if SK_BYTES.insert(socket.sk, bytes, 0).is_err() {
+            bump(Counter::TrackedFull);
+            socket.flags |= PARTIAL;
+        }
+    }
+    if TRACKED.insert(key(pid, fd), socket, 0).is_err() {
+        bump(Counter::TrackedFull);
+        if by_socket {
+            let _ = SK_BYTES.remove(socket.sk);
+        }
+        return;
     }
     // Only processes listed here have their exit, exec and close_range reported.
     let _ = PROCS.insert(pid, 1, 0);
@@ -231,6 +240,7 @@ pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow) {
             // kernel may free a closed socket before this exit runs): its counts are gone.
             // Nothing is removed, and the row says its counts are not whole.
             Some(_) => socket.flags |= PARTIAL,
+            // Never counted (no entry could be made): already marked partial at `track`.
             None => {}
         }
     }

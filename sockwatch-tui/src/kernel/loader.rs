@@ -184,10 +184,14 @@ impl KernelTables {
         (sockets, bytes)
     }
 
-    /// Stops counting a handed-off socket user space found gone; returns its final counts.
-    pub fn take_socket(&mut self, sk: u64) -> Option<SkBytes> {
+    /// Stops counting a handed-off socket user space found gone (`inode`, when known); returns
+    /// its final counts. A newer socket at the same address is left alone.
+    pub fn take_socket(&mut self, sk: u64, inode: Option<u64>) -> Option<SkBytes> {
         let by_socket = self.by_socket.as_mut()?;
         let bytes = by_socket.bytes.get(&sk, 0).ok()?;
+        if bytes.ino != 0 && inode.is_some_and(|inode| inode != bytes.ino) {
+            return None;
+        }
         by_socket.bytes.remove(&sk).ok()?;
         Some(bytes)
     }

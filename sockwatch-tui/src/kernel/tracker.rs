@@ -322,8 +322,11 @@ impl Tracker {
         self.handed
             .iter()
             .filter_map(|(sk, id)| {
-                let bytes = by_socket.get(sk)?;
                 let mut socket = open.get(&id.key).filter(|s| s.id == *id)?.clone();
+                // Not a newer socket at the same address (this one's release record lost).
+                let bytes = by_socket
+                    .get(sk)
+                    .filter(|b| b.ino == 0 || socket.inode.is_none_or(|i| i == b.ino))?;
                 socket.bytes_sent = bytes.bytes_sent;
                 socket.bytes_recv = bytes.bytes_recv;
                 Some(socket)
@@ -390,7 +393,7 @@ impl Tracker {
             self.handed.remove(&sk);
             let mut socket = row.clone();
             let (sent, recv) = tables
-                .take_socket(sk)
+                .take_socket(sk, row.inode)
                 .map_or((row.bytes_sent, row.bytes_recv), |b| {
                     (b.bytes_sent, b.bytes_recv)
                 });
