@@ -25,6 +25,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_mm: 0,
     file_count: 0,
     file_ref_style: 0,
+    sock_num: 0,
     valid: 0,
 };
 
@@ -156,6 +157,14 @@ pub fn inode_of_sock(sk: u64) -> u64 {
         read(inode, offsets.inode_ino)
     };
     walk().unwrap_or(0)
+}
+
+/// The local port of socket `sk` (host order), or 0 when not known or not bound yet.
+#[inline(always)]
+pub fn local_port(sk: u64) -> u16 {
+    offsets()
+        .and_then(|offsets| read::<u16>(sk, offsets.sock_num))
+        .unwrap_or(0)
 }
 
 /// A task's fd table and memory (`task->files`, `task->mm`), or `None` when not known.

@@ -8,7 +8,7 @@ use sockwatch_common::{
 };
 
 use crate::{
-    identity::socket_of,
+    identity::{local_port, socket_of},
     maps::{
         bump, count_by_socket, EVENTS, HANDED_OFF_COUNT, INFLIGHT, INFLIGHT_COUNT, PROCS, SK_BYTES,
         TRACKED,
@@ -192,7 +192,7 @@ pub fn new_socket(
         ino,
         daddr,
         dport,
-        lport: 0,
+        lport: if sk != 0 { local_port(sk) } else { 0 },
         tid,
         state: match state {
             Some(state) => state as u32,

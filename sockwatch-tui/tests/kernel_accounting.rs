@@ -883,3 +883,22 @@ fn a_socket_outlives_its_process_in_the_child_it_forked() {
         assert_eq!(close["complete"], false, "{close}");
     }
 }
+
+/// The local port of an outbound socket is the kernel's (read from the socket at connect), as
+/// `getsockname` says: TCP and connected UDP alike.
+#[test]
+fn outbound_sockets_know_their_local_port() {
+    let mut sw = Sockwatch::start(&[]);
+    let pid = std::process::id();
+    let server = net::CountingServer::start();
+    let tcp = net::connected(server.port);
+    let udp = net::connected_udp(net::udp_echo());
+    for fd in [tcp, udp] {
+        let port = u64::from(net::local_port(fd));
+        let connect = sw.wait_for("connect", record_of("connect", pid, fd));
+        assert_eq!(u(&connect["lport"]), port, "{connect}");
+        net::close(fd);
+        let close = sw.wait_for("close", record_of("close", pid, fd));
+        assert_eq!(u(&close["lport"]), port, "{close}");
+    }
+}
