@@ -382,7 +382,8 @@ pub enum EventKind {
     Close = 2,
     /// `accept()` returned an IPv4 socket (`fd`); `arg` is the listening fd.
     Accept = 3,
-    /// The leader of a process with tracked sockets exited: its fds are gone.
+    /// The leader of a process with tracked sockets exited: its fds are gone. `arg` is 1 if it
+    /// forked since (the socket backend: a child may still hold its sockets).
     ProcessExit = 4,
     /// A process with tracked sockets exec'd: its close-on-exec fds are gone.
     Exec = 5,

@@ -8,9 +8,11 @@ use sockwatch_common::{
 
 use crate::{
     args::SyscallArgs,
-    identity::file_shared,
-    maps::tracking,
-    state::{call, current, has_tracked_sockets, is_tracked, mark_partial, mark_shared, stash},
+    identity::{file_shared, inode_of_fd},
+    maps::{tracking, TRACKED},
+    state::{
+        call, current, has_tracked_sockets, is_tracked, key, mark_partial, mark_shared, stash,
+    },
 };
 
 const SOCK_STREAM: u64 = 1;
@@ -153,9 +155,26 @@ pub fn recvmmsg(args: &impl SyscallArgs) {
 }
 
 pub fn close(args: &impl SyscallArgs) {
-    if let Some((pid, fd)) = on_tracked_fd(args, CallKind::Close, None) {
-        flag_if_shared(pid, fd);
+    let Some(fd) = args.arg(0) else {
+        return;
+    };
+    let (pid_tgid, pid) = current();
+    if holds_tracked(pid, fd as u32) != Some(true) {
+        return;
     }
+    flag_if_shared(pid, fd as u32);
+    stash(pid_tgid, call(CallKind::Close, fd as u32, 0, 0));
+}
+
+/// Whether the tracked `(pid, fd)` still holds its socket (`None`: not tracked). An exec
+/// (close-on-exec) or a `close_range` may have closed it, and the program reused the number,
+/// before user space settled it from that call's record: a close or dup2 on the number then
+/// is not that socket's. Where the file's identity is not known, it is taken to hold it.
+#[inline(always)]
+fn holds_tracked(pid: u32, fd: u32) -> Option<bool> {
+    // SAFETY: copied out at once.
+    let ino = unsafe { TRACKED.get(key(pid, fd)) }?.ino;
+    Some(ino == 0 || inode_of_fd(fd).is_none_or(|now| now == ino))
 }
 
 /// A tracked fd whose file others still hold (a forked child, a passed fd) is closed here but
@@ -188,7 +207,7 @@ pub fn dup_onto(args: &impl SyscallArgs) {
     };
     let (pid_tgid, pid) = current();
     // dup2(fd, fd) is a no-op that closes nothing.
-    if old == new || !is_tracked(pid, new as u32) {
+    if old == new || holds_tracked(pid, new as u32) != Some(true) {
         return;
     }
     flag_if_shared(pid, new as u32);

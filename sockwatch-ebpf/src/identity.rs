@@ -84,6 +84,14 @@ fn file_of(fd: u32) -> Option<(KernelOffsets, u64)> {
     Some((offsets, file))
 }
 
+/// The inode of the file on the calling process's `fd` (any file), or `None` when not known.
+#[inline(always)]
+pub fn inode_of_fd(fd: u32) -> Option<u64> {
+    let (offsets, file) = file_of(fd)?;
+    let inode: u64 = read(file, offsets.file_inode)?;
+    read(inode, offsets.inode_ino)
+}
+
 /// Whether the file on `fd` has other holders than this fd (a forked child's copy, a `dup`,
 /// an fd in flight over a Unix socket, or another thread's call in progress): closing it then
 /// leaves the socket open elsewhere. `false` when not known.

@@ -39,11 +39,18 @@ pub static mut HANDED_OFF_COUNT: u64 = 0;
 pub static NEW_SOCKETS: LruHashMap<SocketKey, u32> =
     LruHashMap::with_max_entries(NEW_SOCKETS_SIZE, 0);
 
+/// Processes with tracked sockets: [`TRACKED_PROC`], and [`FORKED`] once they fork (the socket
+/// backend).
 #[map(name = "PROCS")]
 pub static PROCS: HashMap<u32, u32> = HashMap::with_max_entries(TRACKED_DEFAULT, 0);
 
+/// `PROCS` value bits.
+pub const TRACKED_PROC: u32 = 1;
+pub const FORKED: u32 = 2;
+
 /// The socket backend's counters, by `struct sock *`: an entry exists from the connect or
-/// accept that tracks the socket to its close, so the socket layer counts only tracked sockets.
+/// accept that tracks the socket to its close, or for a socket handed to other holders, to its
+/// release; so the socket layer counts only tracked sockets.
 #[map(name = "SK_BYTES")]
 pub static SK_BYTES: HashMap<u64, SkBytes> = HashMap::with_max_entries(TRACKED_DEFAULT, 0);
 

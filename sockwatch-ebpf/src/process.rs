@@ -1,13 +1,13 @@
 //! Ends that come without a close: exec (close-on-exec fds) and process exit (every fd); and
 //! new holders: a fork. The kernel only says which process; user space settles its sockets from
-//! the map, whose counters are final since the fds can no longer be used.
+//! the map (on the socket backend, moving one to another process that still holds it).
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use sockwatch_common::EventKind;
 
 use crate::{
     identity::files_and_mm_of,
-    maps::PROCS,
+    maps::{count_by_socket, FORKED, PROCS},
     state::{current, emit, has_tracked_sockets, process_event},
 };
 
@@ -26,12 +26,22 @@ pub fn process_exit() {
     if pid_tgid as u32 != pid || !has_tracked_sockets(pid) {
         return;
     }
+    // SAFETY: copied out at once.
+    let forked = unsafe { PROCS.get(pid) }.is_some_and(|flags| flags & FORKED != 0);
     let _ = PROCS.remove(pid);
-    emit(&process_event(EventKind::ProcessExit, pid, pid, 0, 0));
+    emit(&process_event(
+        EventKind::ProcessExit,
+        pid,
+        pid,
+        0,
+        u32::from(forked),
+    ));
 }
 
 /// `sched:sched_process_fork` (`TP_PROTO(struct task_struct *parent, struct task_struct
-/// *child)`), attached for the syscall backends only: a child with its own copy of the fd table
+/// *child)`). The socket backend counts a child's bytes wherever it holds the socket, and only
+/// notes that the process forked: at its exit its sockets may live on in a child, which user
+/// space then looks for. For the syscall backends, a child with its own copy of the fd table
 /// holds every socket its parent does, and moves bytes those backends do not count. A thread
 /// (or `CLONE_FILES`) shares the table, and the parent's row already counts it; a child sharing
 /// the parent's memory (vfork, posix_spawn: how programs start others) execs or exits before it
@@ -40,6 +50,10 @@ pub fn process_exit() {
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let (pid_tgid, pid) = current();
+    if count_by_socket() {
+        note_fork(pid);
+        return 0;
+    }
     if !has_tracked_sockets(pid) {
         return 0;
     }
@@ -51,4 +65,14 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     }
     emit(&process_event(EventKind::Fork, pid, pid_tgid as u32, 0, 0));
     0
+}
+
+/// Marks a process with tracked sockets as having forked (the socket backend).
+#[inline(always)]
+fn note_fork(pid: u32) {
+    if let Some(flags) = PROCS.get_ptr_mut(pid) {
+        // SAFETY: a valid map value pointer; a u32 read and stored whole (a lost race with
+        // another fork of the same process sets the same bit).
+        unsafe { core::ptr::write_volatile(flags, core::ptr::read_volatile(flags) | FORKED) };
+    }
 }

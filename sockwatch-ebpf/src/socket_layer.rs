@@ -140,6 +140,7 @@ fn release(sk: u64) {
         bytes_sent: bytes.bytes_sent,
         bytes_recv: bytes.bytes_recv,
         sk,
+        ino: bytes.ino,
         comm,
         ..TrackedSocket::default()
     };

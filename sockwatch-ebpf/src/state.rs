@@ -8,10 +8,10 @@ use sockwatch_common::{
 };
 
 use crate::{
-    identity::{local_port, socket_of},
+    identity::{local_port, release_of, socket_of, Release},
     maps::{
         bump, count_by_socket, EVENTS, HANDED_OFF_COUNT, INFLIGHT, INFLIGHT_COUNT, PROCS, SK_BYTES,
-        TRACKED,
+        TRACKED, TRACKED_PROC,
     },
 };
 
@@ -68,11 +68,6 @@ pub fn mark_shared(pid: u32, fd: u32) {
     };
     // SAFETY: a valid map value pointer; aligned fields read whole.
     let (sk, proto) = unsafe { ((*sock).sk, (*sock).proto) };
-    // The fd may hold another file by now: an exec closed the socket (close-on-exec) and the
-    // new program reused the number before user space settled it. Nothing of ours is shared.
-    if sk != 0 && socket_of(fd).0 != sk {
-        return;
-    }
     let flag = if count_by_socket() && sk != 0 && proto == IPPROTO_TCP {
         HANDED_OFF
     } else {
@@ -167,12 +162,14 @@ pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
         return;
     }
     // Only processes listed here have their exit, exec and close_range reported.
-    let _ = PROCS.insert(pid, 1, 0);
+    if PROCS.get_ptr(pid).is_none() {
+        let _ = PROCS.insert(pid, TRACKED_PROC, 0);
+    }
 }
 
 /// The record of the socket on `fd` that starts being tracked now (connect, accept) by thread
-/// `tid`: no bytes counted yet, local port not known to the kernel side. `state` is `None` for
-/// a connect that failed (reported, never tracked).
+/// `tid`: no bytes counted yet. `state` is `None` for a connect that failed (reported, never
+/// tracked).
 #[inline(always)]
 pub fn new_socket(
     tid: u32,
@@ -221,12 +218,26 @@ pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow) {
     };
     // Removed before the event is sent: user space never sees a closed socket still in the map.
     let _ = TRACKED.remove(key);
-    if count_by_socket() && socket.flags & HANDED_OFF != 0 && hand_off(&mut socket) {
-        emit(&SocketEvent {
-            arg: how as u32,
-            ..SocketEvent::new(EventKind::HandOff, key, tid, now_ns(), socket)
-        });
-        return;
+    if count_by_socket() && socket.flags & HANDED_OFF != 0 {
+        match hand_off(&mut socket) {
+            HandOff::Done => {
+                emit(&SocketEvent {
+                    arg: how as u32,
+                    ..SocketEvent::new(EventKind::HandOff, key, tid, now_ns(), socket)
+                });
+                return;
+            }
+            // Its last other holder let go since the close began: this close ends it, with
+            // the counts `hand_off` took.
+            HandOff::Released => {
+                emit(&SocketEvent {
+                    arg: how as u32,
+                    ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
+                });
+                return;
+            }
+            HandOff::NotCounted => {}
+        }
     }
     if count_by_socket() {
         // SAFETY: copied out at once; removed right after, so the counts are final.
@@ -257,17 +268,26 @@ fn same_socket(bytes: &SkBytes, socket: &TrackedSocket) -> bool {
     bytes.ino == 0 || socket.ino == 0 || bytes.ino == socket.ino
 }
 
+/// What became of a hand-off.
+enum HandOff {
+    /// The socket layer keeps its counters; its release will end it.
+    Done,
+    /// Released before it could be handed on: `socket` has its final counts, its entry is gone.
+    Released,
+    /// It has no counters here (never counted, or a newer socket's at its address).
+    NotCounted,
+}
+
 /// Leaves a tracked socket's counters to the socket layer alone: from now on the kernel's
 /// release of the socket ends it ([`crate::socket_layer`]). `socket` takes the counts so far.
-/// `false` when it has no counters to leave (then it ends here, as any close).
 #[inline(always)]
-fn hand_off(socket: &mut TrackedSocket) -> bool {
+fn hand_off(socket: &mut TrackedSocket) -> HandOff {
     let Some(bytes) = SK_BYTES.get_ptr_mut(socket.sk) else {
-        return false;
+        return HandOff::NotCounted;
     };
     // SAFETY: a valid map value pointer; copied out at once.
     if !same_socket(unsafe { &*bytes }, socket) {
-        return false;
+        return HandOff::NotCounted;
     }
     // Counted before the mark, so the count never falls below the number of marked entries.
     // SAFETY: an atomic add on our own 8-byte aligned global.
@@ -278,7 +298,16 @@ fn hand_off(socket: &mut TrackedSocket) -> bool {
         socket.bytes_sent = core::ptr::read_volatile(&raw const (*bytes).bytes_sent);
         socket.bytes_recv = core::ptr::read_volatile(&raw const (*bytes).bytes_recv);
     }
-    true
+    // The other holders may have let go between this close's check and the mark: then no
+    // release is left to see it, and this close is its end. Whichever of this and a release
+    // running elsewhere removes the entry reports the end (the release reports `Release`,
+    // which user space matches with this hand-off whatever order they arrive in).
+    if release_of(socket.sk) != Release::Held && SK_BYTES.remove(socket.sk).is_ok() {
+        // SAFETY: an atomic add of -1 on our own global.
+        unsafe { atomic_add(&raw mut HANDED_OFF_COUNT, u64::MAX) };
+        return HandOff::Released;
+    }
+    HandOff::Done
 }
 
 /// An event about a whole process (exit, exec, close_range): no socket, only the caller's comm.

@@ -650,6 +650,17 @@ fn of_inode(event: &'static str, inode: u64) -> impl Fn(&Value) -> bool {
     move |r| r["event"] == event && r["inode"] == inode
 }
 
+/// Stops sockwatch and checks that the close of `inode` already taken was its only end: no
+/// second close, and no row of it still open at the end.
+fn ended_once(sw: &mut Sockwatch, inode: u64) {
+    let rest = sw.stop();
+    let more: Vec<&Value> = rest
+        .iter()
+        .filter(|r| of_inode("close", inode)(r) || of_inode("open", inode)(r))
+        .collect();
+    assert!(more.is_empty(), "it ended twice, or lives on: {more:?}");
+}
+
 /// A socket closed by its process while a forked child still holds it lives on. The socket
 /// backend follows it to the child and ends it when the child's exit releases it, with every
 /// byte (the server's count is the oracle); the syscall backends end the row at the close with
@@ -698,6 +709,7 @@ fn closing_a_socket_a_child_still_holds_hands_it_to_the_child() {
         assert_eq!(u(&close["bytes_sent"]), 300, "{close}");
         assert_eq!(close["complete"], false, "{close}");
     }
+    ended_once(&mut sw, inode);
 }
 
 /// A forking server: the parent accepts, a forked child echoes, the parent closes its copy.
@@ -739,6 +751,7 @@ fn a_forking_servers_child_carries_the_accepted_socket() {
     }
     net::close(client);
     net::close(listener);
+    ended_once(&mut sw, inode);
 }
 
 /// A socket on a program's stdin and stdout (as inetd or `nc -e` start one): `cat` echoes what
@@ -791,6 +804,7 @@ fn a_socket_on_a_programs_stdin_and_stdout_counts_its_bytes() {
     }
     net::close(peer);
     net::close(listener);
+    ended_once(&mut sw, inode);
 }
 
 /// A socket handed to another process over a Unix socket (SCM_RIGHTS): we send 1,000 bytes,
@@ -828,6 +842,7 @@ fn a_socket_passed_over_a_unix_socket_counts_the_receivers_bytes() {
         assert_eq!(close["complete"], false, "{close}");
     }
     net::close(ours);
+    ended_once(&mut sw, inode);
 }
 
 /// A process that exits while the child it forked still holds its socket (a daemon whose worker

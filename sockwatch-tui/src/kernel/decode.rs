@@ -89,9 +89,12 @@ pub enum KernelRecord {
     },
     /// A tracked socket was closed: `socket.closed` is set, its counts are final.
     Close(Socket),
+    /// The process exited; `forked`: it forked since it had tracked sockets (the socket
+    /// backend says so: a child may hold them still).
     ProcessExit {
         pid: u32,
         ts_ns: u64,
+        forked: bool,
     },
     Exec {
         pid: u32,
@@ -113,16 +116,25 @@ pub enum KernelRecord {
         socket: Socket,
         sk: u64,
     },
-    /// The kernel released handed-off socket `sk`: its last holder `pid` closed it or exited.
-    Release {
-        sk: u64,
-        pid: u32,
-        tid: u32,
-        comm: String,
-        ts_ns: u64,
-        bytes_sent: u64,
-        bytes_recv: u64,
-    },
+    /// The kernel released a handed-off socket: its last holder closed it or exited.
+    Release(Released),
+}
+
+/// A handed-off socket the kernel released, with its final counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Released {
+    /// The kernel's socket (`struct sock *`).
+    pub sk: u64,
+    /// Its inode, as the kernel kept it (0: not known).
+    pub inode: u64,
+    /// The process that released it (its close or exit), 0 when not known (seen after the
+    /// fact, in no process's context).
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub ts_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
 }
 
 impl KernelRecord {
@@ -178,6 +190,7 @@ impl KernelRecord {
             EventKind::ProcessExit => Self::ProcessExit {
                 pid: raw.key.pid,
                 ts_ns: raw.ts_ns,
+                forked: raw.arg != 0,
             },
             EventKind::Exec => Self::Exec {
                 pid: raw.key.pid,
@@ -188,15 +201,16 @@ impl KernelRecord {
                 socket: socket(),
                 sk: raw.socket.sk,
             },
-            EventKind::Release => Self::Release {
+            EventKind::Release => Self::Release(Released {
                 sk: raw.socket.sk,
+                inode: raw.socket.ino,
                 pid: raw.key.pid,
                 tid: raw.tid,
                 comm: comm_string(&raw.socket.comm),
                 ts_ns: raw.ts_ns,
                 bytes_sent: raw.socket.bytes_sent,
                 bytes_recv: raw.socket.bytes_recv,
-            },
+            }),
             EventKind::CloseRange => Self::CloseRange {
                 pid: raw.key.pid,
                 first: raw.key.fd,
@@ -429,7 +443,8 @@ mod tests {
             KernelRecord::from_raw(&raw(EventKind::ProcessExit)),
             Ok(KernelRecord::ProcessExit {
                 pid: 42,
-                ts_ns: 2_000
+                ts_ns: 2_000,
+                forked: false,
             })
         );
     }

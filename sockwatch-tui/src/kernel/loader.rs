@@ -131,6 +131,17 @@ pub struct KernelCounters {
     pub inflight_full: u64,
 }
 
+/// What [`KernelTables::retrack`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retrack {
+    /// Tracked under the new holder's fd from now on.
+    Moved,
+    /// Tracked under the new holder's fd, which closed it at once: its close record follows.
+    ClosedThere,
+    /// The holder does not hold it (any more): nothing changed.
+    NotHeld,
+}
+
 /// The socket backend's counters by kernel socket (`struct sock *`).
 pub type SkCounts = std::collections::HashMap<u64, SkBytes>;
 
@@ -213,8 +224,9 @@ impl KernelTables {
 
     /// Stops tracking a socket user space found gone; returns its final counts.
     ///
-    /// Only for sockets whose fd no longer exists (exit, exec, close_range, reconciliation):
-    /// nothing can add to their counters any more, so reading then deleting loses nothing.
+    /// Only for sockets whose fd no longer exists (exit, exec, close_range, reconciliation) and
+    /// that no other process holds (the tracker hands those on first): nothing can add to
+    /// their counters any more, so reading then deleting loses nothing.
     pub fn take(&mut self, key: SocketKey) -> Option<Socket> {
         let (value, entry) = self.entry(key)?;
         self.tracked.remove(&key).ok()?;
@@ -239,24 +251,29 @@ impl KernelTables {
     /// Moves the tracking of a socket from `from` (an fd gone with an exit, exec or
     /// close_range) to `to`, another process's fd holding the same socket: its counters stay
     /// (they are the kernel socket's), and the kernel reports `to`'s close, exit and exec from
-    /// now on. Never replaces an entry the kernel made (BPF_NOEXIST); returns whether it moved.
-    pub fn retrack(&mut self, from: SocketKey, to: SocketKey) -> bool {
+    /// now on. Never replaces an entry the kernel made (BPF_NOEXIST).
+    pub fn retrack(&mut self, from: SocketKey, to: SocketKey) -> Retrack {
         const BPF_NOEXIST: u64 = 1;
         let Ok(value) = self.tracked.get(&from, 0) else {
-            return false;
+            return Retrack::NotHeld;
         };
         if self.tracked.insert(to, value, BPF_NOEXIST).is_err() {
-            return false;
-        }
-        // The holder may have closed it meanwhile, its fd number now naming something else.
-        let inode = procfs::socket_inode(to.pid, to.fd).ok().flatten();
-        if value.ino == 0 || inode != Some(value.ino) {
-            let _ = self.tracked.remove(&to);
-            return false;
+            return Retrack::NotHeld;
         }
         let _ = self.procs.insert(to.pid, 1, 0);
+        // The holder may have closed it meanwhile, its fd number now naming something else.
+        let inode = procfs::socket_inode(to.pid, to.fd).ok().flatten();
+        if value.ino != 0 && inode == Some(value.ino) {
+            let _ = self.tracked.remove(&from);
+            return Retrack::Moved;
+        }
+        if self.tracked.remove(&to).is_ok() {
+            return Retrack::NotHeld;
+        }
+        // The kernel took the entry first: the holder's close came, and its record (with the
+        // socket's counts) ends the socket under `to`.
         let _ = self.tracked.remove(&from);
-        true
+        Retrack::ClosedThere
     }
 
     /// Starts tracking a socket found in /proc. Never replaces an entry the kernel made in the
@@ -422,8 +439,10 @@ pub fn attach(
         if support::tracepoint_exists("io_uring", IO_URING_FILE_GET) {
             attach_tracepoint(&mut ebpf, IO_URING_FILE_GET, "io_uring", IO_URING_FILE_GET)?;
         }
-        attach_raw_tracepoint(&mut ebpf, SCHED_PROCESS_FORK)?;
     }
+    // Forks: a child holds its parent's sockets (the syscall backends flag them; the socket
+    // backend looks for them in the child when the parent exits).
+    attach_raw_tracepoint(&mut ebpf, SCHED_PROCESS_FORK)?;
     if backend == Backend::Socket {
         for event in SOCKET_TRACEPOINTS {
             attach_raw_tracepoint(&mut ebpf, event)?;
@@ -463,7 +482,7 @@ pub fn attach(
 const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
 
 /// `sched:sched_process_fork`, the raw tracepoint and its program's name: the syscall backends
-/// flag the sockets of a process that forks.
+/// flag the sockets of a process that forks; the socket backend notes the fork.
 pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
 
 /// `io_uring:io_uring_file_get`, the program's name and the event's: the syscall backends mark

@@ -4,8 +4,10 @@
 //! - A connect, accept or close record becomes a [`Change`]; an accept gets its local port (and
 //!   its peer, when the caller passed no address buffer) from /proc.
 //! - A process exit, an exec or a `close_range` arrives as one record about a whole process: the
-//!   tracker settles each of the process's sockets from the kernel map (their counters are final:
-//!   the fds are gone) and reports them closed.
+//!   tracker settles each of the process's sockets from the kernel map (their fds are gone) and
+//!   reports them closed; on the socket backend, one another process still holds is moved there.
+//! - On the socket backend, a socket handed to other holders (its fd closed while they hold it)
+//!   is followed to where /proc shows it (`Moved`) until the kernel reports its release.
 //! - Each read of the kernel map is checked against the open sockets: one that left the map
 //!   without its close record reaching us (the ring buffer dropped it) is reported `vanished`.
 //! - A periodic reconciliation checks that each tracked (pid, fd) still names the same socket
@@ -20,8 +22,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sockwatch_common::directions;
 
 use super::{
-    decode::{tracked_value, ConnectResult, KernelRecord},
-    loader::{KernelTables, SkCounts},
+    decode::{tracked_value, ConnectResult, KernelRecord, Released},
+    loader::{KernelTables, Retrack, SkCounts},
     procfs,
 };
 use crate::{
@@ -96,6 +98,22 @@ pub struct Tracker {
     handed_suspects: HashSet<u64>,
     /// Serial of the keys of handed-off sockets whose holder is not found yet.
     unknown_holders: u32,
+    /// Releases that came before their socket's hand-off, by kernel socket (kept
+    /// [`EARLY_RELEASE_NS`] at most).
+    early_releases: HashMap<u64, Released>,
+}
+
+/// How long a release whose hand-off has not come yet is kept, and how many at most.
+const EARLY_RELEASE_NS: u64 = 10_000_000_000;
+const EARLY_RELEASES_KEPT: usize = 4096;
+
+/// How a batch of sockets whose fds are gone ends: by what, in which thread, when, and whether
+/// another process may still hold them.
+struct Settle {
+    cause: CloseCause,
+    tid: u32,
+    ts_ns: u64,
+    look_elsewhere: bool,
 }
 
 impl Tracker {
@@ -129,25 +147,24 @@ impl Tracker {
                 self.forget(socket.id);
                 vec![Change::Closed(socket)]
             }
-            KernelRecord::ProcessExit { pid, ts_ns } => {
-                // Every fd of the process is gone: whatever socket the map has on each.
+            KernelRecord::ProcessExit { pid, ts_ns, forked } => {
+                // Every fd of the process is gone: whatever socket the map has on each. Only a
+                // child it forked can hold them still (the socket backend says whether it did).
                 let keys = of_process(open, pid).map(|s| (s.key(), None)).collect();
-                self.settle(tables, keys, CloseCause::Exit, pid, ts_ns)
+                let end = Settle {
+                    cause: CloseCause::Exit,
+                    tid: pid,
+                    ts_ns,
+                    look_elsewhere: forked,
+                };
+                self.settle(tables, open, keys, end)
             }
             KernelRecord::Exec { pid, ts_ns } => self.exec(pid, ts_ns, open, tables),
             KernelRecord::Fork { pid } => of_process(open, pid)
                 .map(|s| Change::Partial(s.id))
                 .collect(),
             KernelRecord::HandOff { socket, sk } => self.handed_off(&socket, sk, open),
-            KernelRecord::Release {
-                sk,
-                pid,
-                tid,
-                comm,
-                ts_ns,
-                bytes_sent,
-                bytes_recv,
-            } => self.released(sk, (pid, tid, comm), ts_ns, (bytes_sent, bytes_recv), open),
+            KernelRecord::Release(release) => self.released(release, open),
             KernelRecord::CloseRange {
                 pid,
                 first,
@@ -159,7 +176,13 @@ impl Tracker {
                     .filter(|s| (first..=last).contains(&s.fd()) && s.id.opened_ns < ts_ns)
                     .map(|s| (s.key(), Some(s.id)))
                     .collect();
-                self.settle(tables, gone, CloseCause::CloseRange, pid, ts_ns)
+                let end = Settle {
+                    cause: CloseCause::CloseRange,
+                    tid: pid,
+                    ts_ns,
+                    look_elsewhere: true,
+                };
+                self.settle(tables, open, gone, end)
             }
         }
     }
@@ -192,7 +215,15 @@ impl Tracker {
         let holder = row
             .inode
             .and_then(|inode| find_holder(inode, None, Some(row.pid())));
-        self.move_to(row, holder, sk, open)
+        let mut changes = self.move_to(row, holder, sk, open);
+        // Its release raced this hand-off to the ring buffer and came first.
+        let same = |release: &Released| release.inode == 0 || row.inode == Some(release.inode);
+        if let Some(release) = self.early_releases.remove(&sk).filter(same) {
+            if let Some(id) = self.handed.remove(&sk) {
+                changes.extend(self.end(row, id.key, release, open));
+            }
+        }
+        changes
     }
 
     /// Shows a handed-off socket under `holder` (or under a [`NO_HOLDER`] key while none is
@@ -233,50 +264,61 @@ impl Tracker {
         changes
     }
 
-    /// The kernel released handed-off socket `sk`: its row ends with the final counts, under
-    /// the process that released it (whose fd was closed before the release, so not known
-    /// unless the row already showed that process).
-    fn released(
+    /// The kernel released a handed-off socket: its row ends with the final counts. A release
+    /// of a socket not handed off here (yet) is kept a while: its hand-off may still be on its
+    /// way (both are sent from different CPUs at about the same time).
+    fn released(&mut self, release: Released, open: &OpenSockets) -> Vec<Change> {
+        self.handed_suspects.remove(&release.sk);
+        let Some(id) = self.handed.remove(&release.sk) else {
+            let stale = release.ts_ns.saturating_sub(EARLY_RELEASE_NS);
+            self.early_releases.retain(|_, kept| kept.ts_ns >= stale);
+            if self.early_releases.len() < EARLY_RELEASES_KEPT {
+                self.early_releases.insert(release.sk, release);
+            }
+            return Vec::new();
+        };
+        match open.get(&id.key).filter(|s| s.id == id) {
+            Some(row) => self.end(row, id.key, release, open),
+            None => Vec::new(),
+        }
+    }
+
+    /// Ends `row` (shown under `shown` by the changes before) as `release` says: under the
+    /// process that released it (whose fd was closed before the release, so not known unless
+    /// the row already showed that process).
+    fn end(
         &mut self,
-        sk: u64,
-        (pid, tid, comm): (u32, u32, String),
-        ts_ns: u64,
-        (sent, recv): (u64, u64),
+        row: &Socket,
+        shown: SocketKey,
+        release: Released,
         open: &OpenSockets,
     ) -> Vec<Change> {
-        self.handed_suspects.remove(&sk);
-        let Some(id) = self.handed.remove(&sk) else {
-            return Vec::new();
-        };
-        let Some(row) = open.get(&id.key).filter(|s| s.id == id) else {
-            return Vec::new();
-        };
         let mut socket = row.clone();
+        socket.id.key = shown;
         let mut changes = Vec::new();
         // Pid 0: the kernel saw the release after the fact; the row's holder stands.
-        if pid != 0 && row.holder_pid() != Some(pid) {
-            let to = SocketKey { pid, fd: NO_FD };
-            if let Some(stale) = open.get(&to).filter(|s| s.id != id) {
-                changes.push(Change::Closed(vanished(stale, ts_ns)));
+        if release.pid != 0 && socket.holder_pid() != Some(release.pid) {
+            let to = SocketKey {
+                pid: release.pid,
+                fd: NO_FD,
+            };
+            if let Some(stale) = open.get(&to).filter(|s| s.id.opened_ns != row.id.opened_ns) {
+                changes.push(Change::Closed(vanished(stale, release.ts_ns)));
             }
             changes.push(Change::Moved {
-                from: id,
+                from: socket.id,
                 to,
-                comm: comm.clone(),
+                comm: release.comm.clone(),
             });
             socket.id.key = to;
-            socket.comm = comm;
+            socket.comm = release.comm;
         }
-        let cause = CloseCause::Close;
-        socket.close(
-            Closed {
-                at_ns: ts_ns,
-                tid,
-                cause,
-            },
-            sent,
-            recv,
-        );
+        let closed = Closed {
+            at_ns: release.ts_ns,
+            tid: release.tid,
+            cause: CloseCause::Close,
+        };
+        socket.close(closed, release.bytes_sent, release.bytes_recv);
         changes.push(Change::Closed(socket));
         changes
     }
@@ -438,7 +480,13 @@ impl Tracker {
                 }
             }
         }
-        self.settle(tables, gone, CloseCause::Exec, pid, ts_ns)
+        let end = Settle {
+            cause: CloseCause::Exec,
+            tid: pid,
+            ts_ns,
+            look_elsewhere: true,
+        };
+        self.settle(tables, open, gone, end)
     }
 
     /// Checks one read of the kernel map against the open sockets, once the records sent before
@@ -657,18 +705,17 @@ impl Tracker {
         Some(port)
     }
 
-    /// Removes each target from the kernel map and reports it closed by `cause`. A target with
-    /// an id is taken only if the map still holds that very socket (its fd may hold a newer one).
-    /// On the socket backend, a socket another process still holds (a child it forked, a
-    /// process it passed the fd to) is handed to that process instead: its row moves there
-    /// and the kernel tracks it under that holder's fd from now on.
+    /// Removes each target from the kernel map and reports it closed by `end.cause`. A target
+    /// with an id is taken only if the map still holds that very socket (its fd may hold a
+    /// newer one). On the socket backend, a socket another process still holds (a child it
+    /// forked, a process it passed the fd to) is handed to that process instead: its row moves
+    /// there and the kernel tracks it under that holder's fd from now on.
     fn settle(
         &mut self,
         tables: &mut KernelTables,
+        open: &OpenSockets,
         targets: Vec<(SocketKey, Option<SocketId>)>,
-        cause: CloseCause,
-        tid: u32,
-        ts_ns: u64,
+        end: Settle,
     ) -> Vec<Change> {
         let targets: Vec<Socket> = targets
             .into_iter()
@@ -678,9 +725,9 @@ impl Tracker {
             })
             .collect();
         // An exiting process no longer holds anything, whatever /proc still shows.
-        let gone = (cause == CloseCause::Exit).then_some(tid);
-        let holders = if tables.counts_by_socket() {
-            holders_elsewhere(&targets, gone)
+        let exiting = (end.cause == CloseCause::Exit).then_some(end.tid);
+        let holders = if tables.counts_by_socket() && end.look_elsewhere {
+            holders_elsewhere(&targets, exiting)
         } else {
             HashMap::new()
         };
@@ -688,26 +735,33 @@ impl Tracker {
         for socket in targets {
             let key = socket.key();
             if let Some(&(holder, alive)) = socket.inode.and_then(|i| holders.get(&i)) {
-                if let Some(to) = holder.filter(|&to| tables.retrack(key, to)) {
-                    self.forget(socket.id);
-                    let comm = procfs::comm(to.pid).unwrap_or_else(|| socket.comm.clone());
-                    changes.push(Change::Moved {
-                        from: socket.id,
-                        to,
-                        comm,
-                    });
-                    continue;
+                if let Some(to) = holder {
+                    if tables.retrack(key, to) != Retrack::NotHeld {
+                        // Taken by the kernel meanwhile: the holder closed it, and the kernel's
+                        // close record for `to` ends the row there.
+                        if let Some(stale) = open.get(&to).filter(|s| s.id != socket.id) {
+                            changes.push(Change::Closed(vanished(stale, end.ts_ns)));
+                        }
+                        self.forget(socket.id);
+                        let comm = procfs::comm(to.pid).unwrap_or_else(|| socket.comm.clone());
+                        changes.push(Change::Moved {
+                            from: socket.id,
+                            to,
+                            comm,
+                        });
+                        continue;
+                    }
                 }
                 // Held by a process not found (an fd in flight): what it moves is lost to this
                 // row, which says so. (An exiting process may still be letting go of it.)
-                if alive && gone.is_none() {
+                if alive && exiting.is_none() {
                     changes.push(Change::Partial(socket.id));
                 }
             }
             let Some(mut socket) = tables.take(key) else {
                 continue;
             };
-            close_now(&mut socket, cause, tid, ts_ns);
+            close_now(&mut socket, end.cause, end.tid, end.ts_ns);
             self.forget(socket.id);
             changes.push(Change::Closed(socket));
         }
@@ -923,6 +977,47 @@ mod tests {
         (row, open)
     }
 
+    /// A release of `sk` seen after the fact (pid 0), at 3 s, nothing moved.
+    fn release(sk: u64) -> Released {
+        Released {
+            sk,
+            inode: 0,
+            pid: 0,
+            tid: 0,
+            comm: String::new(),
+            ts_ns: 3 * SEC,
+            bytes_sent: 0,
+            bytes_recv: 0,
+        }
+    }
+
+    #[test]
+    fn a_release_that_comes_before_its_hand_off_ends_the_socket_at_the_hand_off() {
+        let mut tracker = Tracker::default();
+        let (row, open) = handed(u64::MAX - 4);
+        let early = Released {
+            inode: u64::MAX - 4,
+            pid: 42,
+            bytes_sent: 640,
+            ..release(9)
+        };
+        assert!(
+            tracker.released(early, &open).is_empty(),
+            "kept, not applied"
+        );
+        let changes = tracker.handed_off(&row, 9, &open);
+        let Some(Change::Closed(end)) = changes.last() else {
+            panic!("ends at once: {changes:?}")
+        };
+        assert_eq!((end.pid(), end.bytes_sent), (42, 640));
+        assert_eq!(end.closed.map(|c| c.cause), Some(CloseCause::Close));
+        // Moved to where it was looked for, then to the process that released it.
+        let moves = moved(&changes);
+        assert_eq!(moves.len(), 2, "{changes:?}");
+        assert_eq!(moves[1].1, SocketKey { pid: 42, fd: NO_FD });
+        assert!(tracker.handed.is_empty());
+    }
+
     fn moved(changes: &[Change]) -> Vec<(SocketId, SocketKey)> {
         changes
             .iter()
@@ -959,8 +1054,16 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].key(), rows[0].bytes_sent), (to, 700));
         // Released by process 42: shown under it (fd not known) with the final counts.
-        let releaser = (42, 43, "worker".to_owned());
-        let changes = tracker.released(0xffff_8880_0000_1000, releaser, 9 * SEC, (900, 5), &open);
+        let release = Released {
+            pid: 42,
+            tid: 43,
+            comm: "worker".into(),
+            ts_ns: 9 * SEC,
+            bytes_sent: 900,
+            bytes_recv: 5,
+            ..release(0xffff_8880_0000_1000)
+        };
+        let changes = tracker.released(release, &open);
         let last = SocketKey { pid: 42, fd: NO_FD };
         assert_eq!(moved(&changes), [(SocketId::new(to, SEC), last)]);
         let Some(Change::Closed(end)) = changes.last() else {
@@ -986,11 +1089,17 @@ mod tests {
         let mut tracker = Tracker::default();
         let (row, open) = handed(u64::MAX - 2);
         tracker.handed.insert(7, row.id);
-        let changes = tracker.released(7, (0, 0, String::new()), 3 * SEC, (100, 0), &open);
+        let changes = tracker.released(
+            Released {
+                bytes_sent: 100,
+                ..release(7)
+            },
+            &open,
+        );
         assert!(moved(&changes).is_empty(), "{changes:?}");
         assert_eq!(closed(&changes), [(row.id, CloseCause::Close, 100)]);
-        let unknown = tracker.released(8, (1, 1, String::new()), 3 * SEC, (1, 0), &open);
-        assert!(unknown.is_empty(), "not a handed-off socket");
+        let unknown = tracker.released(release(8), &open);
+        assert!(unknown.is_empty(), "not a handed-off socket (yet)");
     }
 
     #[test]

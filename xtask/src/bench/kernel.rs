@@ -40,6 +40,7 @@ pub fn sockwatch_events(probe: &str) -> Option<Vec<String>> {
             "sock_recv_length",
             "inet_sock_set_state",
             "tcp_destroy_sock",
+            "sched_process_fork",
         ]
     } else {
         &["io_uring_file_get", "sched_process_fork"]
@@ -184,8 +185,8 @@ mod tests {
         assert!(!has(&tracepoint, "sys_enter_execve"));
         // 14 syscalls that move bytes (or mark partial) leave with their entries and exits;
         // the socket backend's 4 raw tracepoints (bytes, and the release of a handed-off
-        // socket) replace io_uring's and the fork's marks.
-        assert_eq!(tracepoint.len() - socket.len(), 26);
+        // socket) replace io_uring's mark; both note forks.
+        assert_eq!(tracepoint.len() - socket.len(), 25);
         assert_eq!(sockwatch_events("kprobe"), None);
     }
 }
