@@ -49,6 +49,10 @@ pub struct Activity {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "an action is built and consumed at once, never stored: boxing would allocate per event"
+)]
 pub enum Action {
     Change(Change),
     /// The kernel's map as read at `now_ns` (kernel monotonic clock).
