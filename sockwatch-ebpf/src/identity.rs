@@ -175,6 +175,15 @@ pub fn local_port(sk: u64) -> u16 {
         .unwrap_or(0)
 }
 
+/// Whether the calling task has a memory map: a user process's thread, not a kernel thread.
+#[inline(always)]
+pub fn current_has_mm() -> bool {
+    // SAFETY: a helper without preconditions; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    files_and_mm_of(task).is_some_and(|(_, mm)| mm != 0)
+}
+
 /// A task's fd table and memory (`task->files`, `task->mm`), or `None` when not known.
 #[inline(always)]
 pub fn files_and_mm_of(task: u64) -> Option<(u64, u64)> {

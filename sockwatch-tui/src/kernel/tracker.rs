@@ -425,7 +425,18 @@ impl Tracker {
                 self.handed.remove(&sk);
                 continue;
             };
-            if row.inode.is_none_or(|inode| alive.contains(&inode)) {
+            // A socket already closed on the wire (reset, or both ends shut down) is in no
+            // table yet still open while a process holds it.
+            let held = |inode: u64| {
+                let shown = row.holder_pid().zip(row.holder_fd());
+                shown.is_some_and(|(pid, fd)| {
+                    procfs::socket_inode(pid, fd).ok().flatten() == Some(inode)
+                })
+            };
+            if row
+                .inode
+                .is_none_or(|inode| alive.contains(&inode) || held(inode))
+            {
                 continue;
             }
             if !self.handed_suspects.contains(&sk) {
