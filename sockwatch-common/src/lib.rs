@@ -98,6 +98,9 @@ pub struct KernelOffsets {
     pub file_count: u32,
     /// 1 for `f_ref` (`file_ref_t`, which stores the count minus one), 0 for `f_count`.
     pub file_ref_style: u32,
+    /// `task_struct.flags`: `PF_KTHREAD` tells a kernel thread (a deferred file release)
+    /// from the process that let go of a socket.
+    pub task_flags: u32,
     /// `sock.__sk_common.skc_num`: the local port (host order), set by the kernel when it binds
     /// the socket (at connect for an outbound one).
     pub sock_num: u32,
@@ -508,7 +511,7 @@ const _: () = {
     assert!(core::mem::size_of::<TrackedSocket>() == 80);
     assert!(core::mem::size_of::<InflightCall>() == 32);
     assert!(core::mem::size_of::<SocketEvent>() == 112);
-    assert!(core::mem::size_of::<KernelOffsets>() == 60);
+    assert!(core::mem::size_of::<KernelOffsets>() == 64);
     assert!(core::mem::size_of::<SkBytes>() == 32);
     // The socket backend hooks every syscall but the eleven that move bytes and the three that
     // only mark a socket partial for the syscall backends.

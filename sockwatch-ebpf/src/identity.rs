@@ -25,6 +25,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_mm: 0,
     file_count: 0,
     file_ref_style: 0,
+    task_flags: 0,
     sock_num: 0,
     valid: 0,
 };
@@ -175,13 +176,20 @@ pub fn local_port(sk: u64) -> u16 {
         .unwrap_or(0)
 }
 
-/// Whether the calling task has a memory map: a user process's thread, not a kernel thread.
+/// `PF_KTHREAD` in `task_struct.flags`.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Whether the calling task is a user process's thread (not a kernel thread); `false` when not
+/// known.
 #[inline(always)]
-pub fn current_has_mm() -> bool {
+pub fn current_is_user() -> bool {
+    let Some(offsets) = offsets() else {
+        return false;
+    };
     // SAFETY: a helper without preconditions; the pointer is only read through
     // bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
-    files_and_mm_of(task).is_some_and(|(_, mm)| mm != 0)
+    read::<u32>(task, offsets.task_flags).is_some_and(|flags| flags & PF_KTHREAD == 0)
 }
 
 /// A task's fd table and memory (`task->files`, `task->mm`), or `None` when not known.

@@ -15,7 +15,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use sockwatch_common::{EventKind, SkBytes, SocketEvent, SocketKey, TrackedSocket, COMM_LEN};
 
 use crate::{
-    identity::{current_has_mm, inode_of_sock, release_of, Release},
+    identity::{current_is_user, inode_of_sock, release_of, Release},
     maps::{ADOPTED, ADOPTED_PENDING, HANDED_OFF_COUNT, SK_BYTES, TRACKED},
     state::{atomic_add, comm, current, emit, now_ns},
 };
@@ -119,8 +119,8 @@ fn release(sk: u64) {
     }
     let by_caller = match release_of(sk) {
         Release::Held => return,
-        // A kernel thread (a deferred file release) has no memory map: not the releaser.
-        Release::ByCaller => current_has_mm(),
+        // A kernel thread (a deferred file release) is not the process that let go of it.
+        Release::ByCaller => current_is_user(),
         Release::Done => false,
     };
     // Only the one caller that removes the entry reports it (state changes may race).

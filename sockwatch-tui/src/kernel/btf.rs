@@ -166,6 +166,7 @@ impl<'a> Btf<'a> {
             sock_socket: self.offset("sock", "sk_socket")?,
             socket_file: self.offset("socket", "file")?,
             task_mm: self.offset("task_struct", "mm")?,
+            task_flags: self.offset("task_struct", "flags")?,
             // `sock` leads with its `sock_common`, whose port pair is in an anonymous union.
             sock_num: self.offset("sock", "__sk_common")?
                 + self.offset("sock_common", "skc_num")?,
@@ -284,6 +285,7 @@ mod tests {
         assert_eq!(offsets.task_files * 8, bits_of("task_struct", "files"));
         assert_eq!(offsets.fdtable_fd * 8, bits_of("fdtable", "fd"));
         assert_eq!(offsets.inode_ino * 8, bits_of("inode", "i_ino"));
+        assert_eq!(offsets.task_flags * 8, bits_of("task_struct", "flags"));
         // x86_64: skc_addrpair (8 bytes) and skc_hash (4) lead, then skc_dport (2), skc_num.
         assert_eq!(offsets.sock_num, 14);
         assert_eq!(offsets.valid, 1);
