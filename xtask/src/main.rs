@@ -65,9 +65,7 @@ fn main() -> ExitCode {
         Task::Run { debug, args } => binary::run(debug, &args),
         Task::Lint => lint::run().map(|()| ExitCode::SUCCESS),
         Task::Test => test::run().map(|()| ExitCode::SUCCESS),
-        Task::Bench { smoke, rounds } => {
-            bench::run(bench::Options { smoke, rounds }).map(|()| ExitCode::SUCCESS)
-        }
+        Task::Bench { smoke, rounds } => bench::run(smoke, rounds).map(|()| ExitCode::SUCCESS),
         Task::VmTest => vm::task().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

@@ -1,28 +1,18 @@
 //! `cargo xtask bench`: what sockwatch costs the programs it watches, and what it can take:
-//! per-syscall overhead under six conditions (`overhead.rs`, `tracer.rs`), throughput and scale
-//! (`pipeline.rs`), the table's criterion benchmark (`criterion.rs`), as tables (`report.rs`)
-//! printed and written to bench/results.md. `--smoke` (`cargo xtask test`): each step once, tiny.
+//! per-syscall overhead under six conditions (`overhead.rs`, `tracer.rs`), throughput, scale and
+//! the table's criterion benchmark (`pipeline.rs`), as tables (`report.rs`) in bench/results.md.
 
-mod criterion;
-mod kernel;
 mod overhead;
 mod pipeline;
 mod report;
 mod tracer;
 
-use std::{fs, path::PathBuf, process::Command, thread, time::Duration, time::Instant};
+use std::time::{Duration, Instant};
+use std::{fs, path::Path, path::PathBuf, process::Command, str::FromStr, thread};
 
 use anyhow::{bail, Context, Result};
 
 use crate::{cmd, cmd::say, setup};
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Options {
-    /// One tiny round of everything, debug build, results in target/bench/smoke.
-    pub smoke: bool,
-    /// Rounds of the overhead pass (default 5; 1 in a smoke run).
-    pub rounds: Option<usize>,
-}
 
 /// The programs under test, where the logs go, and the overhead pass's CPUs: each loop alone on
 /// `.0`, the tracer on `.1`, so a loop pays for the hooks, not for a share of its core.
@@ -33,18 +23,19 @@ pub struct Binaries {
     pub cpus: Option<(usize, usize)>,
 }
 
-pub fn run(options: Options) -> Result<()> {
+/// `smoke` (`cargo xtask test`): one tiny round of everything, debug build, in target/bench/smoke.
+pub fn run(smoke: bool, rounds: Option<usize>) -> Result<()> {
     if !cmd::is_root()? {
         bail!("`cargo xtask bench` must run as root: it loads eBPF programs and runs bpftrace");
     }
     setup::run()?;
-    let (smoke, bins) = (options.smoke, build(options.smoke)?);
+    let bins = build(smoke)?;
     // Five: with pinned loops the spread is small, and a run takes < 10 minutes on 2 cores.
-    let rounds = options.rounds.unwrap_or(if smoke { 1 } else { 5 }).max(1);
+    let rounds = rounds.unwrap_or(if smoke { 1 } else { 5 }).max(1);
     let (mut results, started, ticks) = (report::Results::default(), Instant::now(), cpu_ticks());
-    kernel::set_subreaper(true)?;
+    tracer::set_subreaper(true)?;
     let measured = measure(&bins, smoke, rounds, &mut results);
-    kernel::set_subreaper(false)?;
+    tracer::set_subreaper(false)?;
     measured?;
     let text = results.text(&header(smoke, rounds, started, ticks));
     println!("{text}");
@@ -56,7 +47,6 @@ pub fn run(options: Options) -> Result<()> {
     Ok(())
 }
 
-/// Every step, in full or (`smoke`) tiny.
 fn measure(bins: &Binaries, smoke: bool, rounds: usize, r: &mut report::Results) -> Result<()> {
     say("bench: 1. per-syscall overhead");
     // Other tracers (tests in another worktree) come and go; a smoke run does not wait long.
@@ -73,7 +63,7 @@ fn measure(bins: &Binaries, smoke: bool, rounds: usize, r: &mut report::Results)
     let sockets: &[u64] = if smoke { &[0, 20] } else { &[0, 1_000, 10_000] };
     r.scale = pipeline::scale(bins, sockets, if smoke { 1.0 } else { 10.0 })?;
     say("bench: 4. table refresh and render (criterion)");
-    r.table = criterion::run(&bins.work, smoke)?;
+    r.table = pipeline::table(&bins.work, smoke)?;
     Ok(())
 }
 
@@ -119,14 +109,16 @@ fn build(smoke: bool) -> Result<Binaries> {
 /// Busy CPU ticks of the machine (/proc/stat: user nice system irq softirq steal) and of us and
 /// our reaped children (/proc/self/stat, our name has no spaces: utime stime cutime cstime).
 fn cpu_ticks() -> [u64; 2] {
-    let sum = |path: &str, wanted: &[usize]| -> u64 {
-        let text = fs::read_to_string(path).unwrap_or_default();
-        let words = text.split_whitespace();
-        let fields: Vec<u64> = words.map(|f| f.parse().unwrap_or(0)).collect();
-        wanted.iter().map(|&i| fields.get(i).unwrap_or(&0)).sum()
-    };
-    let machine = sum("/proc/stat", &[1, 2, 3, 6, 7, 8]);
-    [machine, sum("/proc/self/stat", &[13, 14, 15, 16])]
+    let machine = sum_fields("/proc/stat", &[1, 2, 3, 6, 7, 8]);
+    [machine, sum_fields("/proc/self/stat", &[13, 14, 15, 16])]
+}
+
+/// The sum of the `wanted` whitespace-separated fields of a file (0 for any it lacks).
+fn sum_fields(path: impl AsRef<Path>, wanted: &[usize]) -> u64 {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let words = text.split_whitespace();
+    let fields: Vec<u64> = words.map(|f| f.parse().unwrap_or(0)).collect();
+    wanted.iter().map(|&i| fields.get(i).unwrap_or(&0)).sum()
 }
 
 /// The run's first lines: when, where, what, and how much CPU other processes took meanwhile.
@@ -151,9 +143,10 @@ fn header(smoke: bool, rounds: usize, started: Instant, ticks: [u64; 2]) -> Stri
     )
 }
 
-/// `name=value` among the words of a `sockwatch-load` line → value.
-fn number(line: &str, name: &str) -> Option<f64> {
-    let mut words = line.split_whitespace();
-    let value = words.find_map(|word| word.strip_prefix(name)?.strip_prefix('='));
-    value?.parse().ok()
+/// The value after `key` up to a space, comma, quote or brace: `calls=` in a `sockwatch-load`
+/// line, `"pid":` in a JSON record (no full parse: a throughput step prints ~700k of them).
+fn field<T: FromStr>(line: &str, key: &str) -> Option<T> {
+    let rest = line[line.find(key)? + key.len()..].trim_start();
+    let end = rest.find(|c: char| matches!(c, ',' | '"' | '}') || c.is_whitespace());
+    rest[..end.unwrap_or(rest.len())].parse().ok()
 }

@@ -6,8 +6,7 @@ use std::{process::Stdio, time::Duration, time::Instant};
 
 use anyhow::{Context, Result};
 
-use super::tracer::{self, Condition, Tracer, CONDITIONS};
-use super::Binaries;
+use super::{tracer, tracer::Condition, tracer::Tracer, tracer::CONDITIONS, Binaries};
 
 /// `(sockwatch-load mode, what one call is, calls per run)`: about 0.4 s untraced on the
 /// development machine, long enough to dwarf start-up; a smoke run makes 1/40 of them.
@@ -18,7 +17,6 @@ pub const LOOPS: [(&str, &str, u64); 5] = [
     ("bench-close", "close() of a dup of /dev/null", 900_000),
     ("bench-churn", "TCP connect+accept+send+close", 12_000),
 ];
-/// What `bench-send` sends per call.
 const SEND_BYTES: u64 = 64;
 
 /// Every run of one loop, `[condition][round]`: ns per call, and why the run cannot be
@@ -59,13 +57,14 @@ pub fn run(bins: &Binaries, rounds: usize, smoke: bool, wait: Duration) -> Resul
     all.loops.resize(LOOPS.len(), Series::default());
     for round in 1..=rounds {
         let started = Instant::now();
-        for condition in CONDITIONS.into_iter().filter(|c| c.unavailable().is_none()) {
-            let tracer = Tracer::start(condition, bins);
-            let tracer = tracer.with_context(|| format!("starting {condition:?}"))?;
+        for condition in CONDITIONS.into_iter().filter(|c| c.available()) {
+            let tracer = Tracer::start(condition, bins)
+                .with_context(|| format!("starting {condition:?}"))?;
             all.hooks[condition as usize] = tracer.hooks;
             if condition == Condition::Sockwatch {
                 all.default_probe.clone_from(&tracer.probe);
             }
+            let sockwatch = !tracer.probe.is_empty();
             let clean_before = tracer.clean(wait)?;
             let runs = LOOPS.iter().map(|l| run_loop(bins, l.0, l.2 / share));
             let runs = runs.collect::<Result<Vec<_>>>()?;
@@ -73,12 +72,9 @@ pub fn run(bins: &Binaries, rounds: usize, smoke: bool, wait: Duration) -> Resul
             let records = tracer.stop()?;
             for (i, (pid, ns, all_calls)) in runs.into_iter().enumerate() {
                 let sent = records.of(pid).max_sent >= all_calls * SEND_BYTES;
-                let untracked = condition.probe().is_some() && i == 0 && !sent;
-                let invalid = if !clean {
-                    Some("another tracer was attached")
-                } else {
-                    untracked.then_some("the send socket was not tracked")
-                };
+                let untracked = sockwatch && i == 0 && !sent;
+                let invalid = (!clean).then_some("another tracer was attached");
+                let invalid = invalid.or(untracked.then_some("the send socket was not tracked"));
                 all.loops[i][condition as usize].push((ns, invalid.map(String::from)));
             }
         }
@@ -99,8 +95,8 @@ fn run_loop(bins: &Binaries, mode: &str, calls: u64) -> Result<(u32, f64, u64)> 
     let (status, stdout) = (output.status, String::from_utf8_lossy(&output.stdout));
     anyhow::ensure!(status.success(), "sockwatch-load {mode}: {status}");
     // `mode=bench-send calls=N warmup=W secs=S ns_per_call=X`
-    let number = |name| super::number(&stdout, name);
-    let (ns, calls) = (number("ns_per_call"), number("calls").zip(number("warmup")));
+    let field = |name| super::field(&stdout, name);
+    let (ns, calls) = (field("ns_per_call="), field("calls=").zip(field("warmup=")));
     let run = ns.zip(calls);
     let (ns, calls) = run.with_context(|| format!("{mode} printed {stdout:?}"))?;
     Ok((pid, ns, (calls.0 + calls.1) as u64))

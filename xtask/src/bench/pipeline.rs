@@ -1,14 +1,17 @@
-//! sockwatch under loads of its own kind. Throughput: socket lifecycles at set rates from
-//! `sockwatch-load flood` processes; only the records of the load's pids count, against what
-//! the load made and what sockwatch says it lost. Scale: CPU and peak RSS while N idle sockets
-//! are tracked (held open by `sockwatch-load hold`), counted from sockwatch's `open` records.
+//! What sockwatch can take. Throughput: socket lifecycles at set rates from `sockwatch-load
+//! flood` processes; only the records of the load's pids count, against what the load made and
+//! what sockwatch says it lost. Scale: CPU and peak RSS while N idle sockets are tracked (held
+//! open by `sockwatch-load hold`), counted from sockwatch's `open` records. The table: criterion's
+//! `sockwatch-tui/benches/table.rs` (refresh, filtered listing, render), from its sample files.
 
-use std::time::Instant;
-use std::{fs, process::Child, process::Command, process::Stdio, thread, time::Duration};
+use std::time::{Duration, Instant};
+use std::{fs, path::Path, process::Child, process::Command, process::Stdio, thread};
 
 use anyhow::{ensure, Context, Result};
+use serde_json::Value;
 
-use super::{kernel, tracer, tracer::Tracer, Binaries};
+use super::{field, sum_fields, tracer, tracer::Tracer, Binaries};
+use crate::cmd;
 
 /// Opening 5,000 connections (and sockwatch taking in their 10,000 records) on a busy machine.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,7 +39,6 @@ impl Step {
         }
     }
 
-    /// Every event of the load printed, nothing lost.
     pub fn lossless(&self) -> bool {
         self.lost == Some(0) && self.printed == self.offered
     }
@@ -46,7 +48,6 @@ impl Step {
     }
 }
 
-/// Runs each step, `(rate, tcp)`, for `secs` with `n` load processes.
 pub fn throughput(bins: &Binaries, steps: &[(u64, bool)], secs: f64, n: u64) -> Result<Vec<Step>> {
     let run = |&(rate, tcp): &(u64, bool)| {
         let mut step = Step::default();
@@ -73,9 +74,9 @@ fn run_step(bins: &Binaries, mut step: Step, secs: f64, processes: u64) -> Resul
         let output = load.wait_with_output().context("waiting for a flood")?;
         let (status, stdout) = (output.status, String::from_utf8_lossy(&output.stdout));
         ensure!(status.success(), "sockwatch-load flood failed ({status})");
-        let printed = super::number(&stdout, "cycles").zip(super::number(&stdout, "secs"));
+        let printed = field::<u64>(&stdout, "cycles=").zip(field(&stdout, "secs="));
         let (cycles, took) = printed.with_context(|| format!("flood printed {stdout:?}"))?;
-        step.offered += cycles as u64 * per_cycle;
+        step.offered += cycles * per_cycle;
         step.secs = step.secs.max(took);
     }
     let cpu = cpu_ns(sockwatch.pid())?.saturating_sub(cpu_before);
@@ -115,7 +116,7 @@ fn run_phase(bins: &Binaries, sockets: u64, secs: f64) -> Result<Phase> {
     let mut holder = tracer::spawn(command.stdin(Stdio::piped()).stdout(Stdio::null()))?;
     // The window starts once sockwatch has taken in every connect and accept of the holder
     // (if it never does, `tracked` tells).
-    kernel::poll(HOLD_TIMEOUT, || {
+    tracer::poll(HOLD_TIMEOUT, || {
         let seen = sockwatch.records()?.of(holder.id()).lifecycle >= sockets;
         Ok((seen || holder.try_wait()?.is_some()).then_some(()))
     })?;
@@ -125,9 +126,7 @@ fn run_phase(bins: &Binaries, sockets: u64, secs: f64) -> Result<Phase> {
     let cpu = cpu_ns(pid)?.saturating_sub(cpu_before);
     phase.cpu_percent = cpu as f64 / wall.elapsed().as_nanos() as f64 * 100.0;
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let peak = status.lines().find_map(|line| line.strip_prefix("VmHWM:"));
-    let peak = peak.and_then(|kib| kib.split_whitespace().next()?.parse().ok());
-    phase.peak_rss_kib = peak.context("no VmHWM in /proc/PID/status")?;
+    phase.peak_rss_kib = field(&status, "VmHWM:").context("no VmHWM in /proc/PID/status")?;
     // Stopped while the sockets are open: its `open` records list those it tracks.
     let records = sockwatch.stop()?;
     drop(holder.stdin.take());
@@ -135,18 +134,62 @@ fn run_phase(bins: &Binaries, sockets: u64, secs: f64) -> Result<Phase> {
     ensure!(held.success(), "sockwatch-load hold failed ({held})");
     let all: u64 = records.by_pid.values().map(|r| r.lifecycle).sum();
     let holders = records.of(holder.id());
-    (phase.sockets, phase.tracked) = (sockets, holders.open);
-    phase.others = all - holders.lifecycle;
+    (phase.sockets, phase.tracked, phase.others) = (sockets, holders.open, all - holders.lifecycle);
     Ok(phase)
 }
 
 /// CPU time of every thread of `pid` so far, in ns (the first field of each schedstat).
 fn cpu_ns(pid: u32) -> Result<u64> {
-    let mut total = 0;
-    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
-        let text = fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
-        let ns = text.split_whitespace().next().map(str::parse::<u64>);
-        total += ns.transpose()?.unwrap_or(0);
+    let tasks = fs::read_dir(format!("/proc/{pid}/task"))?;
+    let ns = tasks.map(|task| Ok(sum_fields(task?.path().join("schedstat"), &[0])));
+    ns.sum()
+}
+
+/// One size: ns per iteration of `refresh`, `visible` and `render`, every sample.
+#[derive(Clone, Debug)]
+pub struct Rows {
+    pub rows: usize,
+    pub parts: [Vec<f64>; 3],
+}
+
+/// Runs the benchmark; a smoke run measures 100 rows briefly (dev profile), through the same files.
+pub fn table(work: &Path, smoke: bool) -> Result<Vec<Rows>> {
+    let (home, log) = (work.join("criterion"), work.join("criterion.log"));
+    let mut bench = cmd::cargo();
+    bench.args(["bench", "-p", "sockwatch-tui", "--bench", "table"]);
+    let mut sizes: &[usize] = &[100, 10_000, 100_000];
+    if smoke {
+        sizes = &[100];
+        bench.args(["--profile", "dev", "--", "--warm-up-time", "0.05"]);
+        bench.args(["--measurement-time", "0.1", "table/100/"]);
     }
-    Ok(total)
+    let stderr = fs::File::create(work.join("criterion.stderr"))?;
+    bench.env("CRITERION_HOME", &home).stderr(stderr);
+    let ran = cmd::run(bench.stdout(fs::File::create(&log)?));
+    ran.with_context(|| format!("the table benchmark failed; see {}", log.display()))?;
+    let read = |rows: usize, part: &str| {
+        let file = home.join(format!("table_{rows}/{part}/new/sample.json"));
+        let text = fs::read_to_string(&file);
+        let text = text.with_context(|| format!("reading {}", file.display()))?;
+        per_iteration(&text).with_context(|| format!("parsing {}", file.display()))
+    };
+    let size = |&rows: &usize| -> Result<Rows> {
+        let [refresh, visible, render] = ["refresh", "visible", "render"].map(|p| read(rows, p));
+        let parts = [refresh?, visible?, render?];
+        Ok(Rows { rows, parts })
+    };
+    sizes.iter().map(size).collect()
+}
+
+/// Per-iteration times from a criterion `sample.json` (`iters` and total `times` per sample).
+fn per_iteration(text: &str) -> Result<Vec<f64>> {
+    let sample: Value = serde_json::from_str(text)?;
+    let numbers = |key: &str| -> Vec<f64> {
+        let all = sample[key].as_array().into_iter().flatten();
+        all.filter_map(Value::as_f64).collect()
+    };
+    let (iters, times) = (numbers("iters"), numbers("times"));
+    let complete = !iters.is_empty() && iters.len() == times.len();
+    ensure!(complete, "no samples");
+    Ok(iters.iter().zip(&times).map(|(i, t)| t / i).collect())
 }

@@ -4,9 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use super::overhead::{multiples, Overhead, LOOPS};
-use super::tracer::{Condition, CONDITIONS};
-use super::{criterion::Rows, pipeline::Phase, pipeline::Step};
+use super::{overhead::multiples, overhead::Overhead, overhead::LOOPS, tracer::Condition};
+use super::{pipeline::Phase, pipeline::Rows, pipeline::Step, tracer::CONDITIONS};
 use Condition::{Article, Floor, Kprobe, Sockwatch, Tracepoint};
 
 #[derive(Default)]
@@ -16,9 +15,6 @@ pub struct Results {
     pub scale: Vec<Phase>,
     pub table: Vec<Rows>,
 }
-
-/// A target, what was measured, and `Ok(meets)` or `Err(why it is not determined)`.
-pub type Verdict = (String, String, Result<bool, String>);
 
 /// Column titles of the conditions, in order ((c) also names the backend sockwatch chose).
 const TITLES: &str = "(a) untraced|(b) floor|(c) default|(d) --probe tracepoint|\
@@ -30,12 +26,9 @@ const MULTIPLES: [(Condition, Condition); 4] = [
     (Kprobe, Floor),
     (Article, Sockwatch),
 ];
-/// Issue #10's targets for the default backend: `(loop, most added cost, in floor's)`.
-const TARGETS: [(&str, f64); 3] = [
-    ("bench-send", 0.5),
-    ("bench-write-devnull", 0.3),
-    ("bench-getppid", 1.1),
-];
+/// Issue #10's targets for the default backend: `(loop in LOOPS, most added cost, in floor's)`
+/// for send(), write() to /dev/null and getppid().
+const TARGETS: [(usize, f64); 3] = [(0, 0.5), (1, 0.3), (2, 1.1)];
 
 /// Median, min and max (NaNs left out).
 fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
@@ -54,10 +47,6 @@ fn show(values: &[f64], f: impl Fn(f64) -> String) -> String {
     }
 }
 
-fn times(x: f64) -> String {
-    format!("{x:.2}x")
-}
-
 fn duration(ns: f64) -> String {
     match ns.abs() {
         a if a < 1e3 => format!("{ns:.0} ns"),
@@ -70,43 +59,38 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// The valid rounds' multiples, and (deduplicated) why the others are not valid.
-fn valid(per_round: &[Result<f64, String>]) -> (Vec<f64>, String) {
-    let valid = per_round.iter().filter_map(|m| m.clone().ok()).collect();
+/// A per-round multiple: its valid rounds shown ("median (min-max)"), and their median if every
+/// round asked for is valid (a verdict needs them all), else why not.
+fn on_rounds(per_round: &[Result<f64, String>]) -> (String, Result<f64, String>) {
+    let valid: Vec<f64> = per_round.iter().filter_map(|m| m.clone().ok()).collect();
     let why: BTreeSet<String> = per_round.iter().filter_map(|m| m.clone().err()).collect();
-    (valid, Vec::from_iter(why).join("; "))
-}
-
-/// The verdict on a per-round multiple: determined only if every round asked for is valid.
-fn on_rounds(target: String, per_round: &[Result<f64, String>], ok: (f64, f64)) -> Verdict {
-    let (valid, why) = valid(per_round);
-    let (n, rounds) = (valid.len(), per_round.len().max(1));
-    let outcome = match summary(&valid) {
-        Some((median, _, _)) if n == rounds => Ok((ok.0..=ok.1).contains(&median)),
+    let (n, rounds, why) = (valid.len(), per_round.len().max(1), Vec::from_iter(why));
+    let median = match summary(&valid) {
+        Some((median, _, _)) if n == rounds => Ok(median),
         _ if per_round.is_empty() => Err("not measured".into()),
-        _ => Err(format!("{n} of {rounds} rounds valid: {why}")),
+        _ => Err(format!("{n} of {rounds} rounds valid: {}", why.join("; "))),
     };
-    (target, show(&valid, times), outcome)
+    (show(&valid, |x| format!("{x:.2}x")), median)
 }
 
 impl Results {
-    pub fn verdicts(&self) -> Vec<Verdict> {
+    /// Each target, what was measured, and `Ok(meets)` or `Err(why it is not determined)`.
+    pub fn verdicts(&self) -> Vec<(String, String, Result<bool, String>)> {
         let probe = &self.overhead.default_probe;
-        let multiples = |mode: &str, x, y| {
-            let i = LOOPS.iter().position(|l| l.0 == mode);
-            let series = i.and_then(|i| self.overhead.loops.get(i));
+        let multiples = |i: usize, x, y| {
+            let series = self.overhead.loops.get(i);
             series.map(|s| multiples(s, x, y)).unwrap_or_default()
         };
         let mut all = Vec::new();
-        for (mode, limit) in TARGETS {
-            let label = LOOPS.iter().find(|l| l.0 == mode).map_or(mode, |l| l.1);
+        for (i, limit) in TARGETS {
+            let label = LOOPS[i].1;
             let target = format!("{label}: sockwatch ({probe}) adds <= {limit}x the floor's cost");
-            let per_round = multiples(mode, Sockwatch, Floor);
-            all.push(on_rounds(target, &per_round, (0.0, limit)));
+            let (measured, median) = on_rounds(&multiples(i, Sockwatch, Floor));
+            all.push((target, measured, median.map(|m| m <= limit)));
         }
-        let per_round = multiples("bench-send", Article, Sockwatch);
+        let (measured, median) = on_rounds(&multiples(0, Article, Sockwatch));
         let target = format!("send(): bpftrace printf adds >= 10x sockwatch's ({probe}) cost");
-        all.push(on_rounds(target, &per_round, (10.0, f64::INFINITY)));
+        all.push((target, measured, median.map(|m| m >= 10.0)));
         let steps = self.throughput.iter();
         let rates = steps.map(|s| (s.lossless(), s.offered_per_sec()));
         let (lossless, lossy): (Vec<_>, Vec<_>) = rates.partition(|r| r.0);
@@ -152,25 +136,25 @@ impl Results {
         all
     }
 
-    /// Everything, as aligned plain-text tables under `header`.
     pub fn text(&self, header: &str) -> String {
         let o = &self.overhead;
-        let na = |c: Condition, shown: String| c.unavailable().map_or(shown, |_| "n/a".into());
+        let na = |c: Condition, shown: String| if c.available() { shown } else { "n/a".into() };
         let hooked = CONDITIONS.map(|c| na(c, o.hooks[c as usize].to_string()));
-        let (mut per_call, mut added) = (vec![row("events hooked", hooked)], Vec::new());
+        let mut per_call = vec![format!("events hooked|{}", hooked.join("|"))];
+        let mut added = Vec::new();
         for (s, (_, label, _)) in o.loops.iter().zip(LOOPS) {
             let ns = |c: Condition| {
                 let ns: Vec<f64> = s[c as usize].iter().map(|cell| cell.0).collect();
                 na(c, show(&ns, |x| format!("{x:.0}")))
             };
-            per_call.push(row(label, CONDITIONS.map(ns)));
+            per_call.push(format!("{label}|{}", CONDITIONS.map(ns).join("|")));
             let multiple = |(x, y)| {
                 let per_round = multiples(s, x, y);
-                let (valid, _) = valid(&per_round);
-                let (k, n) = (valid.len(), per_round.len());
-                na(x, format!("{} [{k}/{n}]", show(&valid, times)))
+                let k = per_round.iter().filter(|m| m.is_ok()).count();
+                let (shown, _) = on_rounds(&per_round);
+                na(x, format!("{shown} [{k}/{}]", per_round.len()))
             };
-            added.push(row(label, MULTIPLES.map(multiple)));
+            added.push(format!("{label}|{}", MULTIPLES.map(multiple).join("|")));
         }
         let titles = TITLES.replace("default", &format!("default: {}", o.default_probe));
         let mut out = format!("{header}\n");
@@ -183,18 +167,18 @@ impl Results {
             let lost = s.lost.map_or("no end record".into(), |l| l.to_string());
             let (label, rate, cpu) = (s.label(), s.offered_per_sec(), s.cpu);
             let records = format!("{} of {}", s.printed, s.offered);
-            cells(&format!("{label}|{rate:.0}|{records}|{lost}|{cpu:.0}%"))
+            format!("{label}|{rate:.0}|{records}|{lost}|{cpu:.0}%")
         });
         out += &table("throughput: load|offered/s|its records|lost|CPU", steps);
         let scale = self.scale.iter().map(|p| {
             let (sockets, tracked, others) = (p.sockets, p.tracked, p.others);
             let (cpu, rss) = (p.cpu_percent, mib(p.peak_rss_kib));
-            cells(&format!("{sockets}|{tracked}|{others}|{cpu:.2}%|{rss}"))
+            format!("{sockets}|{tracked}|{others}|{cpu:.2}%|{rss}")
         });
         out += &table("scale: sockets|tracked|others' records|CPU|peak RSS", scale);
         let criterion = self.table.iter().map(|r| {
-            let parts = r.parts.iter().map(|p| show(p, duration));
-            row(&r.rows.to_string(), parts)
+            let parts = r.parts.each_ref().map(|p| show(p, duration));
+            format!("{}|{}", r.rows, parts.join("|"))
         });
         out += &table("criterion: rows|refresh|visible|render", criterion);
         let verdicts = self.verdicts();
@@ -204,24 +188,17 @@ impl Results {
                 Ok(false) => "MISSES".into(),
                 Err(why) => format!("not determined ({why})"),
             };
-            vec![outcome, target, measured]
+            format!("{outcome}|{target}|{measured}")
         });
         out + &table("verdict|target|measured", verdicts)
     }
 }
 
-fn cells(row: &str) -> Vec<String> {
-    row.split('|').map(str::to_owned).collect()
-}
-
-fn row(first: &str, rest: impl IntoIterator<Item = String>) -> Vec<String> {
-    [first.to_owned()].into_iter().chain(rest).collect()
-}
-
-/// A blank line, then `head` (cells split at `|`) and `rows`, in columns padded to their widest
+/// A blank line, then `head` and `rows` (cells split at `|`), in columns padded to their widest
 /// cell, two spaces apart.
-fn table(head: &str, rows: impl IntoIterator<Item = Vec<String>>) -> String {
-    let rows: Vec<_> = [cells(head)].into_iter().chain(rows).collect();
+fn table(head: &str, rows: impl IntoIterator<Item = String>) -> String {
+    let lines: Vec<String> = [head.to_owned()].into_iter().chain(rows).collect();
+    let rows: Vec<Vec<&str>> = lines.iter().map(|line| line.split('|').collect()).collect();
     let mut widths = vec![0; rows.iter().map(Vec::len).max().unwrap_or(0)];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -243,14 +220,11 @@ mod tests {
     #[test]
     fn a_verdict_needs_every_round_valid() {
         let ok = [Ok(1.2), Ok(1.4), Ok(1.3)];
-        let (_, measured, outcome) = on_rounds("t".into(), &ok, (0.0, 1.5));
-        assert_eq!(measured, "1.30x (1.20x-1.40x)");
-        assert_eq!(outcome, Ok(true));
-        assert_eq!(on_rounds("t".into(), &ok, (0.0, 1.25)).2, Ok(false));
+        assert_eq!(on_rounds(&ok), ("1.30x (1.20x-1.40x)".into(), Ok(1.3)));
         let noisy = [Ok(1.2), Err("an added cost <= 0 (noise)".into()), Ok(1.3)];
         let why = "2 of 3 rounds valid: an added cost <= 0 (noise)";
-        assert_eq!(on_rounds("t".into(), &noisy, (0.0, 9.0)).2, Err(why.into()));
-        assert!(on_rounds("t".into(), &[], (0.0, 9.0)).2.is_err());
+        assert_eq!(on_rounds(&noisy).1, Err(why.into()));
+        assert_eq!(on_rounds(&[]).1, Err("not measured".into()));
     }
 
     #[test]
@@ -299,6 +273,6 @@ mod tests {
         assert_eq!(outcomes(&results)[4..7], [Ok(true), Ok(true), Ok(true)]);
         results.throughput.push(step(190_000, 189_000));
         assert_eq!(outcomes(&results)[4], Ok(false));
-        assert_eq!(table("a|bb", [cells("ccc|d")]), "\na    bb\nccc  d\n");
+        assert_eq!(table("a|bb", ["ccc|d".into()]), "\na    bb\nccc  d\n");
     }
 }

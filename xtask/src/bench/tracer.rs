@@ -1,19 +1,25 @@
 //! The conditions a loop runs under and the tracers that make them: nothing; the floor (bpftrace,
 //! empty actions on write, sendto and close: the hooks' price alone); sockwatch with each
-//! backend; the article's way (bpftrace printing every `sendto` and `close`).
+//! backend; the article's way (bpftrace printing every `sendto` and `close`). And what the kernel
+//! has attached and a tracer still holds: the facts the conditions wait on before measuring.
 
 use std::time::Duration;
 use std::{collections::BTreeSet, collections::HashMap, fs, fs::File, io::BufRead, io::BufReader};
-use std::{path::Path, path::PathBuf, process::Child, process::Command, process::Stdio};
+use std::{path::Path, path::PathBuf, process::Child, process::Command, process::Stdio, thread};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde_json::Value;
 
-use super::{kernel, Binaries};
+use super::{field, Binaries};
 use crate::cmd;
 
 /// bpftrace compiles ~40 programs with LLVM before it attaches them, on a busy 2-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Detaching takes the kernel a grace period per tracepoint: seconds for ~40 of them.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(90);
+/// Once the detaching process is gone, a little longer for deferred work (RCU callbacks).
+const SETTLE: Duration = Duration::from_millis(250);
 
 /// The floor as issue #10 defines it, the same whatever sockwatch hooks.
 const FLOOR_PROBES: &str =
@@ -25,6 +31,7 @@ const ARTICLE_PROBES: &str =
 const ARTICLE_ACTION: &str = r#"printf("%s pid=%d tid=%d fd=%d\n", comm, pid, tid, args->fd);"#;
 /// The kprobe PMU (`CONFIG_KPROBES`), which aya attaches kprobes through (as sockwatch checks).
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+type Ready<'a> = &'a dyn Fn(u32) -> Result<bool>;
 
 /// The conditions, in the order each round runs them; `as usize` indexes their figures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,20 +50,8 @@ use Condition::{Article, Floor, Kprobe, Sockwatch, Tracepoint, Untraced};
 pub const CONDITIONS: [Condition; 6] = [Untraced, Floor, Sockwatch, Tracepoint, Kprobe, Article];
 
 impl Condition {
-    /// Its `--probe`, if it is sockwatch.
-    pub fn probe(self) -> Option<&'static str> {
-        match self {
-            Sockwatch => Some("auto"),
-            Tracepoint => Some("tracepoint"),
-            Kprobe => Some("kprobe"),
-            Untraced | Floor | Article => None,
-        }
-    }
-
-    /// Why it cannot run on this kernel, if it cannot.
-    pub fn unavailable(self) -> Option<&'static str> {
-        let kprobes = Path::new(KPROBE_PMU).exists();
-        (self == Kprobe && !kprobes).then_some("no kprobes in this kernel")
+    pub fn available(self) -> bool {
+        self != Kprobe || Path::new(KPROBE_PMU).exists()
     }
 }
 
@@ -79,32 +74,22 @@ pub struct Records {
 impl Records {
     fn add(&mut self, line: &str) {
         // `event` is always the first key.
-        let event = line.strip_prefix(r#"{"event":""#).unwrap_or("");
-        let event = event.split('"').next().unwrap_or("");
+        let event: String = field(line, r#"{"event":""#).unwrap_or_default();
         if event == "end" {
-            self.end_lost = number(line, r#""lost":"#);
+            self.end_lost = field(line, r#""lost":"#);
+        } else if matches!(event.as_str(), "connect" | "accept" | "close" | "open") {
+            let of_pid = self.by_pid.entry(field(line, r#""pid":"#).unwrap_or(0));
+            let of_pid = of_pid.or_default();
+            of_pid.open += u64::from(event == "open");
+            of_pid.lifecycle += u64::from(event != "open");
+            let sent = field(line, r#""bytes_sent":"#).unwrap_or(0);
+            of_pid.max_sent = of_pid.max_sent.max(sent);
         }
-        if !matches!(event, "connect" | "accept" | "close" | "open") {
-            return;
-        }
-        let pid = number(line, r#""pid":"#).and_then(|p| u32::try_from(p).ok());
-        let of_pid = self.by_pid.entry(pid.unwrap_or(0)).or_default();
-        of_pid.open += u64::from(event == "open");
-        of_pid.lifecycle += u64::from(event != "open");
-        let sent = number(line, r#""bytes_sent":"#).unwrap_or(0);
-        of_pid.max_sent = of_pid.max_sent.max(sent);
     }
 
     pub fn of(&self, pid: u32) -> PidRecords {
         self.by_pid.get(&pid).copied().unwrap_or_default()
     }
-}
-
-/// The number after `key` (`"pid":`) in a JSON line (no full parse: a step prints ~700k).
-fn number(line: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(key)? + key.len()..];
-    let end = rest.find(|c: char| !c.is_ascii_digit());
-    rest[..end.unwrap_or(rest.len())].parse().ok()
 }
 
 /// A condition in force; `stop` ends it and waits until the kernel has detached everything.
@@ -126,21 +111,33 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `condition`, its tracer pinned to the observer CPU.
     pub fn start(condition: Condition, bins: &Binaries) -> Result<Self> {
-        match (condition, condition.probe()) {
-            (Floor, _) => Self::bpftrace(bins, FLOOR_PROBES, ""),
-            (Article, _) => Self::bpftrace(bins, ARTICLE_PROBES, ARTICLE_ACTION),
-            (_, Some(probe)) => Self::sockwatch(bins, bins.cpus.map(|c| c.1), probe),
-            _ => Ok(Self::default()),
+        let cpu = bins.cpus.map(|c| c.1);
+        match condition {
+            Untraced => Ok(Self::default()),
+            Floor => Self::bpftrace(bins, FLOOR_PROBES, ""),
+            Sockwatch => Self::sockwatch(bins, cpu, "auto"),
+            Tracepoint => Self::sockwatch(bins, cpu, "tracepoint"),
+            Kprobe => Self::sockwatch(bins, cpu, "kprobe"),
+            Article => Self::bpftrace(bins, ARTICLE_PROBES, ARTICLE_ACTION),
         }
     }
 
-    /// `command`, its stderr in the work directory, as a tracer named `comm`.
-    fn spawn(bins: &Binaries, mut command: Command, comm: &'static str) -> Result<Self> {
-        let path = bins.work.join(format!("{comm}.stderr"));
+    /// `command`, its stderr in `work`, as a tracer named `comm`, once `ready` (given its pid)
+    /// holds; an error if it exits first.
+    fn spawn(work: &Path, mut command: Command, comm: &'static str, ready: Ready) -> Result<Self> {
+        let path = work.join(format!("{comm}.stderr"));
         let stderr = File::create(&path).with_context(|| format!("creating {}", path.display()));
         command.stdin(Stdio::null()).stderr(stderr?);
-        let (mut tracer, child) = (Self::default(), spawn(&mut command)?);
-        (tracer.child, tracer.comm) = (Some(child), comm);
+        let mut tracer = Self::default();
+        (tracer.child, tracer.comm) = (Some(spawn(&mut command)?), comm);
+        // `Some(exited)` once it has exited or is ready, whichever comes first.
+        let started = poll(START_TIMEOUT, || {
+            let child = tracer.child.as_mut().context("no tracer")?;
+            let exited = child.try_wait()?.is_some();
+            Ok((exited || ready(child.id())?).then_some(exited))
+        })?;
+        let failed = || anyhow!("{comm} did not start; see {}", path.display());
+        started.filter(|&exited| !exited).ok_or_else(failed)?;
         Ok(tracer)
     }
 
@@ -155,25 +152,22 @@ impl Tracer {
         // for older ones, the start record (flushed at once) is the moment sockwatch is ready.
         command.args(["--json", "--no-existing", "--probe", probe]);
         command.stdout(out);
-        let mut tracer = Self::spawn(bins, command, "sockwatch-tui")?;
-        tracer.output = Some(path.clone());
-        tracer.wait_started(bins, || {
+        let mut tracer = Self::spawn(&bins.work, command, "sockwatch-tui", &|_| {
             let start = fs::read_to_string(&path).unwrap_or_default();
             Ok(start.starts_with(r#"{"event":"start""#))
         })?;
-        let start = fs::read_to_string(&path)?;
-        let chosen = start.split(r#""probe":""#).nth(1);
-        let chosen = chosen.context("no probe in sockwatch's start record")?;
-        tracer.probe = chosen.split('"').next().unwrap_or_default().to_owned();
-        let held = kernel::held_by(tracer.pid())?;
+        let chosen = field(&fs::read_to_string(&path)?, r#""probe":""#);
+        tracer.probe = chosen.context("no probe in sockwatch's start record")?;
+        tracer.output = Some(path);
+        let held = held_by(tracer.pid())?;
         // A stale or shared target dir's object attaches other events: another program's figures.
-        let want = kernel::sockwatch_events(&tracer.probe);
+        let want = sockwatch_events(&tracer.probe);
         if let Some(want) = want.filter(|want| *want != held.events) {
             let (probe, held) = (&tracer.probe, &held.events);
             bail!("sockwatch ({probe}) attached {held:?}, not {want:?}");
         }
-        (tracer.progs, tracer.hooks) = (held.progs, held.links);
-        tracer.expect = (held.links, held.raw);
+        (tracer.progs, tracer.hooks, tracer.expect) =
+            (held.progs, held.links, (held.links, held.raw));
         Ok(tracer)
     }
 
@@ -182,38 +176,19 @@ impl Tracer {
     fn bpftrace(bins: &Binaries, probes: &str, action: &str) -> Result<Self> {
         let mut command = pinned(Path::new("bpftrace"), bins.cpus.map(|c| c.1));
         // Its output, and the blank lines it prints on Ctrl-C, go nowhere.
-        let script = format!("{probes} {{ {action} }}");
-        command.args(["-o", "/dev/null", "-e", &script]);
+        command.args(["-o", "/dev/null", "-e", &format!("{probes} {{ {action} }}")]);
         command.stdout(Stdio::null());
-        let mut tracer = Self::spawn(bins, command, "bpftrace")?;
         let want = probes.split(',').filter_map(|p| p.rsplit(':').next());
-        let mut want: Vec<&str> = want.collect();
-        want.sort_unstable();
-        let pid = u64::from(tracer.pid());
-        tracer.wait_started(bins, || {
-            let (_, perf) = kernel::attachments()?;
-            let held = perf.iter().filter(|(p, _)| *p == pid);
-            let mut held: Vec<&str> = held.map(|(_, name)| name.as_str()).collect();
-            held.sort_unstable();
-            Ok(held == want)
+        let want: BTreeSet<&str> = want.collect();
+        let mut tracer = Self::spawn(&bins.work, command, "bpftrace", &|pid| {
+            let (_, perf) = attachments()?;
+            let held = perf.iter().filter(|p| p["pid"] == u64::from(pid));
+            let held = held.map(|p| p["tracepoint"].as_str().unwrap_or("?"));
+            Ok(held.collect::<BTreeSet<_>>() == want)
         })?;
-        (tracer.progs, tracer.hooks) = (kernel::held_by(tracer.pid())?.progs, want.len());
+        (tracer.progs, tracer.hooks) = (held_by(tracer.pid())?.progs, want.len());
         tracer.expect = (0, tracer.hooks);
         Ok(tracer)
-    }
-
-    /// Waits until `ready` holds, failing if the tracer exits first.
-    fn wait_started(&mut self, bins: &Binaries, ready: impl Fn() -> Result<bool>) -> Result<()> {
-        let stderr = bins.work.join(format!("{}.stderr", self.comm));
-        let failed = || anyhow!("{} did not start; see {}", self.comm, stderr.display());
-        let started = kernel::poll(START_TIMEOUT, || {
-            let child = self.child.as_mut().context("no tracer")?;
-            if child.try_wait()?.is_some() {
-                return Err(failed());
-            }
-            Ok(ready()?.then_some(()))
-        })?;
-        started.ok_or_else(failed)
     }
 
     /// What sockwatch has printed so far (nothing for the other tracers).
@@ -235,8 +210,8 @@ impl Tracer {
     /// Waits, at most `limit`, until the kernel's tracepoint programs are exactly this
     /// condition's (no other tracer slowing syscalls beside it); whether they are.
     pub fn clean(&self, limit: Duration) -> Result<bool> {
-        let clean = kernel::poll(limit, || {
-            let (links, perf) = kernel::attachments()?;
+        let clean = poll(limit, || {
+            let (links, perf) = attachments()?;
             Ok(((links, perf.len()) == self.expect).then_some(()))
         });
         Ok(clean?.is_some())
@@ -249,11 +224,21 @@ impl Tracer {
             let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
             // SAFETY: kill(2) on our own child, not reaped yet, so the pid is still its.
             unsafe { libc::kill(pid, libc::SIGINT) };
-            let status = kernel::poll(EXIT_TIMEOUT, || Ok(child.try_wait()?))?;
+            let status = poll(EXIT_TIMEOUT, || Ok(child.try_wait()?))?;
             let status = status.with_context(|| format!("{} did not stop", self.comm))?;
-            anyhow::ensure!(status.success(), "{} exited with {status}", self.comm);
+            ensure!(status.success(), "{} exited with {status}", self.comm);
         }
-        kernel::wait_detached(&self.progs, self.comm)?;
+        // Detached once none of its programs is loaded and no process of it is left: the last
+        // one runs the detaches in its close or exit path, and syscalls stay slow until then.
+        let (progs, comm) = (&self.progs, self.comm);
+        let stuck = || anyhow!("{comm}'s programs were still attached after {DETACH_TIMEOUT:?}");
+        poll(DETACH_TIMEOUT, || {
+            let loaded = bpftool("prog show")?;
+            let mut ids = loaded.iter().filter_map(|p| p["id"].as_u64());
+            Ok((!ids.any(|id| progs.contains(&id)) && !child_running(comm)).then_some(()))
+        })?
+        .ok_or_else(stuck)?;
+        thread::sleep(SETTLE);
         self.records()
     }
 }
@@ -278,8 +263,128 @@ pub fn pinned(program: &Path, cpu: Option<usize>) -> Command {
 
 pub fn spawn(command: &mut Command) -> Result<Child> {
     cmd::say(cmd::display(command));
-    let child = command.spawn();
-    child.with_context(|| format!("cannot run {}", cmd::display(command)))
+    (command.spawn()).with_context(|| format!("cannot run {}", cmd::display(command)))
+}
+
+/// The events sockwatch's `probe` backend attaches, sorted, as its link fds name them (`None`
+/// for kprobes, whose links name no event); optional syscalls only where this kernel has them.
+pub fn sockwatch_events(probe: &str) -> Option<Vec<String>> {
+    let socket = probe == "socket";
+    if !socket && probe != "tracepoint" {
+        return None;
+    }
+    let exists = |event: &str| Path::new("/sys/kernel/tracing/events").join(event).exists();
+    // The socket backend's raw tracepoints (`sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS`);
+    // for the syscall backends, the mark of what they cannot count (io_uring). Both note forks.
+    let extra = match (socket, exists("io_uring/io_uring_file_get")) {
+        (true, _) => "sock_send_length sock_recv_length inet_sock_set_state tcp_destroy_sock",
+        (false, true) => "io_uring_file_get",
+        (false, false) => "",
+    };
+    let mut all: Vec<String> = extra.split_whitespace().map(str::to_owned).collect();
+    all.extend(["sched_process_exit", "sched_process_fork"].map(str::to_owned));
+    for syscall in sockwatch_common::SYSCALLS {
+        for phase in ["enter", "exit"] {
+            let event = format!("sys_{phase}_{}", syscall.name);
+            let hooked = !(socket && syscall.moves_bytes) && (syscall.enter || phase == "exit");
+            if hooked && (!syscall.optional || exists(&format!("syscalls/{event}"))) {
+                all.push(event);
+            }
+        }
+    }
+    all.sort_unstable();
+    Some(all)
+}
+
+/// `bpftool -j ARGS`: the list it prints (some versions print nothing for an empty one).
+fn bpftool(args: &str) -> Result<Vec<Value>> {
+    let mut command = Command::new("bpftool");
+    let output = command.arg("-j").args(args.split(' ')).output();
+    let output = output.context("cannot run bpftool (cargo xtask setup installs it)")?;
+    ensure!(output.status.success(), "bpftool {args}: {}", output.status);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let text = if text.trim().is_empty() { "[]" } else { &text };
+    serde_json::from_str(text).with_context(|| format!("parsing `bpftool {args}`"))
+}
+
+/// Programs attached to events: BPF links of the kinds aya attaches by, and the perf event and
+/// raw tracepoint fds processes hold (bpftrace's tracepoints, raw tracepoint links again).
+pub fn attachments() -> Result<(usize, Vec<Value>)> {
+    let hook = |l: &&Value| l["type"] == "perf_event" || l["type"] == "raw_tracepoint";
+    let links = bpftool("link show")?;
+    Ok((links.iter().filter(hook).count(), bpftool("perf show")?))
+}
+
+/// What a process holds (fdinfo): programs (prog and link fds name theirs), links (one per event
+/// aya attached), the events they name, and raw tracepoint links (`bpftool perf` lists them too).
+#[derive(Debug, Default)]
+pub struct Held {
+    pub progs: BTreeSet<u64>,
+    pub links: usize,
+    pub events: Vec<String>,
+    pub raw: usize,
+}
+
+pub fn held_by(pid: u32) -> Result<Held> {
+    let (mut held, dir) = (Held::default(), format!("/proc/{pid}/fdinfo"));
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let info = fs::read_to_string(entry?.path()).unwrap_or_default();
+        for line in info.lines() {
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["prog_id:", id] => held.progs.extend(id.parse::<u64>().ok()),
+                ["link_type:", kind] => {
+                    held.links += 1;
+                    held.raw += usize::from(kind == "raw_tracepoint");
+                }
+                ["tp_name:", name] => held.events.push(name.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    held.events.sort_unstable();
+    Ok(held)
+}
+
+/// While set, orphaned descendants (sockwatch's detaching child) become our children instead
+/// of init's, so that we can tell when they are gone.
+pub fn set_subreaper(on: bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let set = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, libc::c_ulong::from(on)) };
+    let error = std::io::Error::last_os_error();
+    ensure!(set == 0, "prctl(PR_SET_CHILD_SUBREAPER): {error}");
+    Ok(())
+}
+
+/// Whether a child process of ours named `comm` is still running; exited ones are reaped.
+fn child_running(comm: &str) -> bool {
+    let (me, mut running) = (std::process::id().to_string(), false);
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // "pid (name) state ppid ...": the name may hold spaces and parentheses.
+        let (pid, rest) = stat.split_once(" (").unwrap_or_default();
+        let (name, rest) = rest.rsplit_once(") ").unwrap_or_default();
+        // The kernel keeps 15 bytes of a name.
+        if rest.split_whitespace().nth(1) != Some(&me) || comm.get(..15).unwrap_or(comm) != name {
+            continue;
+        }
+        if let Ok(pid) = pid.parse::<libc::pid_t>() {
+            // SAFETY: waitpid(2), not blocking, on our child: 0 while it runs, else it reaps the
+            // zombie, which no `Child` handle owns (the tracer's process was waited for before).
+            running |= unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0;
+        }
+    }
+    running
+}
+
+/// Polls `check` until it gives a value, for at most `limit`: `None` if it never did.
+pub fn poll<T>(limit: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<Option<T>> {
+    let start = std::time::Instant::now();
+    loop {
+        match check()? {
+            None if start.elapsed() < limit => thread::sleep(Duration::from_millis(50)),
+            value => return Ok(value),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -301,5 +406,22 @@ mod tests {
         assert_eq!((records.of(7).lifecycle, records.of(7).max_sent), (2, 640));
         assert_eq!((records.of(5).lifecycle, records.of(5).open), (0, 1));
         assert_eq!((records.of(9).lifecycle, records.end_lost), (0, Some(3)));
+    }
+
+    #[test]
+    fn the_socket_backend_hooks_lifecycle_syscalls_and_the_socket_layer() {
+        let [tracepoint, socket] = ["tracepoint", "socket"].map(|p| sockwatch_events(p).unwrap());
+        let has = |events: &[String], e: &str| events.iter().any(|x| x == e);
+        for e in ["sys_enter_connect", "sys_exit_execve", "sched_process_exit"] {
+            assert!(has(&tracepoint, e) && has(&socket, e), "{e}");
+        }
+        assert!(has(&tracepoint, "sys_enter_sendto") && !has(&socket, "sys_enter_sendto"));
+        assert!(has(&socket, "sock_send_length") && !has(&tracepoint, "sock_send_length"));
+        assert!(!has(&tracepoint, "sys_enter_execve"));
+        // 14 syscalls that move bytes (or mark partial) leave with their entries and exits;
+        // the socket backend's 4 raw tracepoints (bytes, and the release of a handed-off
+        // socket) replace io_uring's mark.
+        assert_eq!(tracepoint.len() - socket.len(), 25);
+        assert_eq!(sockwatch_events("kprobe"), None);
     }
 }
