@@ -35,6 +35,13 @@ pub const KEYS: &[(&str, &str)] = &[
     ("c", "keep closed sockets listed for a few seconds, dimmed"),
 ];
 
+/// What the table's marks mean, below the keys.
+const NOTES: &[&str] = &[
+    "Rates are per second over the last refresh; sizes in KiB/MiB (1024).",
+    "* on counts: bytes may have moved where this backend cannot see (a lower bound).",
+    "- for PID/FD: the socket was handed to a process not found yet.",
+];
+
 pub fn render(theme: Theme, frame: &mut Frame, area: Rect) {
     let key_width = KEYS
         .iter()
@@ -52,10 +59,9 @@ pub fn render(theme: Theme, frame: &mut Frame, area: Rect) {
         })
         .collect();
     lines.push(Line::raw(""));
-    lines.push(Line::styled(
-        " Rates are per second over the last refresh; sizes in KiB/MiB (1024).",
-        theme.dim(),
-    ));
+    for note in NOTES {
+        lines.push(Line::styled(format!(" {note}"), theme.dim()));
+    }
     let width = lines.iter().map(Line::width).max().unwrap_or(0) + 3;
     let height = lines.len() + 2;
     let popup = layout::centered(
