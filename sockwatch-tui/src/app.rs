@@ -131,6 +131,20 @@ impl Source {
         Ok(ids)
     }
 
+    /// Follows the sockets handed to other holders to where they are now, without a full map
+    /// read (`--json` reads the map only at reconciliation): a lookup per handed-off socket.
+    fn follow_handed(&mut self, output: &mut Output) -> anyhow::Result<()> {
+        let handed = self.tracker.handed_sockets();
+        if handed.is_empty() {
+            return Ok(());
+        }
+        let counts = self.tables.counts_of(&handed);
+        for change in self.tracker.find_holders(&counts, &output.model().open) {
+            output.apply(change)?;
+        }
+        Ok(())
+    }
+
     /// The periodic check against /proc.
     fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<()> {
         let map = self.read_map(output, log)?;
@@ -454,6 +468,9 @@ fn refresh(
     log: &mut Log,
 ) -> anyhow::Result<()> {
     let counters = source.tables.counters();
+    if let Output::Json { .. } = output {
+        source.follow_handed(output)?;
+    }
     match output {
         Output::Json {
             out,

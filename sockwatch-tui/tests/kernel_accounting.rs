@@ -824,7 +824,24 @@ fn a_socket_passed_over_a_unix_socket_counts_the_receivers_bytes() {
     let inode = net::inode_of(fd);
     net::sendto_all(fd, 1_000);
     net::send_fd(ours, fd);
+    net::wait_readable(ours);
+    let mut ack = 0u8;
+    // SAFETY: one byte into a local we own, from the Unix socket we own.
+    assert_eq!(
+        unsafe { libc::read(ours, (&raw mut ack).cast(), 1) },
+        1,
+        "the receiver holds it"
+    );
     net::close(fd);
+    let every_holder = counts_every_holder(&sw);
+    let held_at = if every_holder {
+        let moved = sw.wait_for("the row to move to the receiver", |r| {
+            of_inode("moved", inode)(r) && r["pid"] == receiver
+        });
+        Some(moved["fd"].clone())
+    } else {
+        None
+    };
     // SAFETY: one byte on the Unix socket we own: the receiver may write now.
     assert_eq!(unsafe { libc::write(ours, [1u8].as_ptr().cast(), 1) }, 1);
     let status = process::wait_pid(receiver, process::COMMAND_TIMEOUT, "the fd's receiver");
@@ -832,8 +849,9 @@ fn a_socket_passed_over_a_unix_socket_counts_the_receivers_bytes() {
     let received = server.next_total();
     assert_eq!(received, 31_000, "the server's own count");
     let close = sw.wait_for("close", of_inode("close", inode));
-    if counts_every_holder(&sw) {
+    if let Some(fd) = held_at {
         assert_eq!(close["pid"], receiver, "released by the receiver: {close}");
+        assert_eq!(close["fd"], fd, "on the fd it was received at: {close}");
         assert_eq!(u(&close["bytes_sent"]), received, "{close}");
         assert_eq!(close["complete"], true, "{close}");
     } else {

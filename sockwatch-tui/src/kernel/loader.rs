@@ -195,6 +195,16 @@ impl KernelTables {
         (sockets, bytes)
     }
 
+    /// The socket backend's counters of the kernel sockets `sks` (those it has).
+    pub fn counts_of(&self, sks: &[u64]) -> SkCounts {
+        let Some(by_socket) = &self.by_socket else {
+            return SkCounts::new();
+        };
+        sks.iter()
+            .filter_map(|sk| Some((*sk, by_socket.bytes.get(sk, 0).ok()?)))
+            .collect()
+    }
+
     /// Stops counting a handed-off socket user space found gone (`inode`, when known); returns
     /// its final counts. A newer socket at the same address is left alone.
     pub fn take_socket(&mut self, sk: u64, inode: Option<u64>) -> Option<SkBytes> {

@@ -343,19 +343,20 @@ impl Tracker {
                 }
             }
             let mover = by_socket.get(&sk).map(|b| b.mover).filter(|&pid| pid != 0);
-            match find_holder(inode, mover, row.holder_pid()) {
-                Some(key) if key != row.key() => {
+            // Not found: it stays where it was last seen. Most often its holder has just let go
+            // and the release is on its way; else the periodic check ends it.
+            if let Some(key) = find_holder(inode, mover, row.holder_pid()) {
+                if key != row.key() {
                     changes.extend(self.move_to(row, Some(key), sk, open));
                 }
-                Some(_) => {}
-                // Not found: no longer shown under a process that does not hold it.
-                None if row.holder_pid().is_some() => {
-                    changes.extend(self.move_to(row, None, sk, open));
-                }
-                None => {}
             }
         }
         changes
+    }
+
+    /// The kernel sockets handed to other holders that rows show now.
+    pub fn handed_sockets(&self) -> Vec<u64> {
+        self.handed.keys().copied().collect()
     }
 
     /// The handed-off sockets as a map read shows them: their rows with the socket layer's

@@ -183,6 +183,18 @@ pub fn close(fd: RawFd) {
 }
 
 /// Waits until a non-blocking connect has completed (the socket is writable).
+/// Waits (at most 10 s) until `fd` has something to read.
+pub fn wait_readable(fd: RawFd) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert_eq!(rc, 1, "nothing to read within 10 s");
+}
+
 pub fn wait_writable(fd: RawFd) {
     let mut pfd = libc::pollfd {
         fd,

@@ -251,8 +251,8 @@ pub fn fork_echo(fd: i32) -> libc::pid_t {
     child
 }
 
-/// Forks a child that receives one fd over the Unix socket `unix` (SCM_RIGHTS), then waits for
-/// one more byte there (so the sender's close finds the fd held), writes `len` bytes on the fd,
+/// Forks a child that receives one fd over the Unix socket `unix` (SCM_RIGHTS), answers with
+/// one byte (it holds the fd now), waits for one more byte there, writes `len` bytes on the fd,
 /// and leaves without closing it (its exit does). Returns its pid.
 pub fn fork_fd_receiver(unix: i32, len: usize) -> libc::pid_t {
     let chunk = vec![7u8; len];
@@ -282,6 +282,9 @@ pub fn fork_fd_receiver(unix: i32, len: usize) -> libc::pid_t {
                 libc::_exit(3);
             }
             let fd = libc::CMSG_DATA(cmsg).cast::<i32>().read_unaligned();
+            if libc::write(unix, (&raw const byte).cast(), 1) != 1 {
+                libc::_exit(5);
+            }
             if libc::read(unix, (&raw mut byte).cast(), 1) != 1 {
                 libc::_exit(4);
             }
