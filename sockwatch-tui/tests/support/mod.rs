@@ -223,6 +223,16 @@ impl Sockwatch {
 
 impl Drop for Sockwatch {
     fn drop(&mut self) {
+        // A failed test shows every record sockwatch sent it, for the history behind a wrong one.
+        if std::thread::panicking() {
+            while let Ok(record) = self.records.try_recv() {
+                self.seen.push(record);
+            }
+            eprintln!("sockwatch's records not taken by the test:");
+            for record in &self.seen {
+                eprintln!("  {record}");
+            }
+        }
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
