@@ -35,6 +35,10 @@ pub mod flags {
     /// forked child, an fd passed over a Unix socket, a `dup`): its row is handed to them and
     /// ends when the kernel releases the socket, not at this close.
     pub const HANDED_OFF: u32 = 16;
+    /// A close whose `TRACKED` entry a newer socket on the same fd had replaced (another thread
+    /// got the freed number first): the record holds only the socket's identity (`sk`, `ino`)
+    /// and, on the socket backend, its final counts (else it is also `PARTIAL`).
+    pub const REPLACED: u32 = 32;
 }
 
 /// Bits of the `DIRECTIONS` global: which sockets to track.
@@ -348,9 +352,11 @@ pub struct InflightCall {
     pub daddr: u32,
     pub dport: u16,
     pub _pad0: u16,
-    /// A user pointer kept for the exit: the `mmsghdr` vector, the accept address buffer.
+    /// A user pointer kept for the exit: the `mmsghdr` vector, the accept address buffer; for
+    /// close and dup2, the closed socket's `struct sock *`.
     pub ptr: u64,
-    /// Another argument: `close_range`'s last fd and flags, `socket()`'s protocol.
+    /// Another argument: `close_range`'s last fd and flags, `socket()`'s protocol; for close
+    /// and dup2, the closed socket's inode.
     pub arg: u64,
 }
 

@@ -159,22 +159,25 @@ pub fn close(args: &impl SyscallArgs) {
         return;
     };
     let (pid_tgid, pid) = current();
-    if holds_tracked(pid, fd as u32) != Some(true) {
+    let Some((sk, ino)) = tracked_here(pid, fd as u32) else {
         return;
-    }
+    };
     flag_if_shared(pid, fd as u32);
-    stash(pid_tgid, call(CallKind::Close, fd as u32, 0, 0));
+    // Which socket this close ends: once the fd is freed, another thread may get the number and
+    // a socket tracked there, before this call's exit.
+    stash(pid_tgid, call(CallKind::Close, fd as u32, sk, ino));
 }
 
-/// Whether the tracked `(pid, fd)` still holds its socket (`None`: not tracked). An exec
+/// `(sk, ino)` of the socket tracked on `(pid, fd)`, if the fd still holds it. An exec
 /// (close-on-exec) or a `close_range` may have closed it, and the program reused the number,
 /// before user space settled it from that call's record: a close or dup2 on the number then
 /// is not that socket's. Where the file's identity is not known, it is taken to hold it.
 #[inline(always)]
-fn holds_tracked(pid: u32, fd: u32) -> Option<bool> {
+fn tracked_here(pid: u32, fd: u32) -> Option<(u64, u64)> {
     // SAFETY: copied out at once.
-    let ino = unsafe { TRACKED.get(key(pid, fd)) }?.ino;
-    Some(ino == 0 || inode_of_fd(fd).is_none_or(|now| now == ino))
+    let tracked = unsafe { TRACKED.get(key(pid, fd)) }?;
+    let (sk, ino) = (tracked.sk, tracked.ino);
+    (ino == 0 || inode_of_fd(fd).is_none_or(|now| now == ino)).then_some((sk, ino))
 }
 
 /// A tracked fd whose file others still hold (a forked child, a passed fd) is closed here but
@@ -207,11 +210,14 @@ pub fn dup_onto(args: &impl SyscallArgs) {
     };
     let (pid_tgid, pid) = current();
     // dup2(fd, fd) is a no-op that closes nothing.
-    if old == new || holds_tracked(pid, new as u32) != Some(true) {
+    if old == new {
         return;
     }
+    let Some((sk, ino)) = tracked_here(pid, new as u32) else {
+        return;
+    };
     flag_if_shared(pid, new as u32);
-    stash(pid_tgid, call(CallKind::DupOnto, new as u32, 0, 0));
+    stash(pid_tgid, call(CallKind::DupOnto, new as u32, sk, ino));
 }
 
 /// `F_DUPFD` / `F_DUPFD_CLOEXEC`: `fcntl` commands that copy an fd.

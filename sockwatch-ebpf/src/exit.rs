@@ -60,8 +60,13 @@ pub fn syscall_exit(ret: i64, expected: CallKind) {
             let _ = NEW_SOCKETS.insert(key(pid, ret as u32), call.arg as u32, 0);
         }
         // close() frees the fd whatever it returns, except for a bad fd.
-        CallKind::Close if ret != -EBADF => untrack(pid, call.fd, tid, CloseHow::Close),
-        CallKind::DupOnto if ret >= 0 => untrack(pid, call.fd, tid, CloseHow::DupOnto),
+        // `ptr`, `arg`: the socket the entry saw on the fd.
+        CallKind::Close if ret != -EBADF => {
+            untrack(pid, call.fd, tid, CloseHow::Close, (call.ptr, call.arg))
+        }
+        CallKind::DupOnto if ret >= 0 => {
+            untrack(pid, call.fd, tid, CloseHow::DupOnto, (call.ptr, call.arg))
+        }
         CallKind::CloseRange if ret == 0 && (call.arg >> 32) & CLOSE_RANGE_CLOEXEC == 0 => {
             let last = call.arg as u32;
             emit(&process_event(

@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use sockwatch_common::{
-    flags::{HANDED_OFF, PARTIAL},
+    flags::{HANDED_OFF, PARTIAL, REPLACED},
     CallKind, CloseHow, Counter, EventKind, InflightCall, SkBytes, SocketEvent, SocketKey,
     SocketState, TrackedSocket, COMM_LEN, IPPROTO_TCP,
 };
@@ -210,12 +210,19 @@ pub fn opened(kind: EventKind, key: SocketKey, socket: TrackedSocket) -> SocketE
 
 /// Stops tracking `(pid, fd)` and reports its final record, counters included.
 #[inline(always)]
-pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow) {
+pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow, (sk, ino): (u64, u64)) {
     let key = key(pid, fd);
     // SAFETY: copied out at once; the entry is removed right after.
     let Some(mut socket) = (unsafe { TRACKED.get(key) }).copied() else {
         return;
     };
+    // Another thread got the freed number and a socket tracked there before this exit: that
+    // entry is not this close's. This socket ends with what is left of it: its identity and the
+    // socket layer's counts (user space has the rest).
+    if ino != 0 && socket.ino != 0 && socket.ino != ino {
+        end_replaced(key, tid, how, sk, ino);
+        return;
+    }
     // Removed before the event is sent: user space never sees a closed socket still in the map.
     let _ = TRACKED.remove(key);
     if count_by_socket() && socket.flags & HANDED_OFF != 0 {
@@ -253,6 +260,32 @@ pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow) {
             Some(_) => socket.flags |= PARTIAL,
             // Never counted (no entry could be made): already marked partial at `track`.
             None => {}
+        }
+    }
+    emit(&SocketEvent {
+        arg: how as u32,
+        ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
+    });
+}
+
+/// The close of a socket whose `TRACKED` entry a newer socket on the same fd replaced.
+#[inline(always)]
+fn end_replaced(key: SocketKey, tid: u32, how: CloseHow, sk: u64, ino: u64) {
+    let mut socket = TrackedSocket {
+        sk,
+        ino,
+        flags: REPLACED | PARTIAL,
+        ..TrackedSocket::default()
+    };
+    if count_by_socket() {
+        // SAFETY: copied out at once; removed right after, so the counts are final.
+        if let Some(bytes) = unsafe { SK_BYTES.get(sk) }.copied() {
+            if bytes.ino == ino {
+                socket.bytes_sent = bytes.bytes_sent;
+                socket.bytes_recv = bytes.bytes_recv;
+                socket.flags = REPLACED;
+                let _ = SK_BYTES.remove(sk);
+            }
         }
     }
     emit(&SocketEvent {

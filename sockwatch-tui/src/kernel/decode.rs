@@ -89,6 +89,15 @@ pub enum KernelRecord {
     },
     /// A tracked socket was closed: `socket.closed` is set, its counts are final.
     Close(Socket),
+    /// A tracked socket was closed after a newer socket had taken its fd number and its map
+    /// entry (another thread got the freed number first): only its identity is known, and its
+    /// final counts on the socket backend.
+    CloseReplaced {
+        key: SocketKey,
+        inode: u64,
+        closed: Closed,
+        counts: Option<(u64, u64)>,
+    },
     /// The process exited; `forked`: it forked since it had tracked sockets (the socket
     /// backend says so: a child may hold them still).
     ProcessExit {
@@ -169,12 +178,25 @@ impl KernelRecord {
                 peer_unknown: raw.socket.flags & flags::PEER_UNKNOWN != 0,
             },
             EventKind::Close => {
-                let mut socket = socket();
                 let cause = if raw.arg == CloseHow::DupOnto as u32 {
                     CloseCause::DupOnto
                 } else {
                     CloseCause::Close
                 };
+                if raw.socket.flags & flags::REPLACED != 0 {
+                    let counts = raw.socket.flags & flags::PARTIAL == 0;
+                    return Ok(Self::CloseReplaced {
+                        key: raw.key,
+                        inode: raw.socket.ino,
+                        closed: Closed {
+                            at_ns: raw.ts_ns,
+                            tid: raw.tid,
+                            cause,
+                        },
+                        counts: counts.then_some((raw.socket.bytes_sent, raw.socket.bytes_recv)),
+                    });
+                }
+                let mut socket = socket();
                 let (sent, recv) = (socket.bytes_sent, socket.bytes_recv);
                 socket.close(
                     Closed {

@@ -101,6 +101,10 @@ pub struct Tracker {
     /// Releases that came before their socket's hand-off, by kernel socket (kept
     /// [`EARLY_RELEASE_NS`] at most).
     early_releases: HashMap<u64, Released>,
+    /// Open sockets whose fd number a newer socket's record took before their close record
+    /// came (a thread closed the fd and another got the number at once), with when: their
+    /// close is still on its way, or lost once [`MISSING_GRACE_NS`] has passed.
+    displaced: HashMap<SocketId, (Socket, u64)>,
 }
 
 /// How long a release whose hand-off has not come yet is kept, and how many at most.
@@ -138,15 +142,13 @@ impl Tracker {
                 Some(socket) => self.opened(socket, open),
                 None => Vec::new(),
             },
-            KernelRecord::Close(mut socket) => {
-                if self.exec_closed.remove(&socket.id) {
-                    if let Some(closed) = &mut socket.closed {
-                        closed.cause = CloseCause::Exec;
-                    }
-                }
-                self.forget(socket.id);
-                vec![Change::Closed(socket)]
-            }
+            KernelRecord::Close(socket) => self.closed(socket),
+            KernelRecord::CloseReplaced {
+                key,
+                inode,
+                closed,
+                counts,
+            } => self.close_replaced(key, inode, closed, counts, open),
             KernelRecord::ProcessExit { pid, ts_ns, forked } => {
                 // Every fd of the process is gone: whatever socket the map has on each. Only a
                 // child it forked can hold them still (the socket backend says whether it did).
@@ -187,22 +189,72 @@ impl Tracker {
         }
     }
 
-    /// A new socket on a (pid, fd) that still holds an older one: that one's close record was
-    /// lost (the fd was closed and reused in between), so it ends here.
+    /// A new socket on a (pid, fd) that still shows an older one: the fd was closed and its
+    /// number reused, and the new socket's record came first (another thread's accept or
+    /// connect can get the number before the closing thread's record is sent). The older one
+    /// is kept aside until its close record comes ([`MISSING_GRACE_NS`] at most).
     fn opened(&mut self, socket: Socket, open: &OpenSockets) -> Vec<Change> {
         // The kernel named the socket: no /proc lookup needed to check it later.
         if let Some(inode) = socket.inode {
             self.inodes.insert(socket.id, inode);
         }
-        let mut changes = Vec::new();
         if let Some(old) = open.get(&socket.key()) {
             if old.id.opened_ns < socket.id.opened_ns {
-                changes.push(Change::Closed(vanished(old, socket.id.opened_ns)));
-                self.forget(old.id);
+                self.displaced
+                    .insert(old.id, (old.clone(), socket.id.opened_ns));
             }
         }
-        changes.push(Change::Opened(socket));
-        changes
+        vec![Change::Opened(socket)]
+    }
+
+    /// A close record: final counts from the kernel.
+    fn closed(&mut self, mut socket: Socket) -> Vec<Change> {
+        if self.exec_closed.remove(&socket.id) {
+            if let Some(closed) = &mut socket.closed {
+                closed.cause = CloseCause::Exec;
+            }
+        }
+        // Kept aside: a newer socket's record took its fd number first.
+        if let Some((mut row, _)) = self.displaced.remove(&socket.id) {
+            if let Some(closed) = socket.closed {
+                row.close(closed, socket.bytes_sent, socket.bytes_recv);
+                row.complete &= socket.complete;
+                socket = row;
+            }
+        }
+        self.forget(socket.id);
+        vec![Change::Closed(socket)]
+    }
+
+    /// The close of a socket whose map entry a newer socket on its fd had replaced: the row
+    /// kept aside (or still shown) with that inode ends, with the kernel's final counts when
+    /// it has them (else the last ones read, marked partial).
+    fn close_replaced(
+        &mut self,
+        key: SocketKey,
+        inode: u64,
+        closed: Closed,
+        counts: Option<(u64, u64)>,
+        open: &OpenSockets,
+    ) -> Vec<Change> {
+        let aside = self
+            .displaced
+            .iter()
+            .find(|(id, (row, _))| id.key == key && row.inode == Some(inode))
+            .map(|(id, _)| *id);
+        let row = match aside.and_then(|id| self.displaced.remove(&id)) {
+            Some((row, _)) => row,
+            None => match open.get(&key).filter(|s| s.inode == Some(inode)) {
+                Some(row) => row.clone(),
+                None => return Vec::new(),
+            },
+        };
+        let mut socket = row;
+        let (sent, recv) = counts.unwrap_or((socket.bytes_sent, socket.bytes_recv));
+        socket.complete &= counts.is_some();
+        socket.close(closed, sent, recv);
+        self.forget(socket.id);
+        vec![Change::Closed(socket)]
     }
 
     /// A tracked fd was closed while others hold its socket: the row goes where the socket is
@@ -528,6 +580,19 @@ impl Tracker {
             }
         }
         self.missing = still_missing;
+        // Kept aside too long: their close record was lost.
+        let lost: Vec<SocketId> = self
+            .displaced
+            .iter()
+            .filter(|(_, (_, since))| now_ns.saturating_sub(*since) >= MISSING_GRACE_NS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some((row, _)) = self.displaced.remove(&id) {
+                changes.push(Change::Closed(vanished(&row, now_ns)));
+                self.forget(id);
+            }
+        }
         changes
     }
 
@@ -542,8 +607,14 @@ impl Tracker {
         now_ns: u64,
     ) -> Vec<Change> {
         let in_map: HashSet<SocketId> = map.iter().map(|s| s.id).collect();
-        open.values()
+        let aside = self.displaced.drain().map(|(_, (row, _))| row);
+        let lost: Vec<Socket> = open
+            .values()
             .filter(|s| !in_map.contains(&s.id) && !opened_since.contains(&s.id))
+            .cloned()
+            .chain(aside)
+            .collect();
+        lost.iter()
             .map(|s| Change::Closed(vanished(s, now_ns)))
             .collect()
     }
@@ -1167,6 +1238,69 @@ mod tests {
         assert!(
             holders_elsewhere(&[closed], None).is_empty(),
             "not open anywhere"
+        );
+    }
+
+    #[test]
+    fn a_socket_whose_fd_number_another_thread_took_first_ends_with_its_own_close() {
+        let mut tracker = Tracker::default();
+        let mut ours = socket(5, SEC, 0);
+        ours.inode = Some(77);
+        let open_before = open(std::slice::from_ref(&ours));
+        // Another thread's accept got fd 5 back, and its record came before our close's.
+        let mut theirs = socket(5, SEC + 2_000_000, 0);
+        theirs.direction = Direction::In;
+        let changes = tracker.opened(theirs.clone(), &open_before);
+        assert_eq!(
+            changes,
+            [Change::Opened(theirs.clone())],
+            "nothing ends yet"
+        );
+        let open_after = open(std::slice::from_ref(&theirs));
+        // Our close record, as the kernel sends it: final counts.
+        let mut record = socket(5, SEC, 4000);
+        record.close(
+            Closed {
+                at_ns: 2 * SEC,
+                tid: 10,
+                cause: CloseCause::Close,
+            },
+            4000,
+            0,
+        );
+        let mut tables_free = tracker.observe_map(&[theirs.clone()], &open_after, SEC + 3_000_000);
+        assert!(tables_free.is_empty(), "within the grace: {tables_free:?}");
+        let closes = tracker.closed(record);
+        assert_eq!(closed(&closes), [(ours.id, CloseCause::Close, 4000)]);
+        // A kept-aside socket whose close never comes ends as vanished after the grace.
+        tracker.opened(theirs.clone(), &open_before);
+        tables_free = tracker.observe_map(&[theirs], &open_after, 3 * SEC);
+        assert_eq!(closed(&tables_free), [(ours.id, CloseCause::Vanished, 0)]);
+    }
+
+    #[test]
+    fn a_close_that_found_its_entry_replaced_ends_the_row_kept_aside_by_inode() {
+        let mut tracker = Tracker::default();
+        let mut ours = socket(5, SEC, 900);
+        ours.inode = Some(77);
+        let theirs = socket(5, SEC + 1, 0);
+        tracker.opened(theirs.clone(), &open(std::slice::from_ref(&ours)));
+        let closed_at = Closed {
+            at_ns: 2 * SEC,
+            tid: 10,
+            cause: CloseCause::Close,
+        };
+        let key = ours.key();
+        let now_open = open(std::slice::from_ref(&theirs));
+        let other_inode = tracker.close_replaced(key, 78, closed_at, Some((1, 1)), &now_open);
+        assert!(other_inode.is_empty(), "not that socket");
+        let changes = tracker.close_replaced(key, 77, closed_at, None, &now_open);
+        let [Change::Closed(end)] = &changes[..] else {
+            panic!("one close: {changes:?}")
+        };
+        assert_eq!(
+            (end.id, end.bytes_sent, end.complete),
+            (ours.id, 900, false)
         );
     }
 }
