@@ -1060,6 +1060,17 @@ mod tests {
         (row, open)
     }
 
+    /// A socket of this test process, as /proc shows it: (the socket, pid, fd, inode).
+    fn own_socket() -> (std::net::TcpListener, u32, u32, u64) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a socket");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener) as u32;
+        let me = std::process::id();
+        let inode = procfs::socket_inode(me, fd)
+            .expect("our fd")
+            .expect("a socket");
+        (listener, me, fd, inode)
+    }
+
     /// A release of `sk` seen after the fact (pid 0), at 3 s, nothing moved.
     fn release(sk: u64) -> Released {
         Released {
@@ -1188,12 +1199,7 @@ mod tests {
     #[test]
     fn a_handed_off_socket_is_found_in_the_process_that_moves_its_bytes() {
         // A real socket this test process holds, as a holder found in /proc.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a socket");
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener) as u32;
-        let me = std::process::id();
-        let inode = procfs::socket_inode(me, fd)
-            .expect("our fd")
-            .expect("a socket");
+        let (_listener, me, fd, inode) = own_socket();
         let mut tracker = Tracker::default();
         let (row, open) = handed(inode);
         tracker.handed.insert(7, row.id);
@@ -1216,12 +1222,7 @@ mod tests {
     #[test]
     fn a_socket_another_process_still_holds_is_found_there_unless_it_is_the_one_leaving() {
         // A real socket of this test process stands for the other holder.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a socket");
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener) as u32;
-        let me = std::process::id();
-        let inode = procfs::socket_inode(me, fd)
-            .expect("our fd")
-            .expect("a socket");
+        let (_listener, me, fd, inode) = own_socket();
         let (settling, _) = handed(inode);
         let found = holders_elsewhere(std::slice::from_ref(&settling), None);
         assert_eq!(

@@ -204,14 +204,7 @@ pub fn fork_writer(fd: i32, len: usize, go: Option<i32>) -> libc::pid_t {
                     libc::_exit(2);
                 }
             }
-            let mut sent = 0usize;
-            while sent < chunk.len() {
-                let n = libc::write(fd, chunk[sent..].as_ptr().cast(), chunk.len() - sent);
-                if n <= 0 {
-                    libc::_exit(1);
-                }
-                sent += n as usize;
-            }
+            write_all_or_exit(fd, &chunk);
             libc::_exit(0);
         }
     }
@@ -288,16 +281,26 @@ pub fn fork_fd_receiver(unix: i32, len: usize) -> libc::pid_t {
             if libc::read(unix, (&raw mut byte).cast(), 1) != 1 {
                 libc::_exit(4);
             }
-            let mut sent = 0usize;
-            while sent < chunk.len() {
-                let n = libc::write(fd, chunk[sent..].as_ptr().cast(), chunk.len() - sent);
-                if n <= 0 {
-                    libc::_exit(1);
-                }
-                sent += n as usize;
-            }
+            write_all_or_exit(fd, &chunk);
             libc::_exit(0);
         }
     }
     child
+}
+
+/// In a forked child: writes all of `data` to `fd`, or leaves with status 1.
+///
+/// # Safety
+/// Only async-signal-safe calls (write, _exit), for a child forked from a threaded process.
+unsafe fn write_all_or_exit(fd: i32, data: &[u8]) {
+    let mut sent = 0usize;
+    while sent < data.len() {
+        // SAFETY: a write from our own buffer.
+        let n = unsafe { libc::write(fd, data[sent..].as_ptr().cast(), data.len() - sent) };
+        if n <= 0 {
+            // SAFETY: leaving the child at once.
+            unsafe { libc::_exit(1) };
+        }
+        sent += n as usize;
+    }
 }
