@@ -343,7 +343,7 @@ fn a_connection_older_than_sockwatch_is_picked_up_and_counted_from_then() {
     let pid = std::process::id();
     let fd = net::connected(server.port);
     send_all(fd, 999, Sender::Write);
-    let mut sw = Sockwatch::start(&[]);
+    let mut sw = Sockwatch::start_adopting(&[]);
     let existing = sw.wait_for("existing", record_of("existing", pid, fd));
     assert_eq!(u(&existing["dport"]), u64::from(server.port));
     assert_eq!(u(&existing["lport"]), u64::from(net::local_port(fd)));

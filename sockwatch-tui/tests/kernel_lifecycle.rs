@@ -150,7 +150,7 @@ fn non_blocking_connect_is_tracked_as_in_progress() {
     let connect = sw.wait_for("connect", record_of("connect", pid, fd));
     assert_eq!(connect["result"], "in_progress");
     let close = sw.wait_for("close", record_of("close", pid, fd));
-    assert_eq!(close["bytes_sent"], 15);
+    assert_eq!(close["bytes_sent"], 15, "{close}");
     let more = sw.received(record_of("connect", pid, fd));
     assert!(more.is_empty(), "one socket, one connect record: {more:?}");
 }

@@ -60,8 +60,19 @@ pub struct Sockwatch {
 }
 
 impl Sockwatch {
-    /// Starts it with `--json` plus `extra` arguments and waits for its `start` record.
+    /// Starts it with `--json --no-existing` plus `extra` arguments and waits for its `start`
+    /// record. Without `--no-existing`, sockets an earlier test left open (and closes a moment
+    /// later, its fd number then reused by this test) would be adopted and their records taken
+    /// for this test's; only the test of adoption itself adopts ([`Self::start_adopting`]).
     pub fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["--no-existing"];
+        args.extend(extra.iter().filter(|arg| **arg != "--no-existing"));
+        Self::start_adopting(&args)
+    }
+
+    /// Starts it with `--json` plus `extra` arguments (sockets open before it are adopted
+    /// unless `extra` says `--no-existing`) and waits for its `start` record.
+    pub fn start_adopting(extra: &[&str]) -> Self {
         assert_root();
         // A test that failed while holding the lock poisons it; the next one may still run.
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
