@@ -567,12 +567,14 @@ fn writes_through_a_dup_copy_count_on_the_socket_backend() {
     assert_eq!(close["complete"], every_holder, "{close}");
 }
 
-/// Bytes sent through io_uring bypass the syscalls: the socket backend counts them (the
-/// server's count is the oracle); the syscall backends mark the socket partial.
+/// Bytes sent and received through io_uring bypass the syscalls: the socket backend counts
+/// them (the server's count and its greeting's size are the oracles); the syscall backends mark
+/// the socket partial.
 #[test]
-fn io_uring_sends_count_on_the_socket_backend_and_are_flagged_elsewhere() {
+fn io_uring_sends_and_receives_count_on_the_socket_backend_and_are_flagged_elsewhere() {
+    const GREETING: usize = 2_500;
     let mut sw = Sockwatch::start(&[]);
-    let server = net::CountingServer::start();
+    let server = net::CountingServer::with_greeting(GREETING);
     let pid = std::process::id();
     let fd = net::connected(server.port);
     net::sendto_all(fd, 100);
@@ -581,18 +583,41 @@ fn io_uring_sends_count_on_the_socket_backend_and_are_flagged_elsewhere() {
     let send =
         io_uring::opcode::Send::new(io_uring::types::Fd(fd), data.as_ptr(), data.len() as u32)
             .build();
-    // SAFETY: `data` outlives the request, which completes before this function returns.
+    // SAFETY: `data` outlives the request, which completes before the next statement.
     unsafe { ring.submission().push(&send) }.expect("room in the submission queue");
     ring.submit_and_wait(1).expect("io_uring_enter");
     let sent = ring.completion().next().expect("a completion").result();
     assert_eq!(sent, 3_000, "io_uring send result");
+    // The server's greeting, read through io_uring until all of it came.
+    let mut greeting = vec![0u8; GREETING];
+    let mut got = 0usize;
+    while got < GREETING {
+        let left = &mut greeting[got..];
+        let recv = io_uring::opcode::Recv::new(
+            io_uring::types::Fd(fd),
+            left.as_mut_ptr(),
+            left.len() as u32,
+        )
+        .build();
+        // SAFETY: `greeting` outlives the request, which completes before it is read.
+        unsafe { ring.submission().push(&recv) }.expect("room in the submission queue");
+        ring.submit_and_wait(1).expect("io_uring_enter");
+        let n = ring.completion().next().expect("a completion").result();
+        assert!(n > 0, "io_uring recv result {n}");
+        got += n as usize;
+    }
     net::close(fd);
     let received = server.next_total();
     assert_eq!(received, 3_100, "the server's own count");
     let close = sw.wait_for("close", record_of("close", pid, fd));
     let every_holder = counts_every_holder(&sw);
-    let expected = if every_holder { received } else { 100 };
-    assert_eq!(u(&close["bytes_sent"]), expected, "{close}");
+    let (sent, recv) = if every_holder {
+        (received, GREETING as u64)
+    } else {
+        (100, 0)
+    };
+    assert_eq!(u(&close["bytes_sent"]), sent, "{close}");
+    assert_eq!(u(&close["bytes_recv"]), recv, "{close}");
     assert_eq!(close["complete"], every_holder, "{close}");
 }
 
