@@ -140,6 +140,15 @@ pub fn take_inflight(pid_tgid: u64, expected: CallKind) -> Option<InflightCall> 
 #[inline(always)]
 pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
     let mut socket = *socket;
+    // The number's previous socket is still here: its close freed the number, another thread
+    // got it, and that close's exit has not run yet. It ends now, with its counts, rather than
+    // be overwritten (its close's exit then finds this entry, not its own).
+    // SAFETY: copied out at once.
+    if let Some(old) = unsafe { TRACKED.get(key(pid, fd)) }.copied() {
+        if old.ino != 0 && socket.ino != 0 && old.ino != socket.ino {
+            end_entry(key(pid, fd), old, old.tid, CloseHow::Close);
+        }
+    }
     // The socket layer counts only sockets with an entry: from now on, this one. BPF_ANY: a
     // kernel socket freed and reused at the same address starts from zero. Without an entry
     // (the map is full) its bytes go uncounted, and its row says so.
@@ -213,7 +222,7 @@ pub fn opened(kind: EventKind, key: SocketKey, socket: TrackedSocket) -> SocketE
 pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow, (sk, ino): (u64, u64)) {
     let key = key(pid, fd);
     // SAFETY: copied out at once; the entry is removed right after.
-    let Some(mut socket) = (unsafe { TRACKED.get(key) }).copied() else {
+    let Some(socket) = (unsafe { TRACKED.get(key) }).copied() else {
         return;
     };
     // Another thread got the freed number and a socket tracked there before this exit: that
@@ -225,6 +234,13 @@ pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow, (sk, ino): (u64, u64)
     }
     // Removed before the event is sent: user space never sees a closed socket still in the map.
     let _ = TRACKED.remove(key);
+    end_entry(key, socket, tid, how);
+}
+
+/// Reports the end of `socket`, whose `TRACKED` entry at `key` was just removed (or is about to
+/// be replaced): handed on, or closed with its final counts.
+#[inline(always)]
+fn end_entry(key: SocketKey, mut socket: TrackedSocket, tid: u32, how: CloseHow) {
     if count_by_socket() && socket.flags & HANDED_OFF != 0 {
         match hand_off(&mut socket) {
             HandOff::Done => {
