@@ -65,15 +65,7 @@ fn sockets_carry_the_inode_proc_shows_for_their_fd() {
     let (listener, port) = net::raw_listener();
     let client = net::connected(port);
     let (accepted, _) = net::accept_with_peer(listener);
-    let inode_of = |fd: i32| -> u64 {
-        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("an open fd");
-        let link = link.to_string_lossy();
-        link.strip_prefix("socket:[")
-            .and_then(|rest| rest.strip_suffix(']'))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("fd {fd} is not a socket: {link}"))
-    };
-    let (client_inode, accepted_inode) = (inode_of(client), inode_of(accepted));
+    let (client_inode, accepted_inode) = (net::inode_of(client), net::inode_of(accepted));
     assert_ne!(client_inode, accepted_inode);
     let connect = sw.wait_for("connect", record_of("connect", pid, client));
     assert_eq!(u64_of(&connect, "inode"), client_inode, "{connect}");

@@ -434,15 +434,7 @@ impl Tracker {
     /// is shown where it was found, so its holders are found there too.
     pub fn holders(socket: &Socket) -> Change {
         let holders = socket.inode.map_or_else(Vec::new, |inode| {
-            let shown = socket.holder_pid();
-            let children = shown.map(procfs::children).unwrap_or_default();
-            let grandchildren = children.iter().flat_map(|&child| procfs::children(child));
-            let pids: Vec<u32> = shown
-                .into_iter()
-                .chain(children.clone())
-                .chain(grandchildren)
-                .collect();
-            pids.into_iter()
+            with_descendants(socket.holder_pid())
                 .flat_map(|pid| {
                     procfs::fds_of_socket(pid, inode)
                         .into_iter()
@@ -858,18 +850,22 @@ impl Tracker {
     }
 }
 
+/// `pid`, then its children, then its grandchildren: where a process's sockets are held
+/// besides itself (a forking server's worker, a program started on it). The grandchildren are
+/// read only if asked for.
+fn with_descendants(pid: Option<u32>) -> impl Iterator<Item = u32> {
+    let children = pid.map(procfs::children).unwrap_or_default();
+    let grandchildren = children.clone().into_iter().flat_map(procfs::children);
+    pid.into_iter().chain(children).chain(grandchildren)
+}
+
 /// Where socket `inode` is held: in `mover` (the process that last moved its bytes), else in
 /// `shown` (where its row shows it) or their children and grandchildren (a forking server's
 /// worker, a program started on it). The lowest fd of the first process found holding it.
 fn find_holder(inode: u64, mover: Option<u32>, shown: Option<u32>) -> Option<SocketKey> {
-    let children = shown.map(procfs::children).unwrap_or_default();
-    let grandchildren = children.iter().flat_map(|&child| procfs::children(child));
-    let candidates = mover
+    mover
         .into_iter()
-        .chain(shown)
-        .chain(children.clone())
-        .chain(grandchildren);
-    candidates
+        .chain(with_descendants(shown))
         .filter(|&pid| pid != NO_HOLDER)
         .find_map(|pid| procfs::fd_of_socket(pid, inode).map(|fd| SocketKey { pid, fd }))
 }

@@ -183,27 +183,26 @@ pub fn close(fd: RawFd) {
 }
 
 /// Waits until a non-blocking connect has completed (the socket is writable).
-/// Waits (at most 10 s) until `fd` has something to read.
-pub fn wait_readable(fd: RawFd) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut pfd, 1, 10_000) };
-    assert_eq!(rc, 1, "nothing to read within 10 s");
+pub fn wait_writable(fd: RawFd) {
+    wait_for(fd, libc::POLLOUT, "connect did not complete");
 }
 
-pub fn wait_writable(fd: RawFd) {
+/// Waits until `fd` has something to read.
+pub fn wait_readable(fd: RawFd) {
+    wait_for(fd, libc::POLLIN, "nothing to read");
+}
+
+/// Polls `fd` for `events`, at most [`SOCKET_TIMEOUT`]; panics with `what` past it.
+fn wait_for(fd: RawFd, events: libc::c_short, what: &str) {
     let mut pfd = libc::pollfd {
         fd,
-        events: libc::POLLOUT,
+        events,
         revents: 0,
     };
+    let timeout_ms = i32::try_from(SOCKET_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut pfd, 1, 10_000) };
-    assert_eq!(rc, 1, "connect did not complete");
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    assert_eq!(rc, 1, "{what} within {SOCKET_TIMEOUT:?}");
 }
 
 /// The kernel's own count of data bytes sent on the connection from local port `sport`, from
