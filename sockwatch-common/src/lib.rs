@@ -31,13 +31,11 @@ pub mod flags {
     /// Bytes may move where a syscall backend cannot count them: the socket went through
     /// io_uring or `splice`, or its fd was copied with `dup`/`fcntl(F_DUPFD)`.
     pub const PARTIAL: u32 = 8;
-    /// The socket backend's TCP socket whose fd is being closed while others hold its file (a
-    /// forked child, an fd passed over a Unix socket, a `dup`): its row is handed to them and
-    /// ends when the kernel releases the socket, not at this close.
-    pub const HANDED_OFF: u32 = 16;
-    /// A close whose `TRACKED` entry a newer socket on the same fd had replaced (another thread
-    /// got the freed number first): the record holds only the socket's identity (`sk`, `ino`)
-    /// and, on the socket backend, its final counts (else it is also `PARTIAL`).
+    /// A close whose `TRACKED` entry is not this socket's: a newer socket on the same fd had
+    /// replaced it (another thread got the freed number first), or, on the socket backend, user
+    /// space moved the row to another holder. The record holds the socket's identity (`sk`,
+    /// `ino`) and, on the socket backend, its final counts (else it is also `PARTIAL`): user
+    /// space finds the row by inode.
     pub const REPLACED: u32 = 32;
 }
 
@@ -72,7 +70,15 @@ pub mod maps {
     /// `Array<u32>` of one: how many `ADOPTED` entries user space put there and may still be
     /// unresolved (0 spares the socket layer the lookup).
     pub const ADOPTED_PENDING: &str = "ADOPTED_PENDING";
+    /// `LruHashMap<u64 /* struct sock * */, u64 /* ns */>`: the socket backend's accepted TCP
+    /// sockets, from their handshake until a process first uses them.
+    pub const ACCEPTED: &str = "ACCEPTED";
 }
+
+/// A [`SocketKey::fd`] at or above this is not an fd number: the socket's fd was not found
+/// (an io_uring fixed file, an fd table too large to scan, or a socket ending after its fd
+/// was closed). The low bits keep such keys apart within a process.
+pub const FD_UNKNOWN: u32 = 1 << 31;
 
 /// Byte offsets of the kernel struct fields on the way from an fd to its socket, read by user
 /// space from the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and set at load time (the
@@ -108,6 +114,19 @@ pub struct KernelOffsets {
     /// `sock.__sk_common.skc_num`: the local port (host order), set by the kernel when it binds
     /// the socket (at connect for an outbound one).
     pub sock_num: u32,
+    /// `sock.__sk_common.{skc_daddr, skc_dport, skc_family, skc_v6_daddr}`: the peer of an
+    /// accepted socket, and whether it is IPv4 (or IPv4-mapped) at all.
+    pub sock_daddr: u32,
+    pub sock_dport: u32,
+    pub sock_family: u32,
+    pub sock_v6_daddr: u32,
+    /// `sock.sk_err`: why a connect failed.
+    pub sock_err: u32,
+    /// `file.f_flags`: whether a connect was non-blocking (`O_NONBLOCK`).
+    pub file_flags: u32,
+    /// `files_struct.next_fd`: the lowest fd that may be free; a new socket's fd is most often
+    /// the one just below it.
+    pub files_next_fd: u32,
     /// 1 when every offset above was found; 0 leaves sockets' `sk` and `ino` at 0.
     pub valid: u32,
 }
@@ -120,15 +139,21 @@ pub struct SkBytes {
     pub bytes_sent: u64,
     /// Sum of the lengths `sock:sock_recv_length` reported, peeks excluded.
     pub bytes_recv: u64,
-    /// 1 once the fd that tracked it was closed while others held the socket: no `TRACKED`
-    /// entry owns it any more, and the kernel reports it when it releases the socket.
-    pub handed_off: u32,
-    /// The process that last moved its bytes (kept only once handed off): where user space
-    /// looks for its holder.
-    pub mover: u32,
     /// The socket's inode (0 where not known): so user space knows it among those it finds
     /// held in /proc, whoever holds it.
     pub ino: u64,
+    /// The `files_struct` of the process at `key`: whether it still holds the socket is
+    /// checked there when another process moves its bytes (the row moves only once it does
+    /// not). 0 when not known.
+    pub files: u64,
+    /// Where the kernel last put its `TRACKED` entry: the process that moves its bytes, and
+    /// its fd there. Written only by the kernel (user space moving a row leaves it stale; the
+    /// kernel finds the row at the holder's fd then).
+    pub key: SocketKey,
+    /// 1 while a UDP connect is not reported yet: its local port is bound after the connect
+    /// hook, so it is reported at the socket's first use (or its release), with that port.
+    pub unreported: u32,
+    pub _pad0: u32,
 }
 
 /// Names of the global variables user space sets at load time.
@@ -279,7 +304,7 @@ impl Syscall {
 /// A socket is identified by the process that owns the fd table and the fd number.
 /// Not by thread (fds belong to the process) and not by comm.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SocketKey {
     /// Process id (the kernel's tgid).
     pub pid: u32,
@@ -401,14 +426,10 @@ pub enum EventKind {
     /// A process with tracked sockets forked a child with its own copy of the fd table: the
     /// child holds the same sockets (the syscall backends cannot count its bytes).
     Fork = 7,
-    /// A tracked TCP socket's fd was closed while others hold the socket (the socket backend):
-    /// its row lives on; `key` is the closed fd, the counts are those so far, `arg` a
-    /// [`CloseHow`].
-    HandOff = 8,
-    /// The kernel released a handed-off socket (its last holder closed it or exited): the
-    /// counts are final. `key.pid` is the releasing process, 0 when not known (the release
-    /// was seen after the fact); the fd is gone and not known.
-    Release = 9,
+    /// Another process moved the bytes of a tracked socket (the socket backend): its row is
+    /// under that process's fd (`key`) from now on. `arg` is the pid it was under, `result`
+    /// the fd (as `i32`); the counts are those so far.
+    Moved = 8,
 }
 
 impl EventKind {
@@ -421,8 +442,7 @@ impl EventKind {
             5 => Self::Exec,
             6 => Self::CloseRange,
             7 => Self::Fork,
-            8 => Self::HandOff,
-            9 => Self::Release,
+            8 => Self::Moved,
             _ => return None,
         })
     }
@@ -435,6 +455,11 @@ pub enum CloseHow {
     Close = 1,
     /// `dup2`/`dup3` put another file on its fd.
     DupOnto = 2,
+    /// The socket backend: released by its last holder's exit, or by its exec (a close-on-exec
+    /// fd). (That backend sees a release, not the call, so `dup2` and `close_range` read as
+    /// `Close`.)
+    Exit = 3,
+    Exec = 4,
 }
 
 /// One record in the `EVENTS` ring buffer: what happened (`kind`, by whom, when) to which
@@ -517,8 +542,8 @@ const _: () = {
     assert!(core::mem::size_of::<TrackedSocket>() == 80);
     assert!(core::mem::size_of::<InflightCall>() == 32);
     assert!(core::mem::size_of::<SocketEvent>() == 112);
-    assert!(core::mem::size_of::<KernelOffsets>() == 64);
-    assert!(core::mem::size_of::<SkBytes>() == 32);
+    assert!(core::mem::size_of::<KernelOffsets>() == 92);
+    assert!(core::mem::size_of::<SkBytes>() == 48);
     // The socket backend hooks every syscall but the eleven that move bytes and the three that
     // only mark a socket partial for the syscall backends.
     let mut moving = 0;

@@ -6,8 +6,10 @@
 //! `bpf_probe_read_kernel`, which fails cleanly instead of faulting; any failure, or offsets
 //! user space could not find, gives "not known" (zeroes), never a wrong socket.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use sockwatch_common::KernelOffsets;
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_loop, bpf_probe_read_kernel};
+use sockwatch_common::{KernelOffsets, AF_INET, AF_INET6};
 
 /// Set by user space at load time; `valid` stays 0 where the kernel has no BTF.
 #[unsafe(no_mangle)]
@@ -27,6 +29,13 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     file_ref_style: 0,
     task_flags: 0,
     sock_num: 0,
+    sock_daddr: 0,
+    sock_dport: 0,
+    sock_family: 0,
+    sock_v6_daddr: 0,
+    sock_err: 0,
+    file_flags: 0,
+    files_next_fd: 0,
     valid: 0,
 };
 
@@ -113,48 +122,6 @@ pub fn file_shared(fd: u32) -> bool {
     holders > 1
 }
 
-/// How far the kernel is in releasing a socket.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Release {
-    /// A file still holds it (or it is not known).
-    Held,
-    /// Its file's last reference is gone: the calling task is closing it (its close or exit).
-    ByCaller,
-    /// It has no file any more (orphaned): closed earlier, ending now in whatever context the
-    /// network stack runs (the caller is not who closed it).
-    Done,
-}
-
-/// Where the socket `sk` is in its release. [`Release::Held`] when not known, so a wrong answer
-/// only delays the end until user space's check.
-#[inline(always)]
-pub fn release_of(sk: u64) -> Release {
-    let walk = || -> Option<Release> {
-        let offsets = offsets()?;
-        let socket: u64 = read(sk, offsets.sock_socket)?;
-        if socket == 0 {
-            return Some(Release::Done);
-        }
-        let file: u64 = read(socket, offsets.socket_file)?;
-        if file == 0 {
-            return Some(Release::Done);
-        }
-        let count: i64 = read(file, offsets.file_count)?;
-        // `file_ref_t` keeps the count minus one, and a negative (dead) value once released.
-        let released = if offsets.file_ref_style != 0 {
-            count < 0
-        } else {
-            count == 0
-        };
-        Some(if released {
-            Release::ByCaller
-        } else {
-            Release::Held
-        })
-    };
-    walk().unwrap_or(Release::Held)
-}
-
 /// The inode of the socket `sk` belongs to (`sk->sk_socket->file->f_inode->i_ino`), or 0.
 #[inline(always)]
 pub fn inode_of_sock(sk: u64) -> u64 {
@@ -200,4 +167,214 @@ pub fn files_and_mm_of(task: u64) -> Option<(u64, u64)> {
         read(task, offsets.task_files)?,
         read(task, offsets.task_mm)?,
     ))
+}
+
+/// `PF_EXITING` in `task_struct.flags`.
+const PF_EXITING: u32 = 0x4;
+
+/// Why the calling task is letting go of a socket: it is exiting, or it has just exec'd (a
+/// close-on-exec fd: the exec's file releases run as it returns to the new program), or neither
+/// (a close, a `dup2` or `close_range` onto it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Letting {
+    Exit,
+    Exec,
+    Close,
+}
+
+/// How soon after its exec a thread's socket releases are the exec's own: they run in one batch
+/// as the exec returns, long before the new program could close anything itself.
+const EXEC_RELEASES_NS: u64 = 10_000_000;
+
+#[inline(always)]
+pub fn letting_go() -> Letting {
+    let Some(offsets) = offsets() else {
+        return Letting::Close;
+    };
+    // SAFETY: a helper without preconditions; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    if read::<u32>(task, offsets.task_flags).is_some_and(|flags| flags & PF_EXITING != 0) {
+        return Letting::Exit;
+    }
+    let pid_tgid = crate::state::current().0;
+    // SAFETY: copied out at once.
+    if let Some(at) = unsafe { crate::maps::EXECS.get(pid_tgid) }.copied() {
+        if crate::state::now_ns().saturating_sub(at) < EXEC_RELEASES_NS {
+            return Letting::Exec;
+        }
+    }
+    Letting::Close
+}
+
+/// The peer of socket `sk` (`(address, port)` both in network order) when it is IPv4, or IPv6
+/// holding an IPv4-mapped peer (a dual-stack listener's); `None` otherwise or when not known.
+#[inline(always)]
+pub fn ipv4_peer(sk: u64) -> Option<(u32, u16)> {
+    let offsets = offsets()?;
+    let family: u16 = read(sk, offsets.sock_family)?;
+    if family == AF_INET6 {
+        let v6: [u32; 4] = read(sk, offsets.sock_v6_daddr)?;
+        // `::ffff:a.b.c.d`: words 0 and 1 zero, word 2 0x0000ffff in network order.
+        if v6[0] != 0 || v6[1] != 0 || v6[2] != u32::from_be(0xffff) {
+            return None;
+        }
+    } else if family != AF_INET {
+        return None;
+    }
+    Some((read(sk, offsets.sock_daddr)?, read(sk, offsets.sock_dport)?))
+}
+
+/// The socket's pending error (`sk->sk_err`: why a connect failed), 0 when none or not known.
+#[inline(always)]
+pub fn sock_error(sk: u64) -> i32 {
+    offsets()
+        .and_then(|offsets| read(sk, offsets.sock_err))
+        .unwrap_or(0)
+}
+
+/// `O_NONBLOCK` on x86_64 and arm64.
+const O_NONBLOCK: u32 = 0o4000;
+
+/// Whether the file of socket `sk` is non-blocking (its connect returned `EINPROGRESS`).
+#[inline(always)]
+pub fn non_blocking(sk: u64) -> bool {
+    let walk = || -> Option<bool> {
+        let offsets = offsets()?;
+        let socket: u64 = read(sk, offsets.sock_socket)?;
+        let file: u64 = read(socket, offsets.socket_file)?;
+        let flags: u32 = read(file, offsets.file_flags)?;
+        Some(flags & O_NONBLOCK != 0)
+    };
+    walk().unwrap_or(false)
+}
+
+/// How many fd-table entries one step of the scan compares (`maps::FD_CHUNK`).
+const CHUNK: usize = crate::maps::FD_CHUNK;
+/// The most steps a scan takes: fd tables up to a million entries.
+const MAX_CHUNKS: u32 = 1 << 16;
+
+/// What [`scan_chunk`] looks for and finds: the state of one fd-table scan, on the caller's
+/// stack.
+#[repr(C)]
+struct FdScan {
+    fds: u64,
+    file: u64,
+    max_fds: u32,
+    found: u32,
+}
+
+/// One step of `bpf_loop` over the fd table: compares entries `index * CHUNK ..` with the
+/// file looked for. Returns 1 (stop) once found or unreadable.
+#[inline(never)]
+extern "C" fn scan_chunk(index: u64, ctx: *mut c_void) -> i64 {
+    let scan = ctx.cast::<FdScan>();
+    // SAFETY: `ctx` is the `FdScan` on the stack of `fd_of_sock`, which waits for the loop.
+    let (fds, file, max_fds) = unsafe { ((*scan).fds, (*scan).file, (*scan).max_fds) };
+    let first = index * CHUNK as u64;
+    // The entries are copied into a per-CPU scratch buffer, not onto the stack: this callback's
+    // frame adds to its caller's, and the two must fit in 512 bytes.
+    let Some(entries) = crate::maps::FD_SCAN.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: a checked read of kernel memory into our own map value.
+    let read = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel_buf(
+            (fds + first * 8) as *const u8,
+            core::slice::from_raw_parts_mut(entries.cast::<u8>(), CHUNK * 8),
+        )
+    };
+    if read.is_err() {
+        return 1;
+    }
+    let mut i = 0;
+    while i < CHUNK {
+        // SAFETY: within the map value, `CHUNK` entries long.
+        if unsafe { (*entries)[i] } == file {
+            let fd = first + i as u64;
+            if fd < u64::from(max_fds) {
+                // SAFETY: as above.
+                unsafe { (*scan).found = fd as u32 };
+            }
+            return 1;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// The calling process's fd for socket `sk` (the lowest, when it has several), or `None` when
+/// it has none or it is not known. The kernel gives a new fd the lowest free number, so a
+/// socket just made or accepted is most often at `files->next_fd - 1`, checked first; else
+/// the whole table is scanned, [`CHUNK`] entries a step.
+#[inline(always)]
+pub fn fd_of_sock(sk: u64) -> Option<u32> {
+    let offsets = offsets()?;
+    let socket: u64 = read(sk, offsets.sock_socket)?;
+    let file: u64 = read(socket, offsets.socket_file)?;
+    if file == 0 {
+        return None;
+    }
+    // SAFETY: a helper without preconditions; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, offsets.task_files)?;
+    let fdt: u64 = read(files, offsets.files_fdt)?;
+    let max_fds: u32 = read(fdt, offsets.fdtable_max_fds)?;
+    let fds: u64 = read(fdt, offsets.fdtable_fd)?;
+    let next: u32 = read(files, offsets.files_next_fd)?;
+    if next > 0 && next <= max_fds && read::<u64>(fds, (next - 1).checked_mul(8)?) == Some(file) {
+        return Some(next - 1);
+    }
+    let mut scan = FdScan {
+        fds,
+        file,
+        max_fds,
+        found: u32::MAX,
+    };
+    let steps = max_fds.div_ceil(CHUNK as u32).min(MAX_CHUNKS);
+    // SAFETY: `scan_chunk` only touches `scan`, which outlives the call.
+    unsafe { bpf_loop(steps, scan_chunk as *mut c_void, (&raw mut scan).cast(), 0) };
+    (scan.found != u32::MAX).then_some(scan.found)
+}
+
+/// The `struct file` of socket `sk`, or 0 when not known (or it has none).
+#[inline(always)]
+pub fn file_of_sock(sk: u64) -> u64 {
+    let walk = || -> Option<u64> {
+        let offsets = offsets()?;
+        let socket: u64 = read(sk, offsets.sock_socket)?;
+        read(socket, offsets.socket_file)
+    };
+    walk().unwrap_or(0)
+}
+
+/// The calling process's fd table (`task->files`), or 0 when not known.
+#[inline(always)]
+pub fn current_files() -> u64 {
+    let Some(offsets) = offsets() else {
+        return 0;
+    };
+    // SAFETY: a helper without preconditions; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    read(task, offsets.task_files).unwrap_or(0)
+}
+
+/// Whether the fd table `files` has `file` at `fd`. `false` when not known: the table of a
+/// process that has exited reads as anything, and a match with this very file is as good as
+/// impossible.
+#[inline(always)]
+pub fn holds(files: u64, fd: u32, file: u64) -> bool {
+    let walk = || -> Option<bool> {
+        let offsets = offsets()?;
+        let fdt: u64 = read(files, offsets.files_fdt)?;
+        let max_fds: u32 = read(fdt, offsets.fdtable_max_fds)?;
+        if fd >= max_fds {
+            return Some(false);
+        }
+        let fds: u64 = read(fdt, offsets.fdtable_fd)?;
+        Some(read::<u64>(fds, fd.checked_mul(8)?)? == file)
+    };
+    file != 0 && walk().unwrap_or(false)
 }

@@ -5,8 +5,10 @@
 //! and only socket lifecycle events (connect, accept, close, and process exit/exec hints) go to
 //! user space through `EVENTS`. Calls on fds we do not track cost one hash lookup at entry.
 //!
-//! The two backends (`tracepoints`, `kprobes`) only extract arguments and return values; what
-//! to do with them lives once, in `enter` and `exit`, so both reach the same numbers.
+//! The two syscall backends (`tracepoints`, `kprobes`) only extract arguments and return
+//! values; what to do with them lives once, in `enter` and `exit`, so both reach the same
+//! numbers. The socket backend (`socket_layer`, `socket_lifecycle`) hooks no syscall at all:
+//! it counts and follows sockets where the kernel handles them.
 #![no_std]
 #![no_main]
 // Inline asm on BPF (for the atomic add in state.rs) is still feature-gated.
@@ -20,6 +22,7 @@ mod kprobes;
 mod maps;
 mod process;
 mod socket_layer;
+mod socket_lifecycle;
 mod state;
 mod tracepoints;
 

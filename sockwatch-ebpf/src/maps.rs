@@ -29,11 +29,6 @@ pub static INFLIGHT: HashMap<u64, InflightCall> = HashMap::with_max_entries(INFL
 #[unsafe(no_mangle)]
 pub static mut INFLIGHT_COUNT: u64 = 0;
 
-/// How many `SK_BYTES` entries may be handed off (never less than the true number): while it
-/// is 0, TCP state changes cost no lookup.
-#[unsafe(no_mangle)]
-pub static mut HANDED_OFF_COUNT: u64 = 0;
-
 /// LRU: sockets that are never connected (listeners, unconnected UDP) age out.
 #[map(name = "NEW_SOCKETS")]
 pub static NEW_SOCKETS: LruHashMap<SocketKey, u32> =
@@ -49,14 +44,24 @@ pub const TRACKED_PROC: u32 = 1;
 pub const FORKED: u32 = 2;
 
 /// The socket backend's counters, by `struct sock *`: an entry exists from the connect or
-/// accept that tracks the socket to its close, or for a socket handed to other holders, to its
-/// release; so the socket layer counts only tracked sockets.
+/// first use that tracks the socket to the kernel's release of it, so the socket layer counts
+/// only tracked sockets.
 #[map(name = "SK_BYTES")]
 pub static SK_BYTES: HashMap<u64, SkBytes> = HashMap::with_max_entries(TRACKED_DEFAULT, 0);
 
 /// Sockets found open at start, by inode, until the socket layer learns their `struct sock`.
 #[map(name = "ADOPTED")]
 pub static ADOPTED: HashMap<u64, SocketKey> = HashMap::with_max_entries(ADOPTED_SIZE, 0);
+
+/// Accepted sockets not used yet (the socket backend), with when their handshake ended. LRU:
+/// one never accepted (its listener closed first) ages out.
+#[map(name = "ACCEPTED")]
+pub static ACCEPTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(NEW_SOCKETS_SIZE, 0);
+
+/// Threads of processes with tracked sockets that exec'd (the socket backend), with when: the
+/// socket releases that follow at once are the exec's close-on-exec fds.
+#[map(name = "EXECS")]
+pub static EXECS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1024, 0);
 
 /// How many `ADOPTED` entries may be unresolved (set by user space).
 #[map(name = "ADOPTED_PENDING")]
@@ -72,6 +77,13 @@ pub fn count_by_socket() -> bool {
     // SAFETY: a volatile read of our own read-only global.
     unsafe { core::ptr::read_volatile(&raw const COUNT_BY_SOCKET) != 0 }
 }
+
+/// How many fd-table entries one step of an fd scan reads (see `identity::fd_of_sock`).
+pub const FD_CHUNK: usize = 64;
+
+/// A scan's scratch buffer: one step's fd-table entries.
+#[map(name = "FD_SCAN")]
+pub static FD_SCAN: PerCpuArray<[u64; FD_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_DEFAULT_BYTES, 0);

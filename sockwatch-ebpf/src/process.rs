@@ -7,8 +7,8 @@ use sockwatch_common::EventKind;
 
 use crate::{
     identity::files_and_mm_of,
-    maps::{count_by_socket, FORKED, PROCS},
-    state::{current, emit, has_tracked_sockets, process_event},
+    maps::{count_by_socket, EXECS, FORKED, PROCS},
+    state::{current, emit, has_tracked_sockets, now_ns, process_event},
 };
 
 /// `execve`/`execveat` returned: a successful exec has closed the close-on-exec fds.
@@ -20,7 +20,9 @@ pub fn exec_exit(ret: i64) {
     emit(&process_event(EventKind::Exec, pid, pid_tgid as u32, 0, 0));
 }
 
-/// `sched:sched_process_exit` for the thread-group leader: the process is going away.
+/// `sched:sched_process_exit` for the thread-group leader: the process is going away. On the
+/// socket backend, the release of each socket it held last ends its row; the exit is reported
+/// only for a process that forked, whose sockets a child may hold on to.
 pub fn process_exit() {
     let (pid_tgid, pid) = current();
     if pid_tgid as u32 != pid || !has_tracked_sockets(pid) {
@@ -29,6 +31,9 @@ pub fn process_exit() {
     // SAFETY: copied out at once.
     let forked = unsafe { PROCS.get(pid) }.is_some_and(|flags| flags & FORKED != 0);
     let _ = PROCS.remove(pid);
+    if count_by_socket() && !forked {
+        return;
+    }
     emit(&process_event(
         EventKind::ProcessExit,
         pid,
@@ -75,4 +80,15 @@ fn note_fork(pid: u32) {
         // another fork of the same process sets the same bit).
         unsafe { core::ptr::write_volatile(flags, core::ptr::read_volatile(flags) | FORKED) };
     }
+}
+
+/// `sched:sched_process_exec` (the socket backend): a process with tracked sockets exec'd; its
+/// close-on-exec sockets are released as the exec returns (see `identity::letting_go`).
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    let (pid_tgid, pid) = current();
+    if has_tracked_sockets(pid) {
+        let _ = EXECS.insert(pid_tgid, now_ns(), 0);
+    }
+    0
 }

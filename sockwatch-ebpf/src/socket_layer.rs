@@ -4,24 +4,35 @@
 //! io_uring), in the context of whichever task moves them, so the count is the kernel socket's,
 //! whoever holds it. Only tracked sockets (with an `SK_BYTES` entry) are counted: one hash
 //! lookup and an atomic add, and nothing at all for syscalls that are not about sockets.
-
 //!
-//! A TCP socket whose tracking fd was closed while others held it (see `state::hand_off`) is
-//! ended here too: its state change or destruction as the kernel releases it (the last holder
-//! closed it, or exited) reports it with its final counts.
+//! The same hooks see who uses a socket:
+//! - an accepted socket is tracked at its first use, in the process that uses it (no hook
+//!   fires in the acceptor's context at accept without taxing every syscall);
+//! - a tracked socket's bytes moved by another process, once the process its row shows no
+//!   longer holds it (a forked worker after its parent's close, a program started on it, an fd
+//!   passed over a Unix socket), move its row there.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use sockwatch_common::{EventKind, SkBytes, SocketEvent, SocketKey, TrackedSocket, COMM_LEN};
+use sockwatch_common::{
+    flags, Counter, EventKind, SkBytes, SocketEvent, SocketKey, SocketState, TrackedSocket,
+    FD_UNKNOWN, IPPROTO_TCP,
+};
 
 use crate::{
-    identity::{current_is_user, inode_of_sock, release_of, Release},
-    maps::{ADOPTED, ADOPTED_PENDING, HANDED_OFF_COUNT, SK_BYTES, TRACKED},
-    state::{atomic_add, comm, current, emit, now_ns},
+    identity::{
+        current_files, current_is_user, fd_of_sock, file_of_sock, holds, inode_of_sock, ipv4_peer,
+        local_port,
+    },
+    maps::{bump, ACCEPTED, ADOPTED, ADOPTED_PENDING, PROCS, SK_BYTES, TRACKED, TRACKED_PROC},
+    state::{atomic_add, comm, current, emit, key, now_ns, opened},
 };
 
 /// `MSG_PEEK`: a receive that leaves the data queued moved nothing.
 const MSG_PEEK: i32 = 2;
+
+/// An accept's listening fd, which the socket backend does not see.
+pub const NO_LISTENER: u32 = u32::MAX;
 
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`: `ret` is the length moved, or `-errno`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
@@ -40,34 +51,146 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Counts `ret` bytes (when positive) on socket `sk`, tracking it first if this is an accepted
+/// or adopted socket's first use, and following it to the process that moves them.
 #[inline(always)]
 fn count(sk: u64, ret: i32, sent: bool) {
-    if ret <= 0 {
-        return;
-    }
-    let Some(bytes) = SK_BYTES.get_ptr_mut(sk).or_else(|| adopt(sk)) else {
+    let Some(bytes) = SK_BYTES.get_ptr_mut(sk).or_else(|| first_use(sk)) else {
         return;
     };
+    let pid_tgid = current().0;
     // SAFETY: `bytes` points into a preallocated hash map value; the counters are 8-byte
     // aligned u64 fields, added atomically because tasks on every CPU may move bytes at once;
-    // the u32 fields are read and stored whole.
+    // the key and the flag are read and stored by the kernel only.
     unsafe {
-        if core::ptr::read_volatile(&raw const (*bytes).handed_off) != 0 {
-            core::ptr::write_volatile(&raw mut (*bytes).mover, current().1);
+        if core::ptr::read_volatile(&raw const (*bytes).unreported) != 0 {
+            core::ptr::write_volatile(&raw mut (*bytes).unreported, 0);
+            report_udp_connect(sk, (*bytes).key);
         }
-        if sent {
-            atomic_add(&raw mut (*bytes).bytes_sent, ret as u64);
-        } else {
-            atomic_add(&raw mut (*bytes).bytes_recv, ret as u64);
+        if core::ptr::read_volatile(&raw const (*bytes).key.pid) != (pid_tgid >> 32) as u32 {
+            follow(sk, bytes, pid_tgid);
+        }
+        if ret > 0 {
+            if sent {
+                atomic_add(&raw mut (*bytes).bytes_sent, ret as u64);
+            } else {
+                atomic_add(&raw mut (*bytes).bytes_recv, ret as u64);
+            }
         }
     }
+}
+
+/// Reports the connect of UDP socket `sk`, tracked at `key`, now that its local port is bound
+/// (see `SkBytes::unreported`).
+#[inline(always)]
+pub fn report_udp_connect(sk: u64, key: SocketKey) {
+    let Some(row) = TRACKED.get_ptr_mut(key) else {
+        return;
+    };
+    let lport = local_port(sk);
+    // SAFETY: a valid map value pointer; aligned fields read and stored whole.
+    let socket = unsafe {
+        if (*row).sk != sk {
+            return;
+        }
+        core::ptr::write_volatile(&raw mut (*row).lport, lport);
+        *row
+    };
+    emit(&opened(EventKind::Connect, key, socket));
+}
+
+/// An fd key for a socket whose fd is not known: unique per socket within a process (see
+/// [`FD_UNKNOWN`]).
+#[inline(always)]
+pub fn unknown_fd(ino: u64) -> u32 {
+    FD_UNKNOWN | (ino as u32 & !FD_UNKNOWN)
+}
+
+/// Starts tracking socket `socket.sk` under `key`: its counters (`SK_BYTES`) and its row
+/// (`TRACKED`). A row of an older socket still at `key` (its fd number reused before its release
+/// came) is replaced: its release then reports it by identity. Returns the counters.
+#[inline(always)]
+pub fn track_socket(key: SocketKey, socket: &TrackedSocket) -> Option<*mut SkBytes> {
+    let files = if key.fd & FD_UNKNOWN == 0 {
+        current_files()
+    } else {
+        0
+    };
+    let bytes = SkBytes {
+        ino: socket.ino,
+        files,
+        key,
+        ..SkBytes::default()
+    };
+    // BPF_ANY: a kernel socket freed and reused at the same address starts from zero.
+    if SK_BYTES.insert(socket.sk, bytes, 0).is_err() {
+        bump(Counter::TrackedFull);
+        return None;
+    }
+    if TRACKED.insert(key, *socket, 0).is_err() {
+        bump(Counter::TrackedFull);
+        let _ = SK_BYTES.remove(socket.sk);
+        return None;
+    }
+    if PROCS.get_ptr(key.pid).is_none() {
+        let _ = PROCS.insert(key.pid, TRACKED_PROC, 0);
+    }
+    SK_BYTES.get_ptr_mut(socket.sk)
+}
+
+/// The first use of a socket without counters: one found open at start, or one accepted.
+#[inline(always)]
+fn first_use(sk: u64) -> Option<*mut SkBytes> {
+    if let Some(bytes) = adopt(sk) {
+        return Some(bytes);
+    }
+    // SAFETY: copied out at once.
+    unsafe { ACCEPTED.get(sk) }?;
+    // A kernel thread using a socket is not the process that accepted it.
+    if !current_is_user() {
+        return None;
+    }
+    // Only the one caller that removes the note tracks it (first uses may race).
+    if ACCEPTED.remove(sk).is_err() {
+        return SK_BYTES.get_ptr_mut(sk);
+    }
+    accepted(sk)
+}
+
+/// Tracks an accepted socket in the process using it, at its fd there, and reports it.
+#[inline(always)]
+fn accepted(sk: u64) -> Option<*mut SkBytes> {
+    let (daddr, dport) = ipv4_peer(sk)?;
+    let (pid_tgid, pid) = current();
+    let ino = inode_of_sock(sk);
+    let fd = fd_of_sock(sk).unwrap_or_else(|| unknown_fd(ino));
+    let socket = TrackedSocket {
+        connect_ns: now_ns(),
+        sk,
+        ino,
+        daddr,
+        dport: u16::from_be(dport),
+        lport: local_port(sk),
+        tid: pid_tgid as u32,
+        state: SocketState::Established as u32,
+        proto: IPPROTO_TCP,
+        flags: flags::INBOUND,
+        comm: comm(),
+        ..TrackedSocket::default()
+    };
+    let bytes = track_socket(key(pid, fd), &socket)?;
+    emit(&SocketEvent {
+        arg: NO_LISTENER,
+        ..opened(EventKind::Accept, key(pid, fd), socket)
+    });
+    Some(bytes)
 }
 
 /// A socket found open at start is known to user space by its inode only: at its first byte,
 /// its `struct sock` is learned here and it is counted from then on. Costs the walk only while
 /// user space says such sockets are pending.
 #[inline(always)]
-fn adopt(sk: u64) -> Option<*mut SkBytes> {
+pub fn adopt(sk: u64) -> Option<*mut SkBytes> {
     if *ADOPTED_PENDING.get(0)? == 0 {
         return None;
     }
@@ -78,80 +201,95 @@ fn adopt(sk: u64) -> Option<*mut SkBytes> {
     let tracked = TRACKED.get_ptr_mut(key)?;
     // SAFETY: a valid map value pointer; an aligned u64 stored whole.
     unsafe { core::ptr::write_volatile(&raw mut (*tracked).sk, sk) };
+    let files = if current().1 == key.pid {
+        current_files()
+    } else {
+        0
+    };
     let bytes = SkBytes {
         ino: inode,
+        files,
+        key,
         ..SkBytes::default()
     };
     SK_BYTES.insert(sk, bytes, 0).ok()?;
     SK_BYTES.get_ptr_mut(sk)
 }
 
-/// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`: the last holder's
-/// close (or exit) of a connected TCP socket changes its state as the kernel releases it.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
-    release(ctx.arg(0));
-    0
-}
-
-/// `TP_PROTO(struct sock *sk)`: a socket already closed (reset, or both ends shut down) has no
-/// state left to change; its release destroys it.
-#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
-pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
-    release(ctx.arg(0));
-    0
-}
-
-/// Reports a handed-off socket that the kernel is releasing, with its final counts.
+/// Another process moves the bytes of tracked socket `sk`. Once the process its row shows no
+/// longer holds it (its fd closed, or it exited), the row moves here: to this process's fd for
+/// it, with this process's name. While both hold it, the row stays (the details list every
+/// holder), so a socket two processes share does not flap between them.
+///
+/// # Safety
+/// `bytes` must be `sk`'s valid `SK_BYTES` value pointer.
 #[inline(always)]
-fn release(sk: u64) {
-    // Nothing handed off: every other socket's state changes cost no lookup.
-    // SAFETY: a plain read of our own global; a stale value only costs a lookup.
-    if unsafe { core::ptr::read_volatile(&raw const HANDED_OFF_COUNT) } == 0 {
+unsafe fn follow(sk: u64, bytes: *mut SkBytes, pid_tgid: u64) {
+    // A kernel thread moving a socket's bytes is not a holder.
+    if !current_is_user() {
         return;
     }
-    // SAFETY: copied out at once.
-    let Some(bytes) = (unsafe { SK_BYTES.get(sk) }).copied() else {
-        return;
+    // SAFETY: per the caller; fields read whole.
+    let (from, files) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*bytes).key),
+            core::ptr::read_volatile(&raw const (*bytes).files),
+        )
     };
-    if bytes.handed_off == 0 {
-        return;
-    }
-    let by_caller = match release_of(sk) {
-        Release::Held => return,
-        // A kernel thread (a deferred file release) is not the process that let go of it.
-        Release::ByCaller => current_is_user(),
-        Release::Done => false,
-    };
-    // Only the one caller that removes the entry reports it (state changes may race).
-    if SK_BYTES.remove(sk).is_err() {
+    let file = file_of_sock(sk);
+    if from.fd & FD_UNKNOWN == 0 && holds(files, from.fd, file) {
         return;
     }
-    // SAFETY: an atomic add of -1 on our own global.
-    unsafe { atomic_add(&raw mut HANDED_OFF_COUNT, u64::MAX) };
-    // The releasing process, when it is the caller; else pid 0 (not known).
-    let (pid_tgid, pid, comm) = if by_caller {
-        let (pid_tgid, pid) = current();
-        (pid_tgid, pid, comm())
-    } else {
-        (0, 0, [0; COMM_LEN])
+    let pid = (pid_tgid >> 32) as u32;
+    let ino = unsafe { core::ptr::read_volatile(&raw const (*bytes).ino) };
+    let fd = fd_of_sock(sk).unwrap_or_else(|| unknown_fd(ino));
+    let to = key(pid, fd);
+    let here = |at: SocketKey| {
+        // SAFETY: copied out at once.
+        unsafe { TRACKED.get(at) }
+            .copied()
+            .filter(|entry| entry.sk == sk)
     };
-    let ts = now_ns();
-    let socket = TrackedSocket {
-        bytes_sent: bytes.bytes_sent,
-        bytes_recv: bytes.bytes_recv,
-        sk,
-        ino: bytes.ino,
-        comm,
-        ..TrackedSocket::default()
+    let Some(mut row) = here(from) else {
+        // User space moved the row here already (its holder found when the process it showed
+        // exited): the kernel only learns where. Else user space ended it: nothing to follow.
+        if here(to).is_some() {
+            // SAFETY: per the caller.
+            unsafe { set_key(bytes, to) };
+        }
+        return;
     };
-    // The fd was closed before the release began: not known.
-    let key = SocketKey { pid, fd: u32::MAX };
-    emit(&SocketEvent::new(
-        EventKind::Release,
-        key,
-        pid_tgid as u32,
-        ts,
-        socket,
-    ));
+    row.comm = comm();
+    if TRACKED.insert(to, row, 0).is_err() {
+        bump(Counter::TrackedFull);
+        return;
+    }
+    let _ = TRACKED.remove(from);
+    // SAFETY: per the caller.
+    unsafe {
+        set_key(bytes, to);
+        row.bytes_sent = core::ptr::read_volatile(&raw const (*bytes).bytes_sent);
+        row.bytes_recv = core::ptr::read_volatile(&raw const (*bytes).bytes_recv);
+    }
+    if PROCS.get_ptr(pid).is_none() {
+        let _ = PROCS.insert(pid, TRACKED_PROC, 0);
+    }
+    emit(&SocketEvent {
+        arg: from.pid,
+        result: from.fd as i32,
+        ..SocketEvent::new(EventKind::Moved, to, pid_tgid as u32, now_ns(), row)
+    });
+}
+
+/// Records that the row of the socket whose counters are `bytes` is at `to`, in this process.
+///
+/// # Safety
+/// `bytes` must be a valid `SK_BYTES` value pointer.
+#[inline(always)]
+unsafe fn set_key(bytes: *mut SkBytes, to: SocketKey) {
+    // SAFETY: per the caller; aligned fields stored whole.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*bytes).key, to);
+        core::ptr::write_volatile(&raw mut (*bytes).files, current_files());
+    }
 }

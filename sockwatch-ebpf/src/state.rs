@@ -2,17 +2,14 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use sockwatch_common::{
-    flags::{HANDED_OFF, PARTIAL, REPLACED},
-    CallKind, CloseHow, Counter, EventKind, InflightCall, SkBytes, SocketEvent, SocketKey,
-    SocketState, TrackedSocket, COMM_LEN, IPPROTO_TCP,
+    flags::{PARTIAL, REPLACED},
+    CallKind, CloseHow, Counter, EventKind, InflightCall, SocketEvent, SocketKey, SocketState,
+    TrackedSocket, COMM_LEN,
 };
 
 use crate::{
-    identity::{local_port, release_of, socket_of, Release},
-    maps::{
-        bump, count_by_socket, EVENTS, HANDED_OFF_COUNT, INFLIGHT, INFLIGHT_COUNT, PROCS, SK_BYTES,
-        TRACKED, TRACKED_PROC,
-    },
+    identity::{local_port, socket_of},
+    maps::{bump, EVENTS, INFLIGHT, INFLIGHT_COUNT, PROCS, TRACKED, TRACKED_PROC},
 };
 
 /// `(pid_tgid, pid)` of the calling thread.
@@ -58,23 +55,11 @@ pub fn mark_partial(pid: u32, fd: u32) {
     }
 }
 
-/// A tracked fd is being closed while others hold its file: the socket lives on. The socket
-/// backend hands a TCP socket's row to them (the kernel tells when it releases the socket);
-/// otherwise what they move from now on is not counted, and the row says so.
+/// A tracked fd is being closed while others hold its file (a forked child, a passed fd): the
+/// socket lives on, and what they move from now on is not counted; the row says so.
 #[inline(always)]
 pub fn mark_shared(pid: u32, fd: u32) {
-    let Some(sock) = TRACKED.get_ptr_mut(key(pid, fd)) else {
-        return;
-    };
-    // SAFETY: a valid map value pointer; aligned fields read whole.
-    let (sk, proto) = unsafe { ((*sock).sk, (*sock).proto) };
-    let flag = if count_by_socket() && sk != 0 && proto == IPPROTO_TCP {
-        HANDED_OFF
-    } else {
-        PARTIAL
-    };
-    // SAFETY: as above.
-    unsafe { set_flag(sock, flag) };
+    mark_partial(pid, fd);
 }
 
 /// # Safety
@@ -139,7 +124,6 @@ pub fn take_inflight(pid_tgid: u64, expected: CallKind) -> Option<InflightCall> 
 /// restart from zero.
 #[inline(always)]
 pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
-    let mut socket = *socket;
     // The number's previous socket is still here: its close freed the number, another thread
     // got it, and that close's exit has not run yet. It ends now, with its counts, rather than
     // be overwritten (its close's exit then finds this entry, not its own).
@@ -149,25 +133,8 @@ pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
             end_entry(key(pid, fd), old, old.tid, CloseHow::Close);
         }
     }
-    // The socket layer counts only sockets with an entry: from now on, this one. BPF_ANY: a
-    // kernel socket freed and reused at the same address starts from zero. Without an entry
-    // (the map is full) its bytes go uncounted, and its row says so.
-    let by_socket = count_by_socket() && socket.sk != 0;
-    if by_socket {
-        let bytes = SkBytes {
-            ino: socket.ino,
-            ..SkBytes::default()
-        };
-        if SK_BYTES.insert(socket.sk, bytes, 0).is_err() {
-            bump(Counter::TrackedFull);
-            socket.flags |= PARTIAL;
-        }
-    }
     if TRACKED.insert(key(pid, fd), socket, 0).is_err() {
         bump(Counter::TrackedFull);
-        if by_socket {
-            let _ = SK_BYTES.remove(socket.sk);
-        }
         return;
     }
     // Only processes listed here have their exit, exec and close_range reported.
@@ -238,46 +205,9 @@ pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow, (sk, ino): (u64, u64)
 }
 
 /// Reports the end of `socket`, whose `TRACKED` entry at `key` was just removed (or is about to
-/// be replaced): handed on, or closed with its final counts.
+/// be replaced), with its final counts.
 #[inline(always)]
-fn end_entry(key: SocketKey, mut socket: TrackedSocket, tid: u32, how: CloseHow) {
-    if count_by_socket() && socket.flags & HANDED_OFF != 0 {
-        match hand_off(&mut socket) {
-            HandOff::Done => {
-                emit(&SocketEvent {
-                    arg: how as u32,
-                    ..SocketEvent::new(EventKind::HandOff, key, tid, now_ns(), socket)
-                });
-                return;
-            }
-            // Its last other holder let go since the close began: this close ends it, with
-            // the counts `hand_off` took.
-            HandOff::Released => {
-                emit(&SocketEvent {
-                    arg: how as u32,
-                    ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
-                });
-                return;
-            }
-            HandOff::NotCounted => {}
-        }
-    }
-    if count_by_socket() {
-        // SAFETY: copied out at once; removed right after, so the counts are final.
-        match unsafe { SK_BYTES.get(socket.sk) }.copied() {
-            Some(bytes) if same_socket(&bytes, &socket) => {
-                socket.bytes_sent = bytes.bytes_sent;
-                socket.bytes_recv = bytes.bytes_recv;
-                let _ = SK_BYTES.remove(socket.sk);
-            }
-            // Released already and its `struct sock` reused by a socket tracked since (the
-            // kernel may free a closed socket before this exit runs): its counts are gone.
-            // Nothing is removed, and the row says its counts are not whole.
-            Some(_) => socket.flags |= PARTIAL,
-            // Never counted (no entry could be made): already marked partial at `track`.
-            None => {}
-        }
-    }
+fn end_entry(key: SocketKey, socket: TrackedSocket, tid: u32, how: CloseHow) {
     emit(&SocketEvent {
         arg: how as u32,
         ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
@@ -287,76 +217,16 @@ fn end_entry(key: SocketKey, mut socket: TrackedSocket, tid: u32, how: CloseHow)
 /// The close of a socket whose `TRACKED` entry a newer socket on the same fd replaced.
 #[inline(always)]
 fn end_replaced(key: SocketKey, tid: u32, how: CloseHow, sk: u64, ino: u64) {
-    let mut socket = TrackedSocket {
+    let socket = TrackedSocket {
         sk,
         ino,
         flags: REPLACED | PARTIAL,
         ..TrackedSocket::default()
     };
-    if count_by_socket() {
-        // SAFETY: copied out at once; removed right after, so the counts are final.
-        if let Some(bytes) = unsafe { SK_BYTES.get(sk) }.copied() {
-            if bytes.ino == ino {
-                socket.bytes_sent = bytes.bytes_sent;
-                socket.bytes_recv = bytes.bytes_recv;
-                socket.flags = REPLACED;
-                let _ = SK_BYTES.remove(sk);
-            }
-        }
-    }
     emit(&SocketEvent {
         arg: how as u32,
         ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
     });
-}
-
-/// Whether the counters `bytes` are those of `socket` (its inode, when both know it), not of a
-/// newer socket at the same `struct sock` address.
-#[inline(always)]
-fn same_socket(bytes: &SkBytes, socket: &TrackedSocket) -> bool {
-    bytes.ino == 0 || socket.ino == 0 || bytes.ino == socket.ino
-}
-
-/// What became of a hand-off.
-enum HandOff {
-    /// The socket layer keeps its counters; its release will end it.
-    Done,
-    /// Released before it could be handed on: `socket` has its final counts, its entry is gone.
-    Released,
-    /// It has no counters here (never counted, or a newer socket's at its address).
-    NotCounted,
-}
-
-/// Leaves a tracked socket's counters to the socket layer alone: from now on the kernel's
-/// release of the socket ends it ([`crate::socket_layer`]). `socket` takes the counts so far.
-#[inline(always)]
-fn hand_off(socket: &mut TrackedSocket) -> HandOff {
-    let Some(bytes) = SK_BYTES.get_ptr_mut(socket.sk) else {
-        return HandOff::NotCounted;
-    };
-    // SAFETY: a valid map value pointer; copied out at once.
-    if !same_socket(unsafe { &*bytes }, socket) {
-        return HandOff::NotCounted;
-    }
-    // Counted before the mark, so the count never falls below the number of marked entries.
-    // SAFETY: an atomic add on our own 8-byte aligned global.
-    unsafe { atomic_add(&raw mut HANDED_OFF_COUNT, 1) };
-    // SAFETY: a valid map value pointer; aligned fields read and stored whole.
-    unsafe {
-        core::ptr::write_volatile(&raw mut (*bytes).handed_off, 1);
-        socket.bytes_sent = core::ptr::read_volatile(&raw const (*bytes).bytes_sent);
-        socket.bytes_recv = core::ptr::read_volatile(&raw const (*bytes).bytes_recv);
-    }
-    // The other holders may have let go between this close's check and the mark: then no
-    // release is left to see it, and this close is its end. Whichever of this and a release
-    // running elsewhere removes the entry reports the end (the release reports `Release`,
-    // which user space matches with this hand-off whatever order they arrive in).
-    if release_of(socket.sk) != Release::Held && SK_BYTES.remove(socket.sk).is_ok() {
-        // SAFETY: an atomic add of -1 on our own global.
-        unsafe { atomic_add(&raw mut HANDED_OFF_COUNT, u64::MAX) };
-        return HandOff::Released;
-    }
-    HandOff::Done
 }
 
 /// An event about a whole process (exit, exec, close_range): no socket, only the caller's comm.

@@ -105,17 +105,11 @@ impl Source {
         output: &mut Output,
         log: &mut Log,
     ) -> anyhow::Result<(Vec<Socket>, u64, HashSet<SocketId>)> {
-        let (mut map, by_socket) = self.tables.snapshot();
+        let (mut map, _) = self.tables.snapshot();
         let now_ns = monotonic_ns();
         let drained = self.drain(output, log)?;
         // Closed (or moved) since the read: their entries are stale.
         map.retain(|s| !drained.closed.contains(&s.id));
-        // Sockets handed to other holders: shown where they are now, counted by the kernel's
-        // socket whoever moves the bytes.
-        for change in self.tracker.find_holders(&by_socket, &output.model().open) {
-            output.apply(change)?;
-        }
-        map.extend(self.tracker.handed_rows(&by_socket, &output.model().open));
         Ok((map, now_ns, drained.opened))
     }
 
@@ -129,20 +123,6 @@ impl Source {
         let ids = map.iter().map(|s| s.id).collect();
         output.observe_map(map, now_ns);
         Ok(ids)
-    }
-
-    /// Follows the sockets handed to other holders to where they are now, without a full map
-    /// read (`--json` reads the map only at reconciliation): a lookup per handed-off socket.
-    fn follow_handed(&mut self, output: &mut Output) -> anyhow::Result<()> {
-        let handed = self.tracker.handed_sockets();
-        if handed.is_empty() {
-            return Ok(());
-        }
-        let counts = self.tables.counts_of(&handed);
-        for change in self.tracker.find_holders(&counts, &output.model().open) {
-            output.apply(change)?;
-        }
-        Ok(())
     }
 
     /// The periodic check against /proc.
@@ -468,9 +448,6 @@ fn refresh(
     log: &mut Log,
 ) -> anyhow::Result<()> {
     let counters = source.tables.counters();
-    if let Output::Json { .. } = output {
-        source.follow_handed(output)?;
-    }
     match output {
         Output::Json {
             out,

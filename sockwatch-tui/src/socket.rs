@@ -216,13 +216,13 @@ pub fn per_second(bytes: u64, elapsed_ns: u64) -> u64 {
     u64::try_from(rate).unwrap_or(u64::MAX)
 }
 
-/// The `pid` of a socket's key when no process is known to hold it: it was handed to holders
-/// not found yet (an fd in flight over a Unix socket, a child gone before we looked). Its key's
-/// `fd` is then only a serial that keeps such rows apart. No user process has pid 0.
+/// The `pid` of a socket's key when no process is known to hold it (the socket backend: an
+/// accepted socket nobody used, released by a kernel thread). Its key's `fd` then only keeps
+/// such rows apart. No user process has pid 0.
 pub const NO_HOLDER: u32 = 0;
 
-/// The `fd` of a socket's key when its holder is known but not the fd (released by a process
-/// after its fd was gone).
+/// The `fd` of a socket's key when its holder is known but not the fd: any value from
+/// [`sockwatch_common::FD_UNKNOWN`] up (the kernel keeps such keys apart by their low bits).
 pub const NO_FD: u32 = u32::MAX;
 
 /// The process a key names; `None` for [`NO_HOLDER`].
@@ -232,7 +232,7 @@ pub fn holder_pid(key: SocketKey) -> Option<u32> {
 
 /// The fd a key names; `None` when not known ([`NO_HOLDER`], [`NO_FD`]).
 pub fn holder_fd(key: SocketKey) -> Option<u32> {
-    (key.pid != NO_HOLDER && key.fd != NO_FD).then_some(key.fd)
+    (key.pid != NO_HOLDER && key.fd < sockwatch_common::FD_UNKNOWN).then_some(key.fd)
 }
 
 /// One socket: who holds it, both ends, its state, its counters and rates, and how it ended.

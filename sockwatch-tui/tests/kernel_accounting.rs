@@ -127,14 +127,26 @@ fn accepted_sockets_are_inbound_with_the_peer_address() {
     assert_eq!(u(&close["lport"]), u64::from(port));
     net::close(client);
 
-    // accept4() without one: the peer is found in /proc.
+    // accept4() without one: the peer is found in /proc (the socket backend reads it from the
+    // socket). The socket backend sees an accepted socket at its first use: one closed unused,
+    // like this one, at its release, under the process that let go of it (its fd gone then).
     let client = net::connected(port);
     let inbound = net::accept4_without_peer(listener);
-    let accept = sw.wait_for("accept4", inbound_of("accept", pid, inbound));
+    let inode = net::inode_of(inbound);
+    let accept = if counts_every_holder(&sw) {
+        net::close(inbound);
+        let accept = sw.wait_for("accept4", of_inode("accept", inode));
+        assert_eq!((&accept["pid"], &accept["fd"]), (&pid.into(), &Value::Null));
+        accept
+    } else {
+        let accept = sw.wait_for("accept4", inbound_of("accept", pid, inbound));
+        net::close(inbound);
+        accept
+    };
     assert_eq!(u(&accept["dport"]), u64::from(net::local_port(client)));
     assert_eq!(accept["daddr"], "127.0.0.1");
     assert_eq!(u(&accept["lport"]), u64::from(port));
-    net::close(inbound);
+    sw.wait_for("close of accept4's socket", of_inode("close", inode));
     net::close(client);
     net::close(listener);
 }
@@ -146,10 +158,14 @@ fn inbound_only_ignores_connects() {
     let (listener, port) = net::raw_listener();
     let client = net::connected(port);
     let (inbound, _) = net::accept_with_peer(listener);
+    let inode = net::inode_of(inbound);
     net::close(inbound);
-    sw.wait_for(
-        "close of the accepted socket",
-        inbound_of("close", pid, inbound),
+    // By inode: the socket backend sees an accepted socket never used only at its release,
+    // its fd gone by then.
+    let close = sw.wait_for("close of the accepted socket", of_inode("close", inode));
+    assert_eq!(
+        (&close["pid"], &close["direction"]),
+        (&pid.into(), &"in".into())
     );
     net::close(client);
     net::close(listener);
@@ -245,9 +261,15 @@ fn close_range_ends_every_tracked_socket_in_range() {
     // SAFETY: closes exactly the two fds this test owns.
     let rc = unsafe { libc::syscall(libc::SYS_close_range, 710u32, 711u32, 0u32) };
     assert_eq!(rc, 0, "close_range: {}", std::io::Error::last_os_error());
+    // The socket backend sees the kernel release each socket, not the call that let go of it.
+    let reason = if counts_every_holder(&sw) {
+        "close"
+    } else {
+        "close_range"
+    };
     for (i, fd) in fds.into_iter().enumerate() {
         let close = sw.wait_for("close_range", record_of("close", pid, fd));
-        assert_eq!(close["reason"], "close_range");
+        assert_eq!(close["reason"], reason);
         assert_eq!(u(&close["bytes_sent"]), 100 * (i as u64 + 1));
     }
 }
@@ -268,7 +290,13 @@ fn dup2_onto_a_tracked_fd_ends_it() {
     let rc = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&devnull), fd) };
     assert_eq!(rc, fd);
     let close = sw.wait_for("dup2 close", record_of("close", pid, fd));
-    assert_eq!(close["reason"], "dup2");
+    // The socket backend sees the kernel release the socket, not the call that let go of it.
+    let reason = if counts_every_holder(&sw) {
+        "close"
+    } else {
+        "dup2"
+    };
+    assert_eq!(close["reason"], reason);
     assert_eq!(u(&close["bytes_sent"]), 4321);
     // Writes to the fd now go to /dev/null and must not count anywhere.
     send_all(fd, 10, Sender::Write);
@@ -704,11 +732,6 @@ fn closing_a_socket_a_child_still_holds_hands_it_to_the_child() {
     let child = process::fork_writer(fd, 1_000, Some(go[0]));
     net::close(fd);
     let every_holder = counts_every_holder(&sw);
-    if every_holder {
-        sw.wait_for("the row to move to the child", |r| {
-            of_inode("moved", inode)(r) && r["pid"] == child && r["fd"] == fd
-        });
-    }
     // SAFETY: one byte into the pipe we own, then our end closed.
     unsafe {
         assert_eq!(libc::write(go[1], [1u8].as_ptr().cast(), 1), 1);
@@ -723,6 +746,12 @@ fn closing_a_socket_a_child_still_holds_hands_it_to_the_child() {
     assert_eq!(status, 0, "the child wrote everything");
     let received = server.next_total();
     assert_eq!(received, 1_300, "the server's own count");
+    if every_holder {
+        // Moved at the child's first write: we no longer held it.
+        sw.wait_for("the row to move to the child", |r| {
+            of_inode("moved", inode)(r) && r["pid"] == child && r["fd"] == fd
+        });
+    }
     let close = sw.wait_for("close", of_inode("close", inode));
     if every_holder {
         assert_eq!(close["pid"], child, "released by the child: {close}");
@@ -752,13 +781,14 @@ fn a_forking_servers_child_carries_the_accepted_socket() {
     let child = process::fork_echo(accepted);
     net::close(accepted);
     let every_holder = counts_every_holder(&sw);
-    if every_holder {
-        sw.wait_for("the row to move to the worker", |r| {
-            of_inode("moved", inode)(r) && r["pid"] == child && r["direction"] == "in"
-        });
-    }
     send_all(client, ECHO, Sender::Write);
     recv_exact(client, ECHO, Receiver::Read);
+    if every_holder {
+        // The socket backend sees an accepted socket at its first use: here, the worker's.
+        sw.wait_for("the row under the worker", |r| {
+            of_inode("accept", inode)(r) && r["pid"] == child && r["direction"] == "in"
+        });
+    }
     net::shutdown_write(client);
     let status = process::wait_pid(child, process::COMMAND_TIMEOUT, "the echo worker");
     assert_eq!(status, 0, "the worker echoed everything");
@@ -818,13 +848,14 @@ fn a_socket_on_a_programs_stdin_and_stdout_counts_its_bytes() {
         .expect("cat");
     net::close(fd);
     let every_holder = counts_every_holder(&sw);
+    send_all(peer, ECHO, Sender::Write);
+    recv_exact(peer, ECHO, Receiver::Read);
     if every_holder {
+        // Moved at cat's first read: we no longer held it.
         sw.wait_for("the row to move to cat", |r| {
             of_inode("moved", inode)(r) && r["pid"] == cat.id() && r["fd"] == 0
         });
     }
-    send_all(peer, ECHO, Sender::Write);
-    recv_exact(peer, ECHO, Receiver::Read);
     net::shutdown_write(peer);
     let status = process::wait_or_kill(&mut cat, process::COMMAND_TIMEOUT, "cat");
     assert!(status.success(), "cat: {status}");
@@ -870,7 +901,12 @@ fn a_socket_passed_over_a_unix_socket_counts_the_receivers_bytes() {
     );
     net::close(fd);
     let every_holder = counts_every_holder(&sw);
+    // SAFETY: one byte on the Unix socket we own: the receiver may write now.
+    assert_eq!(unsafe { libc::write(ours, [1u8].as_ptr().cast(), 1) }, 1);
+    let status = process::wait_pid(receiver, process::COMMAND_TIMEOUT, "the fd's receiver");
+    assert_eq!(status, 0, "the receiver wrote everything");
     let held_at = if every_holder {
+        // Moved at the receiver's first write: we no longer held it.
         let moved = sw.wait_for("the row to move to the receiver", |r| {
             of_inode("moved", inode)(r) && r["pid"] == receiver
         });
@@ -878,10 +914,6 @@ fn a_socket_passed_over_a_unix_socket_counts_the_receivers_bytes() {
     } else {
         None
     };
-    // SAFETY: one byte on the Unix socket we own: the receiver may write now.
-    assert_eq!(unsafe { libc::write(ours, [1u8].as_ptr().cast(), 1) }, 1);
-    let status = process::wait_pid(receiver, process::COMMAND_TIMEOUT, "the fd's receiver");
-    assert_eq!(status, 0, "the receiver wrote everything");
     let received = server.next_total();
     assert_eq!(received, 31_000, "the server's own count");
     let close = sw.wait_for("close", of_inode("close", inode));
@@ -964,10 +996,14 @@ fn outbound_sockets_know_their_local_port() {
     let udp = net::connected_udp(net::udp_echo());
     for fd in [tcp, udp] {
         let port = u64::from(net::local_port(fd));
-        let connect = sw.wait_for("connect", record_of("connect", pid, fd));
-        assert_eq!(u(&connect["lport"]), port, "{connect}");
+        let inode = net::inode_of(fd);
+        // The socket backend reports a UDP connect at the socket's first use or its release
+        // (the kernel binds its local port after the connect hook).
         net::close(fd);
-        let close = sw.wait_for("close", record_of("close", pid, fd));
+        let connect = sw.wait_for("connect", of_inode("connect", inode));
+        assert_eq!((&connect["pid"], &connect["fd"]), (&pid.into(), &fd.into()));
+        assert_eq!(u(&connect["lport"]), port, "{connect}");
+        let close = sw.wait_for("close", of_inode("close", inode));
         assert_eq!(u(&close["lport"]), port, "{close}");
     }
 }

@@ -20,6 +20,8 @@ enum Kind {
     KProbe,
     KRetProbe,
     RawTracePoint,
+    CgroupSockAddr,
+    CgroupSock,
 }
 
 /// Every program the loader attaches, by name, as its two backends name them: tracepoints
@@ -47,10 +49,22 @@ fn expected_programs() -> BTreeMap<String, Kind> {
         sockwatch_tui::kernel::loader::SCHED_PROCESS_FORK.to_owned(),
         Kind::RawTracePoint,
     );
-    // The socket backend's counting, on the socket layer's raw tracepoints.
+    // The socket backend's counting and handshakes, on raw tracepoints; its connects and
+    // releases, on cgroup hooks.
     for event in sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS {
         programs.insert(event.to_owned(), Kind::RawTracePoint);
     }
+    for hook in sockwatch_tui::kernel::loader::SOCKET_CONNECT_HOOKS {
+        programs.insert(hook.to_owned(), Kind::CgroupSockAddr);
+    }
+    programs.insert(
+        sockwatch_tui::kernel::loader::SOCKET_RELEASE_HOOK.to_owned(),
+        Kind::CgroupSock,
+    );
+    programs.insert(
+        sockwatch_tui::kernel::loader::SCHED_PROCESS_EXEC.to_owned(),
+        Kind::RawTracePoint,
+    );
     programs
 }
 
@@ -66,6 +80,8 @@ fn object_programs() -> BTreeMap<String, Option<Kind>> {
                 ProgramSection::KProbe => Some(Kind::KProbe),
                 ProgramSection::KRetProbe => Some(Kind::KRetProbe),
                 ProgramSection::RawTracePoint => Some(Kind::RawTracePoint),
+                ProgramSection::CgroupSockAddr { .. } => Some(Kind::CgroupSockAddr),
+                ProgramSection::CgroupSock { .. } => Some(Kind::CgroupSock),
                 _ => None,
             };
             (name.clone(), kind)

@@ -152,6 +152,10 @@ impl<'a> Btf<'a> {
             Ok(offset) => (offset, 1),
             Err(_) => (self.offset("file", "f_count")?, 0),
         };
+        let common = self.offset("sock", "__sk_common")?;
+        let sock_common = |member: &str| -> Result<u32, BtfError> {
+            Ok(common + self.offset("sock_common", member)?)
+        };
         Ok(KernelOffsets {
             file_count,
             file_ref_style,
@@ -167,9 +171,16 @@ impl<'a> Btf<'a> {
             socket_file: self.offset("socket", "file")?,
             task_mm: self.offset("task_struct", "mm")?,
             task_flags: self.offset("task_struct", "flags")?,
-            // `sock` leads with its `sock_common`, whose port pair is in an anonymous union.
-            sock_num: self.offset("sock", "__sk_common")?
-                + self.offset("sock_common", "skc_num")?,
+            // `sock` leads with its `sock_common`, whose addresses and ports are in anonymous
+            // unions.
+            sock_num: sock_common("skc_num")?,
+            sock_daddr: sock_common("skc_daddr")?,
+            sock_dport: sock_common("skc_dport")?,
+            sock_family: sock_common("skc_family")?,
+            sock_v6_daddr: sock_common("skc_v6_daddr")?,
+            sock_err: self.offset("sock", "sk_err")?,
+            file_flags: self.offset("file", "f_flags")?,
+            files_next_fd: self.offset("files_struct", "next_fd")?,
             valid: 1,
         })
     }
@@ -286,8 +297,17 @@ mod tests {
         assert_eq!(offsets.fdtable_fd * 8, bits_of("fdtable", "fd"));
         assert_eq!(offsets.inode_ino * 8, bits_of("inode", "i_ino"));
         assert_eq!(offsets.task_flags * 8, bits_of("task_struct", "flags"));
-        // x86_64: skc_addrpair (8 bytes) and skc_hash (4) lead, then skc_dport (2), skc_num.
+        // x86_64: skc_addrpair (daddr, then rcv_saddr) and skc_hash (4) lead, then skc_dport
+        // (2), skc_num; skc_family after them.
+        assert_eq!(offsets.sock_daddr, 0);
+        assert_eq!(offsets.sock_dport, 12);
         assert_eq!(offsets.sock_num, 14);
+        assert_eq!(offsets.sock_family, 16);
+        assert_eq!(offsets.sock_err * 8, bits_of("sock", "sk_err"));
+        assert_eq!(
+            offsets.files_next_fd * 8,
+            bits_of("files_struct", "next_fd")
+        );
         assert_eq!(offsets.valid, 1);
     }
 }

@@ -119,31 +119,12 @@ pub enum KernelRecord {
     Fork {
         pid: u32,
     },
-    /// A tracked TCP socket's fd was closed while others hold the socket: `socket` (under the
-    /// closed fd, with its counts so far) lives on, `sk` names it until the kernel releases it.
-    HandOff {
+    /// Another process moves the socket's bytes (the socket backend): its row is under that
+    /// process's fd from now on. `socket` is at its new key, with its counts so far.
+    Moved {
         socket: Socket,
-        sk: u64,
+        from: SocketKey,
     },
-    /// The kernel released a handed-off socket: its last holder closed it or exited.
-    Release(Released),
-}
-
-/// A handed-off socket the kernel released, with its final counts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Released {
-    /// The kernel's socket (`struct sock *`).
-    pub sk: u64,
-    /// Its inode, as the kernel kept it (0: not known).
-    pub inode: u64,
-    /// The process that released it (its close or exit), 0 when not known (seen after the
-    /// fact, in no process's context).
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-    pub ts_ns: u64,
-    pub bytes_sent: u64,
-    pub bytes_recv: u64,
 }
 
 impl KernelRecord {
@@ -178,10 +159,11 @@ impl KernelRecord {
                 peer_unknown: raw.socket.flags & flags::PEER_UNKNOWN != 0,
             },
             EventKind::Close => {
-                let cause = if raw.arg == CloseHow::DupOnto as u32 {
-                    CloseCause::DupOnto
-                } else {
-                    CloseCause::Close
+                let cause = match raw.arg {
+                    a if a == CloseHow::DupOnto as u32 => CloseCause::DupOnto,
+                    a if a == CloseHow::Exit as u32 => CloseCause::Exit,
+                    a if a == CloseHow::Exec as u32 => CloseCause::Exec,
+                    _ => CloseCause::Close,
                 };
                 if raw.socket.flags & flags::REPLACED != 0 {
                     let counts = raw.socket.flags & flags::PARTIAL == 0;
@@ -219,20 +201,13 @@ impl KernelRecord {
                 ts_ns: raw.ts_ns,
             },
             EventKind::Fork => Self::Fork { pid: raw.key.pid },
-            EventKind::HandOff => Self::HandOff {
+            EventKind::Moved => Self::Moved {
                 socket: socket(),
-                sk: raw.socket.sk,
+                from: SocketKey {
+                    pid: raw.arg,
+                    fd: raw.result as u32,
+                },
             },
-            EventKind::Release => Self::Release(Released {
-                sk: raw.socket.sk,
-                inode: raw.socket.ino,
-                pid: raw.key.pid,
-                tid: raw.tid,
-                comm: comm_string(&raw.socket.comm),
-                ts_ns: raw.ts_ns,
-                bytes_sent: raw.socket.bytes_sent,
-                bytes_recv: raw.socket.bytes_recv,
-            }),
             EventKind::CloseRange => Self::CloseRange {
                 pid: raw.key.pid,
                 first: raw.key.fd,

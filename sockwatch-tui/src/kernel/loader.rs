@@ -5,7 +5,7 @@ use std::fmt;
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{KProbe, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use sockwatch_common::{
@@ -33,7 +33,8 @@ pub enum ProbeChoice {
     /// The socket layer where the kernel has it (≥ 6.3), else syscall tracepoints, else kprobes.
     Auto,
     /// Bytes counted at the socket layer (`sock:sock_send_length`/`sock_recv_length`) by the
-    /// kernel's socket, whoever moves them; lifecycle from syscall tracepoints.
+    /// kernel's socket, whoever moves them; lifecycle from cgroup socket hooks and TCP state
+    /// changes. No syscall is hooked.
     Socket,
     /// `syscalls:sys_enter_*` / `sys_exit_*` tracepoints.
     Tracepoint,
@@ -193,28 +194,6 @@ impl KernelTables {
             .map(|(key, value)| with_bytes(key, value, bytes.get(&value.sk)))
             .collect();
         (sockets, bytes)
-    }
-
-    /// The socket backend's counters of the kernel sockets `sks` (those it has).
-    pub fn counts_of(&self, sks: &[u64]) -> SkCounts {
-        let Some(by_socket) = &self.by_socket else {
-            return SkCounts::new();
-        };
-        sks.iter()
-            .filter_map(|sk| Some((*sk, by_socket.bytes.get(sk, 0).ok()?)))
-            .collect()
-    }
-
-    /// Stops counting a handed-off socket user space found gone (`inode`, when known); returns
-    /// its final counts. A newer socket at the same address is left alone.
-    pub fn take_socket(&mut self, sk: u64, inode: Option<u64>) -> Option<SkBytes> {
-        let by_socket = self.by_socket.as_mut()?;
-        let bytes = by_socket.bytes.get(&sk, 0).ok()?;
-        if bytes.ino != 0 && inode.is_some_and(|inode| inode != bytes.ino) {
-            return None;
-        }
-        by_socket.bytes.remove(&sk).ok()?;
-        Some(bytes)
     }
 
     /// One tracked socket, if the kernel still has it.
@@ -417,7 +396,7 @@ pub fn attach(
         (Backend::Socket, Err(error)) => return Err(ProbeError::NoBtf(error.to_string())),
         (backend, _) => backend,
     };
-    if backend != Backend::Kprobe && !syscall_tracepoints_available() {
+    if backend == Backend::Tracepoint && !syscall_tracepoints_available() {
         return Err(ProbeError::NoSyscallTracepoints);
     }
     let symbols = match backend {
@@ -440,9 +419,10 @@ pub fn attach(
         .load(EBPF_OBJECT)
         .map_err(|e| permission_or(e, "loading the eBPF object"))?;
 
-    match &symbols {
-        None => attach_tracepoints(&mut ebpf, backend)?,
-        Some(symbols) => attach_kprobes(&mut ebpf, symbols)?,
+    match (&symbols, backend) {
+        (_, Backend::Socket) => attach_socket_hooks(&mut ebpf)?,
+        (None, _) => attach_tracepoints(&mut ebpf)?,
+        (Some(symbols), _) => attach_kprobes(&mut ebpf, symbols)?,
     }
     if backend != Backend::Socket {
         // The syscall backends cannot count what io_uring or a forked child moves: they say so.
@@ -453,11 +433,6 @@ pub fn attach(
     // Forks: a child holds its parent's sockets (the syscall backends flag them; the socket
     // backend looks for them in the child when the parent exits).
     attach_raw_tracepoint(&mut ebpf, SCHED_PROCESS_FORK)?;
-    if backend == Backend::Socket {
-        for event in SOCKET_TRACEPOINTS {
-            attach_raw_tracepoint(&mut ebpf, event)?;
-        }
-    }
     attach_tracepoint(&mut ebpf, SCHED_PROCESS_EXIT, "sched", SCHED_PROCESS_EXIT)?;
 
     let tracked_map_id = match ebpf.map(maps::TRACKED) {
@@ -500,27 +475,65 @@ pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
 pub const IO_URING_FILE_GET: &str = "io_uring_file_get";
 
 /// The socket backend's raw tracepoints, each with a program of its name: the socket layer's
-/// byte counts (Linux ≥ 6.3), and the TCP state changes that tell when the kernel releases a
-/// socket handed to other holders (Linux ≥ 4.16).
-pub const SOCKET_TRACEPOINTS: [&str; 4] = [
+/// byte counts (Linux ≥ 6.3), and the TCP state changes that end a connect's or an accept's
+/// handshake (Linux ≥ 4.16).
+pub const SOCKET_TRACEPOINTS: [&str; 3] = [
     "sock_send_length",
     "sock_recv_length",
     "inet_sock_set_state",
-    "tcp_destroy_sock",
 ];
 
-/// The `(program, syscalls:event)` pairs of a tracepoint-based backend, in attach order. Exits
+/// The socket backend's cgroup programs, by name: `connect()` (IPv4, and IPv6 for IPv4-mapped
+/// peers), and the release of a socket's last reference.
+pub const SOCKET_CONNECT_HOOKS: [&str; 2] = ["connect4", "connect6"];
+pub const SOCKET_RELEASE_HOOK: &str = "sock_release";
+
+/// `sched:sched_process_exec`, the raw tracepoint and its program's name: the socket backend
+/// tells an exec's releases of close-on-exec sockets from closes.
+pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+
+/// The socket backend: the socket layer's tracepoints and the cgroup hooks on the cgroup v2
+/// root, which fire for every process. `Single`: a link of its own, beside any program others
+/// attached (the kernel refuses `BPF_F_ALLOW_MULTI` on links here).
+fn attach_socket_hooks(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    // Counting first: a socket tracked by the hooks below is counted from its first byte.
+    for event in SOCKET_TRACEPOINTS {
+        attach_raw_tracepoint(ebpf, event)?;
+    }
+    attach_raw_tracepoint(ebpf, SCHED_PROCESS_EXEC)?;
+    let root = support::cgroup2_root()?;
+    for name in SOCKET_CONNECT_HOOKS {
+        let program: &mut CgroupSockAddr = program(ebpf, name)?;
+        program
+            .load()
+            .map_err(|e| permission_or(e, format!("loading {name}")))?;
+        program
+            .attach(&root, CgroupAttachMode::Single)
+            .map_err(|e| permission_or(e, format!("attaching {name} to the cgroup v2 root")))?;
+    }
+    let program: &mut CgroupSock = program(ebpf, SOCKET_RELEASE_HOOK)?;
+    program
+        .load()
+        .map_err(|e| permission_or(e, format!("loading {SOCKET_RELEASE_HOOK}")))?;
+    program
+        .attach(&root, CgroupAttachMode::Single)
+        .map_err(|e| {
+            permission_or(
+                e,
+                format!("attaching {SOCKET_RELEASE_HOOK} to the cgroup v2 root"),
+            )
+        })?;
+    Ok(())
+}
+
+/// The `(program, syscalls:event)` pairs of the tracepoint backend, in attach order. Exits
 /// come before entries: an entry's stash must never wait for an exit program that is not there
-/// yet. The socket backend leaves out the syscalls that move bytes: it counts them at the
-/// socket layer.
-fn syscall_tracepoints(backend: Backend) -> Vec<(String, String)> {
+/// yet.
+fn syscall_tracepoints() -> Vec<(String, String)> {
     let mut pairs = Vec::new();
     for phase in ["exit", "enter"] {
         for syscall in SYSCALLS {
             if phase == "enter" && !syscall.enter {
-                continue;
-            }
-            if backend == Backend::Socket && syscall.moves_bytes {
                 continue;
             }
             let event = format!("sys_{phase}_{}", syscall.name);
@@ -534,8 +547,8 @@ fn syscall_tracepoints(backend: Backend) -> Vec<(String, String)> {
     pairs
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf, backend: Backend) -> Result<(), ProbeError> {
-    for (program, event) in syscall_tracepoints(backend) {
+fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for (program, event) in syscall_tracepoints() {
         attach_tracepoint(ebpf, &program, "syscalls", &event)?;
     }
     Ok(())

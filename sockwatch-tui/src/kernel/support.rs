@@ -21,9 +21,11 @@ pub enum ProbeError {
     NoSyscallTracepoints,
     #[error(
         "this kernel has no socket-layer tracepoints (sock:sock_send_length, Linux 6.3 or later) \
-         or no syscall tracepoints: use --probe tracepoint or --probe kprobe"
+         or no cgroup socket hooks (CONFIG_CGROUP_BPF): use --probe tracepoint or --probe kprobe"
     )]
     NoSocketTracepoints,
+    #[error("no cgroup v2 hierarchy for the socket backend's hooks ({0}): use --probe tracepoint")]
+    NoCgroup2(String),
     #[error("the socket backend needs the kernel's BTF ({0}): use --probe tracepoint")]
     NoBtf(String),
     #[error(
@@ -70,14 +72,58 @@ pub fn syscall_tracepoints_available() -> bool {
 }
 
 /// The kernel has the socket layer's length tracepoints (`sock:sock_send_length`, Linux ≥ 6.3)
-/// that the socket backend counts on, besides the syscall tracepoints for the lifecycle.
+/// that the socket backend counts on, and the cgroup socket hooks (`CONFIG_CGROUP_BPF`, seen
+/// as the cgroup2 filesystem) its lifecycle comes from.
 pub fn socket_tracepoints_available() -> bool {
-    syscall_tracepoints_available()
+    let cgroup2 = fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|text| text.lines().any(|line| line.ends_with("\tcgroup2")));
+    cgroup2
         && [TRACEFS, DEBUGFS_TRACING].iter().any(|root| {
             ["sock_send_length", "sock_recv_length"]
                 .iter()
                 .all(|event| Path::new(root).join("events/sock").join(event).exists())
         })
+}
+
+/// The root of the cgroup v2 hierarchy, open, for the socket backend's cgroup hooks: programs
+/// attached there see every process (every cgroup is below it). Where no cgroup2 is mounted (a
+/// v1-only or minimal system), one is mounted for the moment of attaching and lazily unmounted
+/// again: the attached programs keep the hierarchy, not the mount.
+pub fn cgroup2_root() -> Result<fs::File, ProbeError> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounted = mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| target.replace("\\040", " "))
+    });
+    if let Some(target) = mounted {
+        return fs::File::open(&target)
+            .map_err(|e| ProbeError::NoCgroup2(format!("{target}: {e}")));
+    }
+    let target = std::env::temp_dir().join(format!("sockwatch-cgroup2-{}", std::process::id()));
+    fs::create_dir_all(&target).map_err(|e| ProbeError::NoCgroup2(e.to_string()))?;
+    let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|e| ProbeError::NoCgroup2(e.to_string()))?;
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"cgroup2".as_ptr(),
+            path.as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let error = io::Error::last_os_error();
+        let _ = fs::remove_dir(&target);
+        return Err(ProbeError::NoCgroup2(format!("mounting cgroup2: {error}")));
+    }
+    let root = fs::File::open(&target);
+    // SAFETY: a valid path; MNT_DETACH leaves the open directory usable.
+    unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    let _ = fs::remove_dir(&target);
+    root.map_err(|e| ProbeError::NoCgroup2(e.to_string()))
 }
 
 /// Whether `<category>:<event>` exists on this kernel.

@@ -6,8 +6,8 @@
 //! - A process exit, an exec or a `close_range` arrives as one record about a whole process: the
 //!   tracker settles each of the process's sockets from the kernel map (their fds are gone) and
 //!   reports them closed; on the socket backend, one another process still holds is moved there.
-//! - On the socket backend, a socket handed to other holders (its fd closed while they hold it)
-//!   is followed to where /proc shows it (`Moved`) until the kernel reports its release.
+//! - On the socket backend, the kernel moves a socket's row to the process that moves its
+//!   bytes once the one shown lets go of it (`Moved`), and ends it at its release.
 //! - Each read of the kernel map is checked against the open sockets: one that left the map
 //!   without its close record reaching us (the ring buffer dropped it) is reported `vanished`.
 //! - A periodic reconciliation checks that each tracked (pid, fd) still names the same socket
@@ -22,15 +22,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sockwatch_common::directions;
 
 use super::{
-    decode::{tracked_value, ConnectResult, KernelRecord, Released},
-    loader::{KernelTables, Retrack, SkCounts},
+    decode::{tracked_value, ConnectResult, KernelRecord},
+    loader::{KernelTables, Retrack},
     procfs,
 };
 use crate::{
     clock::monotonic_ns,
-    socket::{
-        CloseCause, Closed, Direction, Origin, Proto, Socket, SocketId, SocketKey, NO_FD, NO_HOLDER,
-    },
+    socket::{CloseCause, Closed, Direction, Origin, Proto, Socket, SocketId, SocketKey},
 };
 
 /// How long an open socket must have been missing from the kernel's map, over two reads at
@@ -54,9 +52,9 @@ pub enum Change {
     Closed(Socket),
     /// Another process holds this socket too (a fork), whose bytes the backend cannot count.
     Partial(SocketId),
-    /// The socket's row now shows another holder: its fd was closed while others held the
-    /// socket (the socket backend follows it), and `to` is where it was found (or a
-    /// [`NO_HOLDER`] key while it is not found yet).
+    /// The socket's row now shows another holder (the socket backend follows it): the process
+    /// that moves its bytes once the one shown let go of it, or one found holding it when the
+    /// process shown exited.
     Moved {
         from: SocketId,
         to: SocketKey,
@@ -91,25 +89,11 @@ pub struct Tracker {
     /// program reached first (the dynamic loader reuses low fds at once): that close record is
     /// reported as the exec's.
     exec_closed: HashSet<SocketId>,
-    /// Sockets handed to other holders (the socket backend), by kernel socket (`struct sock *`):
-    /// the row that shows each, until the kernel reports its release.
-    handed: HashMap<u64, SocketId>,
-    /// Handed-off sockets the previous reconciliation found in no socket table.
-    handed_suspects: HashSet<u64>,
-    /// Serial of the keys of handed-off sockets whose holder is not found yet.
-    unknown_holders: u32,
-    /// Releases that came before their socket's hand-off, by kernel socket (kept
-    /// [`EARLY_RELEASE_NS`] at most).
-    early_releases: HashMap<u64, Released>,
     /// Open sockets whose fd number a newer socket's record took before their close record
     /// came (a thread closed the fd and another got the number at once), with when: their
     /// close is still on its way, or lost once [`MISSING_GRACE_NS`] has passed.
     displaced: HashMap<SocketId, (Socket, u64)>,
 }
-
-/// How long a release whose hand-off has not come yet is kept, and how many at most.
-const EARLY_RELEASE_NS: u64 = 10_000_000_000;
-const EARLY_RELEASES_KEPT: usize = 4096;
 
 /// How a batch of sockets whose fds are gone ends: by what, in which thread, when, and whether
 /// another process may still hold them.
@@ -148,7 +132,23 @@ impl Tracker {
                 inode,
                 closed,
                 counts,
-            } => self.close_replaced(key, inode, closed, counts, open),
+            } => {
+                let changes = self.close_replaced(key, inode, closed, counts, open);
+                // A row user space had moved (the socket backend): the entry it made goes too.
+                for change in &changes {
+                    if let Change::Closed(row) = change {
+                        let moved = row.key() != key;
+                        if moved
+                            && tables
+                                .get(row.key())
+                                .is_some_and(|e| e.inode == Some(inode))
+                        {
+                            tables.take(row.key());
+                        }
+                    }
+                }
+                changes
+            }
             KernelRecord::ProcessExit { pid, ts_ns, forked } => {
                 // Every fd of the process is gone: whatever socket the map has on each. Only a
                 // child it forked can hold them still (the socket backend says whether it did).
@@ -165,8 +165,7 @@ impl Tracker {
             KernelRecord::Fork { pid } => of_process(open, pid)
                 .map(|s| Change::Partial(s.id))
                 .collect(),
-            KernelRecord::HandOff { socket, sk } => self.handed_off(&socket, sk, open),
-            KernelRecord::Release(release) => self.released(release, open),
+            KernelRecord::Moved { socket, from } => self.moved(socket, from, open),
             KernelRecord::CloseRange {
                 pid,
                 first,
@@ -226,9 +225,10 @@ impl Tracker {
         vec![Change::Closed(socket)]
     }
 
-    /// The close of a socket whose map entry a newer socket on its fd had replaced: the row
-    /// kept aside (or still shown) with that inode ends, with the kernel's final counts when
-    /// it has them (else the last ones read, marked partial).
+    /// The close of a socket whose map entry is not its own: a newer socket on its fd had
+    /// replaced it, or (the socket backend) user space had moved its row to another holder. The
+    /// row kept aside, or shown, with that inode ends, with the kernel's final counts when it has
+    /// them (else the last ones read, marked partial).
     fn close_replaced(
         &mut self,
         key: SocketKey,
@@ -242,11 +242,16 @@ impl Tracker {
             .iter()
             .find(|(id, (row, _))| id.key == key && row.inode == Some(inode))
             .map(|(id, _)| *id);
+        let same = |s: &&Socket| s.inode == Some(inode);
         let row = match aside.and_then(|id| self.displaced.remove(&id)) {
             Some((row, _)) => row,
-            None => match open.get(&key).filter(|s| s.inode == Some(inode)) {
+            None => match open.get(&key).filter(same) {
                 Some(row) => row.clone(),
-                None => return Vec::new(),
+                // Moved by user space: wherever it is shown now.
+                None => match open.values().find(same) {
+                    Some(row) => row.clone(),
+                    None => return Vec::new(),
+                },
             },
         };
         let mut socket = row;
@@ -257,176 +262,31 @@ impl Tracker {
         vec![Change::Closed(socket)]
     }
 
-    /// A tracked fd was closed while others hold its socket: the row goes where the socket is
-    /// found now (most often a forked child, or the process itself through another fd).
-    fn handed_off(&mut self, socket: &Socket, sk: u64, open: &OpenSockets) -> Vec<Change> {
-        let Some(row) = open.get(&socket.key()).filter(|s| s.id == socket.id) else {
+    /// The kernel moved a socket's row to `socket.key()`, from `from`: the process that moves
+    /// its bytes now, once the one shown let go of it.
+    fn moved(&mut self, socket: Socket, from: SocketKey, open: &OpenSockets) -> Vec<Change> {
+        let same = |s: &&Socket| s.inode.is_none() || s.inode == socket.inode;
+        let Some(row) = open.get(&from).filter(same) else {
             return Vec::new();
         };
-        self.forget(row.id);
-        let holder = row
-            .inode
-            .and_then(|inode| find_holder(inode, None, Some(row.pid())));
-        let mut changes = self.move_to(row, holder, sk, open);
-        // Its release raced this hand-off to the ring buffer and came first.
-        let same = |release: &Released| release.inode == 0 || row.inode == Some(release.inode);
-        if let Some(release) = self.early_releases.remove(&sk).filter(same) {
-            if let Some(id) = self.handed.remove(&sk) {
-                changes.extend(self.end(row, id.key, release, open));
-            }
-        }
-        changes
-    }
-
-    /// Shows a handed-off socket under `holder` (or under a [`NO_HOLDER`] key while none is
-    /// found), and keeps it as handed off under kernel socket `sk`.
-    fn move_to(
-        &mut self,
-        row: &Socket,
-        holder: Option<SocketKey>,
-        sk: u64,
-        open: &OpenSockets,
-    ) -> Vec<Change> {
-        let (to, comm) = match holder {
-            Some(key) => (
-                key,
-                procfs::comm(key.pid).unwrap_or_else(|| row.comm.clone()),
-            ),
-            None => {
-                self.unknown_holders = self.unknown_holders.wrapping_add(1);
-                let key = SocketKey {
-                    pid: NO_HOLDER,
-                    fd: self.unknown_holders,
-                };
-                (key, row.comm.clone())
-            }
-        };
+        let to = socket.key();
         let mut changes = Vec::new();
         // That fd holds this socket now: a row still shown there ended unseen.
         if let Some(stale) = open.get(&to).filter(|s| s.id != row.id) {
             changes.push(Change::Closed(vanished(stale, monotonic_ns())));
             self.forget(stale.id);
         }
-        self.handed.insert(sk, SocketId::new(to, row.id.opened_ns));
+        self.forget(row.id);
+        if let Some(inode) = socket.inode {
+            self.inodes
+                .insert(SocketId::new(to, row.id.opened_ns), inode);
+        }
         changes.push(Change::Moved {
             from: row.id,
             to,
-            comm,
+            comm: socket.comm,
         });
         changes
-    }
-
-    /// The kernel released a handed-off socket: its row ends with the final counts. A release
-    /// of a socket not handed off here (yet) is kept a while: its hand-off may still be on its
-    /// way (both are sent from different CPUs at about the same time).
-    fn released(&mut self, release: Released, open: &OpenSockets) -> Vec<Change> {
-        self.handed_suspects.remove(&release.sk);
-        let Some(id) = self.handed.remove(&release.sk) else {
-            let stale = release.ts_ns.saturating_sub(EARLY_RELEASE_NS);
-            self.early_releases.retain(|_, kept| kept.ts_ns >= stale);
-            if self.early_releases.len() < EARLY_RELEASES_KEPT {
-                self.early_releases.insert(release.sk, release);
-            }
-            return Vec::new();
-        };
-        match open.get(&id.key).filter(|s| s.id == id) {
-            Some(row) => self.end(row, id.key, release, open),
-            None => Vec::new(),
-        }
-    }
-
-    /// Ends `row` (shown under `shown` by the changes before) as `release` says: under the
-    /// process that released it (whose fd was closed before the release, so not known unless
-    /// the row already showed that process).
-    fn end(
-        &mut self,
-        row: &Socket,
-        shown: SocketKey,
-        release: Released,
-        open: &OpenSockets,
-    ) -> Vec<Change> {
-        let mut socket = row.clone();
-        socket.id.key = shown;
-        let mut changes = Vec::new();
-        // Pid 0: the kernel saw the release after the fact; the row's holder stands.
-        if release.pid != 0 && socket.holder_pid() != Some(release.pid) {
-            let to = SocketKey {
-                pid: release.pid,
-                fd: NO_FD,
-            };
-            if let Some(stale) = open.get(&to).filter(|s| s.id.opened_ns != row.id.opened_ns) {
-                changes.push(Change::Closed(vanished(stale, release.ts_ns)));
-            }
-            changes.push(Change::Moved {
-                from: socket.id,
-                to,
-                comm: release.comm.clone(),
-            });
-            socket.id.key = to;
-            socket.comm = release.comm;
-        }
-        let closed = Closed {
-            at_ns: release.ts_ns,
-            tid: release.tid,
-            cause: CloseCause::Close,
-        };
-        socket.close(closed, release.bytes_sent, release.bytes_recv);
-        changes.push(Change::Closed(socket));
-        changes
-    }
-
-    /// Checks that each handed-off socket is still where its row shows it, and looks for it
-    /// where it is not: first in the process that last moved its bytes (`by_socket`'s mover),
-    /// then in the shown process and its children.
-    pub fn find_holders(&mut self, by_socket: &SkCounts, open: &OpenSockets) -> Vec<Change> {
-        let mut changes = Vec::new();
-        let handed: Vec<(u64, SocketId)> = self.handed.iter().map(|(k, v)| (*k, *v)).collect();
-        for (sk, id) in handed {
-            let Some(row) = open.get(&id.key).filter(|s| s.id == id) else {
-                continue;
-            };
-            let Some(inode) = row.inode else {
-                continue;
-            };
-            let holds = |pid: u32, fd: u32| procfs::socket_inode(pid, fd).ok().flatten();
-            if let (Some(pid), Some(fd)) = (row.holder_pid(), row.holder_fd()) {
-                if holds(pid, fd) == Some(inode) {
-                    continue;
-                }
-            }
-            let mover = by_socket.get(&sk).map(|b| b.mover).filter(|&pid| pid != 0);
-            // Not found: it stays where it was last seen. Most often its holder has just let go
-            // and the release is on its way; else the periodic check ends it.
-            if let Some(key) = find_holder(inode, mover, row.holder_pid()) {
-                if key != row.key() {
-                    changes.extend(self.move_to(row, Some(key), sk, open));
-                }
-            }
-        }
-        changes
-    }
-
-    /// The kernel sockets handed to other holders that rows show now.
-    pub fn handed_sockets(&self) -> Vec<u64> {
-        self.handed.keys().copied().collect()
-    }
-
-    /// The handed-off sockets as a map read shows them: their rows with the socket layer's
-    /// counts (`by_socket`), which go on whoever holds them.
-    pub fn handed_rows(&self, by_socket: &SkCounts, open: &OpenSockets) -> Vec<Socket> {
-        self.handed
-            .iter()
-            .filter_map(|(sk, id)| {
-                let mut socket = open.get(&id.key).filter(|s| s.id == *id)?.clone();
-                // Not a newer socket at the same address (this one's release record lost).
-                let bytes = by_socket
-                    .get(sk)
-                    .filter(|b| b.ino == 0 || socket.inode.is_none_or(|i| i == b.ino))?;
-                socket.bytes_sent = bytes.bytes_sent;
-                socket.bytes_recv = bytes.bytes_recv;
-                Some(socket)
-            })
-            .collect()
     }
 
     /// Every (pid, fd) found holding `socket` now: in its own process, and in that process's
@@ -448,65 +308,6 @@ impl Tracker {
         }
     }
 
-    /// Whether the row `id` shows a handed-off socket.
-    fn is_handed(&self, id: SocketId) -> bool {
-        self.handed.values().any(|handed| *handed == id)
-    }
-
-    /// Ends handed-off sockets whose release record never came: gone from the kernel's socket
-    /// tables (`alive`: the inodes of open sockets) for two reconciliations in a row.
-    fn reconcile_handed(
-        &mut self,
-        alive: &HashSet<u64>,
-        open: &OpenSockets,
-        tables: &mut KernelTables,
-        now_ns: u64,
-    ) -> Vec<Change> {
-        let mut suspects = HashSet::new();
-        let mut changes = Vec::new();
-        let handed: Vec<(u64, SocketId)> = self.handed.iter().map(|(k, v)| (*k, *v)).collect();
-        for (sk, id) in handed {
-            let Some(row) = open.get(&id.key).filter(|s| s.id == id) else {
-                self.handed.remove(&sk);
-                continue;
-            };
-            // A socket already closed on the wire (reset, or both ends shut down) is in no
-            // table yet still open while a process holds it.
-            let held = |inode: u64| {
-                let shown = row.holder_pid().zip(row.holder_fd());
-                shown.is_some_and(|(pid, fd)| {
-                    procfs::socket_inode(pid, fd).ok().flatten() == Some(inode)
-                })
-            };
-            if row
-                .inode
-                .is_none_or(|inode| alive.contains(&inode) || held(inode))
-            {
-                continue;
-            }
-            if !self.handed_suspects.contains(&sk) {
-                suspects.insert(sk);
-                continue;
-            }
-            self.handed.remove(&sk);
-            let mut socket = row.clone();
-            let (sent, recv) = tables
-                .take_socket(sk, row.inode)
-                .map_or((row.bytes_sent, row.bytes_recv), |b| {
-                    (b.bytes_sent, b.bytes_recv)
-                });
-            let closed = Closed {
-                at_ns: now_ns,
-                tid: row.pid(),
-                cause: CloseCause::Reconciled,
-            };
-            socket.close(closed, sent, recv);
-            changes.push(Change::Closed(socket));
-        }
-        self.handed_suspects = suspects;
-        changes
-    }
-
     /// A successful exec closed the process's close-on-exec fds, without any close() call:
     /// each socket whose fd no longer holds it is settled as closed by the exec.
     fn exec(
@@ -517,9 +318,7 @@ impl Tracker {
         tables: &mut KernelTables,
     ) -> Vec<Change> {
         let mut gone = Vec::new();
-        let handed: HashSet<SocketId> = self.handed.values().copied().collect();
-        let closable = of_process(open, pid).filter(|s| s.id.opened_ns < ts_ns);
-        for socket in closable.filter(|s| !handed.contains(&s.id)) {
+        for socket in of_process(open, pid).filter(|s| s.id.opened_ns < ts_ns) {
             match tables.get(socket.key()) {
                 Some(entry) => {
                     if entry.id == socket.id && !self.still_open(socket.id) {
@@ -624,7 +423,7 @@ impl Tracker {
         let mut gone = Vec::new();
         let mut suspects = HashSet::new();
         for &id in map.iter().filter(|id| id.key.pid != own_pid) {
-            if self.is_handed(id) || self.still_open(id) {
+            if self.still_open(id) {
                 continue;
             }
             if self.suspects.contains(&id) {
@@ -644,10 +443,6 @@ impl Tracker {
         self.inodes.retain(|id, _| known.contains(id));
         self.exec_closed.retain(|id| known.contains(id));
         let mut changes = Vec::new();
-        if !self.handed.is_empty() {
-            let alive = procfs::inet_sockets().into_keys().collect();
-            changes = self.reconcile_handed(&alive, open, tables, now_ns);
-        }
         for id in gone {
             // Only the very entry found gone: the fd may hold a new socket by now.
             if tables.get(id.key).is_some_and(|e| e.id == id) {
@@ -761,7 +556,8 @@ impl Tracker {
             socket.daddr = *found.remote.ip();
             socket.dport = found.remote.port();
             socket.lport = found.local.port();
-        } else {
+        } else if socket.lport == 0 {
+            // The kernel read it from the socket where it could (the socket backend).
             socket.lport = self.listener_port(key.pid, listener).unwrap_or(0);
         }
         if let Some(inode) = inode {
@@ -857,17 +653,6 @@ fn with_descendants(pid: Option<u32>) -> impl Iterator<Item = u32> {
     let children = pid.map(procfs::children).unwrap_or_default();
     let grandchildren = children.clone().into_iter().flat_map(procfs::children);
     pid.into_iter().chain(children).chain(grandchildren)
-}
-
-/// Where socket `inode` is held: in `mover` (the process that last moved its bytes), else in
-/// `shown` (where its row shows it) or their children and grandchildren (a forking server's
-/// worker, a program started on it). The lowest fd of the first process found holding it.
-fn find_holder(inode: u64, mover: Option<u32>, shown: Option<u32>) -> Option<SocketKey> {
-    mover
-        .into_iter()
-        .chain(with_descendants(shown))
-        .filter(|&pid| pid != NO_HOLDER)
-        .find_map(|pid| procfs::fd_of_socket(pid, inode).map(|fd| SocketKey { pid, fd }))
 }
 
 /// Of the `settling` sockets, those still open (per the kernel's socket tables) by inode, with
@@ -1048,7 +833,7 @@ mod tests {
     /// A pid no process has (above the kernel's pid_max ceiling of 2^22).
     const NOBODY: u32 = 1 << 30;
 
-    fn handed(inode: u64) -> (Socket, OpenSockets) {
+    fn row_with_inode(inode: u64) -> (Socket, OpenSockets) {
         let mut row = socket(5, SEC, 100);
         row.id.key.pid = NOBODY;
         row.inode = Some(inode);
@@ -1067,47 +852,6 @@ mod tests {
         (listener, me, fd, inode)
     }
 
-    /// A release of `sk` seen after the fact (pid 0), at 3 s, nothing moved.
-    fn release(sk: u64) -> Released {
-        Released {
-            sk,
-            inode: 0,
-            pid: 0,
-            tid: 0,
-            comm: String::new(),
-            ts_ns: 3 * SEC,
-            bytes_sent: 0,
-            bytes_recv: 0,
-        }
-    }
-
-    #[test]
-    fn a_release_that_comes_before_its_hand_off_ends_the_socket_at_the_hand_off() {
-        let mut tracker = Tracker::default();
-        let (row, open) = handed(u64::MAX - 4);
-        let early = Released {
-            inode: u64::MAX - 4,
-            pid: 42,
-            bytes_sent: 640,
-            ..release(9)
-        };
-        assert!(
-            tracker.released(early, &open).is_empty(),
-            "kept, not applied"
-        );
-        let changes = tracker.handed_off(&row, 9, &open);
-        let Some(Change::Closed(end)) = changes.last() else {
-            panic!("ends at once: {changes:?}")
-        };
-        assert_eq!((end.pid(), end.bytes_sent), (42, 640));
-        assert_eq!(end.closed.map(|c| c.cause), Some(CloseCause::Close));
-        // Moved to where it was looked for, then to the process that released it.
-        let moves = moved(&changes);
-        assert_eq!(moves.len(), 2, "{changes:?}");
-        assert_eq!(moves[1].1, SocketKey { pid: 42, fd: NO_FD });
-        assert!(tracker.handed.is_empty());
-    }
-
     fn moved(changes: &[Change]) -> Vec<(SocketId, SocketKey)> {
         changes
             .iter()
@@ -1119,107 +863,32 @@ mod tests {
     }
 
     #[test]
-    fn a_handed_off_socket_nobody_is_found_holding_waits_under_no_holder_until_its_release() {
+    fn a_row_the_kernel_moved_follows_it_and_ends_a_stale_row_at_its_new_fd() {
         let mut tracker = Tracker::default();
-        let (row, mut open) = handed(u64::MAX - 1);
-        let changes = tracker.handed_off(&row, 0xffff_8880_0000_1000, &open);
-        let [(from, to)] = moved(&changes)[..] else {
-            panic!("one move: {changes:?}")
-        };
-        assert_eq!(from, row.id);
-        assert_eq!(to.pid, NO_HOLDER, "no process is known to hold it");
-        let mut shown = open.remove(&row.key()).expect("the row");
-        shown.id.key = to;
-        open.insert(to, shown);
-        // Its counts go on at the socket layer, whoever moves the bytes.
-        let by_socket: SkCounts = [(
-            0xffff_8880_0000_1000,
-            sockwatch_common::SkBytes {
-                bytes_sent: 700,
-                ..Default::default()
-            },
-        )]
-        .into();
-        let rows = tracker.handed_rows(&by_socket, &open);
-        assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].key(), rows[0].bytes_sent), (to, 700));
-        // Released by process 42: shown under it (fd not known) with the final counts.
-        let release = Released {
-            pid: 42,
-            tid: 43,
-            comm: "worker".into(),
-            ts_ns: 9 * SEC,
-            bytes_sent: 900,
-            bytes_recv: 5,
-            ..release(0xffff_8880_0000_1000)
-        };
-        let changes = tracker.released(release, &open);
-        let last = SocketKey { pid: 42, fd: NO_FD };
-        assert_eq!(moved(&changes), [(SocketId::new(to, SEC), last)]);
-        let Some(Change::Closed(end)) = changes.last() else {
-            panic!("ends closed: {changes:?}")
-        };
-        assert_eq!(end.key(), last);
-        assert_eq!(
-            (end.bytes_sent, end.bytes_recv, end.comm.as_str()),
-            (900, 5, "worker")
-        );
-        assert_eq!(
-            end.closed.map(|c| (c.tid, c.cause)),
-            Some((43, CloseCause::Close))
-        );
-        assert!(
-            tracker.handed_rows(&by_socket, &open).is_empty(),
-            "no longer handed off"
-        );
-    }
-
-    #[test]
-    fn a_release_seen_after_the_fact_keeps_the_holder_shown() {
-        let mut tracker = Tracker::default();
-        let (row, open) = handed(u64::MAX - 2);
-        tracker.handed.insert(7, row.id);
-        let changes = tracker.released(
-            Released {
-                bytes_sent: 100,
-                ..release(7)
-            },
-            &open,
-        );
-        assert!(moved(&changes).is_empty(), "{changes:?}");
-        assert_eq!(closed(&changes), [(row.id, CloseCause::Close, 100)]);
-        let unknown = tracker.released(release(8), &open);
-        assert!(unknown.is_empty(), "not a handed-off socket (yet)");
-    }
-
-    #[test]
-    fn a_handed_off_socket_is_found_in_the_process_that_moves_its_bytes() {
-        // A real socket this test process holds, as a holder found in /proc.
-        let (_listener, me, fd, inode) = own_socket();
-        let mut tracker = Tracker::default();
-        let (row, open) = handed(inode);
-        tracker.handed.insert(7, row.id);
-        let by_socket: SkCounts = [(
-            7,
-            sockwatch_common::SkBytes {
-                mover: me,
-                ..Default::default()
-            },
-        )]
-        .into();
-        let changes = tracker.find_holders(&by_socket, &open);
-        assert_eq!(moved(&changes), [(row.id, SocketKey { pid: me, fd })]);
-        let Some(Change::Moved { comm, .. }) = changes.last() else {
-            unreachable!()
-        };
-        assert_eq!(Some(comm.clone()), procfs::comm(me), "the holder's name");
+        let (row, _) = row_with_inode(77);
+        let stale = socket(3, SEC / 2, 10);
+        let mut stale = stale;
+        stale.id.key.pid = 42;
+        let open = open(&[row.clone(), stale.clone()]);
+        let mut record = row.clone();
+        record.id.key = SocketKey { pid: 42, fd: 3 };
+        record.comm = "worker".into();
+        let changes = tracker.moved(record.clone(), row.key(), &open);
+        assert_eq!(closed(&changes), [(stale.id, CloseCause::Vanished, 10)]);
+        assert_eq!(moved(&changes), [(row.id, record.key())]);
+        // Not the row shown there (another socket's inode), or no row at all: nothing moves.
+        let mut other = record.clone();
+        other.inode = Some(78);
+        assert!(tracker.moved(other, row.key(), &open).is_empty());
+        let nowhere = SocketKey { pid: 7, fd: 7 };
+        assert!(tracker.moved(record, nowhere, &open).is_empty());
     }
 
     #[test]
     fn a_socket_another_process_still_holds_is_found_there_unless_it_is_the_one_leaving() {
         // A real socket of this test process stands for the other holder.
         let (_listener, me, fd, inode) = own_socket();
-        let (settling, _) = handed(inode);
+        let (settling, _) = row_with_inode(inode);
         let found = holders_elsewhere(std::slice::from_ref(&settling), None);
         assert_eq!(
             found.get(&inode),
@@ -1231,7 +900,7 @@ mod tests {
             Some(&(None, true)),
             "open, held by no one else"
         );
-        let (closed, _) = handed(u64::MAX - 3);
+        let (closed, _) = row_with_inode(u64::MAX - 3);
         assert!(
             holders_elsewhere(&[closed], None).is_empty(),
             "not open anywhere"

@@ -290,8 +290,8 @@ pub fn flood(udp: bool, secs: f64, rate: u64, bytes: usize) -> io::Result<()> {
 }
 
 /// Opens CONNECTIONS loopback TCP connections to a listener of this process, accepts them
-/// all (two sockets each: one outbound, one inbound), prints `held=N`, and keeps them open
-/// until stdin closes or SECS pass.
+/// all (two sockets each: one outbound, one inbound), moves one byte over each, prints
+/// `held=N`, and keeps them open until stdin closes or SECS pass.
 pub fn hold(connections: usize, secs: u64) -> io::Result<()> {
     // Two fds per connection, plus the listener and stdio.
     raise_fd_limit(2 * connections as u64 + 64)?;
@@ -300,8 +300,14 @@ pub fn hold(connections: usize, secs: u64) -> io::Result<()> {
     let mut clients = Vec::with_capacity(connections);
     let mut servers = Vec::with_capacity(connections);
     for _ in 0..connections {
-        clients.push(std::net::TcpStream::connect(("127.0.0.1", port))?);
-        servers.push(listener.accept()?.0);
+        // One byte in, read by the accepted end: every socket is in use (the socket backend
+        // tracks an accepted socket from its first use).
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        io::Write::write_all(&mut client, b"h")?;
+        let mut server = listener.accept()?.0;
+        io::Read::read_exact(&mut server, &mut [0u8])?;
+        clients.push(client);
+        servers.push(server);
     }
     println!("held={connections} pid={}", std::process::id());
     io::Write::flush(&mut io::stdout())?;

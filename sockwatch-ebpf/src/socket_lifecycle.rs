@@ -1,0 +1,361 @@
+//! The socket backend's lifecycle, from hooks that fire only for sockets: no syscall
+//! tracepoint, since any enabled one puts every syscall of every task on the slow path.
+//!
+//! - `cgroup/connect4`, `cgroup/connect6` (IPv4-mapped peers): a TCP or UDP `connect()`, in the
+//!   connecting thread, before the kernel performs it. The socket is tracked from here; a TCP
+//!   connect is reported when its handshake ends, a UDP one at the socket's first use or release
+//!   (its local port is bound after this hook).
+//! - `sock:inet_sock_set_state`: the end of a connect's handshake (established, or failed with
+//!   the socket's error); and the end of an inbound one, which notes the socket for its first
+//!   use (see `socket_layer`).
+//! - `cgroup/sock_release`: the last reference to a socket goes (its last holder closed it,
+//!   exited, or exec'd with it close-on-exec), in the releasing task: the row ends with its
+//!   final counts, whoever moved them.
+//!
+//! The cgroup programs must return 1: 0 would refuse the connect or the release.
+
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_addr},
+    helpers::bpf_probe_read_kernel,
+    macros::{cgroup_sock, cgroup_sock_addr, raw_tracepoint},
+    programs::{RawTracePointContext, SockAddrContext, SockContext},
+};
+use sockwatch_common::{
+    directions, flags, CloseHow, EventKind, SocketEvent, SocketKey, SocketState, TrackedSocket,
+    EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::{
+    identity::{
+        current_is_user, fd_of_sock, inode_of_sock, ipv4_peer, letting_go, local_port,
+        non_blocking, sock_error, Letting,
+    },
+    maps::{tracking, ACCEPTED, ADOPTED, ADOPTED_PENDING, SK_BYTES, TRACKED},
+    socket_layer::{report_udp_connect, track_socket, unknown_fd, NO_LISTENER},
+    state::{comm, current, emit, key, now_ns, opened},
+};
+
+/// Allow the call: a cgroup program's verdict.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the context's fields are readable by a connect4 program.
+    let (daddr, port, proto, sk) = unsafe {
+        (
+            (*sa).user_ip4,
+            (*sa).user_port,
+            (*sa).protocol,
+            (*sa).__bindgen_anon_1.sk as u64,
+        )
+    };
+    connecting(daddr, port, proto, sk);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the context's fields are readable by a connect6 program.
+    let (ip6, port, proto, sk) = unsafe {
+        (
+            (*sa).user_ip6,
+            (*sa).user_port,
+            (*sa).protocol,
+            (*sa).__bindgen_anon_1.sk as u64,
+        )
+    };
+    // Only IPv4-mapped peers (`::ffff:a.b.c.d`, as dual-stack programs connect).
+    if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == u32::from_be(0xffff) {
+        connecting(ip6[3], port, proto, sk);
+    }
+    ALLOW
+}
+
+/// The address of the socket a cgroup program's context points to, as a plain number: the
+/// verifier refuses arithmetic on that pointer, but a copy read back from the stack is a scalar.
+#[inline(always)]
+fn address_of(pointer: u64) -> u64 {
+    let slot = pointer;
+    // SAFETY: reads our own stack slot.
+    unsafe { bpf_probe_read_kernel(&raw const slot) }.unwrap_or(0)
+}
+
+/// A `connect()` of socket `sk` (`pointer`) to `daddr:port` (network order) is about to be
+/// performed: it is tracked from now on.
+#[inline(always)]
+fn connecting(daddr: u32, port: u32, proto: u32, pointer: u64) {
+    if !tracking(directions::OUTBOUND) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return;
+    }
+    let sk = address_of(pointer);
+    if sk == 0 {
+        return;
+    }
+    let dport = u16::from_be(port as u16);
+    // A UDP socket connected again: the same peer changes nothing; a new one ends the row and
+    // starts another.
+    // SAFETY: copied out at once.
+    if let Some(bytes) = unsafe { SK_BYTES.get(sk) }.copied() {
+        // SAFETY: copied out at once.
+        let row = unsafe { TRACKED.get(bytes.key) }.copied();
+        if row.is_some_and(|row| row.sk == sk && row.daddr == daddr && row.dport == dport) {
+            return;
+        }
+        released(sk, Letting::Close);
+    }
+    track_connect(sk, daddr, dport, proto);
+}
+
+/// Tracks socket `sk` connecting to `daddr:dport` (network order, host order) now. Not inlined
+/// (nor is `released`): their stack frames then do not add up in one program.
+#[inline(never)]
+fn track_connect(sk: u64, daddr: u32, dport: u16, proto: u32) {
+    let (pid_tgid, pid) = current();
+    let ino = inode_of_sock(sk);
+    let fd = fd_of_sock(sk).unwrap_or_else(|| unknown_fd(ino));
+    let udp = proto == IPPROTO_UDP;
+    let state = if udp {
+        SocketState::Established
+    } else {
+        SocketState::Connecting
+    };
+    let socket = TrackedSocket {
+        connect_ns: now_ns(),
+        sk,
+        ino,
+        daddr,
+        dport,
+        lport: local_port(sk),
+        tid: pid_tgid as u32,
+        state: state as u32,
+        proto,
+        comm: comm(),
+        ..TrackedSocket::default()
+    };
+    let Some(bytes) = track_socket(key(pid, fd), &socket) else {
+        return;
+    };
+    // A TCP connect is reported when its handshake ends (`handshake_ended`); a UDP one once
+    // its local port is bound, at its first use or its release.
+    if udp {
+        // SAFETY: a valid map value pointer; a u32 stored whole.
+        unsafe { core::ptr::write_volatile(&raw mut (*bytes).unreported, 1) };
+    }
+}
+
+/// TCP states (`include/net/tcp_states.h`).
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+
+/// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let (sk, old, new): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    match (old as i32, new as i32) {
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => handshake_ended(sk, true),
+        (TCP_SYN_SENT, TCP_CLOSE) => handshake_ended(sk, false),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => inbound_established(sk),
+        _ => {}
+    }
+    0
+}
+
+/// `ECONNREFUSED`, for a failed handshake whose socket holds no error.
+const ECONNREFUSED: i32 = 111;
+
+/// A tracked connect's handshake ended (in whatever context the network stack runs): reported
+/// with what the `connect()` returned, 0 or `-EINPROGRESS` by the file's blocking mode; or
+/// failed (`-errno`), and no longer tracked.
+#[inline(always)]
+fn handshake_ended(sk: u64, established: bool) {
+    // SAFETY: copied out at once.
+    let Some(bytes) = unsafe { SK_BYTES.get(sk) }.copied() else {
+        return;
+    };
+    let Some(row) = TRACKED.get_ptr_mut(bytes.key) else {
+        return;
+    };
+    // SAFETY: a valid map value pointer; aligned fields read and stored whole.
+    let mut socket = unsafe { *row };
+    if socket.sk != sk || socket.state != SocketState::Connecting as u32 {
+        return;
+    }
+    socket.lport = local_port(sk);
+    let result = if established {
+        // SAFETY: as above.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*row).lport, socket.lport);
+            core::ptr::write_volatile(&raw mut (*row).state, SocketState::Established as u32);
+        }
+        if non_blocking(sk) {
+            -EINPROGRESS
+        } else {
+            socket.state = SocketState::Established as u32;
+            0
+        }
+    } else {
+        if SK_BYTES.remove(sk).is_err() {
+            return;
+        }
+        let _ = TRACKED.remove(bytes.key);
+        socket.state = 0;
+        match sock_error(sk) {
+            0 => -ECONNREFUSED,
+            errno => -errno,
+        }
+    };
+    emit(&SocketEvent {
+        result,
+        ..opened(EventKind::Connect, bytes.key, socket)
+    });
+}
+
+/// An inbound TCP handshake completed: the socket waits in its listener's queue for an
+/// `accept()`, and is tracked at its first use.
+#[inline(always)]
+fn inbound_established(sk: u64) {
+    if tracking(directions::INBOUND) && ipv4_peer(sk).is_some() {
+        let _ = ACCEPTED.insert(sk, now_ns(), 0);
+    }
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    let sock: *mut bpf_sock = ctx.sock;
+    let sk = address_of(sock as u64);
+    if sk != 0 {
+        released(sk, letting_go());
+    }
+    ALLOW
+}
+
+/// The kernel is releasing socket `sk` (`how`: why its last holder let go): a tracked socket
+/// ends with its final counts; an accepted one nobody used is reported now, under the
+/// releasing process (its fd is gone).
+#[inline(never)]
+fn released(sk: u64, how: Letting) {
+    // SAFETY: copied out at once.
+    let Some(bytes) = unsafe { SK_BYTES.get(sk) }.copied() else {
+        never_used(sk, how);
+        return;
+    };
+    // Only the one caller that removes the counters reports the end.
+    if SK_BYTES.remove(sk).is_err() {
+        return;
+    }
+    let key = bytes.key;
+    if bytes.unreported != 0 {
+        report_udp_connect(sk, key);
+    }
+    // SAFETY: copied out at once.
+    let mut socket = match unsafe { TRACKED.get(key) }.copied() {
+        Some(row) if row.sk == sk => {
+            let _ = TRACKED.remove(key);
+            // Closed before its handshake ended: its connect is still under way.
+            if row.state == SocketState::Connecting as u32 {
+                emit(&SocketEvent {
+                    result: -EINPROGRESS,
+                    ..opened(EventKind::Connect, key, row)
+                });
+            }
+            row
+        }
+        // User space moved its row (or a newer socket took its fd first): it finds the row by
+        // the socket's inode.
+        _ => TrackedSocket {
+            sk,
+            ino: bytes.ino,
+            flags: flags::REPLACED,
+            ..TrackedSocket::default()
+        },
+    };
+    socket.bytes_sent = bytes.bytes_sent;
+    socket.bytes_recv = bytes.bytes_recv;
+    let port = local_port(sk);
+    if port != 0 {
+        socket.lport = port;
+    }
+    emit(&closed(key, socket, how));
+}
+
+/// The close record of `socket` at `key`, made by the calling task (no thread when a kernel
+/// thread released it).
+#[inline(always)]
+fn closed(key: SocketKey, socket: TrackedSocket, how: Letting) -> SocketEvent {
+    let tid = if current_is_user() {
+        current().0 as u32
+    } else {
+        0
+    };
+    let how = match how {
+        Letting::Exit => CloseHow::Exit,
+        Letting::Exec => CloseHow::Exec,
+        Letting::Close => CloseHow::Close,
+    };
+    SocketEvent {
+        arg: how as u32,
+        ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
+    }
+}
+
+/// A socket released without ever being counted: one accepted and closed before any use, or
+/// one found open at start that never moved a byte.
+#[inline(always)]
+fn never_used(sk: u64, how: Letting) {
+    // SAFETY: copied out at once.
+    if unsafe { ACCEPTED.get(sk) }.is_some() {
+        if ACCEPTED.remove(sk).is_err() {
+            return;
+        }
+        let Some((daddr, dport)) = ipv4_peer(sk) else {
+            return;
+        };
+        let (pid_tgid, pid) = current();
+        // A kernel thread's release (a deferred one) names no process: pid 0.
+        let pid = if current_is_user() { pid } else { 0 };
+        let ino = inode_of_sock(sk);
+        let at = key(pid, unknown_fd(ino));
+        let socket = TrackedSocket {
+            connect_ns: now_ns(),
+            sk,
+            ino,
+            daddr,
+            dport: u16::from_be(dport),
+            lport: local_port(sk),
+            tid: pid_tgid as u32,
+            state: SocketState::Established as u32,
+            proto: IPPROTO_TCP,
+            flags: flags::INBOUND,
+            comm: comm(),
+            ..TrackedSocket::default()
+        };
+        emit(&SocketEvent {
+            arg: NO_LISTENER,
+            ..opened(EventKind::Accept, at, socket)
+        });
+        emit(&closed(at, socket, how));
+        return;
+    }
+    if ADOPTED_PENDING.get(0).is_none_or(|pending| *pending == 0) {
+        return;
+    }
+    let inode = inode_of_sock(sk);
+    // SAFETY: copied out at once.
+    let Some(at) = unsafe { ADOPTED.get(inode) }.copied() else {
+        return;
+    };
+    let _ = ADOPTED.remove(inode);
+    // SAFETY: copied out at once.
+    let Some(socket) = unsafe { TRACKED.get(at) }
+        .copied()
+        .filter(|s| s.ino == inode)
+    else {
+        return;
+    };
+    let _ = TRACKED.remove(at);
+    emit(&closed(at, socket, how));
+}
