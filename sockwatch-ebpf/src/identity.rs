@@ -252,7 +252,7 @@ pub fn non_blocking(sk: u64) -> bool {
 /// How many fd-table entries one step of the scan compares (`maps::FD_CHUNK`).
 const CHUNK: usize = crate::maps::FD_CHUNK;
 /// The most steps a scan takes: fd tables up to a million entries.
-const MAX_CHUNKS: u32 = 1 << 16;
+const MAX_CHUNKS: u32 = 1 << 14;
 
 /// What [`scan_chunk`] looks for and finds: the state of one fd-table scan, on the caller's
 /// stack.
@@ -303,8 +303,8 @@ extern "C" fn scan_chunk(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// The calling process's fd for socket `sk` (the lowest, when it has several), or `None` when
-/// it has none or it is not known. The kernel gives a new fd the lowest free number, so a
+/// The calling process's fd for socket `sk` (when it has several: the one just below
+/// `next_fd`, else the lowest), or `None` when it has none or it is not known. The kernel gives a new fd the lowest free number, so a
 /// socket just made or accepted is most often at `files->next_fd - 1`, checked first; else
 /// the whole table is scanned, [`CHUNK`] entries a step.
 #[inline(always)]

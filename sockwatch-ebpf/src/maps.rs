@@ -53,8 +53,8 @@ pub static SK_BYTES: HashMap<u64, SkBytes> = HashMap::with_max_entries(TRACKED_D
 #[map(name = "ADOPTED")]
 pub static ADOPTED: HashMap<u64, SocketKey> = HashMap::with_max_entries(ADOPTED_SIZE, 0);
 
-/// Accepted sockets not used yet (the socket backend), with when their handshake ended. LRU:
-/// one never accepted (its listener closed first) ages out.
+/// Accepted sockets not used yet (the socket backend), with when their handshake ended (for
+/// `bpftool map dump`). LRU: one never accepted (its listener closed first) ages out.
 #[map(name = "ACCEPTED")]
 pub static ACCEPTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(NEW_SOCKETS_SIZE, 0);
 

@@ -107,10 +107,10 @@ pub fn unknown_fd(ino: u64) -> u32 {
 }
 
 /// Starts tracking socket `socket.sk` under `key`: its counters (`SK_BYTES`) and its row
-/// (`TRACKED`). A row of an older socket still at `key` (its fd number reused before its release
-/// came) is replaced: its release then reports it by identity. Returns the counters.
+/// (`TRACKED`). Returns the counters.
 #[inline(always)]
 pub fn track_socket(key: SocketKey, socket: &TrackedSocket) -> Option<*mut SkBytes> {
+    make_room(key, socket.sk);
     let files = if key.fd & FD_UNKNOWN == 0 {
         current_files()
     } else {
@@ -136,6 +136,48 @@ pub fn track_socket(key: SocketKey, socket: &TrackedSocket) -> Option<*mut SkByt
         let _ = PROCS.insert(key.pid, TRACKED_PROC, 0);
     }
     SK_BYTES.get_ptr_mut(socket.sk)
+}
+
+/// A row of another socket at `key`, which `sk` takes now: the fd number was freed and reused
+/// while that socket lives on (its fd was copied first: `dup2(3, 1); close(3)`; or its release,
+/// run as the closing syscall returns, has not come yet). It moves to a key of its own, fd
+/// unknown, and is reported (`Moved`); its release ends it there. A row whose socket is gone
+/// (its counters point elsewhere) is simply replaced. Not inlined: its frame stays out of the
+/// callers' stacks.
+#[inline(never)]
+fn make_room(key: SocketKey, sk: u64) {
+    // SAFETY: copied out at once.
+    let Some(mut row) = unsafe { TRACKED.get(key) }.copied() else {
+        return;
+    };
+    if row.sk == sk || row.sk == 0 {
+        return;
+    }
+    let Some(bytes) = SK_BYTES.get_ptr_mut(row.sk) else {
+        return;
+    };
+    // SAFETY: a valid map value pointer; fields read whole.
+    if unsafe { core::ptr::read_volatile(&raw const (*bytes).key) } != key {
+        return;
+    }
+    let to = SocketKey {
+        pid: key.pid,
+        fd: unknown_fd(row.ino),
+    };
+    if TRACKED.insert(to, row, 0).is_err() {
+        return;
+    }
+    // SAFETY: as above; the key is stored by the kernel only.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*bytes).key, to);
+        row.bytes_sent = core::ptr::read_volatile(&raw const (*bytes).bytes_sent);
+        row.bytes_recv = core::ptr::read_volatile(&raw const (*bytes).bytes_recv);
+    }
+    emit(&SocketEvent {
+        arg: key.pid,
+        result: key.fd as i32,
+        ..SocketEvent::new(EventKind::Moved, to, current().0 as u32, now_ns(), row)
+    });
 }
 
 /// The first use of a socket without counters: one found open at start, or one accepted.
@@ -251,20 +293,22 @@ unsafe fn follow(sk: u64, bytes: *mut SkBytes, pid_tgid: u64) {
             .filter(|entry| entry.sk == sk)
     };
     let Some(mut row) = here(from) else {
-        // User space moved the row here already (its holder found when the process it showed
-        // exited): the kernel only learns where. Else user space ended it: nothing to follow.
-        if here(to).is_some() {
-            // SAFETY: per the caller.
-            unsafe { set_key(bytes, to) };
-        }
+        // User space moved the row (a holder found when the process it showed exited, or by
+        // its periodic check), or ended it: the kernel does not know where. It stops looking:
+        // the release reports the socket by identity, and user space finds the row by inode.
+        // SAFETY: per the caller.
+        unsafe { set_key(bytes, to) };
         return;
     };
+    // Only the one caller that takes the row moves it (movers may race).
+    if TRACKED.remove(from).is_err() {
+        return;
+    }
     row.comm = comm();
     if TRACKED.insert(to, row, 0).is_err() {
         bump(Counter::TrackedFull);
         return;
     }
-    let _ = TRACKED.remove(from);
     // SAFETY: per the caller.
     unsafe {
         set_key(bytes, to);

@@ -27,8 +27,8 @@ use sockwatch_common::{
 
 use crate::{
     identity::{
-        current_is_user, fd_of_sock, inode_of_sock, ipv4_peer, letting_go, local_port,
-        non_blocking, sock_error, Letting,
+        current_is_user, fd_of_sock, file_of_sock, inode_of_sock, ipv4_peer, letting_go,
+        local_port, non_blocking, sock_error, Letting,
     },
     maps::{tracking, ACCEPTED, ADOPTED, ADOPTED_PENDING, SK_BYTES, TRACKED},
     socket_layer::{report_udp_connect, track_socket, unknown_fd, NO_LISTENER},
@@ -90,7 +90,9 @@ fn connecting(daddr: u32, port: u32, proto: u32, pointer: u64) {
         return;
     }
     let sk = address_of(pointer);
-    if sk == 0 {
+    // A socket without a file is the kernel's own (NFS, iSCSI...): no process holds it, and its
+    // release skips the hook.
+    if sk == 0 || file_of_sock(sk) == 0 {
         return;
     }
     let dport = u16::from_be(port as u16);

@@ -1007,3 +1007,51 @@ fn outbound_sockets_know_their_local_port() {
         assert_eq!(u(&close["lport"]), port, "{close}");
     }
 }
+
+/// A socket whose fd was copied (`dup2`) and then closed lives on at the copy, and a new socket
+/// gets the freed number. The socket backend keeps the first socket's row (moved off the
+/// number, fd unknown) and ends it at its release with every byte, the server's count as the
+/// oracle; the syscall backends end it at the close, marked partial. The new socket's row is
+/// its own on every backend.
+#[test]
+fn a_socket_living_on_at_a_copy_keeps_its_row_when_its_fd_number_is_reused() {
+    // Fixed, otherwise unused fd numbers: other tests' threads open fds concurrently.
+    const FD: i32 = 930;
+    const COPY: i32 = 931;
+    let mut sw = Sockwatch::start(&[]);
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let first = net::socket_at(FD);
+    assert_eq!(net::connect(first, server.port), 0);
+    net::sendto_all(first, 100);
+    let first_inode = net::inode_of(first);
+    // SAFETY: dup2 between fd numbers this test owns.
+    assert_eq!(unsafe { libc::dup2(FD, COPY) }, COPY);
+    net::close(FD);
+    let second = net::socket_at(FD);
+    assert_eq!(net::connect(second, server.port), 0);
+    let second_inode = net::inode_of(second);
+    net::sendto_all(second, 7);
+    net::sendto_all(COPY, 200);
+    net::close(second);
+    assert_eq!(server.next_total(), 7, "the second connection's count");
+    net::close(COPY);
+    assert_eq!(server.next_total(), 300, "the first connection's count");
+    let second_close = sw.wait_for("second close", of_inode("close", second_inode));
+    assert_eq!(
+        (&second_close["pid"], &second_close["fd"]),
+        (&pid.into(), &FD.into())
+    );
+    assert_eq!(u(&second_close["bytes_sent"]), 7, "{second_close}");
+    let first_close = sw.wait_for("first close", of_inode("close", first_inode));
+    assert_eq!(first_close["pid"], pid, "{first_close}");
+    if counts_every_holder(&sw) {
+        assert_eq!(u(&first_close["bytes_sent"]), 300, "{first_close}");
+        assert_eq!(first_close["complete"], true, "{first_close}");
+        assert_eq!(first_close["fd"], Value::Null, "{first_close}");
+    } else {
+        assert_eq!(u(&first_close["bytes_sent"]), 100, "{first_close}");
+        assert_eq!(first_close["complete"], false, "{first_close}");
+    }
+    ended_once(&mut sw, first_inode);
+}

@@ -290,7 +290,7 @@ impl Tracker {
     }
 
     /// Every (pid, fd) found holding `socket` now: in its own process, and in that process's
-    /// children and grandchildren (forked workers, programs started on it). A handed-off socket
+    /// children and grandchildren (forked workers, programs started on it). A socket that moved
     /// is shown where it was found, so its holders are found there too.
     pub fn holders(socket: &Socket) -> Change {
         let holders = socket.inode.map_or_else(Vec::new, |inode| {
@@ -443,16 +443,57 @@ impl Tracker {
         self.inodes.retain(|id, _| known.contains(id));
         self.exec_closed.retain(|id| known.contains(id));
         let mut changes = Vec::new();
+        // The socket backend: a socket the kernel has not released yet is held somewhere still
+        // (another fd, another process, an fd in flight, or an fd it could not name): its row
+        // moves to a holder found, or stays; its release ends it.
+        let alive: HashSet<u64> = if tables.counts_by_socket() && !gone.is_empty() {
+            procfs::inet_sockets().into_keys().collect()
+        } else {
+            HashSet::new()
+        };
         for id in gone {
             // Only the very entry found gone: the fd may hold a new socket by now.
-            if tables.get(id.key).is_some_and(|e| e.id == id) {
-                if let Some(mut socket) = tables.take(id.key) {
-                    close_now(&mut socket, CloseCause::Reconciled, id.key.pid, now_ns);
-                    self.forget(id);
-                    changes.push(Change::Closed(socket));
+            let Some(entry) = tables.get(id.key).filter(|e| e.id == id) else {
+                continue;
+            };
+            if let Some(inode) = entry.inode.filter(|inode| alive.contains(inode)) {
+                let holders = holders_elsewhere(std::slice::from_ref(&entry), None);
+                if let Some(&(Some(to), _)) = holders.get(&inode) {
+                    if tables.retrack(id.key, to) == Retrack::Moved {
+                        changes.extend(self.moved_to(&entry, to, open, now_ns));
+                    }
                 }
+                continue;
+            }
+            if let Some(mut socket) = tables.take(id.key) {
+                close_now(&mut socket, CloseCause::Reconciled, id.key.pid, now_ns);
+                self.forget(id);
+                changes.push(Change::Closed(socket));
             }
         }
+        changes
+    }
+
+    /// The changes of a row user space re-tracked at `to` (another holder's fd): a row still
+    /// shown there ended unseen, and this one moves there.
+    fn moved_to(
+        &mut self,
+        socket: &Socket,
+        to: SocketKey,
+        open: &OpenSockets,
+        ts_ns: u64,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if let Some(stale) = open.get(&to).filter(|s| s.id != socket.id) {
+            changes.push(Change::Closed(vanished(stale, ts_ns)));
+        }
+        self.forget(socket.id);
+        let comm = procfs::comm(to.pid).unwrap_or_else(|| socket.comm.clone());
+        changes.push(Change::Moved {
+            from: socket.id,
+            to,
+            comm,
+        });
         changes
     }
 
@@ -610,16 +651,7 @@ impl Tracker {
                     if tables.retrack(key, to) != Retrack::NotHeld {
                         // Taken by the kernel meanwhile: the holder closed it, and the kernel's
                         // close record for `to` ends the row there.
-                        if let Some(stale) = open.get(&to).filter(|s| s.id != socket.id) {
-                            changes.push(Change::Closed(vanished(stale, end.ts_ns)));
-                        }
-                        self.forget(socket.id);
-                        let comm = procfs::comm(to.pid).unwrap_or_else(|| socket.comm.clone());
-                        changes.push(Change::Moved {
-                            from: socket.id,
-                            to,
-                            comm,
-                        });
+                        changes.extend(self.moved_to(&socket, to, open, end.ts_ns));
                         continue;
                     }
                 }
