@@ -52,9 +52,13 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
 }
 
 /// Counts `ret` bytes (when positive) on socket `sk`, tracking it first if this is an accepted
-/// or adopted socket's first use, and following it to the process that moves them.
+/// or adopted socket's first byte, and following it to the process that moves them.
 #[inline(always)]
 fn count(sk: u64, ret: i32, sent: bool) {
+    // Nothing moved (an empty read, `EAGAIN`): no lookup at all.
+    if ret <= 0 {
+        return;
+    }
     let Some(bytes) = SK_BYTES.get_ptr_mut(sk).or_else(|| first_use(sk)) else {
         return;
     };
@@ -70,12 +74,10 @@ fn count(sk: u64, ret: i32, sent: bool) {
         if core::ptr::read_volatile(&raw const (*bytes).key.pid) != (pid_tgid >> 32) as u32 {
             follow(sk, bytes, pid_tgid);
         }
-        if ret > 0 {
-            if sent {
-                atomic_add(&raw mut (*bytes).bytes_sent, ret as u64);
-            } else {
-                atomic_add(&raw mut (*bytes).bytes_recv, ret as u64);
-            }
+        if sent {
+            atomic_add(&raw mut (*bytes).bytes_sent, ret as u64);
+        } else {
+            atomic_add(&raw mut (*bytes).bytes_recv, ret as u64);
         }
     }
 }

@@ -79,7 +79,7 @@ kernel has no kprobes), (f) bpftrace sending every `sendto` and `close` of every
 user space and printing it. `events hooked` counts each condition's attached programs. Rounds
 interleave a to f; an untraced run starts only once the previous tracer's programs are
 detached and its processes gone. Figures are medians (min-max) over rounds; multiples are
-taken round by round, `[k/n]`: valid in k rounds of n (both added costs positive, no other
+taken round by round, `[k/n]`: valid in k rounds of n (the base's added cost positive, no other
 tracer attached, sockwatch's send socket tracked). A verdict stands only on every round asked
 for. Throughput (default backend) counts only the load's records; scale, the sockets sockwatch
 really tracked.

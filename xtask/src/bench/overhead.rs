@@ -32,7 +32,8 @@ pub struct Overhead {
 }
 
 /// Per round, `(x − a) / (y − a)`: x's added cost as a multiple of y's; valid only if all three
-/// runs are and both added costs are positive (else it is noise, and so is a ratio of it).
+/// runs are and y's added cost is positive (else it is noise, and so is a ratio of it). x's may
+/// be 0 or below: a cost lost in the noise, a multiple of at most 0.
 pub fn multiples(series: &Series, x: Condition, y: Condition) -> Vec<Result<f64, String>> {
     let [a, x, y] = [0, x as usize, y as usize].map(|c| &series[c]);
     let rounds = a.iter().zip(x).zip(y);
@@ -41,9 +42,9 @@ pub fn multiples(series: &Series, x: Condition, y: Condition) -> Vec<Result<f64,
             return Err(why.clone());
         }
         match (x.0 - a.0, y.0 - a.0) {
-            (added, base) if added > 0.0 && base > 0.0 => Ok(added / base),
             (added, base) if added.is_nan() || base.is_nan() => Err("no figure".into()),
-            _ => Err("an added cost <= 0 (noise)".into()),
+            (added, base) if base > 0.0 => Ok(added / base),
+            _ => Err("the base's added cost <= 0 (noise)".into()),
         }
     }))
     .collect()
@@ -117,7 +118,7 @@ mod tests {
         series[2][3].1 = Some("the send socket was not tracked".into());
         let m = multiples(&series, Condition::Sockwatch, Condition::Floor);
         assert_eq!(m[0], Ok(3.0));
-        assert_eq!(m[1], Err("an added cost <= 0 (noise)".into()));
+        assert_eq!(m[1], Err("the base's added cost <= 0 (noise)".into()));
         assert_eq!(m[2], Err("no figure".into()));
         assert_eq!(m[3], Err("the send socket was not tracked".into()));
         let article = multiples(&series, Condition::Article, Condition::Sockwatch);
