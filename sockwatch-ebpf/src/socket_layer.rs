@@ -24,7 +24,9 @@ use crate::{
         current_files, current_is_user, fd_of_sock, file_of_sock, holds, inode_of_sock, ipv4_peer,
         local_port,
     },
-    maps::{bump, ACCEPTED, ADOPTED, ADOPTED_PENDING, PROCS, SK_BYTES, TRACKED, TRACKED_PROC},
+    maps::{
+        bump, ACCEPTED, ADOPTED, ADOPTED_PENDING, EVENTS, PROCS, SK_BYTES, TRACKED, TRACKED_PROC,
+    },
     state::{atomic_add, comm, current, emit, key, now_ns, opened},
 };
 
@@ -148,14 +150,15 @@ pub fn track_socket(key: SocketKey, socket: &TrackedSocket) -> Option<*mut SkByt
 /// callers' stacks.
 #[inline(never)]
 fn make_room(key: SocketKey, sk: u64) {
-    // SAFETY: copied out at once.
-    let Some(mut row) = unsafe { TRACKED.get(key) }.copied() else {
+    let Some(row) = TRACKED.get_ptr(key) else {
         return;
     };
-    if row.sk == sk || row.sk == 0 {
+    // SAFETY: a valid map value pointer; fields read whole.
+    let (old, ino) = unsafe { ((*row).sk, (*row).ino) };
+    if old == sk || old == 0 {
         return;
     }
-    let Some(bytes) = SK_BYTES.get_ptr_mut(row.sk) else {
+    let Some(bytes) = SK_BYTES.get_ptr_mut(old) else {
         return;
     };
     // SAFETY: a valid map value pointer; fields read whole.
@@ -164,22 +167,45 @@ fn make_room(key: SocketKey, sk: u64) {
     }
     let to = SocketKey {
         pid: key.pid,
-        fd: unknown_fd(row.ino),
+        fd: unknown_fd(ino),
     };
-    if TRACKED.insert(to, row, 0).is_err() {
+    // Copied from map memory to map memory: the row never sits on this program's stack.
+    // SAFETY: a valid map value pointer, read by the helper.
+    if TRACKED.insert(to, unsafe { &*row }, 0).is_err() {
         return;
     }
     // SAFETY: as above; the key is stored by the kernel only.
+    unsafe { core::ptr::write_volatile(&raw mut (*bytes).key, to) };
+    emit_moved(to, key, bytes);
+}
+
+/// Reports the row now at `to` (moved from `from`) with the counts in `bytes`, copied from the
+/// map straight into the ring buffer: on 6.12 a program and the subprograms it calls share 512
+/// bytes of stack, and an event built on it would not fit.
+#[inline(always)]
+fn emit_moved(to: SocketKey, from: SocketKey, bytes: *const SkBytes) {
+    let Some(row) = TRACKED.get_ptr(to) else {
+        return;
+    };
+    let Some(mut slot) = EVENTS.reserve::<SocketEvent>(0) else {
+        bump(Counter::RingbufDrops);
+        return;
+    };
+    let event = slot.as_mut_ptr();
+    // SAFETY: `event` is the reserved slot, written whole before it is submitted; `row` and
+    // `bytes` are valid map value pointers.
     unsafe {
-        core::ptr::write_volatile(&raw mut (*bytes).key, to);
-        row.bytes_sent = core::ptr::read_volatile(&raw const (*bytes).bytes_sent);
-        row.bytes_recv = core::ptr::read_volatile(&raw const (*bytes).bytes_recv);
+        core::ptr::copy_nonoverlapping(row, &raw mut (*event).socket, 1);
+        (*event).kind = EventKind::Moved as u32;
+        (*event).tid = current().0 as u32;
+        (*event).key = to;
+        (*event).ts_ns = now_ns();
+        (*event).arg = from.pid;
+        (*event).result = from.fd as i32;
+        (*event).socket.bytes_sent = core::ptr::read_volatile(&raw const (*bytes).bytes_sent);
+        (*event).socket.bytes_recv = core::ptr::read_volatile(&raw const (*bytes).bytes_recv);
     }
-    emit(&SocketEvent {
-        arg: key.pid,
-        result: key.fd as i32,
-        ..SocketEvent::new(EventKind::Moved, to, current().0 as u32, now_ns(), row)
-    });
+    slot.submit(0);
 }
 
 /// The first use of a socket without counters: one found open at start, or one accepted.
@@ -204,30 +230,36 @@ fn first_use(sk: u64) -> Option<*mut SkBytes> {
 /// Tracks an accepted socket in the process using it, at its fd there, and reports it.
 #[inline(always)]
 fn accepted(sk: u64) -> Option<*mut SkBytes> {
+    let socket = accepted_socket(sk, current().0 as u32)?;
+    let fd = fd_of_sock(sk).unwrap_or_else(|| unknown_fd(socket.ino));
+    let at = key(current().1, fd);
+    let bytes = track_socket(at, &socket)?;
+    emit(&SocketEvent {
+        arg: NO_LISTENER,
+        ..opened(EventKind::Accept, at, socket)
+    });
+    Some(bytes)
+}
+
+/// The record of accepted socket `sk` as it starts being tracked (or is reported unused) by
+/// thread `tid` now; `None` when its peer is not IPv4.
+#[inline(always)]
+pub fn accepted_socket(sk: u64, tid: u32) -> Option<TrackedSocket> {
     let (daddr, dport) = ipv4_peer(sk)?;
-    let (pid_tgid, pid) = current();
-    let ino = inode_of_sock(sk);
-    let fd = fd_of_sock(sk).unwrap_or_else(|| unknown_fd(ino));
-    let socket = TrackedSocket {
+    Some(TrackedSocket {
         connect_ns: now_ns(),
         sk,
-        ino,
+        ino: inode_of_sock(sk),
         daddr,
         dport: u16::from_be(dport),
         lport: local_port(sk),
-        tid: pid_tgid as u32,
+        tid,
         state: SocketState::Established as u32,
         proto: IPPROTO_TCP,
         flags: flags::INBOUND,
         comm: comm(),
         ..TrackedSocket::default()
-    };
-    let bytes = track_socket(key(pid, fd), &socket)?;
-    emit(&SocketEvent {
-        arg: NO_LISTENER,
-        ..opened(EventKind::Accept, key(pid, fd), socket)
-    });
-    Some(bytes)
+    })
 }
 
 /// A socket found open at start is known to user space by its inode only: at its first byte,
@@ -312,19 +344,11 @@ unsafe fn follow(sk: u64, bytes: *mut SkBytes, pid_tgid: u64) {
         return;
     }
     // SAFETY: per the caller.
-    unsafe {
-        set_key(bytes, to);
-        row.bytes_sent = core::ptr::read_volatile(&raw const (*bytes).bytes_sent);
-        row.bytes_recv = core::ptr::read_volatile(&raw const (*bytes).bytes_recv);
-    }
+    unsafe { set_key(bytes, to) };
     if PROCS.get_ptr(pid).is_none() {
         let _ = PROCS.insert(pid, TRACKED_PROC, 0);
     }
-    emit(&SocketEvent {
-        arg: from.pid,
-        result: from.fd as i32,
-        ..SocketEvent::new(EventKind::Moved, to, pid_tgid as u32, now_ns(), row)
-    });
+    emit_moved(to, from, bytes);
 }
 
 /// Records that the row of the socket whose counters are `bytes` is at `to`, in this process.

@@ -31,7 +31,7 @@ use crate::{
         local_port, non_blocking, sock_error, Letting,
     },
     maps::{tracking, ACCEPTED, ADOPTED, ADOPTED_PENDING, SK_BYTES, TRACKED},
-    socket_layer::{report_udp_connect, track_socket, unknown_fd, NO_LISTENER},
+    socket_layer::{accepted_socket, report_udp_connect, track_socket, unknown_fd, NO_LISTENER},
     state::{comm, current, emit, key, now_ns, opened},
 };
 
@@ -313,28 +313,13 @@ fn never_used(sk: u64, how: Letting) {
         if ACCEPTED.remove(sk).is_err() {
             return;
         }
-        let Some((daddr, dport)) = ipv4_peer(sk) else {
+        let (pid_tgid, pid) = current();
+        let Some(socket) = accepted_socket(sk, pid_tgid as u32) else {
             return;
         };
-        let (pid_tgid, pid) = current();
         // A kernel thread's release (a deferred one) names no process: pid 0.
         let pid = if current_is_user() { pid } else { 0 };
-        let ino = inode_of_sock(sk);
-        let at = key(pid, unknown_fd(ino));
-        let socket = TrackedSocket {
-            connect_ns: now_ns(),
-            sk,
-            ino,
-            daddr,
-            dport: u16::from_be(dport),
-            lport: local_port(sk),
-            tid: pid_tgid as u32,
-            state: SocketState::Established as u32,
-            proto: IPPROTO_TCP,
-            flags: flags::INBOUND,
-            comm: comm(),
-            ..TrackedSocket::default()
-        };
+        let at = key(pid, unknown_fd(socket.ino));
         emit(&SocketEvent {
             arg: NO_LISTENER,
             ..opened(EventKind::Accept, at, socket)
