@@ -222,30 +222,11 @@ macro_rules! syscall_list {
         /// `enter_<name>` / `exit_<name>` tracepoint programs or `kp_<name>` / `kret_<name>`
         /// kprobes by these names.
         pub const SYSCALLS: [Syscall; [$(stringify!($name)),*].len()] =
-            [$(Syscall::$hook(stringify!($name)).exits_to(stringify!($exit))),*];
+            [$(Syscall::$hook(stringify!($name))),*];
     };
 }
 
 for_each_syscall!(syscall_list);
-
-/// The exits that count bytes, or whose calls let bytes move past the syscalls (`Partial`): the
-/// socket layer sees every byte, so the socket backend hooks none of them.
-const BYTE_KINDS: [&str; 5] = ["Send", "Recv", "SendMmsg", "RecvMmsg", "Partial"];
-
-/// `a == b`, in a const context.
-const fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Syscall {
@@ -256,9 +237,6 @@ pub struct Syscall {
     /// Newer than the oldest kernel we support (close_range: 5.9): skipped where absent,
     /// since nothing can call a syscall the kernel does not have.
     pub optional: bool,
-    /// It moves bytes (its exit counts them): the socket backend counts at the socket layer
-    /// instead and does not hook it.
-    pub moves_bytes: bool,
 }
 
 impl Syscall {
@@ -267,7 +245,6 @@ impl Syscall {
             name,
             enter: true,
             optional: false,
-            moves_bytes: false,
         }
     }
     const fn optional(name: &'static str) -> Self {
@@ -275,7 +252,6 @@ impl Syscall {
             name,
             enter: true,
             optional: true,
-            moves_bytes: false,
         }
     }
     const fn exit_only(name: &'static str) -> Self {
@@ -283,21 +259,7 @@ impl Syscall {
             name,
             enter: false,
             optional: false,
-            moves_bytes: false,
         }
-    }
-
-    /// Marks the row by its exit's [`CallKind`] name (the table's last column).
-    const fn exits_to(mut self, kind: &str) -> Self {
-        let kind = kind.as_bytes();
-        let mut i = 0;
-        while i < BYTE_KINDS.len() {
-            if bytes_eq(BYTE_KINDS[i].as_bytes(), kind) {
-                self.moves_bytes = true;
-            }
-            i += 1;
-        }
-        self
     }
 }
 
@@ -544,17 +506,6 @@ const _: () = {
     assert!(core::mem::size_of::<SocketEvent>() == 112);
     assert!(core::mem::size_of::<KernelOffsets>() == 92);
     assert!(core::mem::size_of::<SkBytes>() == 48);
-    // The socket backend hooks every syscall but the eleven that move bytes and the three that
-    // only mark a socket partial for the syscall backends.
-    let mut moving = 0;
-    let mut i = 0;
-    while i < SYSCALLS.len() {
-        if SYSCALLS[i].moves_bytes {
-            moving += 1;
-        }
-        i += 1;
-    }
-    assert!(moving == 14);
     // The socket starts right after the event's own 32 bytes, 8-byte aligned: no padding.
     assert!(core::mem::offset_of!(SocketEvent, socket) == 32);
 };

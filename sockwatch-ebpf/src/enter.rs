@@ -10,9 +10,7 @@ use crate::{
     args::SyscallArgs,
     identity::{file_shared, inode_of_fd},
     maps::{tracking, TRACKED},
-    state::{
-        call, current, has_tracked_sockets, is_tracked, key, mark_partial, mark_shared, stash,
-    },
+    state::{call, current, has_tracked_sockets, is_tracked, key, mark_partial, stash},
 };
 
 const SOCK_STREAM: u64 = 1;
@@ -181,11 +179,11 @@ fn tracked_here(pid: u32, fd: u32) -> Option<(u64, u64)> {
 }
 
 /// A tracked fd whose file others still hold (a forked child, a passed fd) is closed here but
-/// the socket lives on (see [`mark_shared`]).
+/// the socket lives on: what they move from now on is not counted, and the row says so.
 #[inline(always)]
 fn flag_if_shared(pid: u32, fd: u32) {
     if file_shared(fd) {
-        mark_shared(pid, fd);
+        mark_partial(pid, fd);
     }
 }
 

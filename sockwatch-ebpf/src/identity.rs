@@ -76,22 +76,40 @@ fn offsets() -> Option<KernelOffsets> {
     (offsets.valid != 0).then_some(offsets)
 }
 
+/// The calling task's `task_struct` field at `offset`.
+#[inline(always)]
+fn current_task_field<T: Copy>(offset: u32) -> Option<T> {
+    // SAFETY: a helper without preconditions; the task pointer is only ever read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    read(task, offset)
+}
+
+/// The fd array of the fd table `files` and its length (`files->fdt->{fd, max_fds}`).
+#[inline(always)]
+fn fd_array(offsets: &KernelOffsets, files: u64) -> Option<(u64, u32)> {
+    let fdt: u64 = read(files, offsets.files_fdt)?;
+    let max_fds: u32 = read(fdt, offsets.fdtable_max_fds)?;
+    let fds: u64 = read(fdt, offsets.fdtable_fd)?;
+    Some((fds, max_fds))
+}
+
+/// The `struct file` at `fd` in the fd table `files` (0 for a free fd).
+#[inline(always)]
+fn file_at(offsets: &KernelOffsets, files: u64, fd: u32) -> Option<u64> {
+    let (fds, max_fds) = fd_array(offsets, files)?;
+    if fd >= max_fds {
+        return None;
+    }
+    read(fds, fd.checked_mul(8)?)
+}
+
 /// The calling process's `struct file` on `fd`, with the offsets that found it.
 #[inline(always)]
 fn file_of(fd: u32) -> Option<(KernelOffsets, u64)> {
     let offsets = offsets()?;
-    // SAFETY: a helper without preconditions; the task pointer is only ever read through
-    // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, offsets.task_files)?;
-    let fdt: u64 = read(files, offsets.files_fdt)?;
-    let max_fds: u32 = read(fdt, offsets.fdtable_max_fds)?;
-    if fd >= max_fds {
-        return None;
-    }
-    let fds: u64 = read(fdt, offsets.fdtable_fd)?;
-    let file: u64 = read(fds, fd.checked_mul(8)?)?;
-    Some((offsets, file))
+    let files: u64 = current_task_field(offsets.task_files)?;
+    Some((offsets, file_at(&offsets, files, fd)?))
 }
 
 /// The inode of the file on the calling process's `fd` (any file), or `None` when not known.
@@ -127,9 +145,7 @@ pub fn file_shared(fd: u32) -> bool {
 pub fn inode_of_sock(sk: u64) -> u64 {
     let walk = || -> Option<u64> {
         let offsets = offsets()?;
-        let socket: u64 = read(sk, offsets.sock_socket)?;
-        let file: u64 = read(socket, offsets.socket_file)?;
-        let inode: u64 = read(file, offsets.file_inode)?;
+        let inode: u64 = read(file_of_sock(sk), offsets.file_inode)?;
         read(inode, offsets.inode_ino)
     };
     walk().unwrap_or(0)
@@ -150,13 +166,13 @@ const PF_KTHREAD: u32 = 0x0020_0000;
 /// known.
 #[inline(always)]
 pub fn current_is_user() -> bool {
-    let Some(offsets) = offsets() else {
-        return false;
-    };
-    // SAFETY: a helper without preconditions; the pointer is only read through
-    // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() };
-    read::<u32>(task, offsets.task_flags).is_some_and(|flags| flags & PF_KTHREAD == 0)
+    current_flags().is_some_and(|flags| flags & PF_KTHREAD == 0)
+}
+
+/// The calling task's `task_struct.flags` (`PF_*`), or `None` when not known.
+#[inline(always)]
+fn current_flags() -> Option<u32> {
+    current_task_field(offsets()?.task_flags)
 }
 
 /// A task's fd table and memory (`task->files`, `task->mm`), or `None` when not known.
@@ -188,13 +204,7 @@ const EXEC_RELEASES_NS: u64 = 10_000_000;
 
 #[inline(always)]
 pub fn letting_go() -> Letting {
-    let Some(offsets) = offsets() else {
-        return Letting::Close;
-    };
-    // SAFETY: a helper without preconditions; the pointer is only read through
-    // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() };
-    if read::<u32>(task, offsets.task_flags).is_some_and(|flags| flags & PF_EXITING != 0) {
+    if current_flags().is_some_and(|flags| flags & PF_EXITING != 0) {
         return Letting::Exit;
     }
     let pid_tgid = crate::state::current().0;
@@ -239,14 +249,9 @@ const O_NONBLOCK: u32 = 0o4000;
 /// Whether the file of socket `sk` is non-blocking (its connect returned `EINPROGRESS`).
 #[inline(always)]
 pub fn non_blocking(sk: u64) -> bool {
-    let walk = || -> Option<bool> {
-        let offsets = offsets()?;
-        let socket: u64 = read(sk, offsets.sock_socket)?;
-        let file: u64 = read(socket, offsets.socket_file)?;
-        let flags: u32 = read(file, offsets.file_flags)?;
-        Some(flags & O_NONBLOCK != 0)
-    };
-    walk().unwrap_or(false)
+    offsets()
+        .and_then(|offsets| read::<u32>(file_of_sock(sk), offsets.file_flags))
+        .is_some_and(|flags| flags & O_NONBLOCK != 0)
 }
 
 /// How many fd-table entries one step of the scan compares (`maps::FD_CHUNK`).
@@ -304,24 +309,19 @@ extern "C" fn scan_chunk(index: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// The calling process's fd for socket `sk` (when it has several: the one just below
-/// `next_fd`, else the lowest), or `None` when it has none or it is not known. The kernel gives a new fd the lowest free number, so a
-/// socket just made or accepted is most often at `files->next_fd - 1`, checked first; else
-/// the whole table is scanned, [`CHUNK`] entries a step.
+/// `next_fd`, else the lowest), or `None` when it has none or it is not known. The kernel gives
+/// a new fd the lowest free number, so a socket just made or accepted is most often at
+/// `files->next_fd - 1`, checked first; else the whole table is scanned, [`CHUNK`] entries a
+/// step.
 #[inline(always)]
 pub fn fd_of_sock(sk: u64) -> Option<u32> {
     let offsets = offsets()?;
-    let socket: u64 = read(sk, offsets.sock_socket)?;
-    let file: u64 = read(socket, offsets.socket_file)?;
+    let file = file_of_sock(sk);
     if file == 0 {
         return None;
     }
-    // SAFETY: a helper without preconditions; the pointer is only read through
-    // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, offsets.task_files)?;
-    let fdt: u64 = read(files, offsets.files_fdt)?;
-    let max_fds: u32 = read(fdt, offsets.fdtable_max_fds)?;
-    let fds: u64 = read(fdt, offsets.fdtable_fd)?;
+    let files: u64 = current_task_field(offsets.task_files)?;
+    let (fds, max_fds) = fd_array(&offsets, files)?;
     let next: u32 = read(files, offsets.files_next_fd)?;
     if next > 0 && next <= max_fds && read::<u64>(fds, (next - 1).checked_mul(8)?) == Some(file) {
         return Some(next - 1);
@@ -352,13 +352,9 @@ pub fn file_of_sock(sk: u64) -> u64 {
 /// The calling process's fd table (`task->files`), or 0 when not known.
 #[inline(always)]
 pub fn current_files() -> u64 {
-    let Some(offsets) = offsets() else {
-        return 0;
-    };
-    // SAFETY: a helper without preconditions; the pointer is only read through
-    // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() };
-    read(task, offsets.task_files).unwrap_or(0)
+    offsets()
+        .and_then(|offsets| current_task_field(offsets.task_files))
+        .unwrap_or(0)
 }
 
 /// Whether the fd table `files` has `file` at `fd`. `false` when not known: the table of a
@@ -366,15 +362,5 @@ pub fn current_files() -> u64 {
 /// impossible.
 #[inline(always)]
 pub fn holds(files: u64, fd: u32, file: u64) -> bool {
-    let walk = || -> Option<bool> {
-        let offsets = offsets()?;
-        let fdt: u64 = read(files, offsets.files_fdt)?;
-        let max_fds: u32 = read(fdt, offsets.fdtable_max_fds)?;
-        if fd >= max_fds {
-            return Some(false);
-        }
-        let fds: u64 = read(fdt, offsets.fdtable_fd)?;
-        Some(read::<u64>(fds, fd.checked_mul(8)?)? == file)
-    };
-    file != 0 && walk().unwrap_or(false)
+    file != 0 && offsets().and_then(|offsets| file_at(&offsets, files, fd)) == Some(file)
 }

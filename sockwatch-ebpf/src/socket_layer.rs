@@ -24,10 +24,8 @@ use crate::{
         current_files, current_is_user, fd_of_sock, file_of_sock, holds, inode_of_sock, ipv4_peer,
         local_port,
     },
-    maps::{
-        bump, ACCEPTED, ADOPTED, ADOPTED_PENDING, EVENTS, PROCS, SK_BYTES, TRACKED, TRACKED_PROC,
-    },
-    state::{atomic_add, comm, current, emit, key, now_ns, opened},
+    maps::{bump, ACCEPTED, ADOPTED, ADOPTED_PENDING, EVENTS, SK_BYTES, TRACKED},
+    state::{atomic_add, comm, current, emit, key, note_process, now_ns, opened},
 };
 
 /// `MSG_PEEK`: a receive that leaves the data queued moved nothing.
@@ -136,9 +134,7 @@ pub fn track_socket(key: SocketKey, socket: &TrackedSocket) -> Option<*mut SkByt
         let _ = SK_BYTES.remove(socket.sk);
         return None;
     }
-    if PROCS.get_ptr(key.pid).is_none() {
-        let _ = PROCS.insert(key.pid, TRACKED_PROC, 0);
-    }
+    note_process(key.pid);
     SK_BYTES.get_ptr_mut(socket.sk)
 }
 
@@ -174,8 +170,8 @@ fn make_room(key: SocketKey, sk: u64) {
     if TRACKED.insert(to, unsafe { &*row }, 0).is_err() {
         return;
     }
-    // SAFETY: as above; the key is stored by the kernel only.
-    unsafe { core::ptr::write_volatile(&raw mut (*bytes).key, to) };
+    // SAFETY: a valid map value pointer.
+    unsafe { set_key(bytes, to) };
     emit_moved(to, key, bytes);
 }
 
@@ -345,9 +341,7 @@ unsafe fn follow(sk: u64, bytes: *mut SkBytes, pid_tgid: u64) {
     }
     // SAFETY: per the caller.
     unsafe { set_key(bytes, to) };
-    if PROCS.get_ptr(pid).is_none() {
-        let _ = PROCS.insert(pid, TRACKED_PROC, 0);
-    }
+    note_process(pid);
     emit_moved(to, from, bytes);
 }
 

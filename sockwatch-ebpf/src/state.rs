@@ -55,13 +55,6 @@ pub fn mark_partial(pid: u32, fd: u32) {
     }
 }
 
-/// A tracked fd is being closed while others hold its file (a forked child, a passed fd): the
-/// socket lives on, and what they move from now on is not counted; the row says so.
-#[inline(always)]
-pub fn mark_shared(pid: u32, fd: u32) {
-    mark_partial(pid, fd);
-}
-
 /// # Safety
 /// `sock` must be a valid `TRACKED` value pointer. Flags are only ever set, so a lost race
 /// with another setter loses nothing that matters.
@@ -137,7 +130,13 @@ pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
         bump(Counter::TrackedFull);
         return;
     }
-    // Only processes listed here have their exit, exec and close_range reported.
+    note_process(pid);
+}
+
+/// Lists `pid` among the processes with tracked sockets: only theirs have their exit, exec and
+/// close_range reported (and, on the socket backend, their forks noted).
+#[inline(always)]
+pub fn note_process(pid: u32) {
     if PROCS.get_ptr(pid).is_none() {
         let _ = PROCS.insert(pid, TRACKED_PROC, 0);
     }

@@ -273,19 +273,16 @@ mod tests {
         name: "connect",
         enter: true,
         optional: false,
-        moves_bytes: false,
     };
     const CLOSE: Syscall = Syscall {
         name: "close",
         enter: true,
         optional: false,
-        moves_bytes: false,
     };
     const CLOSE_RANGE: Syscall = Syscall {
         name: "close_range",
         enter: true,
         optional: true,
-        moves_bytes: false,
     };
 
     #[test]

@@ -269,22 +269,36 @@ impl Tracker {
         let Some(row) = open.get(&from).filter(same) else {
             return Vec::new();
         };
+        let mut row = row.clone();
+        row.inode = row.inode.or(socket.inode);
         let to = socket.key();
+        self.move_row(&row, to, socket.comm, open, monotonic_ns())
+    }
+
+    /// Shows `row` under `to` from now on, with the holder's name `comm`. That fd holds this
+    /// socket now: a row still shown there ended unseen.
+    fn move_row(
+        &mut self,
+        row: &Socket,
+        to: SocketKey,
+        comm: String,
+        open: &OpenSockets,
+        ts_ns: u64,
+    ) -> Vec<Change> {
         let mut changes = Vec::new();
-        // That fd holds this socket now: a row still shown there ended unseen.
         if let Some(stale) = open.get(&to).filter(|s| s.id != row.id) {
-            changes.push(Change::Closed(vanished(stale, monotonic_ns())));
+            changes.push(Change::Closed(vanished(stale, ts_ns)));
             self.forget(stale.id);
         }
         self.forget(row.id);
-        if let Some(inode) = socket.inode {
+        if let Some(inode) = row.inode {
             self.inodes
                 .insert(SocketId::new(to, row.id.opened_ns), inode);
         }
         changes.push(Change::Moved {
             from: row.id,
             to,
-            comm: socket.comm,
+            comm,
         });
         changes
     }
@@ -443,31 +457,31 @@ impl Tracker {
         self.inodes.retain(|id, _| known.contains(id));
         self.exec_closed.retain(|id| known.contains(id));
         let mut changes = Vec::new();
+        // Only the very entries found gone: an fd may hold a new socket by now.
+        let entries: Vec<Socket> = gone
+            .iter()
+            .filter_map(|id| tables.get(id.key).filter(|e| e.id == *id))
+            .collect();
         // The socket backend: a socket the kernel has not released yet is held somewhere still
         // (another fd, another process, an fd in flight, or an fd it could not name): its row
-        // moves to a holder found, or stays; its release ends it.
-        let alive: HashSet<u64> = if tables.counts_by_socket() && !gone.is_empty() {
-            procfs::inet_sockets().into_keys().collect()
+        // moves to a holder found, or stays; its release ends it. One look for all of them.
+        let holders = if tables.counts_by_socket() && !entries.is_empty() {
+            holders_elsewhere(&entries, None)
         } else {
-            HashSet::new()
+            HashMap::new()
         };
-        for id in gone {
-            // Only the very entry found gone: the fd may hold a new socket by now.
-            let Some(entry) = tables.get(id.key).filter(|e| e.id == id) else {
-                continue;
-            };
-            if let Some(inode) = entry.inode.filter(|inode| alive.contains(inode)) {
-                let holders = holders_elsewhere(std::slice::from_ref(&entry), None);
-                if let Some(&(Some(to), _)) = holders.get(&inode) {
-                    if tables.retrack(id.key, to) == Retrack::Moved {
+        for entry in entries {
+            if let Some(&(holder, _)) = entry.inode.and_then(|inode| holders.get(&inode)) {
+                if let Some(to) = holder {
+                    if tables.retrack(entry.key(), to) == Retrack::Moved {
                         changes.extend(self.moved_to(&entry, to, open, now_ns));
                     }
                 }
                 continue;
             }
-            if let Some(mut socket) = tables.take(id.key) {
-                close_now(&mut socket, CloseCause::Reconciled, id.key.pid, now_ns);
-                self.forget(id);
+            if let Some(mut socket) = tables.take(entry.key()) {
+                close_now(&mut socket, CloseCause::Reconciled, entry.pid(), now_ns);
+                self.forget(entry.id);
                 changes.push(Change::Closed(socket));
             }
         }
@@ -483,18 +497,8 @@ impl Tracker {
         open: &OpenSockets,
         ts_ns: u64,
     ) -> Vec<Change> {
-        let mut changes = Vec::new();
-        if let Some(stale) = open.get(&to).filter(|s| s.id != socket.id) {
-            changes.push(Change::Closed(vanished(stale, ts_ns)));
-        }
-        self.forget(socket.id);
         let comm = procfs::comm(to.pid).unwrap_or_else(|| socket.comm.clone());
-        changes.push(Change::Moved {
-            from: socket.id,
-            to,
-            comm,
-        });
-        changes
+        self.move_row(socket, to, comm, open, ts_ns)
     }
 
     /// Finds IPv4 sockets that were open before we started, hands them to the kernel map, and
