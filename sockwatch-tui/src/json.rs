@@ -13,7 +13,7 @@ use crate::{
 /// The fields every socket record shares.
 #[derive(Debug, Serialize)]
 pub struct SocketFields<'a> {
-    /// Null while no process is known to hold it (handed off, not found yet).
+    /// Null when no process is known to hold it (see `socket::NO_HOLDER`).
     pub pid: Option<u32>,
     pub comm: &'a str,
     /// Null when not known (see `pid`; or released after its last holder's fd was gone).

@@ -309,7 +309,7 @@ impl Socket {
         self.id.key.fd
     }
 
-    /// The process holding it; `None` for a socket handed to holders not found yet.
+    /// The process holding it; `None` when no process is known to (see [`NO_HOLDER`]).
     pub fn holder_pid(&self) -> Option<u32> {
         holder_pid(self.key())
     }

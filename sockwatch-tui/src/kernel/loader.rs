@@ -167,7 +167,7 @@ struct SocketCounters {
 
 impl KernelTables {
     /// Every socket the kernel tracks, with its counters as of now; and the socket backend's
-    /// counters by kernel socket (handed-off sockets included; empty for the syscall backends).
+    /// counters by kernel socket (empty for the syscall backends).
     ///
     /// Bounded by the map's size: iterating a hash map while the kernel deletes from it can
     /// restart from the first key, and this must never loop forever.

@@ -115,7 +115,7 @@ fn state_key(s: &Socket, _: &Context) -> SortKey {
 
 type SocketColumn = Column<Socket>;
 
-/// A pid or fd, or `-` where not known (a socket handed to holders not found yet).
+/// A pid or fd, or `-` where not known (see `socket::NO_HOLDER`, `socket::NO_FD`).
 pub fn known(value: Option<u32>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }

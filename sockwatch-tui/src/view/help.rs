@@ -39,7 +39,7 @@ pub const KEYS: &[(&str, &str)] = &[
 const NOTES: &[&str] = &[
     "Rates are per second over the last refresh; sizes in KiB/MiB (1024).",
     "* on counts: bytes may have moved where this backend cannot see (a lower bound).",
-    "- for PID/FD: the socket was handed to a process not found yet.",
+    "- for PID/FD: not known (released by a kernel thread, or an fd not found).",
 ];
 
 pub fn render(theme: Theme, frame: &mut Frame, area: Rect) {

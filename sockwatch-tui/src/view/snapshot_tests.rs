@@ -351,8 +351,8 @@ fn every_size_renders_without_panicking() {
     let _ = render(&model, 60, 12);
 }
 
-/// A forking server's accepted socket handed to its worker, and a socket passed to a process
-/// not found yet: `-` where the holder is not known, never a made-up pid or fd.
+/// A forking server's accepted socket under its worker, and a socket no process is known to
+/// hold: `-` where the holder is not known, never a made-up pid or fd.
 #[test]
 fn handed_off_sockets_show_their_holder_or_a_dash() {
     let mut dashboard = Dashboard::new(Model::new("socket"), ViewState::default());
