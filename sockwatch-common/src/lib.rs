@@ -61,9 +61,12 @@ pub mod maps {
     /// `HashMap<u32, u32>`: processes that own (or owned) a tracked socket, so that only their
     /// exit, exec and `close_range` are reported to user space.
     pub const PROCS: &str = "PROCS";
-    /// `HashMap<u64 /* struct sock * */, SkBytes>`: the socket backend's counters, by the
-    /// kernel's own socket, whoever moves the bytes.
+    /// `HashMap<u64 /* struct sock * */, SkBytes>`: the socket backend's tracked sockets, by
+    /// the kernel's own socket, whoever moves the bytes (their counters, unless in `SK_HOT`).
     pub const SK_BYTES: &str = "SK_BYTES";
+    /// `Array<HotCounts>`: the socket backend's counters where the socket layer finds them
+    /// without a hash lookup (see [`super::HotCounts`]); its size is a power of two.
+    pub const SK_HOT: &str = "SK_HOT";
     /// `HashMap<u64 /* inode */, SocketKey>`: sockets found open at start whose kernel socket the
     /// socket backend has yet to learn (at their first byte), and where they are tracked.
     pub const ADOPTED: &str = "ADOPTED";
@@ -153,7 +156,36 @@ pub struct SkBytes {
     /// 1 while a UDP connect is not reported yet: its local port is bound after the connect
     /// hook, so it is reported at the socket's first use (or its release), with that port.
     pub unreported: u32,
-    pub _pad0: u32,
+    /// `SK_HOT` index + 1 of the slot holding this socket's counters (then `bytes_sent` and
+    /// `bytes_recv` here stay 0), or 0: both slots it may use were taken, and the counters are
+    /// the ones above.
+    pub hot: u32,
+}
+
+/// One slot of `SK_HOT`: a tracked socket's counters, found from its `struct sock *` by
+/// arithmetic ([`hot_slot`], then the slot beside it) rather than a hash-map lookup, which on
+/// every message was most of what counting cost. `sk` 0: free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HotCounts {
+    /// The socket whose counters these are (claimed with a compare-and-swap from 0).
+    pub sk: u64,
+    /// As [`SkBytes::bytes_sent`].
+    pub bytes_sent: u64,
+    /// As [`SkBytes::bytes_recv`].
+    pub bytes_recv: u64,
+    /// `SkBytes::key.pid`, copied: a message from this process, with `slow` 0, is only counted.
+    pub pid: u32,
+    /// Non-zero while a message must take the full path first (a UDP connect to report).
+    pub slow: u32,
+}
+
+/// The first of the two `SK_HOT` slots socket `sk` may use (the other is this one `^ 1`, in
+/// the same cache line); `mask` is the map's size minus one. Kernel and user space share it.
+pub const fn hot_slot(sk: u64, mask: u32) -> u32 {
+    // `struct sock`s are slab objects of a few KiB: the low bits say little, so multiply
+    // (Fibonacci hashing) and take bits from the middle of the product.
+    ((sk >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 & mask
 }
 
 /// Names of the global variables user space sets at load time.
@@ -163,6 +195,8 @@ pub mod globals {
     pub const COUNT_BY_SOCKET: &str = "COUNT_BY_SOCKET";
     /// [`super::KernelOffsets`].
     pub const OFFSETS: &str = "OFFSETS";
+    /// `u32`: the size of `SK_HOT` minus one (a power of two minus one).
+    pub const HOT_MASK: &str = "HOT_MASK";
     /// `u32`: 1 when the kprobe backend's syscall symbols take a `struct pt_regs *` of the
     /// user registers (x86_64's `__x64_sys_*` wrappers), 0 when they take the arguments directly.
     pub const SYSCALL_WRAPPER: &str = "SYSCALL_WRAPPER";
@@ -496,6 +530,8 @@ mod pod {
     unsafe impl aya::Pod for super::SocketEvent {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::SkBytes {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HotCounts {}
 }
 
 // Layout checks: the kernel and user space must agree byte for byte.
@@ -506,6 +542,7 @@ const _: () = {
     assert!(core::mem::size_of::<SocketEvent>() == 112);
     assert!(core::mem::size_of::<KernelOffsets>() == 92);
     assert!(core::mem::size_of::<SkBytes>() == 48);
+    assert!(core::mem::size_of::<HotCounts>() == 32);
     // The socket starts right after the event's own 32 bytes, 8-byte aligned: no padding.
     assert!(core::mem::offset_of!(SocketEvent, socket) == 32);
 };

@@ -11,12 +11,14 @@
 //! it counts and follows sockets where the kernel handles them.
 #![no_std]
 #![no_main]
-// Inline asm on BPF (for the atomic add in state.rs) is still feature-gated.
+// Inline asm on BPF (for the atomic add in state.rs, the compare-and-swap in hot.rs) is still
+// feature-gated.
 #![feature(asm_experimental_arch)]
 
 mod args;
 mod enter;
 mod exit;
+mod hot;
 mod identity;
 mod kprobes;
 mod maps;

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sockwatch_common::{
-    directions, Counter, InflightCall, SkBytes, SocketKey, TrackedSocket, COUNTER_COUNT,
+    directions, Counter, HotCounts, InflightCall, SkBytes, SocketKey, TrackedSocket, COUNTER_COUNT,
 };
 
 /// Default sizes; user space overrides them at load time from its flags.
@@ -48,6 +48,11 @@ pub const FORKED: u32 = 2;
 /// only tracked sockets.
 #[map(name = "SK_BYTES")]
 pub static SK_BYTES: HashMap<u64, SkBytes> = HashMap::with_max_entries(TRACKED_DEFAULT, 0);
+
+/// The socket backend's hot counters (see `hot`); user space sizes it to a power of two (two
+/// slots where the syscall backends load it unused).
+#[map(name = "SK_HOT")]
+pub static SK_HOT: Array<HotCounts> = Array::with_max_entries(2, 0);
 
 /// Sockets found open at start, by inode, until the socket layer learns their `struct sock`.
 #[map(name = "ADOPTED")]

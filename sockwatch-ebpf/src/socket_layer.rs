@@ -15,17 +15,18 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use sockwatch_common::{
-    flags, Counter, EventKind, SkBytes, SocketEvent, SocketKey, SocketState, TrackedSocket,
-    FD_UNKNOWN, IPPROTO_TCP,
+    flags, Counter, EventKind, HotCounts, SkBytes, SocketEvent, SocketKey, SocketState,
+    TrackedSocket, FD_UNKNOWN, IPPROTO_TCP,
 };
 
 use crate::{
+    hot,
     identity::{
         current_files, current_is_user, fd_of_sock, file_of_sock, holds, inode_of_sock, ipv4_peer,
         local_port,
     },
     maps::{bump, ACCEPTED, ADOPTED, ADOPTED_PENDING, EVENTS, SK_BYTES, TRACKED},
-    state::{atomic_add, comm, current, emit, key, note_process, now_ns, opened},
+    state::{comm, current, emit, key, note_process, now_ns, opened},
 };
 
 /// `MSG_PEEK`: a receive that leaves the data queued moved nothing.
@@ -59,25 +60,54 @@ fn count(sk: u64, ret: i32, sent: bool) {
     if ret <= 0 {
         return;
     }
+    let pid_tgid = current().0;
+    let hot = hot::find(sk);
+    // The common case: a message of the process the row shows, nothing else to do.
+    if let Some(slot) = hot {
+        // SAFETY: a valid `SK_HOT` value pointer and its counters.
+        unsafe {
+            if hot::only_count(slot, (pid_tgid >> 32) as u32) {
+                let (out, inb) = (&raw mut (*slot).bytes_sent, &raw mut (*slot).bytes_recv);
+                hot::add(out, inb, ret as u64, sent);
+                return;
+            }
+        }
+    }
+    count_fully(sk, ret as u64, sent, pid_tgid, hot);
+}
+
+/// [`count`]'s full path: the socket's first use, a UDP connect to report, another process
+/// moving its bytes, or a socket without a hot slot (`hot`: its slot found before, if any).
+#[inline(always)]
+fn count_fully(sk: u64, len: u64, sent: bool, pid_tgid: u64, hot: Option<*mut HotCounts>) {
     let Some(bytes) = SK_BYTES.get_ptr_mut(sk).or_else(|| first_use(sk)) else {
         return;
     };
-    let pid_tgid = current().0;
-    // SAFETY: `bytes` points into a preallocated hash map value; the counters are 8-byte
-    // aligned u64 fields, added atomically because tasks on every CPU may move bytes at once;
-    // the key and the flag are read and stored by the kernel only.
+    // Tracked just now: its slot, if it got one.
+    let hot = hot.or_else(|| hot::find(sk));
+    // SAFETY: `bytes` points into a preallocated hash map value, `hot` (if any) into an array
+    // map value; their counters are 8-byte aligned u64 fields; the key and the flag are read
+    // and stored by the kernel only.
     unsafe {
         if core::ptr::read_volatile(&raw const (*bytes).unreported) != 0 {
             core::ptr::write_volatile(&raw mut (*bytes).unreported, 0);
             report_udp_connect(sk, (*bytes).key);
+            if let Some(slot) = hot {
+                hot::clear_slow(slot);
+            }
         }
         if core::ptr::read_volatile(&raw const (*bytes).key.pid) != (pid_tgid >> 32) as u32 {
             follow(sk, bytes, pid_tgid);
         }
-        if sent {
-            atomic_add(&raw mut (*bytes).bytes_sent, ret as u64);
-        } else {
-            atomic_add(&raw mut (*bytes).bytes_recv, ret as u64);
+        match hot {
+            Some(slot) => {
+                let (out, inb) = (&raw mut (*slot).bytes_sent, &raw mut (*slot).bytes_recv);
+                hot::add(out, inb, len, sent);
+            }
+            None => {
+                let (out, inb) = (&raw mut (*bytes).bytes_sent, &raw mut (*bytes).bytes_recv);
+                hot::add(out, inb, len, sent);
+            }
         }
     }
 }
@@ -108,10 +138,15 @@ pub fn unknown_fd(ino: u64) -> u32 {
     FD_UNKNOWN | (ino as u32 & !FD_UNKNOWN)
 }
 
-/// Starts tracking socket `socket.sk` under `key`: its counters (`SK_BYTES`) and its row
-/// (`TRACKED`). Returns the counters.
+/// Starts tracking socket `socket.sk` under `key`: its counters (`SK_BYTES`, and a hot slot
+/// when one is free) and its row (`TRACKED`); `unreported` as [`SkBytes::unreported`]. Returns
+/// its `SK_BYTES` value.
 #[inline(always)]
-pub fn track_socket(key: SocketKey, socket: &TrackedSocket) -> Option<*mut SkBytes> {
+pub fn track_socket(
+    key: SocketKey,
+    socket: &TrackedSocket,
+    unreported: u32,
+) -> Option<*mut SkBytes> {
     make_room(key, socket.sk);
     let files = if key.fd & FD_UNKNOWN == 0 {
         current_files()
@@ -122,6 +157,7 @@ pub fn track_socket(key: SocketKey, socket: &TrackedSocket) -> Option<*mut SkByt
         ino: socket.ino,
         files,
         key,
+        unreported,
         ..SkBytes::default()
     };
     // BPF_ANY: a kernel socket freed and reused at the same address starts from zero.
@@ -135,7 +171,18 @@ pub fn track_socket(key: SocketKey, socket: &TrackedSocket) -> Option<*mut SkByt
         return None;
     }
     note_process(key.pid);
-    SK_BYTES.get_ptr_mut(socket.sk)
+    with_hot_slot(socket.sk, key.pid, unreported)
+}
+
+/// The `SK_BYTES` value of socket `sk`, just tracked in process `pid`, once it has claimed a
+/// hot slot (if one is free).
+#[inline(always)]
+fn with_hot_slot(sk: u64, pid: u32, unreported: u32) -> Option<*mut SkBytes> {
+    let bytes = SK_BYTES.get_ptr_mut(sk)?;
+    let slot = hot::claim(sk, pid, unreported);
+    // SAFETY: a valid map value pointer; a u32 stored whole.
+    unsafe { core::ptr::write_volatile(&raw mut (*bytes).hot, slot) };
+    Some(bytes)
 }
 
 /// A row of another socket at `key`, which `sk` takes now: the fd number was freed and reused
@@ -171,15 +218,16 @@ fn make_room(key: SocketKey, sk: u64) {
         return;
     }
     // SAFETY: a valid map value pointer.
-    unsafe { set_key(bytes, to) };
-    emit_moved(to, key, bytes);
+    unsafe { set_key(old, bytes, to) };
+    emit_moved(old, to, key, bytes);
 }
 
-/// Reports the row now at `to` (moved from `from`) with the counts in `bytes`, copied from the
-/// map straight into the ring buffer: on 6.12 a program and the subprograms it calls share 512
-/// bytes of stack, and an event built on it would not fit.
+/// Reports the row of socket `sk` now at `to` (moved from `from`) with its counts (`bytes`:
+/// its `SK_BYTES` value), copied from the map straight into the ring buffer: on 6.12 a program
+/// and the subprograms it calls share 512 bytes of stack, and an event built on it would not
+/// fit.
 #[inline(always)]
-fn emit_moved(to: SocketKey, from: SocketKey, bytes: *const SkBytes) {
+fn emit_moved(sk: u64, to: SocketKey, from: SocketKey, bytes: *const SkBytes) {
     let Some(row) = TRACKED.get_ptr(to) else {
         return;
     };
@@ -198,8 +246,9 @@ fn emit_moved(to: SocketKey, from: SocketKey, bytes: *const SkBytes) {
         (*event).ts_ns = now_ns();
         (*event).arg = from.pid;
         (*event).result = from.fd as i32;
-        (*event).socket.bytes_sent = core::ptr::read_volatile(&raw const (*bytes).bytes_sent);
-        (*event).socket.bytes_recv = core::ptr::read_volatile(&raw const (*bytes).bytes_recv);
+        let (sent, recv) = hot::counts(sk, &*bytes);
+        (*event).socket.bytes_sent = sent;
+        (*event).socket.bytes_recv = recv;
     }
     slot.submit(0);
 }
@@ -229,7 +278,7 @@ fn accepted(sk: u64) -> Option<*mut SkBytes> {
     let socket = accepted_socket(sk, current().0 as u32)?;
     let fd = fd_of_sock(sk).unwrap_or_else(|| unknown_fd(socket.ino));
     let at = key(current().1, fd);
-    let bytes = track_socket(at, &socket)?;
+    let bytes = track_socket(at, &socket, 0)?;
     emit(&SocketEvent {
         arg: NO_LISTENER,
         ..opened(EventKind::Accept, at, socket)
@@ -285,7 +334,7 @@ pub fn adopt(sk: u64) -> Option<*mut SkBytes> {
         ..SkBytes::default()
     };
     SK_BYTES.insert(sk, bytes, 0).ok()?;
-    SK_BYTES.get_ptr_mut(sk)
+    with_hot_slot(sk, key.pid, 0)
 }
 
 /// Another process moves the bytes of tracked socket `sk`. Once the process its row shows no
@@ -327,7 +376,7 @@ unsafe fn follow(sk: u64, bytes: *mut SkBytes, pid_tgid: u64) {
         // its periodic check), or ended it: the kernel does not know where. It stops looking:
         // the release reports the socket by identity, and user space finds the row by inode.
         // SAFETY: per the caller.
-        unsafe { set_key(bytes, to) };
+        unsafe { set_key(sk, bytes, to) };
         return;
     };
     // Only the one caller that takes the row moves it (movers may race).
@@ -340,20 +389,22 @@ unsafe fn follow(sk: u64, bytes: *mut SkBytes, pid_tgid: u64) {
         return;
     }
     // SAFETY: per the caller.
-    unsafe { set_key(bytes, to) };
+    unsafe { set_key(sk, bytes, to) };
     note_process(pid);
-    emit_moved(to, from, bytes);
+    emit_moved(sk, to, from, bytes);
 }
 
-/// Records that the row of the socket whose counters are `bytes` is at `to`, in this process.
+/// Records that the row of socket `sk`, whose `SK_BYTES` value is `bytes`, is at `to`, in this
+/// process.
 ///
 /// # Safety
 /// `bytes` must be a valid `SK_BYTES` value pointer.
 #[inline(always)]
-unsafe fn set_key(bytes: *mut SkBytes, to: SocketKey) {
+unsafe fn set_key(sk: u64, bytes: *mut SkBytes, to: SocketKey) {
     // SAFETY: per the caller; aligned fields stored whole.
     unsafe {
         core::ptr::write_volatile(&raw mut (*bytes).key, to);
         core::ptr::write_volatile(&raw mut (*bytes).files, current_files());
     }
+    hot::set_pid(sk, to.pid);
 }

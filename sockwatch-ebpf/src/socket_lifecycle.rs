@@ -26,6 +26,7 @@ use sockwatch_common::{
 };
 
 use crate::{
+    hot,
     identity::{
         current_is_user, fd_of_sock, file_of_sock, inode_of_sock, ipv4_peer, letting_go,
         local_port, non_blocking, sock_error, Letting,
@@ -136,15 +137,9 @@ fn track_connect(sk: u64, daddr: u32, dport: u16, proto: u32) {
         comm: comm(),
         ..TrackedSocket::default()
     };
-    let Some(bytes) = track_socket(key(pid, fd), &socket) else {
-        return;
-    };
     // A TCP connect is reported when its handshake ends (`handshake_ended`); a UDP one once
     // its local port is bound, at its first use or its release.
-    if udp {
-        // SAFETY: a valid map value pointer; a u32 stored whole.
-        unsafe { core::ptr::write_volatile(&raw mut (*bytes).unreported, 1) };
-    }
+    let _ = track_socket(key(pid, fd), &socket, u32::from(udp));
 }
 
 /// TCP states (`include/net/tcp_states.h`).
@@ -203,6 +198,7 @@ fn handshake_ended(sk: u64, established: bool) {
         if SK_BYTES.remove(sk).is_err() {
             return;
         }
+        hot::free(sk, &bytes);
         let _ = TRACKED.remove(bytes.key);
         socket.state = 0;
         match sock_error(sk) {
@@ -275,8 +271,7 @@ fn released(sk: u64, how: Letting) {
             ..TrackedSocket::default()
         },
     };
-    socket.bytes_sent = bytes.bytes_sent;
-    socket.bytes_recv = bytes.bytes_recv;
+    (socket.bytes_sent, socket.bytes_recv) = hot::free(sk, &bytes);
     let port = local_port(sk);
     if port != 0 {
         socket.lport = port;

@@ -97,6 +97,41 @@ fn a_long_lived_connection_matches_ss_both_ways() {
     assert_eq!((ss_sent, ss_received), (expected_sent, 300_000));
 }
 
+/// More sockets than their hot slots hold: `--max-sockets 64` gives the socket backend's
+/// `SK_HOT` 64 slots, each socket choosing between two, so with 48 open at once some find both
+/// taken and count in `SK_BYTES` instead. Every socket's counts are exact either way, against
+/// the server's own count of each connection.
+#[test]
+fn sockets_crowding_the_hot_slots_still_count_exactly() {
+    let mut sw = Sockwatch::start(&["--max-sockets", "64", "--direction", "out"]);
+    let server = net::CountingServer::with_greeting(100);
+    let pid = std::process::id();
+    let fds: Vec<i32> = (0..48).map(|_| net::connected(server.port)).collect();
+    let sent = |i: usize| (1_000 + 7 * i + 500 + i) as u64;
+    for (i, &fd) in fds.iter().enumerate() {
+        send_all(fd, 1_000 + 7 * i, Sender::Write);
+        recv_exact(fd, 100, Receiver::Read);
+    }
+    // Again once every one is tracked: each message of the row's process takes the short path.
+    for (i, &fd) in fds.iter().enumerate() {
+        send_all(fd, 500 + i, Sender::Send);
+    }
+    for (i, &fd) in fds.iter().enumerate() {
+        net::close(fd);
+        assert_eq!(
+            server.next_total(),
+            sent(i),
+            "socket {i}: the server received"
+        );
+        let close = sw.wait_for("close", record_of("close", pid, fd));
+        assert_eq!(
+            (u(&close["bytes_sent"]), u(&close["bytes_recv"])),
+            (sent(i), 100),
+            "socket {i}: {close}"
+        );
+    }
+}
+
 #[test]
 fn accepted_sockets_are_inbound_with_the_peer_address() {
     let mut sw = Sockwatch::start(&[]);

@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sockwatch_common::{
-    globals, maps, Counter, KernelOffsets, SkBytes, SocketKey, TrackedSocket, SYSCALLS,
+    globals, maps, Counter, HotCounts, KernelOffsets, SkBytes, SocketKey, TrackedSocket, SYSCALLS,
 };
 
 use super::procfs;
@@ -161,8 +161,35 @@ pub struct KernelTables {
 /// The socket backend's maps.
 struct SocketCounters {
     bytes: HashMap<MapData, u64, SkBytes>,
+    hot: Array<MapData, HotCounts>,
     adopted: HashMap<MapData, u64, SocketKey>,
     adopted_pending: Array<MapData, u32>,
+}
+
+impl SocketCounters {
+    /// `bytes` (socket `sk`'s `SK_BYTES` value) with its counters, read from its hot slot when
+    /// it has one (see `HotCounts`).
+    fn with_hot_counts(&self, sk: u64, mut bytes: SkBytes) -> SkBytes {
+        if let Some(slot) = self.hot_slot(sk, &bytes) {
+            bytes.bytes_sent = slot.1.bytes_sent;
+            bytes.bytes_recv = slot.1.bytes_recv;
+        }
+        bytes
+    }
+
+    /// Socket `sk`'s hot slot, its index and contents, if it holds one.
+    fn hot_slot(&self, sk: u64, bytes: &SkBytes) -> Option<(u32, HotCounts)> {
+        let index = bytes.hot.checked_sub(1)?;
+        let slot = self.hot.get(&index, 0).ok()?;
+        (slot.sk == sk).then_some((index, slot))
+    }
+
+    /// Frees socket `sk`'s hot slot, its tracking ended here (its `SK_BYTES` entry removed).
+    fn free_hot_slot(&mut self, sk: u64, bytes: &SkBytes) {
+        if let Some((index, _)) = self.hot_slot(sk, bytes) {
+            let _ = self.hot.set(index, HotCounts::default(), 0);
+        }
+    }
 }
 
 impl KernelTables {
@@ -189,6 +216,7 @@ impl KernelTables {
             .iter()
             .take(self.max_sockets as usize)
             .filter_map(Result::ok)
+            .map(|(sk, bytes)| (sk, by_socket.with_hot_counts(sk, bytes)))
             .collect();
         let sockets = entries
             .map(|(key, value)| with_bytes(key, value, bytes.get(&value.sk)))
@@ -204,10 +232,10 @@ impl KernelTables {
     /// The map value of `key`, and the socket it makes with its counters.
     fn entry(&self, key: SocketKey) -> Option<(TrackedSocket, Socket)> {
         let value = self.tracked.get(&key, 0).ok()?;
-        let bytes = self
-            .by_socket
-            .as_ref()
-            .and_then(|by_socket| by_socket.bytes.get(&value.sk, 0).ok());
+        let bytes = self.by_socket.as_ref().and_then(|by_socket| {
+            let bytes = by_socket.bytes.get(&value.sk, 0).ok()?;
+            Some(by_socket.with_hot_counts(value.sk, bytes))
+        });
         Some((value, with_bytes(key, value, bytes.as_ref())))
     }
 
@@ -222,8 +250,10 @@ impl KernelTables {
         if let Some(by_socket) = &mut self.by_socket {
             // Only its own counters: not those of a newer socket at the same address.
             let own = |bytes: SkBytes| counts_of(&value, &bytes);
-            if value.sk != 0 && by_socket.bytes.get(&value.sk, 0).is_ok_and(own) {
-                let _ = by_socket.bytes.remove(&value.sk);
+            if let Some(bytes) = by_socket.bytes.get(&value.sk, 0).ok().filter(|b| own(*b)) {
+                if value.sk != 0 && by_socket.bytes.remove(&value.sk).is_ok() {
+                    by_socket.free_hot_slot(value.sk, &bytes);
+                }
             }
             if value.ino != 0 {
                 let _ = by_socket.adopted.remove(&value.ino);
@@ -407,6 +437,12 @@ pub fn attach(
     support::raise_memlock_limit();
 
     let wrapper: u32 = symbols.as_ref().map_or(1, |s| u32::from(s.takes_pt_regs));
+    // A power of two (a slot is found by masking; the flag's range caps it), two slots where
+    // nothing uses them.
+    let hot_slots = match backend {
+        Backend::Socket => options.max_sockets.clamp(2, 1 << 22).next_power_of_two(),
+        Backend::Tracepoint | Backend::Kprobe => 2,
+    };
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(maps::TRACKED, options.max_sockets)
         .map_max_entries(maps::PROCS, options.max_sockets)
@@ -416,6 +452,8 @@ pub fn attach(
         .override_global(globals::OFFSETS, &offsets, true)
         .override_global(globals::COUNT_BY_SOCKET, &count_by_socket, true)
         .map_max_entries(maps::SK_BYTES, options.max_sockets)
+        .map_max_entries(maps::SK_HOT, hot_slots)
+        .override_global(globals::HOT_MASK, &(hot_slots - 1), true)
         .load(EBPF_OBJECT)
         .map_err(|e| permission_or(e, "loading the eBPF object"))?;
 
@@ -449,6 +487,7 @@ pub fn attach(
         by_socket: match backend {
             Backend::Socket => Some(SocketCounters {
                 bytes: take_map(&mut ebpf, maps::SK_BYTES)?,
+                hot: take_map(&mut ebpf, maps::SK_HOT)?,
                 adopted: take_map(&mut ebpf, maps::ADOPTED)?,
                 adopted_pending: take_map(&mut ebpf, maps::ADOPTED_PENDING)?,
             }),

@@ -1,0 +1,161 @@
+//! The socket backend's hot counters (`SK_HOT`): a tracked socket's byte counts in an array
+//! slot found from its `struct sock *` by arithmetic. The socket layer's hooks run on every
+//! message of every socket; a hash-map lookup there was most of what counting cost (on this
+//! kind of machine each helper call pays for the kernel's return-thunk mitigations), while an
+//! array lookup is inlined by the verifier. A socket may use two slots (`hot_slot` and the one
+//! beside it, in the same cache line); when both are taken its counts stay in `SK_BYTES`.
+//!
+//! A slot is claimed when the socket starts being tracked and freed when its `SK_BYTES` entry
+//! goes (its release, a failed connect; user space frees those it ends itself).
+
+use sockwatch_common::{hot_slot, HotCounts, SkBytes};
+
+use crate::{maps::SK_HOT, state::atomic_add};
+
+/// Set by user space at load time: `SK_HOT`'s size minus one.
+#[unsafe(no_mangle)]
+static HOT_MASK: u32 = 1;
+
+#[inline(always)]
+fn mask() -> u32 {
+    // SAFETY: a volatile read of our own read-only global, set by user space at load time.
+    unsafe { core::ptr::read_volatile(&raw const HOT_MASK) }
+}
+
+/// The slot holding `sk`'s counters, if it has one.
+#[inline(always)]
+pub fn find(sk: u64) -> Option<*mut HotCounts> {
+    let first = hot_slot(sk, mask());
+    let owned = |slot: *mut HotCounts| {
+        // SAFETY: a valid map value pointer; an aligned u64 read whole.
+        unsafe { core::ptr::read_volatile(&raw const (*slot).sk) == sk }
+    };
+    let slot = SK_HOT.get_ptr_mut(first)?;
+    if owned(slot) {
+        return Some(slot);
+    }
+    SK_HOT.get_ptr_mut(first ^ 1).filter(|slot| owned(*slot))
+}
+
+/// Whether a message of process `pid` on the socket of `slot` needs nothing but counting: the
+/// row shows this process and nothing is waiting to be reported.
+///
+/// # Safety
+/// `slot` must be a valid `SK_HOT` value pointer.
+#[inline(always)]
+pub unsafe fn only_count(slot: *const HotCounts, pid: u32) -> bool {
+    // SAFETY: per the caller; aligned u32s read whole.
+    unsafe {
+        core::ptr::read_volatile(&raw const (*slot).pid) == pid
+            && core::ptr::read_volatile(&raw const (*slot).slow) == 0
+    }
+}
+
+/// Adds `len` bytes moved one way to a socket's counters, atomically: tasks on every CPU may
+/// move its bytes at once.
+///
+/// # Safety
+/// `sent` and `recv` must point to a valid map value's aligned counters.
+#[inline(always)]
+pub unsafe fn add(sent: *mut u64, recv: *mut u64, len: u64, outbound: bool) {
+    // SAFETY: per the caller.
+    unsafe { atomic_add(if outbound { sent } else { recv }, len) }
+}
+
+/// Claims a slot for socket `sk`, tracked from now, its row shown in process `pid`; `slow`
+/// as [`HotCounts::slow`]. Returns its index + 1, or 0 when both its slots are taken (its
+/// counts then stay in `SK_BYTES`).
+#[inline(always)]
+pub fn claim(sk: u64, pid: u32, slow: u32) -> u32 {
+    let first = hot_slot(sk, mask());
+    for at in [first, first ^ 1] {
+        let Some(slot) = SK_HOT.get_ptr_mut(at) else {
+            continue;
+        };
+        // SAFETY: a valid map value pointer; an aligned u64.
+        let was = unsafe { compare_exchange(&raw mut (*slot).sk, 0, sk) };
+        // Its own stale slot (a socket freed and reused at the same address) is claimed again.
+        if was == 0 || was == sk {
+            // Counts first, then what lets a message skip the full path.
+            // SAFETY: as above; aligned fields stored whole.
+            unsafe {
+                core::ptr::write_volatile(&raw mut (*slot).bytes_sent, 0);
+                core::ptr::write_volatile(&raw mut (*slot).bytes_recv, 0);
+                core::ptr::write_volatile(&raw mut (*slot).slow, slow);
+                core::ptr::write_volatile(&raw mut (*slot).pid, pid);
+            }
+            return at + 1;
+        }
+    }
+    0
+}
+
+/// Records that socket `sk`'s row is now shown in process `pid`.
+#[inline(always)]
+pub fn set_pid(sk: u64, pid: u32) {
+    if let Some(slot) = find(sk) {
+        // SAFETY: a valid map value pointer; an aligned u32 stored whole.
+        unsafe { core::ptr::write_volatile(&raw mut (*slot).pid, pid) };
+    }
+}
+
+/// Lets messages on socket `sk` skip the full path again (its UDP connect is reported).
+#[inline(always)]
+pub fn clear_slow(slot: *mut HotCounts) {
+    // SAFETY: a valid map value pointer; an aligned u32 stored whole.
+    unsafe { core::ptr::write_volatile(&raw mut (*slot).slow, 0) };
+}
+
+/// Socket `sk`'s counters as of now, `(sent, received)`, wherever they are.
+#[inline(always)]
+pub fn counts(sk: u64, bytes: &SkBytes) -> (u64, u64) {
+    match find(sk) {
+        // SAFETY: a valid map value pointer; aligned u64s read whole.
+        Some(slot) => unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*slot).bytes_sent),
+                core::ptr::read_volatile(&raw const (*slot).bytes_recv),
+            )
+        },
+        None => (bytes.bytes_sent, bytes.bytes_recv),
+    }
+}
+
+/// Frees socket `sk`'s slot (its `SK_BYTES` entry is gone); returns its final counters,
+/// wherever they were. Nothing moves its bytes any more, so reading then freeing loses nothing.
+#[inline(always)]
+pub fn free(sk: u64, bytes: &SkBytes) -> (u64, u64) {
+    let counts = counts(sk, bytes);
+    if let Some(slot) = find(sk) {
+        // Cleared before the slot is freed: a claimer finds it zeroed.
+        // SAFETY: a valid map value pointer; aligned fields stored whole.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*slot).pid, 0);
+            core::ptr::write_volatile(&raw mut (*slot).slow, 0);
+            core::ptr::write_volatile(&raw mut (*slot).bytes_sent, 0);
+            core::ptr::write_volatile(&raw mut (*slot).bytes_recv, 0);
+            core::ptr::write_volatile(&raw mut (*slot).sk, 0);
+        }
+    }
+    counts
+}
+
+/// `*at`, replaced by `new` if it was `expected`, atomically (BPF_CMPXCHG).
+///
+/// # Safety
+/// `at` must point to an aligned u64 of a map value.
+#[inline(always)]
+unsafe fn compare_exchange(at: *mut u64, expected: u64, new: u64) -> u64 {
+    let mut was = expected;
+    // SAFETY: per the caller; the instruction only touches `*at` (and r0, its result).
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({at} + 0, r0, {new})",
+            at = in(reg) at,
+            new = in(reg) new,
+            inout("r0") was,
+            options(nostack),
+        );
+    }
+    was
+}
