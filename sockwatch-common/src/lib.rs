@@ -156,9 +156,9 @@ pub struct SkBytes {
     /// 1 while a UDP connect is not reported yet: its local port is bound after the connect
     /// hook, so it is reported at the socket's first use (or its release), with that port.
     pub unreported: u32,
-    /// `SK_HOT` index + 1 of the slot holding this socket's counters (then `bytes_sent` and
-    /// `bytes_recv` here stay 0), or 0: both slots it may use were taken, and the counters are
-    /// the ones above.
+    /// `SK_HOT` index + 1 of the slot holding this socket's counters, or 0: both slots it may
+    /// use were taken. The socket's counts are the slot's plus the ones above (which stay 0
+    /// with a slot, but for a message racing its claim).
     pub hot: u32,
 }
 

@@ -25,6 +25,12 @@ fn mask() -> u32 {
 /// The slot holding `sk`'s counters, if it has one.
 #[inline(always)]
 pub fn find(sk: u64) -> Option<*mut HotCounts> {
+    find_at(sk).map(|(_, slot)| slot)
+}
+
+/// [`find`], with the slot's index.
+#[inline(always)]
+fn find_at(sk: u64) -> Option<(u32, *mut HotCounts)> {
     let first = hot_slot(sk, mask());
     let owned = |slot: *mut HotCounts| {
         // SAFETY: a valid map value pointer; an aligned u64 read whole.
@@ -32,9 +38,10 @@ pub fn find(sk: u64) -> Option<*mut HotCounts> {
     };
     let slot = SK_HOT.get_ptr_mut(first)?;
     if owned(slot) {
-        return Some(slot);
+        return Some((first, slot));
     }
-    SK_HOT.get_ptr_mut(first ^ 1).filter(|slot| owned(*slot))
+    let slot = SK_HOT.get_ptr_mut(first ^ 1)?;
+    owned(slot).then_some((first ^ 1, slot))
 }
 
 /// Whether a message of process `pid` on the socket of `slot` needs nothing but counting: the
@@ -67,6 +74,12 @@ pub unsafe fn add(sent: *mut u64, recv: *mut u64, len: u64, outbound: bool) {
 /// counts then stay in `SK_BYTES`).
 #[inline(always)]
 pub fn claim(sk: u64, pid: u32, slow: u32) -> u32 {
+    // Its own stale slot (a socket freed and reused at the same address, tracked again) is
+    // taken again, never a second one.
+    if let Some((at, slot)) = find_at(sk) {
+        init(slot, pid, slow);
+        return at + 1;
+    }
     let first = hot_slot(sk, mask());
     for at in [first, first ^ 1] {
         let Some(slot) = SK_HOT.get_ptr_mut(at) else {
@@ -74,20 +87,26 @@ pub fn claim(sk: u64, pid: u32, slow: u32) -> u32 {
         };
         // SAFETY: a valid map value pointer; an aligned u64.
         let was = unsafe { compare_exchange(&raw mut (*slot).sk, 0, sk) };
-        // Its own stale slot (a socket freed and reused at the same address) is claimed again.
+        // `sk`: a concurrent claim of the same socket took it first.
         if was == 0 || was == sk {
-            // Counts first, then what lets a message skip the full path.
-            // SAFETY: as above; aligned fields stored whole.
-            unsafe {
-                core::ptr::write_volatile(&raw mut (*slot).bytes_sent, 0);
-                core::ptr::write_volatile(&raw mut (*slot).bytes_recv, 0);
-                core::ptr::write_volatile(&raw mut (*slot).slow, slow);
-                core::ptr::write_volatile(&raw mut (*slot).pid, pid);
-            }
+            init(slot, pid, slow);
             return at + 1;
         }
     }
     0
+}
+
+/// Starts a claimed slot's counters from zero: counts first, then what lets a message skip
+/// the full path.
+#[inline(always)]
+fn init(slot: *mut HotCounts, pid: u32, slow: u32) {
+    // SAFETY: a valid map value pointer; aligned fields stored whole.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*slot).bytes_sent, 0);
+        core::ptr::write_volatile(&raw mut (*slot).bytes_recv, 0);
+        core::ptr::write_volatile(&raw mut (*slot).slow, slow);
+        core::ptr::write_volatile(&raw mut (*slot).pid, pid);
+    }
 }
 
 /// Records that socket `sk`'s row is now shown in process `pid`.
@@ -106,18 +125,20 @@ pub fn clear_slow(slot: *mut HotCounts) {
     unsafe { core::ptr::write_volatile(&raw mut (*slot).slow, 0) };
 }
 
-/// Socket `sk`'s counters as of now, `(sent, received)`, wherever they are.
+/// Socket `sk`'s counters as of now, `(sent, received)`: its slot's plus its `SK_BYTES`
+/// ones (both start at 0; a message racing the claim of its slot counts in the latter).
 #[inline(always)]
 pub fn counts(sk: u64, bytes: &SkBytes) -> (u64, u64) {
+    let (sent, recv) = (bytes.bytes_sent, bytes.bytes_recv);
     match find(sk) {
         // SAFETY: a valid map value pointer; aligned u64s read whole.
         Some(slot) => unsafe {
             (
-                core::ptr::read_volatile(&raw const (*slot).bytes_sent),
-                core::ptr::read_volatile(&raw const (*slot).bytes_recv),
+                sent + core::ptr::read_volatile(&raw const (*slot).bytes_sent),
+                recv + core::ptr::read_volatile(&raw const (*slot).bytes_recv),
             )
         },
-        None => (bytes.bytes_sent, bytes.bytes_recv),
+        None => (sent, recv),
     }
 }
 

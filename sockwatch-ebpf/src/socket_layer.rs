@@ -168,6 +168,8 @@ pub fn track_socket(
     if TRACKED.insert(key, *socket, 0).is_err() {
         bump(Counter::TrackedFull);
         let _ = SK_BYTES.remove(socket.sk);
+        // The slot an older socket at this address may have left.
+        hot::free(socket.sk, &bytes);
         return None;
     }
     note_process(key.pid);
@@ -180,8 +182,16 @@ pub fn track_socket(
 fn with_hot_slot(sk: u64, pid: u32, unreported: u32) -> Option<*mut SkBytes> {
     let bytes = SK_BYTES.get_ptr_mut(sk)?;
     let slot = hot::claim(sk, pid, unreported);
-    // SAFETY: a valid map value pointer; a u32 stored whole.
-    unsafe { core::ptr::write_volatile(&raw mut (*bytes).hot, slot) };
+    // SAFETY: a valid map value pointer; u32s read and stored whole.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*bytes).hot, slot);
+        // A message of another thread reported the UDP connect while the slot was claimed.
+        if unreported != 0 && core::ptr::read_volatile(&raw const (*bytes).unreported) == 0 {
+            if let Some(slot) = hot::find(sk) {
+                hot::clear_slow(slot);
+            }
+        }
+    }
     Some(bytes)
 }
 
@@ -318,7 +328,8 @@ pub fn adopt(sk: u64) -> Option<*mut SkBytes> {
     let inode = inode_of_sock(sk);
     // SAFETY: copied out at once.
     let key = *unsafe { ADOPTED.get(inode) }?;
-    let _ = ADOPTED.remove(inode);
+    // Only the one caller that removes the note adopts it (first uses may race).
+    ADOPTED.remove(inode).ok()?;
     let tracked = TRACKED.get_ptr_mut(key)?;
     // SAFETY: a valid map value pointer; an aligned u64 stored whole.
     unsafe { core::ptr::write_volatile(&raw mut (*tracked).sk, sk) };

@@ -170,9 +170,10 @@ impl SocketCounters {
     /// `bytes` (socket `sk`'s `SK_BYTES` value) with its counters, read from its hot slot when
     /// it has one (see `HotCounts`).
     fn with_hot_counts(&self, sk: u64, mut bytes: SkBytes) -> SkBytes {
-        if let Some(slot) = self.hot_slot(sk, &bytes) {
-            bytes.bytes_sent = slot.1.bytes_sent;
-            bytes.bytes_recv = slot.1.bytes_recv;
+        // Both: a message racing the claim of the slot counts in `SK_BYTES`.
+        if let Some((_, slot)) = self.hot_slot(sk, &bytes) {
+            bytes.bytes_sent += slot.bytes_sent;
+            bytes.bytes_recv += slot.bytes_recv;
         }
         bytes
     }
