@@ -162,9 +162,10 @@ pub struct SkBytes {
     pub hot: u32,
 }
 
-/// One slot of `SK_HOT`: a tracked socket's counters, found from its `struct sock *` by
-/// arithmetic ([`hot_slot`], then the slot beside it) rather than a hash-map lookup, which on
-/// every message was most of what counting cost. `sk` 0: free.
+/// One slot of `SK_HOT`: a tracked socket's counters, found by the kernel from its
+/// `struct sock *` by arithmetic (sockwatch-ebpf's `hot.rs`) rather than a hash-map lookup,
+/// which on every message was most of what counting cost; user space reads it by
+/// [`SkBytes::hot`]. `sk` 0: free.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HotCounts {
@@ -178,14 +179,6 @@ pub struct HotCounts {
     pub pid: u32,
     /// Non-zero while a message must take the full path first (a UDP connect to report).
     pub slow: u32,
-}
-
-/// The first of the two `SK_HOT` slots socket `sk` may use (the other is this one `^ 1`, in
-/// the same cache line); `mask` is the map's size minus one. Kernel and user space share it.
-pub const fn hot_slot(sk: u64, mask: u32) -> u32 {
-    // `struct sock`s are slab objects of a few KiB: the low bits say little, so multiply
-    // (Fibonacci hashing) and take bits from the middle of the product.
-    ((sk >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 & mask
 }
 
 /// Names of the global variables user space sets at load time.

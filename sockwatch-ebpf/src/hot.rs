@@ -8,7 +8,7 @@
 //! A slot is claimed when the socket starts being tracked and freed when its `SK_BYTES` entry
 //! goes (its release, a failed connect; user space frees those it ends itself).
 
-use sockwatch_common::{hot_slot, HotCounts, SkBytes};
+use sockwatch_common::{HotCounts, SkBytes};
 
 use crate::{maps::SK_HOT, state::atomic_add};
 
@@ -16,10 +16,15 @@ use crate::{maps::SK_HOT, state::atomic_add};
 #[unsafe(no_mangle)]
 static HOT_MASK: u32 = 1;
 
+/// The first of the two `SK_HOT` slots socket `sk` may use (the other is this one `^ 1`, in
+/// the same cache line).
 #[inline(always)]
-fn mask() -> u32 {
+fn hot_slot(sk: u64) -> u32 {
     // SAFETY: a volatile read of our own read-only global, set by user space at load time.
-    unsafe { core::ptr::read_volatile(&raw const HOT_MASK) }
+    let mask = unsafe { core::ptr::read_volatile(&raw const HOT_MASK) };
+    // `struct sock`s are slab objects of a few KiB: the low bits say little, so multiply
+    // (Fibonacci hashing) and take bits from the middle of the product.
+    ((sk >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 & mask
 }
 
 /// The slot holding `sk`'s counters, if it has one.
@@ -31,7 +36,7 @@ pub fn find(sk: u64) -> Option<*mut HotCounts> {
 /// [`find`], with the slot's index.
 #[inline(always)]
 fn find_at(sk: u64) -> Option<(u32, *mut HotCounts)> {
-    let first = hot_slot(sk, mask());
+    let first = hot_slot(sk);
     let owned = |slot: *mut HotCounts| {
         // SAFETY: a valid map value pointer; an aligned u64 read whole.
         unsafe { core::ptr::read_volatile(&raw const (*slot).sk) == sk }
@@ -80,7 +85,7 @@ pub fn claim(sk: u64, pid: u32, slow: u32) -> u32 {
         init(slot, pid, slow);
         return at + 1;
     }
-    let first = hot_slot(sk, mask());
+    let first = hot_slot(sk);
     for at in [first, first ^ 1] {
         let Some(slot) = SK_HOT.get_ptr_mut(at) else {
             continue;
@@ -129,8 +134,14 @@ pub fn clear_slow(slot: *mut HotCounts) {
 /// ones (both start at 0; a message racing the claim of its slot counts in the latter).
 #[inline(always)]
 pub fn counts(sk: u64, bytes: &SkBytes) -> (u64, u64) {
+    counts_with(find(sk), bytes)
+}
+
+/// [`counts`], `slot` being the socket's slot if it has one.
+#[inline(always)]
+fn counts_with(slot: Option<*mut HotCounts>, bytes: &SkBytes) -> (u64, u64) {
     let (sent, recv) = (bytes.bytes_sent, bytes.bytes_recv);
-    match find(sk) {
+    match slot {
         // SAFETY: a valid map value pointer; aligned u64s read whole.
         Some(slot) => unsafe {
             (
@@ -146,17 +157,13 @@ pub fn counts(sk: u64, bytes: &SkBytes) -> (u64, u64) {
 /// wherever they were. Nothing moves its bytes any more, so reading then freeing loses nothing.
 #[inline(always)]
 pub fn free(sk: u64, bytes: &SkBytes) -> (u64, u64) {
-    let counts = counts(sk, bytes);
-    if let Some(slot) = find(sk) {
+    let slot = find(sk);
+    let counts = counts_with(slot, bytes);
+    if let Some(slot) = slot {
         // Cleared before the slot is freed: a claimer finds it zeroed.
-        // SAFETY: a valid map value pointer; aligned fields stored whole.
-        unsafe {
-            core::ptr::write_volatile(&raw mut (*slot).pid, 0);
-            core::ptr::write_volatile(&raw mut (*slot).slow, 0);
-            core::ptr::write_volatile(&raw mut (*slot).bytes_sent, 0);
-            core::ptr::write_volatile(&raw mut (*slot).bytes_recv, 0);
-            core::ptr::write_volatile(&raw mut (*slot).sk, 0);
-        }
+        init(slot, 0, 0);
+        // SAFETY: a valid map value pointer; an aligned u64 stored whole.
+        unsafe { core::ptr::write_volatile(&raw mut (*slot).sk, 0) };
     }
     counts
 }

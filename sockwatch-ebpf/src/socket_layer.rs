@@ -99,16 +99,11 @@ fn count_fully(sk: u64, len: u64, sent: bool, pid_tgid: u64, hot: Option<*mut Ho
         if core::ptr::read_volatile(&raw const (*bytes).key.pid) != (pid_tgid >> 32) as u32 {
             follow(sk, bytes, pid_tgid);
         }
-        match hot {
-            Some(slot) => {
-                let (out, inb) = (&raw mut (*slot).bytes_sent, &raw mut (*slot).bytes_recv);
-                hot::add(out, inb, len, sent);
-            }
-            None => {
-                let (out, inb) = (&raw mut (*bytes).bytes_sent, &raw mut (*bytes).bytes_recv);
-                hot::add(out, inb, len, sent);
-            }
-        }
+        let (out, inb) = match hot {
+            Some(slot) => (&raw mut (*slot).bytes_sent, &raw mut (*slot).bytes_recv),
+            None => (&raw mut (*bytes).bytes_sent, &raw mut (*bytes).bytes_recv),
+        };
+        hot::add(out, inb, len, sent);
     }
 }
 

@@ -251,8 +251,11 @@ impl KernelTables {
         if let Some(by_socket) = &mut self.by_socket {
             // Only its own counters: not those of a newer socket at the same address.
             let own = |bytes: SkBytes| counts_of(&value, &bytes);
-            if let Some(bytes) = by_socket.bytes.get(&value.sk, 0).ok().filter(|b| own(*b)) {
-                if value.sk != 0 && by_socket.bytes.remove(&value.sk).is_ok() {
+            // Read again now that the row is gone (not `entry`'s copy): a newer socket may
+            // have taken the address since.
+            let bytes = (value.sk != 0).then(|| by_socket.bytes.get(&value.sk, 0).ok());
+            if let Some(bytes) = bytes.flatten().filter(|bytes| own(*bytes)) {
+                if by_socket.bytes.remove(&value.sk).is_ok() {
                     by_socket.free_hot_slot(value.sk, &bytes);
                 }
             }
