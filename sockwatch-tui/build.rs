@@ -13,6 +13,8 @@ use std::{
 
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 const OBJECT_NAME: &str = "sockwatch.bpf.o";
+/// The tests' fault injector (`sockwatch-ebpf/src/fault.rs`), built by the same build.
+const FAULT_OBJECT_NAME: &str = "sockwatch-fault.bpf.o";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -21,6 +23,7 @@ fn main() {
         .expect("sockwatch-tui lives in the workspace");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let object = out_dir.join(OBJECT_NAME);
+    let fault_object = out_dir.join(FAULT_OBJECT_NAME);
 
     for input in [
         "sockwatch-ebpf/src",
@@ -41,13 +44,20 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
 
-    // A prebuilt object (e.g. for a cross build) skips the eBPF build entirely.
+    // A prebuilt object (e.g. for a cross build) skips the eBPF build entirely. The fault
+    // injector is taken from beside it when the same build left it there; otherwise the
+    // tests that need it say so.
     if let Some(prebuilt) = env::var_os("SOCKWATCH_BPF_OBJECT") {
         std::fs::copy(&prebuilt, &object).unwrap_or_else(|e| {
             fail(&format!(
                 "cannot copy SOCKWATCH_BPF_OBJECT {prebuilt:?}: {e}"
             ))
         });
+        let beside = Path::new(&prebuilt).with_file_name("sockwatch-fault");
+        if std::fs::copy(&beside, &fault_object).is_err() {
+            std::fs::write(&fault_object, b"")
+                .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", fault_object.display())));
+        }
         return;
     }
 
@@ -102,12 +112,12 @@ fn main() {
              the eBPF toolchain (Debian rustc-web, libstd-rust-web-dev-bpf, bpf-linker)"
         ));
     }
-    let built = target_dir
-        .join(EBPF_TARGET)
-        .join("release")
-        .join("sockwatch");
-    std::fs::copy(&built, &object)
-        .unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
+    let release = target_dir.join(EBPF_TARGET).join("release");
+    for (built, to) in [("sockwatch", &object), ("sockwatch-fault", &fault_object)] {
+        let built = release.join(built);
+        std::fs::copy(&built, to)
+            .unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
+    }
 }
 
 /// The program named by `var`, or `default` when it exists; fails with a hint otherwise.

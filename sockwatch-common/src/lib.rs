@@ -51,8 +51,11 @@ pub mod maps {
     pub const TRACKED: &str = "TRACKED";
     /// `HashMap<u64 /* pid_tgid */, InflightCall>`: a syscall's arguments, from entry to exit.
     pub const INFLIGHT: &str = "INFLIGHT";
-    /// `RingBuf` of [`super::SocketEvent`].
+    /// `RingBuf` of [`super::EventRecord`].
     pub const EVENTS: &str = "EVENTS";
+    /// `LruHashMap<u64 /* struct sock * */, TcpFate>`: how each TCP socket's connect went and
+    /// who ended it (see [`super::TcpFate`]).
+    pub const SK_FATE: &str = "SK_FATE";
     /// `PerCpuArray<u64>` indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// `LruHashMap<SocketKey, u32>`: the protocol of inet sockets made by `socket()` while we
@@ -451,7 +454,77 @@ pub enum CloseHow {
     Exec = 4,
 }
 
-/// One record in the `EVENTS` ring buffer: what happened (`kind`, by whom, when) to which
+/// Who ended a TCP connection, as the kernel's TCP state changes and resets tell it
+/// ([`TcpFate::closed_by`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// Not followed: no entry (a socket from before sockwatch started, or one the LRU map
+    /// evicted).
+    Unknown = 0,
+    /// This end closed (or shut down) first: it sent the first FIN.
+    Local = 1,
+    /// The peer's FIN came first.
+    Peer = 2,
+    ResetSent = 3,
+    ResetReceived = 4,
+    /// Retransmissions or keepalives went unanswered (`ETIMEDOUT`).
+    Timeout = 5,
+    /// The handshake failed: `error` says why.
+    Failed = 6,
+    /// Followed since its connect or accept, and nothing has ended it yet: released by this
+    /// end before any sign (the socket backend's release runs before TCP's close).
+    Followed = 7,
+    /// A connect the socket backend tracked before the kernel performed it: until its SYN
+    /// goes out (SYN_SENT makes it `Followed`). Still so at its release, it failed before
+    /// sending anything (no route, no local port), with an errno that backend cannot see.
+    Pending = 8,
+}
+
+impl ClosedBy {
+    pub const fn from_u32(value: u32) -> Self {
+        match value {
+            1 => Self::Local,
+            2 => Self::Peer,
+            3 => Self::ResetSent,
+            4 => Self::ResetReceived,
+            5 => Self::Timeout,
+            6 => Self::Failed,
+            7 => Self::Followed,
+            8 => Self::Pending,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// What the kernel's TCP told of a socket's start and end, by `struct sock *` (the `SK_FATE`
+/// map): made when a TCP socket starts connecting or is accepted while sockwatch runs, tracked
+/// or not (an LRU map: knowing whether it is tracked would cost a lookup at each change),
+/// updated as it ends, copied into its connect and close records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFate {
+    /// When it entered SYN_SENT (its connect started); 0 when not seen.
+    pub syn_ns: u64,
+    /// When its handshake ended, established or failed; 0 when not seen.
+    pub handshake_ns: u64,
+    /// A [`ClosedBy`] value.
+    pub closed_by: u32,
+    /// The errno that ended it (a failed handshake, a reset, a timeout); 0 otherwise.
+    pub error: u32,
+}
+
+/// One record in the `EVENTS` ring buffer: the event, and for a connect or a close the TCP
+/// fate of its socket, written by `emit` straight into the ring buffer (never on a program's
+/// stack, where every byte counts).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    pub event: SocketEvent,
+    pub fate: TcpFate,
+}
+
+/// One event: what happened (`kind`, by whom, when) to which
 /// socket, with the socket's record as the kernel tracks it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -521,6 +594,8 @@ mod pod {
     unsafe impl aya::Pod for super::TrackedSocket {}
     unsafe impl aya::Pod for super::InflightCall {}
     unsafe impl aya::Pod for super::SocketEvent {}
+    unsafe impl aya::Pod for super::TcpFate {}
+    unsafe impl aya::Pod for super::EventRecord {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::SkBytes {}
     // SAFETY: as above.
@@ -533,6 +608,8 @@ const _: () = {
     assert!(core::mem::size_of::<TrackedSocket>() == 80);
     assert!(core::mem::size_of::<InflightCall>() == 32);
     assert!(core::mem::size_of::<SocketEvent>() == 112);
+    assert!(core::mem::size_of::<TcpFate>() == 24);
+    assert!(core::mem::size_of::<EventRecord>() == 136);
     assert!(core::mem::size_of::<KernelOffsets>() == 92);
     assert!(core::mem::size_of::<SkBytes>() == 48);
     assert!(core::mem::size_of::<HotCounts>() == 32);

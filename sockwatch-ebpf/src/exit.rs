@@ -124,23 +124,25 @@ fn mmsg_bytes(vector: u64, count: u64) -> u64 {
 
 fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
     let socket_key = key(pid, call.fd);
-    // Some programs call connect() again to learn whether a non-blocking connect completed
-    // (it then returns 0 once): the same socket, established, whose counters must not restart.
-    // (Not for entries user space adopted from /proc: those never went through connect here.)
-    if ret == 0 {
-        if let Some(sock) = TRACKED.get_ptr_mut(socket_key) {
-            // SAFETY: a valid map value pointer; aligned fields, each read and stored whole.
-            unsafe {
-                if (*sock).daddr == call.daddr
-                    && (*sock).dport == call.dport
-                    && (*sock).flags & flags::PREEXISTING == 0
-                {
+    // Some programs call connect() again to learn how a non-blocking connect went: it returns
+    // 0 once established, EALREADY while under way, EISCONN after, or the error that failed it.
+    // The same socket: its counters must not restart, and no second connect is reported (its
+    // close reports a failure). (Not for entries user space adopted from /proc: those never
+    // went through connect here.)
+    if let Some(sock) = TRACKED.get_ptr_mut(socket_key) {
+        // SAFETY: a valid map value pointer; aligned fields, each read and stored whole.
+        unsafe {
+            if (*sock).daddr == call.daddr
+                && (*sock).dport == call.dport
+                && (*sock).flags & flags::PREEXISTING == 0
+            {
+                if ret == 0 {
                     core::ptr::write_volatile(
                         &raw mut (*sock).state,
                         SocketState::Established as u32,
                     );
-                    return;
                 }
+                return;
             }
         }
     }

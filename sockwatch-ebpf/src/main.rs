@@ -18,6 +18,7 @@
 mod args;
 mod enter;
 mod exit;
+mod fate;
 mod hot;
 mod identity;
 mod kprobes;

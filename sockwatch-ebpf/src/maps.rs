@@ -1,11 +1,13 @@
 //! Every map and global the programs use. Names and value types come from `sockwatch-common`.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sockwatch_common::{
-    directions, Counter, HotCounts, InflightCall, SkBytes, SocketKey, TrackedSocket, COUNTER_COUNT,
+    directions, Counter, HotCounts, InflightCall, SkBytes, SocketKey, TcpFate, TrackedSocket,
+    COUNTER_COUNT,
 };
 
 /// Default sizes; user space overrides them at load time from its flags.
@@ -50,9 +52,10 @@ pub const FORKED: u32 = 2;
 pub static SK_BYTES: HashMap<u64, SkBytes> = HashMap::with_max_entries(TRACKED_DEFAULT, 0);
 
 /// The socket backend's hot counters (see `hot`); user space sizes it to a power of two (two
-/// slots where the syscall backends load it unused).
+/// slots where the syscall backends load it unused). Mmapable: user space reads every slot
+/// each refresh from memory, not with a syscall per socket.
 #[map(name = "SK_HOT")]
-pub static SK_HOT: Array<HotCounts> = Array::with_max_entries(2, 0);
+pub static SK_HOT: Array<HotCounts> = Array::with_max_entries(2, BPF_F_MMAPABLE);
 
 /// Sockets found open at start, by inode, until the socket layer learns their `struct sock`.
 #[map(name = "ADOPTED")]
@@ -89,6 +92,12 @@ pub const FD_CHUNK: usize = 64;
 /// A scan's scratch buffer: one step's fd-table entries.
 #[map(name = "FD_SCAN")]
 pub static FD_SCAN: PerCpuArray<[u64; FD_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
+
+/// How each TCP socket's connect went and who ended it, by `struct sock *` (see `fate`).
+/// LRU: every TCP socket that changes state has an entry, tracked or not, and the ones never
+/// reported age out.
+#[map(name = "SK_FATE")]
+pub static SK_FATE: LruHashMap<u64, TcpFate> = LruHashMap::with_max_entries(TRACKED_DEFAULT, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_DEFAULT_BYTES, 0);

@@ -15,8 +15,8 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use sockwatch_common::{
-    flags, Counter, EventKind, HotCounts, SkBytes, SocketEvent, SocketKey, SocketState,
-    TrackedSocket, FD_UNKNOWN, IPPROTO_TCP,
+    flags, Counter, EventKind, EventRecord, HotCounts, SkBytes, SocketEvent, SocketKey,
+    SocketState, TcpFate, TrackedSocket, FD_UNKNOWN, IPPROTO_TCP,
 };
 
 use crate::{
@@ -236,14 +236,17 @@ fn emit_moved(sk: u64, to: SocketKey, from: SocketKey, bytes: *const SkBytes) {
     let Some(row) = TRACKED.get_ptr(to) else {
         return;
     };
-    let Some(mut slot) = EVENTS.reserve::<SocketEvent>(0) else {
+    let Some(mut slot) = EVENTS.reserve::<EventRecord>(0) else {
         bump(Counter::RingbufDrops);
         return;
     };
-    let event = slot.as_mut_ptr();
-    // SAFETY: `event` is the reserved slot, written whole before it is submitted; `row` and
+    let record = slot.as_mut_ptr();
+    // SAFETY: `record` is the reserved slot, written whole before it is submitted; `row` and
     // `bytes` are valid map value pointers.
     unsafe {
+        // A move has no fate to tell.
+        (*record).fate = TcpFate::default();
+        let event = &raw mut (*record).event;
         core::ptr::copy_nonoverlapping(row, &raw mut (*event).socket, 1);
         (*event).kind = EventKind::Moved as u32;
         (*event).tid = current().0 as u32;

@@ -26,12 +26,13 @@ use sockwatch_common::{
 };
 
 use crate::{
+    fate::{self, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
     hot,
     identity::{
         current_is_user, fd_of_sock, file_of_sock, inode_of_sock, ipv4_peer, letting_go,
         local_port, non_blocking, sock_error, Letting,
     },
-    maps::{tracking, ACCEPTED, ADOPTED, ADOPTED_PENDING, SK_BYTES, TRACKED},
+    maps::{count_by_socket, tracking, ACCEPTED, ADOPTED, ADOPTED_PENDING, SK_BYTES, TRACKED},
     socket_layer::{accepted_socket, report_udp_connect, track_socket, unknown_fd, NO_LISTENER},
     state::{comm, current, emit, key, now_ns, opened},
 };
@@ -137,21 +138,23 @@ fn track_connect(sk: u64, daddr: u32, dport: u16, proto: u32) {
         comm: comm(),
         ..TrackedSocket::default()
     };
+    if !udp {
+        fate::connect_pending(sk);
+    }
     // A TCP connect is reported when its handshake ends (`handshake_ended`); a UDP one once
     // its local port is bound, at its first use or its release.
     let _ = track_socket(key(pid, fd), &socket, u32::from(udp));
 }
 
-/// TCP states (`include/net/tcp_states.h`).
-const TCP_ESTABLISHED: i32 = 1;
-const TCP_SYN_SENT: i32 = 2;
-const TCP_SYN_RECV: i32 = 3;
-const TCP_CLOSE: i32 = 7;
-
 /// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let (sk, old, new): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    // Every backend: how connects go and who ends connections.
+    fate::on_state(sk, old as i32, new as i32);
+    if !count_by_socket() {
+        return 0;
+    }
     match (old as i32, new as i32) {
         (TCP_SYN_SENT, TCP_ESTABLISHED) => handshake_ended(sk, true),
         (TCP_SYN_SENT, TCP_CLOSE) => handshake_ended(sk, false),
@@ -161,12 +164,10 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `ECONNREFUSED`, for a failed handshake whose socket holds no error.
-const ECONNREFUSED: i32 = 111;
-
 /// A tracked connect's handshake ended (in whatever context the network stack runs): reported
 /// with what the `connect()` returned, 0 or `-EINPROGRESS` by the file's blocking mode; or
-/// failed (`-errno`), and no longer tracked.
+/// failed: a blocking connect returns the error (`-errno`) and is no longer tracked; a
+/// non-blocking one returned `-EINPROGRESS`, and stays tracked until its release.
 #[inline(always)]
 fn handshake_ended(sk: u64, established: bool) {
     // SAFETY: copied out at once.
@@ -194,6 +195,12 @@ fn handshake_ended(sk: u64, established: bool) {
             socket.state = SocketState::Established as u32;
             0
         }
+    } else if non_blocking(sk) || sock_error(sk) == 0 {
+        // The connect returned EINPROGRESS and the failure is the application's to find out;
+        // or, without an error, this end gave up on it (closed or disconnected it while it
+        // was connecting). The row stays, still connecting, and its release reports how it
+        // ended (`fate`).
+        return;
     } else {
         if SK_BYTES.remove(sk).is_err() {
             return;
@@ -201,10 +208,7 @@ fn handshake_ended(sk: u64, established: bool) {
         hot::free(sk, &bytes);
         let _ = TRACKED.remove(bytes.key);
         socket.state = 0;
-        match sock_error(sk) {
-            0 => -ECONNREFUSED,
-            errno => -errno,
-        }
+        -sock_error(sk)
     };
     emit(&SocketEvent {
         result,

@@ -3,8 +3,8 @@
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use sockwatch_common::{
     flags::{PARTIAL, REPLACED},
-    CallKind, CloseHow, Counter, EventKind, InflightCall, SocketEvent, SocketKey, SocketState,
-    TrackedSocket, COMM_LEN,
+    CallKind, CloseHow, Counter, EventKind, EventRecord, InflightCall, SocketEvent, SocketKey,
+    SocketState, TrackedSocket, COMM_LEN,
 };
 
 use crate::{
@@ -244,9 +244,15 @@ pub fn process_event(kind: EventKind, pid: u32, tid: u32, first_fd: u32, arg: u3
 /// Sends one event to user space, counting it as lost when the ring buffer is full.
 #[inline(always)]
 pub fn emit(event: &SocketEvent) {
-    match EVENTS.reserve::<SocketEvent>(0) {
+    match EVENTS.reserve::<EventRecord>(0) {
         Some(mut slot) => {
-            slot.write(*event);
+            let record = slot.as_mut_ptr();
+            // SAFETY: `record` is the reserved slot, ours until submitted; every field is
+            // written before it is.
+            unsafe {
+                (*record).event = *event;
+                crate::fate::annotate(event, &raw mut (*record).fate);
+            }
             slot.submit(0);
         }
         None => bump(Counter::RingbufDrops),

@@ -27,6 +27,7 @@ use crate::{
     json::Record,
     kernel::{
         decode::KernelRecord,
+        diag::Diag,
         loader::{self, KernelTables, LoadOptions},
         tracker::{Change, Tracker},
     },
@@ -35,7 +36,7 @@ use crate::{
         dns::{self, Answer, HostNames, Resolver},
         Action, Model,
     },
-    socket::{Socket, SocketId},
+    socket::{Proto, Socket, SocketId},
     terminal::TerminalGuard,
     view::{
         self, keys,
@@ -49,6 +50,8 @@ struct Source {
     ring: AsyncFd<RingBuf<MapData>>,
     tables: KernelTables,
     tracker: Tracker,
+    /// TCP health; `None` where the kernel has no socket diagnostics (said in the log).
+    diag: Option<Diag>,
 }
 
 impl Source {
@@ -70,6 +73,7 @@ impl Source {
             ring,
             tables,
             tracker,
+            ..
         } = self;
         let mut drained = Drained::default();
         let ring = ring.get_mut();
@@ -125,6 +129,27 @@ impl Source {
         Ok(ids)
     }
 
+    /// Reads the TCP health of the open sockets' namespaces and hands it to the model.
+    fn read_health(&mut self, output: &mut Output) {
+        let Some(diag) = &mut self.diag else {
+            return;
+        };
+        let pids: Vec<u32> = output
+            .model()
+            .open
+            .values()
+            .filter(|s| s.proto != Proto::Udp)
+            .filter_map(Socket::holder_pid)
+            .collect();
+        // Nothing to read health for: no dump (it lists every TCP socket of a namespace).
+        if pids.is_empty() {
+            return;
+        }
+        let readings = diag.read(pids);
+        let now_ns = monotonic_ns();
+        output.update(Action::Health { readings, now_ns });
+    }
+
     /// The periodic check against /proc.
     fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<()> {
         let map = self.read_map(output, log)?;
@@ -152,6 +177,8 @@ enum Output<'a> {
         out: io::BufWriter<StdoutLock<'a>>,
         clock: WallClock,
         reported_drops: u64,
+        /// `--json-samples`: a `sample` line per open socket at every refresh.
+        samples: bool,
     },
     Dashboard {
         dashboard: Box<Dashboard>,
@@ -212,7 +239,10 @@ impl Output<'_> {
     }
 
     fn observe_map(&mut self, map: Vec<Socket>, now_ns: u64) {
-        let action = Action::Snapshot { map, now_ns };
+        self.update(Action::Snapshot { map, now_ns });
+    }
+
+    fn update(&mut self, action: Action) {
         match self {
             Self::Json { model, .. } => model.update(action),
             Self::Dashboard { dashboard, .. } => dashboard.update(Message::Model(action)),
@@ -243,6 +273,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Err(error) = &probes.identity {
         log.line(format_args!("socket inodes will not be known: {error}"));
     }
+    if let Err(error) = &probes.fate {
+        log.line(format_args!(
+            "connect latency and who ended a connection will not be known: {error}"
+        ));
+    }
+    if let Some(error) = tables.hot_counters_unmapped() {
+        log.line(format_args!(
+            "byte counters are read with a syscall per socket: mapping SK_HOT failed: {error}"
+        ));
+    }
     let clock = WallClock::now();
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as the
     // AsyncFd owns the RingBuf.
@@ -253,6 +293,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ring,
         tables,
         tracker: Tracker::default(),
+        diag: Diag::open()
+            .inspect_err(|error| {
+                log.line(format_args!(
+                    "TCP health (RTT, retransmits, queues) will not be shown: socket \
+                     diagnostics (sock_diag) failed: {error}"
+                ));
+            })
+            .ok(),
     };
     let backend = probes.backend.to_string();
     let result = run_loop(&args, &backend, &mut source, clock, &mut log).await;
@@ -335,11 +383,15 @@ async fn run_loop(
     clock: WallClock,
     log: &mut Log,
 ) -> anyhow::Result<()> {
+    // The run starts now: its start record's time is read before the deadline is set, so the
+    // end record comes --duration after it at the earliest, however long the set-up between
+    // the two reads takes (a loaded or emulated machine can stall it for many milliseconds).
+    let started_ns = monotonic_ns();
     let mut stop = Stop::new(args.duration)?;
     let (mut output, mut terminal) = if args.json {
         let mut out = io::BufWriter::new(io::stdout().lock());
         Record::Start {
-            time: clock.unix_secs(monotonic_ns()),
+            time: clock.unix_secs(started_ns),
             probe: backend,
             pid: std::process::id(),
             tracked_map_id: source.tables.tracked_map_id,
@@ -351,11 +403,13 @@ async fn run_loop(
             out,
             clock,
             reported_drops: 0,
+            samples: args.json_samples,
         };
         (output, None)
     } else {
         let guard = TerminalGuard::enter()?;
         let mut model = Model::new(backend);
+        model.health_unavailable = source.diag.is_none();
         model.hosts = HostNames::new(!args.no_resolve);
         // NO_COLOR (no-color.org): set and not empty means no colours.
         let color = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
@@ -448,6 +502,20 @@ fn refresh(
     log: &mut Log,
 ) -> anyhow::Result<()> {
     let counters = source.tables.counters();
+    source.read_health(output);
+    if let Output::Json { samples: true, .. } = output {
+        // Counts as of now, then one line per open socket.
+        source.read_map(output, log)?;
+        if let Output::Json {
+            model, out, clock, ..
+        } = output
+        {
+            let now_ns = model.now_ns;
+            for socket in model.open.values() {
+                Record::sample(socket, clock, now_ns).write_line(out)?;
+            }
+        }
+    }
     match output {
         Output::Json {
             out,
@@ -544,6 +612,8 @@ fn finish(
         lost: counters.ringbuf_drops,
         untracked: counters.tracked_full,
         repairs: model.totals.repairs,
+        connects: model.totals.connects,
+        failed_connects: model.totals.failed_connects,
     }
     .write_line(&mut out)?;
     out.flush().context("writing to stdout")

@@ -50,6 +50,11 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
+    /// With --json: also a `sample` record per open socket at every refresh (counts, RTT,
+    /// retransmits, window, queues).
+    #[arg(long, requires = "json")]
+    pub json_samples: bool,
+
     /// Stop by itself after this many seconds (with the dashboard too).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub duration: Option<Duration>,

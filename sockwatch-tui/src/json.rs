@@ -7,7 +7,9 @@ use serde::Serialize;
 use crate::{
     clock::WallClock,
     kernel::decode::errno_name,
-    socket::{holder_fd, holder_pid, CloseCause, Origin, Socket, SocketKey, State},
+    socket::{
+        holder_fd, holder_pid, CloseCause, ClosedBy, HealthMark, Origin, Socket, SocketKey, State,
+    },
 };
 
 /// The fields every socket record shares.
@@ -49,6 +51,47 @@ impl<'a> SocketFields<'a> {
     }
 }
 
+/// A TCP socket's health as the latest reading had it (`kernel/diag.rs`); every field null
+/// before the first reading, and for UDP.
+#[derive(Debug, Default, Serialize)]
+pub struct TcpFields {
+    /// Smoothed round-trip time and its variation, in microseconds.
+    pub rtt_us: Option<u32>,
+    pub rttvar_us: Option<u32>,
+    /// Segments retransmitted over the socket's life.
+    pub retrans: Option<u32>,
+    /// Congestion window, in segments.
+    pub cwnd: Option<u32>,
+    /// Bytes not yet acknowledged by the peer (sent or not), and received but not yet read.
+    pub send_q: Option<u32>,
+    pub recv_q: Option<u32>,
+    /// retrans, peer, app or idle (see the README), null when none applies.
+    pub health: Option<&'static str>,
+    /// How long the connect's handshake took (the kernel's SYN sent to established), in us.
+    pub connect_us: Option<u64>,
+}
+
+impl TcpFields {
+    fn of(socket: &Socket) -> Self {
+        let Some(h) = socket.tcp else {
+            return Self {
+                connect_us: socket.connect_us,
+                ..Self::default()
+            };
+        };
+        Self {
+            connect_us: socket.connect_us,
+            rtt_us: Some(h.rtt_us),
+            rttvar_us: Some(h.rttvar_us),
+            retrans: Some(h.retrans),
+            cwnd: Some(h.cwnd),
+            send_q: Some(h.send_q),
+            recv_q: Some(h.recv_q),
+            health: socket.mark.map(HealthMark::word),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Record<'a> {
@@ -69,6 +112,8 @@ pub enum Record<'a> {
         result: String,
         bytes_sent: u64,
         bytes_recv: u64,
+        /// How long the handshake took, when it has ended (null for one still under way).
+        connect_us: Option<u64>,
     },
     /// An inbound connection was accepted.
     Accept {
@@ -95,6 +140,23 @@ pub enum Record<'a> {
         /// close, dup2, close_range, exec, exit, reconciled, or vanished.
         reason: &'static str,
         preexisting: bool,
+        /// TCP: local, peer, reset_sent, reset_received, timeout, or failed (the handshake).
+        closed_by: Option<&'static str>,
+        /// The errno that ended it (a failed connect, a reset, a timeout), by name.
+        error: Option<String>,
+        /// As last read while it was open.
+        #[serde(flatten)]
+        tcp: TcpFields,
+    },
+    /// With `--json-samples`, at every refresh: each open socket's counts and TCP health.
+    Sample {
+        time: f64,
+        #[serde(flatten)]
+        socket: SocketFields<'a>,
+        bytes_sent: u64,
+        bytes_recv: u64,
+        #[serde(flatten)]
+        tcp: TcpFields,
     },
     /// A socket's row moved to another holder: its fd (`from_pid`, `from_fd`) was closed
     /// while another process holds it (a forked child, a program started on it, the receiver
@@ -119,6 +181,8 @@ pub enum Record<'a> {
         bytes_recv: u64,
         age_ns: u64,
         preexisting: bool,
+        #[serde(flatten)]
+        tcp: TcpFields,
     },
     /// The last record: totals of the run.
     End {
@@ -130,6 +194,10 @@ pub enum Record<'a> {
         untracked: u64,
         /// Sockets removed by reconciliation with /proc (events the probes missed).
         repairs: u64,
+        /// Outbound connects seen, and of them failed (at once, or later for a non-blocking
+        /// one), as the dashboard's header counts them.
+        connects: u64,
+        failed_connects: u64,
     },
 }
 
@@ -158,6 +226,7 @@ impl<'a> Record<'a> {
                 },
                 bytes_sent: 0,
                 bytes_recv: 0,
+                connect_us: socket.connect_us,
             },
         }
     }
@@ -171,6 +240,7 @@ impl<'a> Record<'a> {
             result: errno_name(errno),
             bytes_sent: 0,
             bytes_recv: 0,
+            connect_us: socket.connect_us,
         }
     }
 
@@ -187,6 +257,20 @@ impl<'a> Record<'a> {
             lifetime_ns: socket.age_ns(0),
             reason: closed.map_or(CloseCause::Close, |c| c.cause).label(),
             preexisting: socket.origin == Origin::Existing,
+            closed_by: socket.closed_by.map(ClosedBy::label),
+            error: socket.error.map(errno_name),
+            tcp: TcpFields::of(socket),
+        }
+    }
+
+    /// An open socket as read at `now_ns` (`--json-samples`).
+    pub fn sample(socket: &'a Socket, clock: &WallClock, now_ns: u64) -> Self {
+        Record::Sample {
+            time: clock.unix_secs(now_ns),
+            socket: SocketFields::of(socket),
+            bytes_sent: socket.bytes_sent,
+            bytes_recv: socket.bytes_recv,
+            tcp: TcpFields::of(socket),
         }
     }
 
@@ -211,6 +295,7 @@ impl<'a> Record<'a> {
             bytes_recv: socket.bytes_recv,
             age_ns: socket.age_ns(now_ns),
             preexisting: socket.origin == Origin::Existing,
+            tcp: TcpFields::of(socket),
         }
     }
 
@@ -251,7 +336,8 @@ mod tests {
 
     #[test]
     fn connect_record_has_the_documented_fields() {
-        let socket = endpoint();
+        let mut socket = endpoint();
+        socket.connect_us = Some(52);
         let value = line(&Record::failed(
             &socket,
             libc::ECONNREFUSED,
@@ -263,7 +349,65 @@ mod tests {
                 "fd": 4, "proto": "tcp", "direction": "out", "daddr": "127.0.0.1", "dport": 8080,
                 "lport": 40000, "inode": null, "complete": true, "result": "ECONNREFUSED",
                 "bytes_sent": 0,
-                "bytes_recv": 0})
+                "bytes_recv": 0, "connect_us": 52})
+        );
+    }
+
+    #[test]
+    fn close_records_say_who_ended_it_with_the_last_tcp_reading() {
+        let mut socket = endpoint();
+        socket.close(
+            Closed {
+                at_ns: 3_000_000_000,
+                tid: 8,
+                cause: CloseCause::Close,
+            },
+            10,
+            20,
+        );
+        socket.closed_by = Some(ClosedBy::ResetReceived);
+        socket.error = Some(libc::ECONNRESET);
+        socket.connect_us = Some(40);
+        socket.tcp = Some(crate::socket::TcpHealth {
+            rtt_us: 120,
+            rttvar_us: 30,
+            retrans: 2,
+            cwnd: 10,
+            send_q: 5,
+            recv_q: 6,
+            ..crate::socket::TcpHealth::default()
+        });
+        let value = line(&Record::closed(&socket, &WallClock::default()));
+        for (field, expected) in [
+            ("closed_by", serde_json::json!("reset_received")),
+            ("error", serde_json::json!("ECONNRESET")),
+            ("connect_us", serde_json::json!(40)),
+            ("rtt_us", serde_json::json!(120)),
+            ("rttvar_us", serde_json::json!(30)),
+            ("retrans", serde_json::json!(2)),
+            ("cwnd", serde_json::json!(10)),
+            ("send_q", serde_json::json!(5)),
+            ("recv_q", serde_json::json!(6)),
+            ("health", serde_json::Value::Null),
+        ] {
+            assert_eq!(value[field], expected, "{field} in {value}");
+        }
+        // A UDP socket: no TCP reading, no one to say who ended it.
+        let mut udp = endpoint();
+        udp.proto = crate::socket::Proto::Udp;
+        udp.close(
+            Closed {
+                at_ns: 2,
+                tid: 8,
+                cause: CloseCause::Close,
+            },
+            0,
+            0,
+        );
+        let value = line(&Record::closed(&udp, &WallClock::default()));
+        assert_eq!(
+            (&value["closed_by"], &value["rtt_us"]),
+            (&serde_json::Value::Null, &serde_json::Value::Null)
         );
     }
 
@@ -381,6 +525,8 @@ mod tests {
         );
         let end = line(&Record::End {
             time: 0.0,
+            connects: 3,
+            failed_connects: 1,
             open: 2,
             lost: 0,
             untracked: 1,

@@ -123,6 +123,35 @@ impl CloseCause {
     }
 }
 
+/// Who ended a TCP connection, as the kernel's TCP saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// This end closed first (sent the first FIN, or released the socket).
+    Local,
+    /// The peer's FIN came first.
+    Peer,
+    ResetSent,
+    ResetReceived,
+    /// Retransmissions or keepalives went unanswered.
+    Timeout,
+    /// The connect's handshake failed (`Socket::error` says why).
+    Failed,
+}
+
+impl ClosedBy {
+    /// As JSON's `closed_by` says it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Peer => "peer",
+            Self::ResetSent => "reset_sent",
+            Self::ResetReceived => "reset_received",
+            Self::Timeout => "timeout",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// How a socket ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Closed {
@@ -131,6 +160,129 @@ pub struct Closed {
     /// The thread that closed it (for an exit, exec or a repair: the process id).
     pub tid: u32,
     pub cause: CloseCause,
+}
+
+/// What the kernel's TCP says of a socket (`struct tcp_info` and the queues, as `ss -ti` shows
+/// them), read by `sock_diag` at each refresh (`kernel/diag.rs`). Times in microseconds unless
+/// named otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpHealth {
+    /// The kernel's TCP state number (1 ESTABLISHED, 2 SYN_SENT, 8 CLOSE_WAIT...).
+    pub state: u8,
+    pub lport: u16,
+    /// Received, not yet read by the application.
+    pub recv_q: u32,
+    /// Not yet acknowledged by the peer, sent or not.
+    pub send_q: u32,
+    /// The zero-window probe timer runs: the peer advertises no room (it is not reading).
+    pub zero_window: bool,
+    /// Zero-window probes sent without an answer, and the retransmit timer's backoff.
+    pub probes: u8,
+    pub backoff: u8,
+    pub rtt_us: u32,
+    pub rttvar_us: u32,
+    pub min_rtt_us: u32,
+    pub rto_us: u32,
+    pub snd_mss: u32,
+    /// Congestion window and slow-start threshold, in segments.
+    pub cwnd: u32,
+    pub ssthresh: u32,
+    /// Segments sent and not yet acknowledged, lost, and retransmitted still in flight.
+    pub unacked: u32,
+    pub lost: u32,
+    pub retrans_out: u32,
+    /// Retransmitted segments over the socket's life (`ss`: the second number of `retrans:`).
+    pub retrans: u32,
+    pub last_data_sent_ms: u32,
+    pub last_data_recv_ms: u32,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// Bytes per second.
+    pub pacing_rate: u64,
+    pub delivery_rate: u64,
+    /// Time spent sending, and limited by the peer's window or our send buffer.
+    pub busy_us: u64,
+    pub rwnd_limited_us: u64,
+    pub sndbuf_limited_us: u64,
+    /// The peer's advertised window, on kernels that report it.
+    pub snd_wnd: Option<u32>,
+}
+
+/// The kernel's TCP states with a connection under way (`include/net/tcp_states.h`).
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+/// A retransmission this recent marks the socket as retransmitting.
+pub const RETRANS_MARK_NS: u64 = 5 * SEC;
+/// No data either way for this long marks it idle.
+pub const IDLE_MARK_MS: u32 = 10_000;
+
+/// What is wrong with a TCP connection, worst first: the table's HEALTH mark, and the
+/// `health:` filter's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthMark {
+    /// Its retransmit count rose in the last [`RETRANS_MARK_NS`].
+    Retransmitting,
+    /// The peer advertises a zero window: it is not reading what we send.
+    PeerNotReading,
+    /// Received data waits and grows: this application is not reading.
+    AppNotReading,
+    /// No data either way for this many seconds.
+    Idle { secs: u32 },
+}
+
+impl HealthMark {
+    /// From a reading, the one before it, and when retransmissions last rose.
+    pub fn of(
+        now: &TcpHealth,
+        before: Option<&TcpHealth>,
+        retrans_rose_ns: Option<u64>,
+        now_ns: u64,
+    ) -> Option<Self> {
+        // Only a connection under way has a health: a socket still connecting has no window
+        // yet (its snd_wnd is 0) and has never moved data.
+        if !matches!(now.state, TCP_ESTABLISHED | TCP_CLOSE_WAIT) {
+            return None;
+        }
+        let waiting = |h: &TcpHealth| h.recv_q > 0;
+        if retrans_rose_ns.is_some_and(|at| now_ns.saturating_sub(at) < RETRANS_MARK_NS) {
+            Some(Self::Retransmitting)
+        } else if now.zero_window || (now.snd_wnd == Some(0) && now.send_q > 0) {
+            Some(Self::PeerNotReading)
+        } else if waiting(now) && before.is_some_and(|b| waiting(b) && now.recv_q >= b.recv_q) {
+            Some(Self::AppNotReading)
+        } else {
+            let quiet_ms = now.last_data_sent_ms.min(now.last_data_recv_ms);
+            (quiet_ms >= IDLE_MARK_MS).then_some(Self::Idle {
+                secs: quiet_ms / 1000,
+            })
+        }
+    }
+
+    /// The filter word (`health:retrans`) and the column's text for the first three.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Retransmitting => "retrans",
+            Self::PeerNotReading => "peer",
+            Self::AppNotReading => "app",
+            Self::Idle { .. } => "idle",
+        }
+    }
+
+    /// The table's text.
+    pub fn label(self) -> String {
+        match self {
+            Self::Retransmitting => "retrans".into(),
+            Self::PeerNotReading => "peer-stall".into(),
+            Self::AppNotReading => "app-stall".into(),
+            Self::Idle { secs } => format!("idle {secs}s"),
+        }
+    }
+
+    /// A mark of trouble, not of quiet.
+    pub fn is_trouble(self) -> bool {
+        !matches!(self, Self::Idle { .. })
+    }
 }
 
 /// Bytes per second, each way.
@@ -265,6 +417,23 @@ pub struct Socket {
     /// `dup`, a program started on it): looked up in /proc while the dashboard shows the
     /// socket's details; empty when not looked up.
     pub holders: Vec<SocketKey>,
+    /// TCP health at the latest refresh that found the socket in the kernel's diagnostics;
+    /// once closed, the last reading. `None` for UDP, and before the first reading.
+    pub tcp: Option<TcpHealth>,
+    /// When its retransmit count last rose (kernel monotonic ns).
+    pub retrans_rose_ns: Option<u64>,
+    /// What the latest TCP reading says is wrong, if anything.
+    pub mark: Option<HealthMark>,
+    /// How long its connect's handshake took (SYN sent to established or failed), in us.
+    pub connect_us: Option<u64>,
+    /// Who ended it (TCP; known at its close, or at a failed connect).
+    pub closed_by: Option<ClosedBy>,
+    /// The errno that ended it: a failed connect's, a reset's, a timeout's.
+    pub error: Option<i32>,
+    /// (smoothed RTT in us, retransmits so far) at most once a second, oldest first, as
+    /// long as [`Rates::history`].
+    pub tcp_history: VecDeque<(u32, u32)>,
+    tcp_history_ns: u64,
 }
 
 impl Socket {
@@ -294,6 +463,14 @@ impl Socket {
             rates: Rates::starting(opened_ns),
             closed: None,
             holders: Vec::new(),
+            tcp: None,
+            retrans_rose_ns: None,
+            mark: None,
+            connect_us: None,
+            closed_by: None,
+            error: None,
+            tcp_history: VecDeque::new(),
+            tcp_history_ns: 0,
         }
     }
 
@@ -352,6 +529,14 @@ impl Socket {
         if record.proto != Proto::Unknown {
             self.proto = record.proto;
         }
+        if record.connect_us.is_some() {
+            self.connect_us = record.connect_us;
+        }
+    }
+
+    /// A connect whose handshake failed with `errno`.
+    pub fn failed(&self) -> Option<i32> {
+        (self.closed_by == Some(ClosedBy::Failed)).then_some(self.error.unwrap_or(0))
     }
 
     /// Takes in counters read at `now_ns` (from the kernel's map), updating the rates.
@@ -359,6 +544,28 @@ impl Socket {
         self.bytes_sent = sent;
         self.bytes_recv = recv;
         self.rates.observe(sent, recv, now_ns);
+    }
+
+    /// Takes in a TCP health reading made at `now_ns`; the local port comes with it, exact for
+    /// every socket (an outbound one's is not known before).
+    pub fn observe_tcp(&mut self, health: TcpHealth, now_ns: u64) {
+        let before = self.tcp;
+        if before.is_some_and(|before| health.retrans > before.retrans) {
+            self.retrans_rose_ns = Some(now_ns);
+        }
+        if health.lport != 0 {
+            self.lport = health.lport;
+        }
+        self.proto = Proto::Tcp;
+        self.tcp = Some(health);
+        self.mark = HealthMark::of(&health, before.as_ref(), self.retrans_rose_ns, now_ns);
+        if self.tcp_history.is_empty() || now_ns.saturating_sub(self.tcp_history_ns) >= SEC {
+            if self.tcp_history.len() == HISTORY_LEN {
+                self.tcp_history.pop_front();
+            }
+            self.tcp_history.push_back((health.rtt_us, health.retrans));
+            self.tcp_history_ns = now_ns;
+        }
     }
 
     /// Marks it closed with its final counts; its rates drop to zero, its history stays.
@@ -434,6 +641,62 @@ mod tests {
         assert_eq!(s.rates.history.len(), 1);
         assert_eq!((s.bytes_sent, s.bytes_recv), (1200, 10));
         assert_eq!(s.age_ns(100 * SEC), 4 * SEC, "lifetime, whatever now is");
+    }
+
+    #[test]
+    fn health_marks_worst_first_and_only_for_connections_under_way() {
+        let established = TcpHealth {
+            state: 1,
+            last_data_sent_ms: 50,
+            last_data_recv_ms: 50,
+            snd_wnd: Some(65_536),
+            ..TcpHealth::default()
+        };
+        let of = |now: &TcpHealth, before: Option<&TcpHealth>, rose: Option<u64>| {
+            HealthMark::of(now, before, rose, 10 * SEC)
+        };
+        assert_eq!(of(&established, None, None), None);
+        assert_eq!(
+            of(&established, None, Some(6 * SEC)),
+            Some(HealthMark::Retransmitting),
+            "a rise 4 s ago"
+        );
+        assert_eq!(of(&established, None, Some(4 * SEC)), None, "6 s ago");
+        let full = TcpHealth {
+            snd_wnd: Some(0),
+            send_q: 1000,
+            ..established
+        };
+        assert_eq!(of(&full, None, None), Some(HealthMark::PeerNotReading));
+        let unread = TcpHealth {
+            recv_q: 500,
+            ..established
+        };
+        assert_eq!(of(&unread, None, None), None, "one reading is not a trend");
+        assert_eq!(
+            of(&unread, Some(&unread), None),
+            Some(HealthMark::AppNotReading)
+        );
+        let read = TcpHealth {
+            recv_q: 100,
+            ..established
+        };
+        assert_eq!(of(&read, Some(&unread), None), None, "it shrank: read");
+        let quiet = TcpHealth {
+            last_data_sent_ms: 12_500,
+            last_data_recv_ms: 30_000,
+            ..established
+        };
+        assert_eq!(of(&quiet, None, None), Some(HealthMark::Idle { secs: 12 }));
+        // Still connecting: no window yet and no data ever, but nothing is wrong.
+        let connecting = TcpHealth {
+            state: 2,
+            snd_wnd: Some(0),
+            last_data_sent_ms: 90_000,
+            last_data_recv_ms: 90_000,
+            ..TcpHealth::default()
+        };
+        assert_eq!(of(&connecting, None, Some(9 * SEC)), None);
     }
 
     #[test]

@@ -206,3 +206,192 @@ fn keys_sort_filter_open_details_help_pause_and_quit() {
     tmux.press("q");
     assert_terminal_restored(&tmux, &state_file);
 }
+
+/// An RTT as the TCP view prints it (`85us`, `1.25ms`, `1.50s`), in microseconds.
+fn micros(text: &str) -> Option<f64> {
+    let text = text.trim();
+    if let Some(us) = text.strip_suffix("us") {
+        us.parse().ok()
+    } else if let Some(ms) = text.strip_suffix("ms") {
+        ms.parse::<f64>().ok().map(|ms| ms * 1e3)
+    } else {
+        text.strip_suffix('s')?.parse::<f64>().ok().map(|s| s * 1e6)
+    }
+}
+
+/// The RTT cells of the table's rows, top to bottom: the column ends where its title does.
+fn rtt_cells(screen: &str) -> Vec<String> {
+    let table = screen.split("Closed (").next().unwrap_or_default();
+    let mut lines = table.lines();
+    let Some(end) = lines.by_ref().find_map(|line| {
+        let chars: Vec<char> = line.chars().collect();
+        let title: Vec<char> = "RTT▼".chars().collect();
+        chars
+            .windows(title.len())
+            .position(|w| w == title.as_slice())
+            .map(|at| at + title.len())
+    }) else {
+        return Vec::new();
+    };
+    lines
+        .filter(|line| line.contains("127.0.0.1:"))
+        .map(|line| {
+            let chars: Vec<char> = line.chars().collect();
+            chars[end.saturating_sub(8).min(chars.len())..end.min(chars.len())]
+                .iter()
+                .collect::<String>()
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn the_tcp_view_sorts_by_rtt_and_details_show_the_kernels_numbers() {
+    support::assert_root();
+    let tmux = Tmux::start("tcp", 120, 40);
+    tmux.wait_for("shell prompt", SCREEN_TIMEOUT, |s| s.contains("e2e$"));
+    let state_file = format!("/tmp/sockwatch-e2e-tcp-{}", std::process::id());
+    tmux.type_line(&format!("stty -g > {state_file}.before; clear"));
+    let pid = std::process::id();
+    tmux.type_line(&format!("{BIN} --interval 200 --no-resolve --pid {pid}"));
+    tmux.wait_for("the dashboard, scoped", SCREEN_TIMEOUT, |s| {
+        s.contains("Open IPv4 sockets") && s.contains(&format!("only pid {pid}"))
+    });
+    let servers = [net::CountingServer::start(), net::CountingServer::start()];
+    let fds: Vec<i32> = servers
+        .iter()
+        .map(|server| {
+            let fd = net::connected(server.port);
+            net::sendto_all(fd, 100_000);
+            fd
+        })
+        .collect();
+
+    // `t`: the TCP view, slowest round trip first; every row has the kernel's RTT.
+    tmux.press("t");
+    let screen = tmux.wait_for(
+        "the TCP view with an RTT on every row",
+        SCREEN_TIMEOUT,
+        |s| {
+            let cells = rtt_cells(s);
+            s.contains("HEALTH")
+                && cells.len() >= 2
+                && cells.iter().all(|cell| micros(cell).is_some())
+        },
+    );
+    let rtts: Vec<f64> = rtt_cells(&screen)
+        .iter()
+        .filter_map(|cell| micros(cell))
+        .collect();
+    assert!(
+        rtts.windows(2).all(|pair| pair[0] >= pair[1]),
+        "not sorted by RTT, largest first: {rtts:?}\n{screen}"
+    );
+
+    // Details of the first row: what `ss -ti` shows, and the RTT history.
+    tmux.press("Home");
+    tmux.press("Enter");
+    let details = tmux.wait_for("the details with TCP health", SCREEN_TIMEOUT, |s| {
+        s.contains("rtt ")
+            && s.contains("cwnd ")
+            && s.contains("send-q ")
+            && s.contains("rtt, last")
+    });
+    let local_port = details
+        .lines()
+        .find_map(|line| line.split("local port").nth(1))
+        .map(|rest| rest.trim().trim_end_matches('│').trim().to_owned());
+    let known: Vec<String> = fds
+        .iter()
+        .map(|&fd| net::local_port(fd).to_string())
+        .chain(servers.iter().map(|server| server.port.to_string()))
+        .collect();
+    assert!(
+        local_port.as_ref().is_some_and(|port| known.contains(port)),
+        "local port {local_port:?} is none of {known:?}\n{details}"
+    );
+    tmux.press("Escape");
+
+    // Two connects to a closed port, one blocking, one not: two lines in the close log, each
+    // with its errno and how long the attempt took, and the header counts them as failed.
+    let closed_port = net::closed_port();
+    let blocking = net::tcp_socket(0);
+    assert_eq!(net::connect(blocking, closed_port), libc::ECONNREFUSED);
+    let nonblocking = net::tcp_socket(libc::SOCK_NONBLOCK);
+    assert_eq!(net::connect(nonblocking, closed_port), libc::EINPROGRESS);
+    net::wait_writable(nonblocking);
+    net::close(nonblocking);
+    net::close(blocking);
+    let destination = format!("127.0.0.1:{closed_port} ");
+    tmux.wait_for(
+        "two refused connects in the log and the header",
+        SCREEN_TIMEOUT,
+        |s| {
+            let log = s.split("Closed (").nth(1).unwrap_or_default();
+            let refused = log
+                .lines()
+                .filter(|l| {
+                    l.contains(&destination) && l.contains("ECONNREFUSED") && l.contains("connect ")
+                })
+                .count();
+            let failed = s
+                .split(" failed)")
+                .next()
+                .and_then(|head| head.rsplit('(').next())
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            refused == 2 && failed.is_some_and(|n| n >= 2)
+        },
+    );
+
+    for fd in fds {
+        net::close(fd);
+    }
+    for server in &servers {
+        assert_eq!(server.next_total(), 100_000);
+    }
+    tmux.press("q");
+    assert_terminal_restored(&tmux, &state_file);
+}
+
+/// curl to a closed port (a non-blocking connect that fails after it returned): a line in the
+/// close log with its errno and how long the attempt took, and a failed connect in the header.
+#[test]
+fn a_refused_curl_shows_in_the_close_log_and_the_header() {
+    support::assert_root();
+    let tmux = Tmux::start("curl", 120, 24);
+    tmux.wait_for("shell prompt", SCREEN_TIMEOUT, |s| s.contains("e2e$"));
+    let state_file = format!("/tmp/sockwatch-e2e-curl-{}", std::process::id());
+    tmux.type_line(&format!("stty -g > {state_file}.before; clear"));
+    let port = net::closed_port();
+    tmux.type_line(&format!("{BIN} --interval 200 --no-resolve --port {port}"));
+    tmux.wait_for("the dashboard, scoped", SCREEN_TIMEOUT, |s| {
+        s.contains("Open IPv4 sockets") && s.contains(&format!("only port {port}"))
+    });
+    let curl = support::process::output_within(
+        std::process::Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/")]),
+        support::process::COMMAND_TIMEOUT,
+        "curl",
+    );
+    assert_eq!(
+        curl.status.code(),
+        Some(7),
+        "curl could not connect: {curl:?}"
+    );
+    let destination = format!("127.0.0.1:{port} ");
+    tmux.wait_for(
+        "curl's refused connect in the log and the header",
+        SCREEN_TIMEOUT,
+        |s| {
+            let log = s.split("Closed (").nth(1).unwrap_or_default();
+            let line = log
+                .lines()
+                .find(|l| l.contains(&destination) && l.contains("curl"));
+            line.is_some_and(|l| l.contains("ECONNREFUSED") && l.contains("connect "))
+                && !s.contains(" (0 failed)")
+                && s.contains(" failed)")
+        },
+    );
+    tmux.press("q");
+    assert_terminal_restored(&tmux, &state_file);
+}

@@ -1090,3 +1090,65 @@ fn a_socket_living_on_at_a_copy_keeps_its_row_when_its_fd_number_is_reused() {
     }
     ended_once(&mut sw, first_inode);
 }
+
+/// More sockets than one call of the bulk map read takes (4,096 entries): every refresh reads
+/// every one with its byte, and none is taken for a socket whose close record was lost (a read
+/// that missed entries would end them `vanished`, reads a second apart).
+#[test]
+fn every_socket_is_read_when_the_map_holds_more_than_a_batch() {
+    const CONNECTIONS: usize = 2_100;
+    // Rounds of samples in a row that must be complete: over 1 s at this interval.
+    const ROUNDS: usize = 4;
+    let mut sw = Sockwatch::start(&["--json-samples", "--interval", "400"]);
+    let connections = CONNECTIONS.to_string();
+    let mut hold = Load::spawn(&["hold", "--connections", &connections, "--secs", "300"]);
+    let held = hold.line(LOAD_TIMEOUT);
+    assert_eq!(field(&held, "held") as usize, CONNECTIONS);
+    let pid = hold.pid();
+    // The oracle: the holder's own fd table, where one socket more is its listener.
+    let in_proc = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the holder's fds")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|link| link.to_string_lossy().starts_with("socket:["))
+        .count();
+    assert_eq!(in_proc, 2 * CONNECTIONS + 1);
+
+    // A refresh writes its samples together, under one time: a round ends when the next
+    // begins. The first rounds may come before every open record has.
+    let (mut round, mut time, mut complete) = (Vec::new(), String::new(), 0);
+    // Bounded: each wait is, and so is the number of rounds looked at.
+    for _ in 0..(40 * 2 * CONNECTIONS) {
+        let sample = sw.wait_for("sample of the holder", |r| {
+            r["event"] == "sample" && r["pid"] == pid
+        });
+        if sample["time"].to_string() == time {
+            round.push(sample);
+            continue;
+        }
+        let full = round.len() == 2 * CONNECTIONS
+            && round.iter().all(|s| {
+                let (sent, recv) = (u(&s["bytes_sent"]), u(&s["bytes_recv"]));
+                match s["direction"].as_str() {
+                    Some("out") => (sent, recv) == (1, 0),
+                    Some("in") => (sent, recv) == (0, 1),
+                    _ => false,
+                }
+            });
+        complete = if full { complete + 1 } else { 0 };
+        if complete == ROUNDS {
+            break;
+        }
+        time = sample["time"].to_string();
+        round = vec![sample];
+    }
+    assert_eq!(
+        complete,
+        ROUNDS,
+        "never {ROUNDS} rounds in a row with all {} sockets and their bytes",
+        2 * CONNECTIONS
+    );
+    let closed = sw.received(|r| r["event"] == "close" && r["pid"] == pid);
+    assert!(closed.is_empty(), "held sockets ended: {closed:#?}");
+    hold.tell("done");
+    hold.wait_exit(LOAD_TIMEOUT);
+}

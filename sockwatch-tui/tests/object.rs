@@ -54,6 +54,10 @@ fn expected_programs() -> BTreeMap<String, Kind> {
     for event in sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS {
         programs.insert(event.to_owned(), Kind::RawTracePoint);
     }
+    // How connects go and who ends connections, every backend.
+    for event in sockwatch_tui::kernel::loader::FATE_TRACEPOINTS {
+        programs.insert(event.to_owned(), Kind::RawTracePoint);
+    }
     for hook in sockwatch_tui::kernel::loader::SOCKET_CONNECT_HOOKS {
         programs.insert(hook.to_owned(), Kind::CgroupSockAddr);
     }

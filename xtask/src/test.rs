@@ -98,7 +98,12 @@ fn cargo_test(probe: Option<&str>) -> Result<()> {
 
 /// The test binaries that load the programs and count real sockets (the ones whose result
 /// depends on the backend).
-const REAL_KERNEL_TESTS: [&str; 3] = ["kernel_accounting", "kernel_lifecycle", "cli_errors"];
+const REAL_KERNEL_TESTS: [&str; 4] = [
+    "kernel_accounting",
+    "kernel_lifecycle",
+    "tcp_health",
+    "cli_errors",
+];
 
 /// `test result: ok. 7 passed; 1 failed; ...` → (7, 1).
 pub fn parse_result_line(line: &str) -> Option<(u64, u64)> {

@@ -4,11 +4,11 @@
 use std::net::Ipv4Addr;
 
 use sockwatch_common::{
-    flags, CloseHow, EventKind, SocketEvent, SocketKey, SocketState, TrackedSocket, COMM_LEN,
-    EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
+    flags, CloseHow, ClosedBy as KernelClosedBy, EventKind, EventRecord, SocketEvent, SocketKey,
+    SocketState, TcpFate, TrackedSocket, COMM_LEN, EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::socket::{CloseCause, Closed, Direction, Origin, Proto, Socket, State};
+use crate::socket::{CloseCause, Closed, ClosedBy, Direction, Origin, Proto, Socket, State};
 
 /// How a `connect()` ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub fn errno_name(errno: i32) -> String {
 /// Why a ring buffer record could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("ring buffer record of {0} bytes, expected {expected}", expected = size_of::<SocketEvent>())]
+    #[error("ring buffer record of {0} bytes, expected {expected}", expected = size_of::<EventRecord>())]
     WrongSize(usize),
     #[error("unknown event kind {0}")]
     UnknownKind(u32),
@@ -130,19 +130,32 @@ pub enum KernelRecord {
 impl KernelRecord {
     /// Decodes one ring buffer record.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() != size_of::<SocketEvent>() {
+        if bytes.len() != size_of::<EventRecord>() {
             return Err(DecodeError::WrongSize(bytes.len()));
         }
-        // SAFETY: the length was checked, SocketEvent is plain old data without padding (any bit
-        // pattern is valid), and read_unaligned makes no assumption about the buffer's alignment.
-        let raw: SocketEvent = unsafe { bytes.as_ptr().cast::<SocketEvent>().read_unaligned() };
-        Self::from_raw(&raw)
+        // SAFETY: the length was checked, EventRecord is plain old data without padding (any
+        // bit pattern is valid), and read_unaligned makes no assumption about the buffer's
+        // alignment.
+        let record: EventRecord = unsafe { bytes.as_ptr().cast::<EventRecord>().read_unaligned() };
+        Self::from_raw(&record.event, &record.fate)
     }
 
-    pub fn from_raw(raw: &SocketEvent) -> Result<Self, DecodeError> {
+    /// An event and, for a connect or a close, its socket's TCP fate.
+    pub fn from_raw(raw: &SocketEvent, fate: &TcpFate) -> Result<Self, DecodeError> {
         let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
         // The event carries the socket's map record: as it starts being tracked, or final.
-        let socket = || tracked_socket(raw.key, &raw.socket);
+        // A fate is TCP's: at a UDP socket's address it is another socket's, left over. (A
+        // protocol of 0 is not known, not UDP: the syscall backends missed its socket().)
+        let fate = if raw.socket.proto != IPPROTO_UDP {
+            *fate
+        } else {
+            TcpFate::default()
+        };
+        let socket = || {
+            let mut socket = tracked_socket(raw.key, &raw.socket);
+            socket.connect_us = connect_us(&fate);
+            socket
+        };
         Ok(match kind {
             EventKind::Connect => {
                 let result = ConnectResult::from_return(raw.result);
@@ -179,6 +192,7 @@ impl KernelRecord {
                     });
                 }
                 let mut socket = socket();
+                (socket.closed_by, socket.error) = ended(&fate, socket.proto);
                 let (sent, recv) = (socket.bytes_sent, socket.bytes_recv);
                 socket.close(
                     Closed {
@@ -216,6 +230,34 @@ impl KernelRecord {
             },
         })
     }
+}
+
+/// How long the handshake took, when the kernel saw it start and end.
+fn connect_us(fate: &TcpFate) -> Option<u64> {
+    (fate.syn_ns != 0 && fate.handshake_ns >= fate.syn_ns)
+        .then(|| (fate.handshake_ns - fate.syn_ns) / 1000)
+}
+
+/// Who ended a closed socket, and the errno that did. A socket released while followed and
+/// before any sign (no FIN, no reset seen yet) was let go of here first: `Local`.
+fn ended(fate: &TcpFate, proto: Proto) -> (Option<ClosedBy>, Option<i32>) {
+    let by = match KernelClosedBy::from_u32(fate.closed_by) {
+        KernelClosedBy::Local => Some(ClosedBy::Local),
+        KernelClosedBy::Peer => Some(ClosedBy::Peer),
+        KernelClosedBy::ResetSent => Some(ClosedBy::ResetSent),
+        KernelClosedBy::ResetReceived => Some(ClosedBy::ResetReceived),
+        KernelClosedBy::Timeout => Some(ClosedBy::Timeout),
+        KernelClosedBy::Failed => Some(ClosedBy::Failed),
+        // Followed, and released before any sign: this end let go of it first.
+        KernelClosedBy::Followed => (proto != Proto::Udp).then_some(ClosedBy::Local),
+        // Its SYN never went out: the connect failed at once (the socket backend, which
+        // cannot see the errno).
+        KernelClosedBy::Pending => Some(ClosedBy::Failed),
+        // Not followed (older than sockwatch, or evicted from the map): not known.
+        KernelClosedBy::Unknown => None,
+    };
+    let error = (fate.error != 0).then_some(fate.error.cast_signed());
+    (by, error)
 }
 
 /// One entry of the kernel's `TRACKED` map as a socket, its counters as of the read.
@@ -349,7 +391,8 @@ mod tests {
 
     #[test]
     fn decodes_a_failed_connect() {
-        let record = KernelRecord::from_raw(&raw(EventKind::Connect)).expect("valid");
+        let record =
+            KernelRecord::from_raw(&raw(EventKind::Connect), &TcpFate::default()).expect("valid");
         let KernelRecord::Connect { socket, result } = record else {
             panic!("not a connect: {record:?}")
         };
@@ -370,7 +413,7 @@ mod tests {
     fn an_in_progress_connect_is_connecting() {
         let mut connect = raw(EventKind::Connect);
         connect.result = -EINPROGRESS;
-        let record = KernelRecord::from_raw(&connect).expect("valid");
+        let record = KernelRecord::from_raw(&connect, &TcpFate::default()).expect("valid");
         let KernelRecord::Connect { socket, result } = record else {
             panic!("not a connect: {record:?}")
         };
@@ -384,7 +427,7 @@ mod tests {
     fn decodes_a_close_with_lifetime_and_cause() {
         let mut dup = raw(EventKind::Close);
         dup.arg = CloseHow::DupOnto as u32;
-        let record = KernelRecord::from_raw(&dup).expect("valid");
+        let record = KernelRecord::from_raw(&dup, &TcpFate::default()).expect("valid");
         let KernelRecord::Close(socket) = record else {
             panic!("not a close: {record:?}")
         };
@@ -403,11 +446,68 @@ mod tests {
     }
 
     #[test]
+    fn a_close_carries_who_ended_it_and_the_connect_latency() {
+        let close = raw(EventKind::Close);
+        let fate = TcpFate {
+            syn_ns: 1_000,
+            handshake_ns: 53_000,
+            closed_by: KernelClosedBy::ResetReceived as u32,
+            error: libc::ECONNRESET as u32,
+        };
+        let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &fate) else {
+            panic!("not a close")
+        };
+        assert_eq!(socket.connect_us, Some(52));
+        assert_eq!(socket.closed_by, Some(ClosedBy::ResetReceived));
+        assert_eq!(socket.error, Some(libc::ECONNRESET));
+        // Followed, nothing seen of its end: it was released here first.
+        let followed = TcpFate {
+            closed_by: KernelClosedBy::Followed as u32,
+            ..TcpFate::default()
+        };
+        let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &followed) else {
+            panic!("not a close")
+        };
+        assert_eq!(
+            (socket.closed_by, socket.error, socket.connect_us),
+            (Some(ClosedBy::Local), None, None)
+        );
+        // Not followed (older than sockwatch): not known.
+        let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &TcpFate::default())
+        else {
+            panic!("not a close")
+        };
+        assert_eq!(socket.closed_by, None);
+        // Tracked before its SYN, which never left (no route...): failed, errno not seen.
+        let pending = TcpFate {
+            closed_by: KernelClosedBy::Pending as u32,
+            ..TcpFate::default()
+        };
+        let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &pending) else {
+            panic!("not a close")
+        };
+        assert_eq!(
+            (socket.closed_by, socket.error),
+            (Some(ClosedBy::Failed), None)
+        );
+        // A handshake that failed after a non-blocking connect returned.
+        let failed = TcpFate {
+            closed_by: KernelClosedBy::Failed as u32,
+            error: libc::ECONNREFUSED as u32,
+            ..fate
+        };
+        let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &failed) else {
+            panic!("not a close")
+        };
+        assert_eq!(socket.failed(), Some(libc::ECONNREFUSED));
+    }
+
+    #[test]
     fn decodes_an_accept_as_inbound() {
         let mut accept = raw(EventKind::Accept);
         accept.socket.flags = flags::INBOUND | flags::PEER_UNKNOWN;
         accept.arg = 3;
-        let record = KernelRecord::from_raw(&accept).expect("valid");
+        let record = KernelRecord::from_raw(&accept, &TcpFate::default()).expect("valid");
         let KernelRecord::Accept {
             socket,
             listener,
@@ -428,7 +528,7 @@ mod tests {
         range.key.fd = 3;
         range.arg = u32::MAX;
         assert_eq!(
-            KernelRecord::from_raw(&range),
+            KernelRecord::from_raw(&range, &TcpFate::default()),
             Ok(KernelRecord::CloseRange {
                 pid: 42,
                 first: 3,
@@ -437,7 +537,7 @@ mod tests {
             })
         );
         assert_eq!(
-            KernelRecord::from_raw(&raw(EventKind::ProcessExit)),
+            KernelRecord::from_raw(&raw(EventKind::ProcessExit), &TcpFate::default()),
             Ok(KernelRecord::ProcessExit {
                 pid: 42,
                 ts_ns: 2_000,
@@ -455,7 +555,7 @@ mod tests {
         let mut bad = raw(EventKind::Connect);
         bad.kind = 99;
         assert_eq!(
-            KernelRecord::from_raw(&bad),
+            KernelRecord::from_raw(&bad, &TcpFate::default()),
             Err(DecodeError::UnknownKind(99))
         );
     }

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
@@ -15,6 +15,7 @@ use sockwatch_common::{
 use super::procfs;
 use super::{
     btf,
+    bulk::{self, MappedArray},
     decode::tracked_socket,
     support::{
         self, kernel_error, kprobes_available, socket_tracepoints_available,
@@ -74,6 +75,8 @@ pub struct Probes {
     pub backend: Backend,
     /// Whether the programs can name each socket's kernel identity (inode), and why not.
     pub identity: Result<(), btf::BtfError>,
+    /// Whether the programs see how connects go and who ends connections, and why not.
+    pub fate: Result<(), String>,
 }
 
 impl Probes {
@@ -162,6 +165,9 @@ pub struct KernelTables {
 struct SocketCounters {
     bytes: HashMap<MapData, u64, SkBytes>,
     hot: Array<MapData, HotCounts>,
+    /// `hot` mapped into memory, so a refresh reads every slot without a syscall; or why the
+    /// kernel would not map it (then each slot is looked up).
+    hot_mapped: Result<MappedArray<HotCounts>, String>,
     adopted: HashMap<MapData, u64, SocketKey>,
     adopted_pending: Array<MapData, u32>,
 }
@@ -181,7 +187,10 @@ impl SocketCounters {
     /// Socket `sk`'s hot slot, its index and contents, if it holds one.
     fn hot_slot(&self, sk: u64, bytes: &SkBytes) -> Option<(u32, HotCounts)> {
         let index = bytes.hot.checked_sub(1)?;
-        let slot = self.hot.get(&index, 0).ok()?;
+        let slot = match &self.hot_mapped {
+            Ok(mapped) => mapped.get(index)?,
+            Err(_) => self.hot.get(&index, 0).ok()?,
+        };
         (slot.sk == sk).then_some((index, slot))
     }
 
@@ -197,14 +206,11 @@ impl KernelTables {
     /// Every socket the kernel tracks, with its counters as of now; and the socket backend's
     /// counters by kernel socket (empty for the syscall backends).
     ///
-    /// Bounded by the map's size: iterating a hash map while the kernel deletes from it can
-    /// restart from the first key, and this must never loop forever.
+    /// Each map is read in bulk (`bulk`): a few syscalls for the whole map, not two an
+    /// entry. Bounded by the map's size.
     pub fn snapshot(&self) -> (Vec<Socket>, SkCounts) {
-        let entries = self
-            .tracked
-            .iter()
-            .take(self.max_sockets as usize)
-            .filter_map(Result::ok);
+        let limit = self.max_sockets as usize;
+        let entries = bulk::hash_entries(&self.tracked, limit).into_iter();
         let Some(by_socket) = &self.by_socket else {
             let sockets = entries
                 .map(|(key, value)| tracked_socket(key, &value))
@@ -212,11 +218,8 @@ impl KernelTables {
             return (sockets, SkCounts::new());
         };
         // One pass over each map rather than a lookup per socket.
-        let bytes: SkCounts = by_socket
-            .bytes
-            .iter()
-            .take(self.max_sockets as usize)
-            .filter_map(Result::ok)
+        let bytes: SkCounts = bulk::hash_entries(&by_socket.bytes, limit)
+            .into_iter()
             .map(|(sk, bytes)| (sk, by_socket.with_hot_counts(sk, bytes)))
             .collect();
         let sockets = entries
@@ -264,6 +267,13 @@ impl KernelTables {
             }
         }
         Some(entry)
+    }
+
+    /// Why the socket backend's hot counters are read slot by slot (a syscall per socket and
+    /// refresh) rather than from memory; `None` when they are not.
+    pub fn hot_counters_unmapped(&self) -> Option<&str> {
+        let by_socket = self.by_socket.as_ref()?;
+        by_socket.hot_mapped.as_ref().err().map(String::as_str)
     }
 
     /// Whether this backend counts by kernel socket (the socket backend).
@@ -456,6 +466,7 @@ pub fn attach(
         .override_global(globals::OFFSETS, &offsets, true)
         .override_global(globals::COUNT_BY_SOCKET, &count_by_socket, true)
         .map_max_entries(maps::SK_BYTES, options.max_sockets)
+        .map_max_entries(maps::SK_FATE, options.max_sockets)
         .map_max_entries(maps::SK_HOT, hot_slots)
         .override_global(globals::HOT_MASK, &(hot_slots - 1), true)
         .load(EBPF_OBJECT)
@@ -476,6 +487,10 @@ pub fn attach(
     // backend looks for them in the child when the parent exits).
     attach_raw_tracepoint(&mut ebpf, SCHED_PROCESS_FORK)?;
     attach_tracepoint(&mut ebpf, SCHED_PROCESS_EXIT, "sched", SCHED_PROCESS_EXIT)?;
+    // How connects go and who ends connections: TCP state changes and resets, every backend
+    // (the socket backend attached `inet_sock_set_state` with its own hooks). Without them the
+    // rest still works; the close log then cannot say who ended a connection.
+    let fate = attach_fate(&mut ebpf, backend).map_err(|error| error.to_string());
 
     let tracked_map_id = match ebpf.map(maps::TRACKED) {
         Some(aya::maps::Map::HashMap(data)) => data.info().map(|info| info.id()).unwrap_or(0),
@@ -489,11 +504,17 @@ pub fn attach(
         counters: take_map(&mut ebpf, maps::COUNTERS)?,
         max_sockets: options.max_sockets,
         by_socket: match backend {
-            Backend::Socket => Some(SocketCounters {
-                bytes: take_map(&mut ebpf, maps::SK_BYTES)?,
-                hot: take_map(&mut ebpf, maps::SK_HOT)?,
-                adopted: take_map(&mut ebpf, maps::ADOPTED)?,
-                adopted_pending: take_map(&mut ebpf, maps::ADOPTED_PENDING)?,
+            Backend::Socket => Some({
+                let hot: Array<MapData, HotCounts> = take_map(&mut ebpf, maps::SK_HOT)?;
+                let hot_mapped =
+                    MappedArray::new(hot.map(), hot_slots).map_err(|error| error.to_string());
+                SocketCounters {
+                    bytes: take_map(&mut ebpf, maps::SK_BYTES)?,
+                    hot,
+                    hot_mapped,
+                    adopted: take_map(&mut ebpf, maps::ADOPTED)?,
+                    adopted_pending: take_map(&mut ebpf, maps::ADOPTED_PENDING)?,
+                }
             }),
             Backend::Tracepoint | Backend::Kprobe => None,
         },
@@ -502,8 +523,25 @@ pub fn attach(
         _ebpf: ebpf,
         backend,
         identity,
+        fate,
     };
     Ok((probes, events, tables))
+}
+
+/// Raw tracepoints every backend attaches, each with a program of its name: resets sent and
+/// received (Linux ≥ 4.15), for who ended a connection (`fate`).
+pub const FATE_TRACEPOINTS: [&str; 2] = ["tcp_receive_reset", "tcp_send_reset"];
+
+/// The TCP state changes (the socket backend's own hook, which also follows its handshakes)
+/// and the resets.
+fn attach_fate(ebpf: &mut Ebpf, backend: Backend) -> Result<(), ProbeError> {
+    if backend != Backend::Socket {
+        attach_raw_tracepoint(ebpf, "inet_sock_set_state")?;
+    }
+    for event in FATE_TRACEPOINTS {
+        attach_raw_tracepoint(ebpf, event)?;
+    }
+    Ok(())
 }
 
 /// `sched:sched_process_exit`: the program's name and the event's (both backends use it).

@@ -115,6 +115,10 @@ impl Tracker {
     ) -> Vec<Change> {
         match record {
             KernelRecord::Connect { socket, result } => match result {
+                // A connect() again on a socket under way or connected asks how it went: not a
+                // connect of its own (a socket the kernel side does not track, e.g. found at
+                // start, reaches here).
+                ConnectResult::Failed(libc::EALREADY | libc::EISCONN) => Vec::new(),
                 ConnectResult::Failed(errno) => vec![Change::Failed { socket, errno }],
                 ConnectResult::Ok | ConnectResult::InProgress => self.opened(socket, open),
             },

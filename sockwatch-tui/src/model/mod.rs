@@ -10,10 +10,11 @@ use std::collections::VecDeque;
 use self::dns::{Answer, HostNames};
 use crate::{
     kernel::{
+        diag::Readings,
         loader::KernelCounters,
         tracker::{Change, OpenSockets},
     },
-    socket::{CloseCause, Origin, Socket, SocketId, State, Throughput},
+    socket::{CloseCause, Closed, ClosedBy, Origin, Socket, SocketId, State, Throughput},
 };
 
 /// How many closed sockets the close log keeps.
@@ -61,6 +62,11 @@ pub enum Action {
         now_ns: u64,
     },
     Counters(KernelCounters),
+    /// TCP health as the kernel's diagnostics read it at `now_ns`, by socket inode.
+    Health {
+        readings: Readings,
+        now_ns: u64,
+    },
     /// A reverse DNS answer.
     HostName(Answer),
 }
@@ -84,6 +90,8 @@ pub struct Model {
     pub hosts: HostNames,
     /// Without rates (and their history): what `--json` needs, at a fraction of the memory.
     pub counts_only: bool,
+    /// The kernel's socket diagnostics cannot be read: no TCP health (said where it would be).
+    pub health_unavailable: bool,
 }
 
 impl Model {
@@ -122,12 +130,13 @@ impl Model {
             }
             Action::Snapshot { map, now_ns } => self.snapshot(map, now_ns),
             Action::Counters(counters) => self.counters = counters,
+            Action::Health { readings, now_ns } => self.observe_health(&readings, now_ns),
             Action::HostName(answer) => self.hosts.answer(answer, self.now_ns),
         }
     }
 
     /// Folds in one change; returns the socket as the model now keeps it (for a close: with
-    /// everything learned while it was open), or `None` for a failed connect.
+    /// everything learned while it was open; for a failed connect: its line in the close log).
     pub fn apply(&mut self, change: Change) -> Option<&Socket> {
         match change {
             Change::Opened(socket) => {
@@ -169,10 +178,21 @@ impl Model {
                 kept.complete = false;
                 Some(kept)
             }
-            Change::Failed { .. } => {
+            Change::Failed { socket, errno } => {
                 self.totals.connects += 1;
                 self.totals.failed_connects += 1;
-                None
+                // A line in the close log: the attempt, how long it took, and why it failed.
+                let mut record = socket;
+                let took_ns = record.connect_us.unwrap_or(0).saturating_mul(1000);
+                let closed = Closed {
+                    at_ns: record.id.opened_ns.saturating_add(took_ns),
+                    tid: record.tid,
+                    cause: CloseCause::Close,
+                };
+                record.close(closed, 0, 0);
+                record.closed_by = Some(ClosedBy::Failed);
+                record.error = Some(errno);
+                self.log_close(record)
             }
             Change::Closed(socket) => {
                 let closed = socket.closed?;
@@ -182,12 +202,21 @@ impl Model {
                     CloseCause::Vanished => self.totals.vanished += 1,
                     _ => {}
                 }
+                // A non-blocking connect that failed after it returned: counted at its close.
+                if socket.failed().is_some() {
+                    self.totals.failed_connects += 1;
+                }
                 let record = match self.open.remove(&socket.key()) {
                     Some(mut open) if open.id == socket.id => {
                         open.close(closed, socket.bytes_sent, socket.bytes_recv);
                         open.complete &= socket.complete;
                         if open.lport == 0 {
                             open.lport = socket.lport;
+                        }
+                        open.closed_by = socket.closed_by;
+                        open.error = socket.error;
+                        if socket.connect_us.is_some() {
+                            open.connect_us = socket.connect_us;
                         }
                         open
                     }
@@ -199,13 +228,18 @@ impl Model {
                         socket
                     }
                 };
-                if self.closed.len() == CLOSE_LOG_CAPACITY {
-                    self.closed.pop_front();
-                }
-                self.closed.push_back(record);
-                self.closed.back()
+                self.log_close(record)
             }
         }
+    }
+
+    /// Adds a closed socket to the close log (the oldest goes when it is full).
+    fn log_close(&mut self, record: Socket) -> Option<&Socket> {
+        if self.closed.len() == CLOSE_LOG_CAPACITY {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(record);
+        self.closed.back()
     }
 
     fn snapshot(&mut self, map: Vec<Socket>, now_ns: u64) {
@@ -239,6 +273,19 @@ impl Model {
         }
         if !self.counts_only {
             self.observe_activity(now_ns);
+        }
+    }
+
+    /// Open sockets the reading found (by inode) take their health; the others keep their
+    /// last one.
+    fn observe_health(&mut self, readings: &Readings, now_ns: u64) {
+        if readings.is_empty() {
+            return;
+        }
+        for socket in self.open.values_mut() {
+            if let Some(health) = socket.inode.and_then(|inode| readings.get(&inode)) {
+                socket.observe_tcp(*health, now_ns);
+            }
         }
     }
 
@@ -440,17 +487,48 @@ mod tests {
     }
 
     #[test]
-    fn failed_connects_are_counted_not_kept() {
+    fn failed_connects_are_counted_and_logged_not_kept() {
         let mut model = Model::new("tracepoint");
-        let kept = model.apply(Change::Failed {
-            socket: socket(10, 3, 100),
-            errno: libc::ECONNREFUSED,
-        });
-        assert!(kept.is_none());
+        let mut attempt = socket(10, 3, 100);
+        attempt.connect_us = Some(40);
+        let logged = model
+            .apply(Change::Failed {
+                socket: attempt,
+                errno: libc::ECONNREFUSED,
+            })
+            .expect("logged")
+            .clone();
+        assert_eq!(logged.failed(), Some(libc::ECONNREFUSED));
+        assert_eq!(logged.age_ns(u64::MAX), 40_000, "as long as the attempt");
         assert!(model.open.is_empty());
+        assert_eq!(model.closes().len(), 1);
         assert_eq!(
             (model.totals.connects, model.totals.failed_connects),
             (1, 1)
+        );
+        // A non-blocking connect that failed later: counted at its close.
+        let mut connecting = socket(10, 4, 200);
+        connecting.state = State::Connecting;
+        model.apply(Change::Opened(connecting.clone()));
+        connecting.close(
+            Closed {
+                at_ns: 300,
+                tid: 10,
+                cause: CloseCause::Close,
+            },
+            0,
+            0,
+        );
+        connecting.closed_by = Some(ClosedBy::Failed);
+        connecting.error = Some(libc::ECONNREFUSED);
+        let closed = model
+            .apply(Change::Closed(connecting))
+            .expect("closed")
+            .clone();
+        assert_eq!(closed.failed(), Some(libc::ECONNREFUSED));
+        assert_eq!(
+            (model.totals.connects, model.totals.failed_connects),
+            (2, 2)
         );
     }
 

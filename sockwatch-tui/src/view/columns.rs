@@ -7,7 +7,7 @@ use super::{
     format,
     listing::{Context, ProcessView},
 };
-use crate::socket::{Direction, Proto, Socket, State};
+use crate::socket::{Direction, HealthMark, Proto, Socket, State, TcpHealth};
 
 /// What a column sorts by: numbers, or text compared without case.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,6 +140,53 @@ pub static SOCKET_COLUMNS: &[Column<Socket>] = &[
     SocketColumn::new("AGE", 6, 3, |s, c| format::age(c.age_ns(s)), |s, c| num(c.age_ns(s))),
 ];
 
+/// The TCP view (`t`): why a connection is slow or failing, from the kernel's own TCP state
+/// (`kernel/diag.rs`). `-` where the kernel has said nothing yet (UDP, or before a refresh).
+#[rustfmt::skip]
+pub static TCP_COLUMNS: &[Column<Socket>] = &[
+    SocketColumn::new("PID", 7, 0, |s, _| known(s.holder_pid()), |s, _| num(s.pid())),
+    SocketColumn::new("COMM", 15, 0, |s, _| s.comm.clone(), |s, _| text(&s.comm)),
+    SocketColumn::new("FD", 4, 8, |s, _| known(s.holder_fd()), |s, _| num(s.fd())),
+    SocketColumn::new("LPORT", 6, 2, |s, _| port_text(s.lport), |s, _| num(s.lport)),
+    SocketColumn::new("DESTINATION", 21, 0, |s, c| c.destination(s), destination_key).fill().keep_end(),
+    SocketColumn::new("STATE", 8, 6, |s, _| state_label(s).into(), state_key),
+    SocketColumn::new("HEALTH", 10, 0, mark_text, mark_key).amount(),
+    SocketColumn::new("RTT", 8, 0, |s, _| tcp_text(s, |h| format::micros(h.rtt_us.into())), |s, _| tcp_key(s, |h| h.rtt_us.into())).amount(),
+    SocketColumn::new("RETRANS", 7, 1, |s, _| tcp_text(s, |h| h.retrans.to_string()), |s, _| tcp_key(s, |h| h.retrans.into())).amount(),
+    SocketColumn::new("CWND", 6, 5, |s, _| tcp_text(s, |h| h.cwnd.to_string()), |s, _| tcp_key(s, |h| h.cwnd.into())).amount(),
+    SocketColumn::new("SEND-Q", 9, 4, |s, _| tcp_text(s, |h| format::bytes(h.send_q.into())), |s, _| tcp_key(s, |h| h.send_q.into())).amount(),
+    SocketColumn::new("RECV-Q", 9, 3, |s, _| tcp_text(s, |h| format::bytes(h.recv_q.into())), |s, _| tcp_key(s, |h| h.recv_q.into())).amount(),
+    SocketColumn::new("CONNECT", 8, 7, |s, _| s.connect_us.map_or_else(|| "-".to_owned(), format::micros), |s, _| num(s.connect_us.map_or(0, |us| us.saturating_add(1)))).amount(),
+    SocketColumn::new("AGE", 6, 9, |s, c| format::age(c.age_ns(s)), |s, c| num(c.age_ns(s))),
+];
+
+pub const TCP_SORT_COLUMN: &str = "RTT";
+
+/// A number from the TCP reading, `-` without one.
+fn tcp_text(s: &Socket, field: fn(&TcpHealth) -> String) -> String {
+    s.tcp.as_ref().map_or_else(|| "-".to_owned(), field)
+}
+
+/// Sockets without a reading sort below every number.
+fn tcp_key(s: &Socket, field: fn(&TcpHealth) -> u64) -> SortKey {
+    num(s.tcp.as_ref().map_or(0, |h| field(h).saturating_add(1)))
+}
+
+fn mark_text(s: &Socket, _: &Context) -> String {
+    s.mark.map_or_else(String::new, HealthMark::label)
+}
+
+/// Worst first when sorted largest first: trouble, then idle (longest first), then nothing.
+fn mark_key(s: &Socket, _: &Context) -> SortKey {
+    num(match s.mark {
+        None => 0u64,
+        Some(HealthMark::Idle { secs }) => 1 + u64::from(secs).min(1 << 32),
+        Some(HealthMark::AppNotReading) => 1 << 34,
+        Some(HealthMark::PeerNotReading) => 2 << 34,
+        Some(HealthMark::Retransmitting) => 3 << 34,
+    })
+}
+
 /// The table grouped by process.
 #[rustfmt::skip]
 pub static PROCESS_COLUMNS: &[Column<ProcessView>] = &[
@@ -214,6 +261,14 @@ impl Default for Sort {
 }
 
 impl Sort {
+    /// The TCP view's first sort: slowest round trip first.
+    pub fn tcp() -> Self {
+        Self {
+            column: TCP_SORT_COLUMN,
+            descending: true,
+        }
+    }
+
     fn index<R>(self, columns: &[Column<R>]) -> usize {
         columns
             .iter()
@@ -343,15 +398,25 @@ mod tests {
 
     #[test]
     fn column_titles_are_unique_and_the_default_exists() {
-        for titles in [
-            SOCKET_COLUMNS.iter().map(|c| c.title).collect::<Vec<_>>(),
-            PROCESS_COLUMNS.iter().map(|c| c.title).collect(),
+        for (titles, default) in [
+            (
+                SOCKET_COLUMNS.iter().map(|c| c.title).collect::<Vec<_>>(),
+                DEFAULT_SORT_COLUMN,
+            ),
+            (
+                PROCESS_COLUMNS.iter().map(|c| c.title).collect(),
+                DEFAULT_SORT_COLUMN,
+            ),
+            (
+                TCP_COLUMNS.iter().map(|c| c.title).collect(),
+                TCP_SORT_COLUMN,
+            ),
         ] {
             let mut unique = titles.clone();
             unique.sort_unstable();
             unique.dedup();
             assert_eq!(unique.len(), titles.len());
-            assert!(titles.contains(&DEFAULT_SORT_COLUMN));
+            assert!(titles.contains(&default));
         }
     }
 

@@ -15,9 +15,11 @@ use super::{
 };
 use crate::{
     clock::WallClock,
+    kernel::decode::errno_name,
     model::{dns::HostName, Model},
     socket::{
-        holder_fd, holder_pid, CloseCause, Direction, Origin, Proto, Socket, SocketId, Throughput,
+        holder_fd, holder_pid, CloseCause, ClosedBy, Direction, HealthMark, Origin, Proto, Socket,
+        SocketId, TcpHealth, Throughput,
     },
 };
 
@@ -51,10 +53,12 @@ pub fn render(
         return;
     };
     let fields = fields(live, view, socket, clock, theme);
-    let [fields_area, sent_area, recv_area] = Layout::vertical([
+    let tcp_charts = u16::from(!socket.tcp_history.is_empty());
+    let [fields_area, sent_area, recv_area, rtt_area] = Layout::vertical([
         Constraint::Length(u16::try_from(fields.len()).unwrap_or(u16::MAX) + 1),
         Constraint::Fill(1),
         Constraint::Fill(1),
+        Constraint::Fill(tcp_charts),
     ])
     .areas(inner);
     frame.render_widget(Paragraph::new(fields), fields_area);
@@ -76,6 +80,57 @@ pub fn render(
         theme,
         frame,
         recv_area,
+    );
+    if tcp_charts > 0 {
+        rtt_chart(socket, theme, frame, rtt_area);
+    }
+}
+
+/// The smoothed RTT per second; the title counts the retransmits over the same span.
+fn rtt_chart(socket: &Socket, theme: Theme, frame: &mut Frame, area: Rect) {
+    let width = usize::from(area.width.saturating_sub(2));
+    let history = &socket.tcp_history;
+    let recent: Vec<(u32, u32)> = history
+        .iter()
+        .skip(history.len().saturating_sub(width))
+        .copied()
+        .collect();
+    let rtts: Vec<u64> = recent.iter().map(|&(rtt, _)| u64::from(rtt)).collect();
+    let peak = rtts.iter().copied().max().unwrap_or(0);
+    let retransmits = match (recent.first(), recent.last()) {
+        (Some(first), Some(last)) => last.1.saturating_sub(first.1),
+        _ => 0,
+    };
+    let title = format!(
+        " rtt, last {}s (peak {}, now {}), {retransmits} retransmits ",
+        rtts.len(),
+        format::micros(peak),
+        format::micros(rtts.last().copied().unwrap_or(0))
+    );
+    sparkline(&rtts, title, theme.warning(), theme, frame, area);
+}
+
+/// A history under a titled rule, scaled to its own peak.
+fn sparkline(
+    data: &[u64],
+    title: String,
+    style: ratatui::style::Style,
+    theme: Theme,
+    frame: &mut Frame,
+    area: Rect,
+) {
+    let peak = data.iter().copied().max().unwrap_or(0);
+    let block = Block::new()
+        .borders(Borders::TOP)
+        .title(title)
+        .border_style(theme.dim());
+    frame.render_widget(
+        Sparkline::default()
+            .block(block)
+            .data(data)
+            .max(peak.max(1))
+            .style(style),
+        area,
     );
 }
 
@@ -185,6 +240,9 @@ fn fields(
         field("state", state),
         field("connected", connected),
     ]);
+    if let Some(us) = s.connect_us {
+        lines.push(field("connect took", format::micros(us)));
+    }
     if let Some(closed) = s.closed {
         lines.push(field(
             "closed",
@@ -193,6 +251,23 @@ fn fields(
                 clock.local_hms(closed.at_ns),
                 format::age(context.age_ns(s))
             ),
+        ));
+    }
+    if let Some(by) = s.closed_by {
+        let error = s.error.map(errno_name).unwrap_or_default();
+        lines.push(field(
+            "ended by",
+            match by {
+                ClosedBy::Local => "this end (it closed first)".to_owned(),
+                ClosedBy::Peer => "the peer (its FIN came first)".to_owned(),
+                ClosedBy::ResetSent => "a reset this end sent".to_owned(),
+                ClosedBy::ResetReceived => format!("a reset from the peer ({error})"),
+                ClosedBy::Timeout => format!("a timeout: the peer stopped answering ({error})"),
+                ClosedBy::Failed if s.error.is_none() => {
+                    "the connect failed before sending anything (errno not seen)".to_owned()
+                }
+                ClosedBy::Failed => format!("the connect failed: {error}"),
+            },
         ));
     }
     let count = |bytes: u64, rate: u64| {
@@ -204,6 +279,18 @@ fn fields(
     };
     lines.push(field("sent", count(s.bytes_sent, s.rates.now.send)));
     lines.push(field("received", count(s.bytes_recv, s.rates.now.recv)));
+    if let Some(h) = s.tcp {
+        lines.extend(tcp_fields(s, &h).into_iter().map(|(l, v)| field(l, v)));
+    } else if s.proto != Proto::Udp {
+        lines.push(field(
+            "tcp",
+            if live.health_unavailable {
+                "not known: this kernel's socket diagnostics (sock_diag) cannot be read".into()
+            } else {
+                "no reading yet (the kernel's diagnostics are read at each refresh)".into()
+            },
+        ));
+    }
     if !s.complete {
         lines.push(field(
             "counts",
@@ -216,6 +303,90 @@ fn fields(
         lines.push(field("following", "yes (F stops)".to_owned()));
     }
     lines
+}
+
+/// What `ss -ti` says of the socket, as its latest reading has it.
+fn tcp_fields(s: &Socket, h: &TcpHealth) -> Vec<(&'static str, String)> {
+    let ms = |us: u64| format::micros(us);
+    let peer_window = h.snd_wnd.map_or_else(String::new, |w| {
+        format!("  peer window {}", format::bytes(w.into()))
+    });
+    vec![
+        (
+            "health",
+            s.mark.map_or_else(
+                || "ok".to_owned(),
+                |mark| match mark {
+                    HealthMark::Retransmitting => {
+                        "retransmitting (the count rose in the last 5 s)".into()
+                    }
+                    HealthMark::PeerNotReading => {
+                        "the peer is not reading (it advertises a zero window)".into()
+                    }
+                    HealthMark::AppNotReading => "this app is not reading (Recv-Q grows)".into(),
+                    HealthMark::Idle { secs } => format!("idle: no data either way for {secs} s"),
+                },
+            ),
+        ),
+        (
+            "rtt",
+            format!(
+                "{} (var {})  min {}  rto {}",
+                ms(h.rtt_us.into()),
+                ms(h.rttvar_us.into()),
+                ms(h.min_rtt_us.into()),
+                ms(h.rto_us.into())
+            ),
+        ),
+        (
+            "window",
+            format!(
+                "cwnd {}  ssthresh {}  mss {}{peer_window}",
+                h.cwnd,
+                if h.ssthresh >= 0x7fff_ffff {
+                    "-".to_owned()
+                } else {
+                    h.ssthresh.to_string()
+                },
+                h.snd_mss
+            ),
+        ),
+        (
+            "queues",
+            format!(
+                "send-q {}  recv-q {}  unacked {} segs",
+                format::bytes(h.send_q.into()),
+                format::bytes(h.recv_q.into()),
+                h.unacked
+            ),
+        ),
+        (
+            "retrans",
+            format!(
+                "{} in all, {} in flight, lost {}",
+                h.retrans, h.retrans_out, h.lost
+            ),
+        ),
+        (
+            "delivered",
+            format!(
+                "acked {} B  received {} B  delivery {}  pacing {}",
+                h.bytes_acked,
+                h.bytes_received,
+                format::rate(h.delivery_rate),
+                format::rate(h.pacing_rate)
+            ),
+        ),
+        (
+            "time",
+            format!(
+                "busy {}  rwnd-limited {}  sndbuf-limited {}",
+                ms(h.busy_us),
+                ms(h.rwnd_limited_us),
+                ms(h.sndbuf_limited_us)
+            ),
+        ),
+    ]
 }
 
 fn history_chart(
@@ -244,16 +415,5 @@ fn history_chart(
             format::rate(recent.last().copied().unwrap_or(0))
         )
     };
-    let block = Block::new()
-        .borders(Borders::TOP)
-        .title(title)
-        .border_style(theme.dim());
-    frame.render_widget(
-        Sparkline::default()
-            .block(block)
-            .data(&recent)
-            .max(peak.max(1))
-            .style(style),
-        area,
-    );
+    sparkline(&recent, title, style, theme, frame, area);
 }

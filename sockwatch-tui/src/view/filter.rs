@@ -4,10 +4,11 @@
 //! A filter is words separated by spaces; a socket is shown when it matches every word (so each
 //! word narrows). A plain word matches the process name, the host name or `ip:port` (case does
 //! not matter); a number matches the pid or a port exactly; `pid:`, `port:`, `comm:`, `host:`
-//! and `ip:` pin a word to one field, and `:443` means port 443. A word that cannot mean
+//! and `ip:` pin a word to one field, and `:443` means port 443; `health:` keeps sockets with a
+//! TCP trouble mark (`health:retrans`, `peer`, `app`, `idle`: that mark). A word that cannot mean
 //! anything (`pid:abc`) is ignored and reported, never an error.
 
-use crate::socket::Socket;
+use crate::socket::{HealthMark, Socket};
 
 /// Longest filter text kept (characters).
 pub const MAX_FILTER_LEN: usize = 200;
@@ -23,6 +24,8 @@ enum Term {
     Comm(String),
     Host(String),
     Ip(String),
+    /// `health:` alone: any trouble (not idle); `health:retrans` and the like: that mark.
+    Health(Option<&'static str>),
 }
 
 impl Term {
@@ -50,6 +53,7 @@ impl Term {
                 "comm" => return needs_value().map(Self::Comm),
                 "host" => return needs_value().map(Self::Host),
                 "ip" => return needs_value().map(Self::Ip),
+                "health" => return health_word(word, value).map(Self::Health),
                 // `127.0.0.1:8080` and the like: plain text.
                 _ => {}
             }
@@ -77,8 +81,24 @@ impl Term {
             Self::Comm(comm) => s.comm.to_lowercase().contains(comm.as_str()),
             Self::Host(name) => host().contains(name.as_str()),
             Self::Ip(ip) => s.daddr.to_string().contains(ip.as_str()),
+            Self::Health(None) => s.mark.is_some_and(HealthMark::is_trouble),
+            Self::Health(Some(word)) => s.mark.is_some_and(|mark| mark.word() == *word),
         }
     }
+}
+
+/// The marks `health:` can name (`HealthMark::word`).
+const HEALTH_WORDS: [&str; 4] = ["retrans", "peer", "app", "idle"];
+
+fn health_word(word: &str, value: &str) -> Result<Option<&'static str>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    HEALTH_WORDS
+        .into_iter()
+        .find(|w| *w == value)
+        .map(Some)
+        .ok_or_else(|| format!("{word}: health is retrans, peer, app or idle"))
 }
 
 fn port_number(word: &str, value: &str) -> Result<u16, String> {
@@ -230,6 +250,24 @@ mod tests {
             socket(443, "Python3", [10, 0, 0, 5], 5432, None),
             socket(102, "wget", [10, 0, 0, 6], 443, None),
         ]
+    }
+
+    #[test]
+    fn health_words_select_marked_sockets() {
+        let mut sockets = sample();
+        sockets[0].0.mark = Some(HealthMark::Retransmitting);
+        sockets[2].0.mark = Some(HealthMark::AppNotReading);
+        sockets[3].0.mark = Some(HealthMark::Idle { secs: 30 });
+        assert_eq!(shown("health:", &sockets), ["curl", "Python3"]);
+        assert_eq!(shown("health:retrans", &sockets), ["curl"]);
+        assert_eq!(shown("health:APP", &sockets), ["Python3"]);
+        assert_eq!(shown("health:idle", &sockets), ["wget"]);
+        assert_eq!(shown("health:peer", &sockets), Vec::<&str>::new());
+        let filter = Filter::new("health:slow");
+        assert_eq!(
+            filter.problems(),
+            ["health:slow: health is retrans, peer, app or idle"]
+        );
     }
 
     #[test]

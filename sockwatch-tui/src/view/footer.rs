@@ -47,6 +47,7 @@ pub fn render(view: &ViewState, theme: Theme, frame: &mut Frame, area: Rect) {
             ("r", "reverse"),
             ("space", "pause"),
             ("Enter", "details"),
+            ("t", "tcp"),
             ("p", "processes"),
             ("Tab", "pane"),
         ]

@@ -62,6 +62,19 @@ pub fn fit(text: &str, width: usize, keep_end: bool) -> String {
     }
 }
 
+/// A round-trip time or latency from microseconds, as `ss` and ping read: `85us`, `1.25ms`,
+/// `12.3ms`, `250ms`, `1.50s`.
+pub fn micros(us: u64) -> String {
+    let ms = us as f64 / 1000.0;
+    match us {
+        0..=999 => format!("{us}us"),
+        1_000..=9_999 => format!("{ms:.2}ms"),
+        10_000..=99_999 => format!("{ms:.1}ms"),
+        100_000..=999_999 => format!("{ms:.0}ms"),
+        _ => format!("{:.2}s", ms / 1000.0),
+    }
+}
+
 /// A duration the way top shows ages: `850ms`, `42s`, `3m07s`, `2h05m`, `3d04h`.
 pub fn age(ns: u64) -> String {
     let secs = ns / 1_000_000_000;
@@ -77,6 +90,15 @@ pub fn age(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_read_like_ss_and_ping() {
+        assert_eq!(micros(85), "85us");
+        assert_eq!(micros(1_250), "1.25ms");
+        assert_eq!(micros(12_340), "12.3ms");
+        assert_eq!(micros(250_400), "250ms");
+        assert_eq!(micros(1_500_000), "1.50s");
+    }
 
     #[test]
     fn bytes_use_binary_units() {

@@ -31,6 +31,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("Enter", "details of the socket (of a process: its sockets)"),
     ("F", "follow the selected socket, even after it closes"),
     ("p", "group by process, or back to sockets"),
+    (
+        "t",
+        "TCP health (RTT, retransmits, window, queues), or traffic",
+    ),
     ("n", "host names on/off"),
     ("c", "keep closed sockets listed for a few seconds, dimmed"),
 ];
@@ -40,6 +44,9 @@ const NOTES: &[&str] = &[
     "Rates are per second over the last refresh; sizes in KiB/MiB (1024).",
     "* on counts: bytes may have moved where this backend cannot see (a lower bound).",
     "- for PID/FD: not known (released by a kernel thread, or an fd not found).",
+    "HEALTH (t): retrans = retransmitted in the last 5 s; peer-stall = the peer is not",
+    "  reading (zero window); app-stall = this app is not reading (Recv-Q grows);",
+    "  idle Ns = no data either way for N s. Filter with health:retrans/peer/app/idle.",
 ];
 
 pub fn render(theme: Theme, frame: &mut Frame, area: Rect) {

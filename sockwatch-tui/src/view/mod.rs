@@ -70,7 +70,8 @@ impl Dashboard {
                     self.view.moved(*from, SocketId::new(*to, from.opened_ns));
                 }
                 let read = matches!(action, Action::Snapshot { .. });
-                let counters = matches!(action, Action::Counters(_));
+                // Health comes just before a map read, which settles the table.
+                let counters = matches!(action, Action::Counters(_) | Action::Health { .. });
                 self.model.update(action);
                 if read {
                     // After each map read: ask for the names of what is in scope, and settle

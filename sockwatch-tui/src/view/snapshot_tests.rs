@@ -16,12 +16,12 @@ use super::{
 };
 use crate::{
     clock::WallClock,
-    kernel::{loader::KernelCounters, tracker::Change},
+    kernel::{diag::Readings, loader::KernelCounters, tracker::Change},
     model::{
         dns::{Answer, HostNames, Outcome},
         Action, Model,
     },
-    socket::{CloseCause, Closed, Origin, Proto, Socket, SocketKey, State},
+    socket::{CloseCause, Closed, ClosedBy, Origin, Proto, Socket, SocketKey, State, TcpHealth},
 };
 
 const SEC: u64 = 1_000_000_000;
@@ -87,14 +87,18 @@ fn busy_model() -> Dashboard {
             Change::Opened(socket(pid, fd, comm, addr, port)),
         );
     }
+    let mut refused = socket(1400, 3, "nc", Ipv4Addr::LOCALHOST, 9);
+    refused.connect_us = Some(45);
     change(
         &mut dashboard,
         Change::Failed {
-            socket: socket(1400, 3, "nc", Ipv4Addr::LOCALHOST, 9),
+            socket: refused,
             errno: libc::ECONNREFUSED,
         },
     );
     closed(&mut curl, 12 * SEC, 78, 1500, CloseCause::Close);
+    curl.closed_by = Some(ClosedBy::Peer);
+    curl.connect_us = Some(1_250);
     change(&mut dashboard, Change::Closed(curl));
     // A socket open at start that the check against /proc found gone: one repair.
     let mut repaired = socket(1600, 9, "worker", DB, 5432);
@@ -406,5 +410,115 @@ fn details_list_every_holder_of_a_shared_socket() {
         screen.contains("held by") && screen.contains("pid 2000 fd 6, pid 2001 fd 6"),
         "{screen}"
     );
+    insta::assert_snapshot!(screen);
+}
+
+/// The sockets of `busy_model` with two TCP readings a second apart: the database socket
+/// retransmits, the redis socket's app stops reading (Recv-Q grows), ssh's peer stops reading
+/// (zero window).
+fn with_tcp_health() -> Dashboard {
+    let mut dashboard = busy_model();
+    let sockets = [
+        (SocketKey { pid: 1300, fd: 7 }, 41),
+        (SocketKey { pid: 1300, fd: 8 }, 42),
+        (SocketKey { pid: 1500, fd: 4 }, 43),
+    ];
+    for (key, inode) in sockets {
+        if let Some(socket) = dashboard.model.open.get_mut(&key) {
+            socket.inode = Some(inode);
+            socket.connect_us = Some(inode * 10);
+        }
+    }
+    let reading = |second: u64| {
+        let db = TcpHealth {
+            state: 1,
+            lport: 40_100,
+            rtt_us: 1_250,
+            rttvar_us: 300,
+            cwnd: if second == 0 { 10 } else { 5 },
+            retrans: if second == 0 { 0 } else { 4 },
+            ..TcpHealth::default()
+        };
+        let redis = TcpHealth {
+            state: 1,
+            lport: 40_200,
+            rtt_us: 45,
+            cwnd: 10,
+            recv_q: 100 + second as u32 * 4000,
+            ..TcpHealth::default()
+        };
+        let ssh = TcpHealth {
+            state: 1,
+            lport: 40_300,
+            rtt_us: 85_000,
+            rttvar_us: 2_000,
+            cwnd: 24,
+            send_q: 2_500_000,
+            zero_window: true,
+            ..TcpHealth::default()
+        };
+        Readings::from([(41, db), (42, redis), (43, ssh)])
+    };
+    for second in 0..2 {
+        dashboard.update(Message::Model(Action::Health {
+            readings: reading(second),
+            now_ns: (75 + second) * SEC,
+        }));
+    }
+    dashboard
+}
+
+#[test]
+fn tcp_view_shows_health_sorted_by_rtt() {
+    let mut model = with_tcp_health();
+    act(&mut model, &[ViewAction::ToggleTcp]);
+    let screen = render(&model, 110, 20);
+    insta::assert_snapshot!(screen);
+    // At 80 columns the marks and round trips stay.
+    act(
+        &mut model,
+        &[ViewAction::Resize {
+            width: 80,
+            height: 16,
+        }],
+    );
+    insta::assert_snapshot!(render(&model, 80, 16));
+}
+
+#[test]
+fn the_health_filter_keeps_troubled_sockets() {
+    let mut model = with_tcp_health();
+    act(
+        &mut model,
+        &[ViewAction::ToggleTcp, ViewAction::FilterStart],
+    );
+    for c in "health:peer".chars() {
+        act(&mut model, &[ViewAction::FilterChar(c)]);
+    }
+    act(&mut model, &[ViewAction::FilterDone]);
+    let screen = render(&model, 110, 20);
+    assert!(screen.contains("peer-stall"), "{screen}");
+    assert!(
+        !screen.contains("app-stall") && !screen.contains("retrans "),
+        "{screen}"
+    );
+}
+
+#[test]
+fn details_show_what_ss_ti_shows_with_the_rtt_history() {
+    let mut model = with_tcp_health();
+    act(
+        &mut model,
+        &[
+            ViewAction::ToggleTcp,
+            ViewAction::Resize {
+                width: 100,
+                height: 34,
+            },
+            ViewAction::Open,
+        ],
+    );
+    let screen = render(&model, 100, 34);
+    assert!(screen.contains("peer is not reading"), "{screen}");
     insta::assert_snapshot!(screen);
 }

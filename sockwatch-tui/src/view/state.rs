@@ -11,7 +11,10 @@ use std::collections::HashSet;
 use ratatui::layout::Size;
 
 use super::{
-    columns::{process_tiebreak, socket_tiebreak, Sort, PROCESS_COLUMNS, SOCKET_COLUMNS},
+    columns::{
+        process_tiebreak, socket_tiebreak, Column, Sort, PROCESS_COLUMNS, SOCKET_COLUMNS,
+        TCP_COLUMNS,
+    },
     filter::{Filter, Scope},
     layout,
     listing::{by_process, Context, Listing, RowKey, Visible},
@@ -65,6 +68,8 @@ pub enum ViewAction {
     ToggleNames,
     ToggleLinger,
     ToggleGrouping,
+    /// Traffic columns, or TCP health columns.
+    ToggleTcp,
     FilterStart,
     FilterChar(char),
     FilterBackspace,
@@ -112,6 +117,9 @@ pub struct ViewState {
     /// The socket whose details fill the screen.
     pub details: Option<SocketId>,
     pub grouped: bool,
+    /// The socket table shows TCP health (`TCP_COLUMNS`) rather than traffic.
+    pub tcp_view: bool,
+    pub tcp_sort: Sort,
     pub follow: Option<SocketId>,
     pub linger: bool,
     pub linger_ns: u64,
@@ -162,6 +170,8 @@ impl ViewState {
             help: false,
             details: None,
             grouped: false,
+            tcp_view: false,
+            tcp_sort: Sort::tcp(),
             follow: None,
             linger: options.linger_ns.is_some(),
             linger_ns: options.linger_ns.unwrap_or(DEFAULT_LINGER_NS),
@@ -185,12 +195,23 @@ impl ViewState {
         self.paused.is_some()
     }
 
-    /// The sort of the table as it is (sockets or processes).
+    /// The sort of the table as it is (sockets, their TCP health, or processes).
     pub fn sort(&self) -> Sort {
         if self.grouped {
             self.process_sort
+        } else if self.tcp_view {
+            self.tcp_sort
         } else {
             self.socket_sort
+        }
+    }
+
+    /// The columns of the socket table as it is.
+    pub fn socket_columns(&self) -> &'static [Column<Socket>] {
+        if self.tcp_view {
+            TCP_COLUMNS
+        } else {
+            SOCKET_COLUMNS
         }
     }
 
@@ -246,8 +267,12 @@ impl ViewState {
                 .apply(PROCESS_COLUMNS, &mut processes, &context, process_tiebreak);
             Listing::Processes(processes)
         } else {
-            self.socket_sort
-                .apply(SOCKET_COLUMNS, &mut sockets, &context, socket_tiebreak);
+            self.sort().apply(
+                self.socket_columns(),
+                &mut sockets,
+                &context,
+                socket_tiebreak,
+            );
             Listing::Sockets(sockets.iter().map(|s| s.id).collect())
         };
         let selected = self.resolve(&listing);
@@ -310,17 +335,20 @@ impl ViewState {
             }
             A::SortPrevious | A::SortNext | A::SortReverse => {
                 let grouped = self.grouped;
+                let columns = self.socket_columns();
                 let sort = if grouped {
                     &mut self.process_sort
+                } else if self.tcp_view {
+                    &mut self.tcp_sort
                 } else {
                     &mut self.socket_sort
                 };
                 *sort = match action {
                     A::SortReverse => sort.reversed(),
                     A::SortNext if grouped => sort.step(PROCESS_COLUMNS, 1),
-                    A::SortNext => sort.step(SOCKET_COLUMNS, 1),
+                    A::SortNext => sort.step(columns, 1),
                     _ if grouped => sort.step(PROCESS_COLUMNS, -1),
-                    _ => sort.step(SOCKET_COLUMNS, -1),
+                    _ => sort.step(columns, -1),
                 };
             }
             A::TogglePause => {
@@ -337,6 +365,15 @@ impl ViewState {
             A::ToggleNames => {}
             A::ToggleLinger => self.linger = !self.linger,
             A::ToggleGrouping => self.toggle_grouping(live),
+            A::ToggleTcp => {
+                // The TCP view is of sockets: from the process table, it shows them.
+                if self.grouped {
+                    self.toggle_grouping(live);
+                    self.tcp_view = true;
+                } else {
+                    self.tcp_view = !self.tcp_view;
+                }
+            }
             A::FilterStart => {
                 self.editing_filter = true;
                 self.help = false;

@@ -9,7 +9,7 @@ use ratatui::{
 };
 
 use super::{
-    columns::{fitting, Column, Sort, PROCESS_COLUMNS, SOCKET_COLUMNS},
+    columns::{fitting, Column, Sort, PROCESS_COLUMNS},
     format,
     listing::{Context, Listing, ProcessView, Visible},
     state::{Focus, ViewState},
@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     model::Model,
-    socket::{Socket, State},
+    socket::{HealthMark, Socket, State},
 };
 
 /// `live` is the model as it is; `visible` the listing of the one on screen, as the view
@@ -79,9 +79,9 @@ pub fn render(
                 .filter_map(|id| shown.socket(*id))
                 .collect();
             table_of(
-                SOCKET_COLUMNS,
+                view.socket_columns(),
                 &rows,
-                view.socket_sort,
+                view.sort(),
                 inner.width,
                 &context,
                 theme,
@@ -128,11 +128,15 @@ pub fn render(
 }
 
 /// Closed sockets are dim; the state reads green when established, yellow while connecting.
+/// A trouble mark, and the retransmit count while it rises, read as warnings.
 fn socket_style(socket: &Socket, column: &str, theme: Theme) -> Style {
+    let trouble = socket.mark.filter(|mark| mark.is_trouble());
     match (socket.closed, socket.state, column) {
         (Some(_), _, _) => theme.dim(),
         (None, State::Established, "STATE") => theme.established(),
         (None, State::Connecting, "STATE") => theme.connecting(),
+        (None, _, "HEALTH") if trouble.is_some() => theme.warning(),
+        (None, _, "RETRANS") if trouble == Some(HealthMark::Retransmitting) => theme.warning(),
         _ => Style::new(),
     }
 }

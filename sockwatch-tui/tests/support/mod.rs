@@ -8,11 +8,13 @@
 pub mod io;
 pub mod load;
 pub mod net;
+pub mod netns;
 pub mod process;
 pub mod tmux;
 
 use std::{
     io::{BufRead, BufReader, Read},
+    os::{fd::AsRawFd, unix::process::CommandExt},
     process::{Child, Command, Stdio},
     sync::{
         mpsc::{self, Receiver, RecvTimeoutError},
@@ -73,6 +75,18 @@ impl Sockwatch {
     /// Starts it with `--json` plus `extra` arguments (sockets open before it are adopted
     /// unless `extra` says `--no-existing`) and waits for its `start` record.
     pub fn start_adopting(extra: &[&str]) -> Self {
+        Self::launch(extra, false)
+    }
+
+    /// [`Self::start`] from a test in a network namespace of its own ([`netns`]): sockwatch
+    /// runs in the namespace the test started in (its parent's), outside the one it watches.
+    pub fn start_outside_netns(extra: &[&str]) -> Self {
+        let mut args = vec!["--no-existing"];
+        args.extend(extra.iter().filter(|arg| **arg != "--no-existing"));
+        Self::launch(&args, true)
+    }
+
+    fn launch(extra: &[&str], outside_netns: bool) -> Self {
         assert_root();
         // A test that failed while holding the lock poisons it; the next one may still run.
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
@@ -82,6 +96,23 @@ impl Sockwatch {
         let probe = std::env::var("SOCKWATCH_TEST_PROBE").ok();
         if let Some(probe) = &probe {
             command.args(["--probe", probe]);
+        }
+        if outside_netns {
+            // SAFETY: getppid has no preconditions.
+            let parent = unsafe { libc::getppid() };
+            let init_netns = std::fs::File::open(format!("/proc/{parent}/ns/net"))
+                .expect("the parent test process's namespace");
+            // SAFETY: setns(2) between fork and exec, on a file this process keeps open until
+            // the spawn returns.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(init_netns.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let spawned = Instant::now();
         let mut child = command

@@ -66,7 +66,11 @@ pub fn closed_port() -> u16 {
 }
 
 fn sockaddr(port: u16) -> libc::sockaddr_in {
-    let addr = SocketAddrV4::new([127, 0, 0, 1].into(), port);
+    sockaddr_of(SocketAddrV4::new([127, 0, 0, 1].into(), port))
+}
+
+/// `addr` as the kernel takes it.
+pub fn sockaddr_of(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: addr.port().to_be(),
@@ -132,7 +136,12 @@ pub fn socket_at(fd: RawFd) -> RawFd {
 
 /// `connect(2)` to 127.0.0.1:`port`; returns 0 or the errno.
 pub fn connect(fd: RawFd, port: u16) -> i32 {
-    let sa = sockaddr(port);
+    connect_to(fd, SocketAddrV4::new([127, 0, 0, 1].into(), port))
+}
+
+/// `connect(2)` to `addr`; returns 0 or the errno.
+pub fn connect_to(fd: RawFd, addr: SocketAddrV4) -> i32 {
+    let sa = sockaddr_of(addr);
     // SAFETY: `sa` is a valid sockaddr_in and its size is passed.
     let rc = unsafe {
         libc::connect(

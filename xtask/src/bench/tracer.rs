@@ -275,14 +275,24 @@ pub fn sockwatch_events(probe: &str) -> Option<Vec<String>> {
     }
     let exists = |event: &str| Path::new("/sys/kernel/tracing/events").join(event).exists();
     // The socket backend's raw tracepoints (`sockwatch_tui::kernel::loader::SOCKET_TRACEPOINTS`);
-    // for the syscall backends, the mark of what they cannot count (io_uring). Both note forks.
+    // for the syscall backends, the mark of what they cannot count (io_uring). Every backend
+    // notes forks and follows TCP's state changes and resets (`FATE_TRACEPOINTS`).
     let extra = match (socket, exists("io_uring/io_uring_file_get")) {
-        (true, _) => "sock_send_length sock_recv_length inet_sock_set_state sched_process_exec",
+        (true, _) => "sock_send_length sock_recv_length sched_process_exec",
         (false, true) => "io_uring_file_get",
         (false, false) => "",
     };
     let mut all: Vec<String> = extra.split_whitespace().map(str::to_owned).collect();
-    all.extend(["sched_process_exit", "sched_process_fork"].map(str::to_owned));
+    all.extend(
+        [
+            "sched_process_exit",
+            "sched_process_fork",
+            "inet_sock_set_state",
+            "tcp_receive_reset",
+            "tcp_send_reset",
+        ]
+        .map(str::to_owned),
+    );
     for syscall in sockwatch_common::SYSCALLS {
         for phase in ["enter", "exit"] {
             let event = format!("sys_{phase}_{}", syscall.name);
@@ -427,8 +437,11 @@ mod tests {
         }
         assert!(has(&socket, "sock_send_length") && !has(&tracepoint, "sock_send_length"));
         assert!(!has(&tracepoint, "sys_enter_execve"));
-        // Counting, both directions, and the TCP handshakes; fork, exec and exit.
-        assert_eq!(socket.len(), 6, "{socket:?}");
+        // Counting, both directions; fork, exec and exit; TCP's state changes and resets.
+        assert_eq!(socket.len(), 8, "{socket:?}");
+        for e in ["inet_sock_set_state", "tcp_receive_reset", "tcp_send_reset"] {
+            assert!(has(&tracepoint, e) && has(&socket, e), "{e}");
+        }
         assert_eq!(sockwatch_events("kprobe"), None);
     }
 }

@@ -20,9 +20,15 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::cmd::{self, say, warn};
 
-/// Modules the guest loads, in this order (`tcp_diag` needs `inet_diag`): `ss` reads sockets
-/// through inet_diag netlink, a module in Debian.
-const MODULES: [&str; 2] = ["inet_diag.ko", "tcp_diag.ko"];
+/// Modules the guest loads, in this order (`tcp_diag` needs `inet_diag`): `ss` and sockwatch's
+/// TCP health read sockets through inet_diag netlink; the tests' fault injector is a tc
+/// classifier on a `clsact` qdisc (`sch_ingress`, `cls_bpf`). All modules in Debian.
+const MODULES: [&str; 4] = [
+    "inet_diag.ko",
+    "tcp_diag.ko",
+    "sch_ingress.ko",
+    "cls_bpf.ko",
+];
 /// Written last into a cache entry: an entry without it is incomplete and rebuilt.
 const COMPLETE: &str = "complete";
 /// The stream headers a bzImage's payload may start with (Debian: xz for 6.1, zstd for 6.12).
@@ -89,7 +95,7 @@ pub fn current(source: Source, cache: &Path) -> Result<Kernel> {
     let kernel = match lookup(source.metapackage) {
         Ok((package, version)) => {
             let dir = cache.join(format!("{package}_{version}"));
-            if !dir.join(COMPLETE).exists() {
+            if !is_complete(&dir) {
                 fetch(&package, &version, &dir)?;
             }
             load(&dir)?
@@ -166,7 +172,7 @@ fn newest_cached(cache: &Path) -> Result<PathBuf> {
         .flatten()
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|dir| dir.join(COMPLETE).exists())
+        .filter(|dir| is_complete(dir))
         .collect();
     entries.sort_by_key(|dir| {
         fs::metadata(dir.join(COMPLETE))
@@ -176,6 +182,15 @@ fn newest_cached(cache: &Path) -> Result<PathBuf> {
     entries
         .pop()
         .with_context(|| format!("no kernel cached in {} either", cache.display()))
+}
+
+/// A cache entry finished extracting, with every module the guest now loads (an entry made
+/// when [`MODULES`] was shorter is fetched again).
+fn is_complete(dir: &Path) -> bool {
+    dir.join(COMPLETE).exists()
+        && MODULES
+            .iter()
+            .all(|module| dir.join("modules").join(module).is_file())
 }
 
 /// Downloads the package and extracts what the VM needs into `dir`.
