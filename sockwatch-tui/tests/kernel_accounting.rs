@@ -1115,13 +1115,13 @@ fn every_socket_is_read_when_the_map_holds_more_than_a_batch() {
 
     // A refresh writes its samples together, under one time: a round ends when the next
     // begins. The first rounds may come before every open record has.
-    let (mut round, mut time, mut complete) = (Vec::new(), String::new(), 0);
+    let (mut round, mut time, mut complete) = (Vec::new(), Value::Null, 0);
     // Bounded: each wait is, and so is the number of rounds looked at.
     for _ in 0..(40 * 2 * CONNECTIONS) {
         let sample = sw.wait_for("sample of the holder", |r| {
             r["event"] == "sample" && r["pid"] == pid
         });
-        if sample["time"].to_string() == time {
+        if sample["time"] == time {
             round.push(sample);
             continue;
         }
@@ -1138,7 +1138,7 @@ fn every_socket_is_read_when_the_map_holds_more_than_a_batch() {
         if complete == ROUNDS {
             break;
         }
-        time = sample["time"].to_string();
+        time = sample["time"].clone();
         round = vec![sample];
     }
     assert_eq!(
