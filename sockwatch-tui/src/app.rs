@@ -39,7 +39,9 @@ use crate::{
     socket::{Proto, Socket, SocketId},
     terminal::TerminalGuard,
     view::{
-        self, keys,
+        self,
+        filter::Scope,
+        keys,
         state::{ViewAction, ViewState},
         Dashboard, Message,
     },
@@ -179,6 +181,9 @@ enum Output<'a> {
         reported_drops: u64,
         /// `--json-samples`: a `sample` line per open socket at every refresh.
         samples: bool,
+        /// `--pid`/`--comm`/`--port`: the sockets whose records are written. The model keeps
+        /// every socket, so the checks and totals are the same as without.
+        scope: Scope,
     },
     Dashboard {
         dashboard: Box<Dashboard>,
@@ -197,18 +202,30 @@ impl Output<'_> {
     fn apply(&mut self, change: Change) -> anyhow::Result<()> {
         match self {
             Self::Json {
-                model, out, clock, ..
+                model,
+                out,
+                clock,
+                scope,
+                ..
             } => {
                 // An open as its record says it (the syscall's result); a close as the model
                 // keeps it (with what was learned while it was open).
                 let record = match change {
                     Change::Failed { ref socket, errno } => {
-                        let written = Record::failed(socket, errno, clock).write_line(out);
+                        let written = if scope.matches(socket) {
+                            Record::failed(socket, errno, clock).write_line(out)
+                        } else {
+                            Ok(())
+                        };
                         model.apply(change);
                         written
                     }
                     Change::Opened(ref socket) => {
-                        let written = Record::opened(socket, clock).write_line(out);
+                        let written = if scope.matches(socket) {
+                            Record::opened(socket, clock).write_line(out)
+                        } else {
+                            Ok(())
+                        };
                         model.apply(change);
                         written
                     }
@@ -217,16 +234,23 @@ impl Output<'_> {
                         model.apply(change);
                         Ok(())
                     }
-                    Change::Moved { from, .. } => match model.apply(change) {
-                        Some(moved) => {
-                            let now_ns = monotonic_ns();
-                            Record::moved(moved, from.key, clock, now_ns).write_line(out)
+                    Change::Moved { from, .. } => {
+                        // Shown if it was or now is in scope: a reader following a process
+                        // learns where its socket went.
+                        let was = model.socket(from).is_some_and(|s| scope.matches(s));
+                        match model.apply(change) {
+                            Some(moved) if was || scope.matches(moved) => {
+                                let now_ns = monotonic_ns();
+                                Record::moved(moved, from.key, clock, now_ns).write_line(out)
+                            }
+                            _ => Ok(()),
                         }
-                        None => Ok(()),
-                    },
+                    }
                     Change::Closed(_) => match model.apply(change) {
-                        Some(kept) => Record::closed(kept, clock).write_line(out),
-                        None => Ok(()),
+                        Some(kept) if scope.matches(kept) => {
+                            Record::closed(kept, clock).write_line(out)
+                        }
+                        _ => Ok(()),
                     },
                 };
                 record.context("writing to stdout")?;
@@ -404,6 +428,7 @@ async fn run_loop(
             clock,
             reported_drops: 0,
             samples: args.json_samples,
+            scope: args.scope(),
         };
         (output, None)
     } else {
@@ -507,11 +532,15 @@ fn refresh(
         // Counts as of now, then one line per open socket.
         source.read_map(output, log)?;
         if let Output::Json {
-            model, out, clock, ..
+            model,
+            out,
+            clock,
+            scope,
+            ..
         } = output
         {
             let now_ns = model.now_ns;
-            for socket in model.open.values() {
+            for socket in model.open.values().filter(|s| scope.matches(s)) {
                 Record::sample(socket, clock, now_ns).write_line(out)?;
             }
         }
@@ -600,15 +629,23 @@ fn finish(
     }
     output.observe_map(map, now_ns);
     let counters = source.tables.counters();
-    let Output::Json { model, mut out, .. } = output else {
+    let Output::Json {
+        model,
+        mut out,
+        scope,
+        ..
+    } = output
+    else {
         return Ok(());
     };
-    for socket in model.open.values() {
+    let open: Vec<&Socket> = model.open.values().filter(|s| scope.matches(s)).collect();
+    for socket in &open {
         Record::open(socket, &clock, now_ns).write_line(&mut out)?;
     }
+    // The totals are the whole machine's: the scope chooses which sockets are listed.
     Record::End {
         time: clock.unix_secs(now_ns),
-        open: model.open.len(),
+        open: open.len(),
         lost: counters.ringbuf_drops,
         untracked: counters.tracked_full,
         repairs: model.totals.repairs,

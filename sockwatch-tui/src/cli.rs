@@ -82,26 +82,16 @@ pub struct Args {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
 
-    /// Dashboard: show only these processes (repeat or comma-separate for several).
-    #[arg(
-        long,
-        value_name = "PID",
-        value_delimiter = ',',
-        conflicts_with = "json"
-    )]
+    /// Show only these processes (repeat or comma-separate for several).
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
     pub pid: Vec<u32>,
 
-    /// Dashboard: show only processes whose name contains NAME (repeatable).
-    #[arg(long, value_name = "NAME", conflicts_with = "json")]
+    /// Show only processes whose name contains NAME (repeatable).
+    #[arg(long, value_name = "NAME")]
     pub comm: Vec<String>,
 
-    /// Dashboard: show only sockets with this remote or local port (repeatable).
-    #[arg(
-        long,
-        value_name = "PORT",
-        value_delimiter = ',',
-        conflicts_with = "json"
-    )]
+    /// Show only sockets with this remote or local port (repeat or comma-separate).
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
     pub port: Vec<u16>,
 
     /// Dashboard: do not look up host names of destinations (the `n` key turns them on).
@@ -122,14 +112,19 @@ impl Args {
         Duration::from_millis(self.reconcile_ms)
     }
 
-    /// The dashboard's starting view: `--pid`/`--comm`/`--port` scope and `--linger`.
+    /// `--pid`/`--comm`/`--port`: which sockets are shown, in the dashboard and in JSON.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            pids: self.pid.clone(),
+            comms: self.comm.clone(),
+            ports: self.port.clone(),
+        }
+    }
+
+    /// The dashboard's starting view: the scope and `--linger`.
     pub fn view_options(&self, color: bool) -> ViewOptions {
         ViewOptions {
-            scope: Scope {
-                pids: self.pid.clone(),
-                comms: self.comm.clone(),
-                ports: self.port.clone(),
-            },
+            scope: self.scope(),
             linger_ns: self
                 .linger
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
@@ -210,11 +205,14 @@ mod tests {
         assert_eq!(options.scope.ports, [443]);
         assert_eq!(options.scope.comms, ["curl"]);
         assert_eq!(options.linger_ns, Some(2_500_000_000));
+        let json = Args::try_parse_from(["sockwatch-tui", "--json", "--pid", "7", "--port", "80"])
+            .expect("the scope applies to JSON too");
+        assert_eq!((json.scope().pids, json.scope().ports), (vec![7], vec![80]));
         for bad in [
             &["--pid", "abc"][..],
             &["--port", "70000"],
             &["--linger", "-1"],
-            &["--json", "--pid", "1"],
+            &["--pid", "1", "--port", "x"],
         ] {
             let argv = std::iter::once("sockwatch-tui").chain(bad.iter().copied());
             assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");

@@ -14,7 +14,7 @@ use support::{
     inbound_of,
     io::{recv_exact, send_all, Receiver, Sender},
     load::{field, Load, LOAD_TIMEOUT},
-    net, process, record_of, Sockwatch,
+    net, process, record_of, u64_of, Sockwatch,
 };
 
 fn u(value: &Value) -> u64 {
@@ -1118,7 +1118,7 @@ fn every_socket_is_read_when_the_map_holds_more_than_a_batch() {
     let (mut round, mut time, mut complete) = (Vec::new(), Value::Null, 0);
     // Bounded: each wait is, and so is the number of rounds looked at.
     for _ in 0..(40 * 2 * CONNECTIONS) {
-        let sample = sw.wait_for("sample of the holder", |r| {
+        let sample = sw.next_sample("sample of the holder", |r| {
             r["event"] == "sample" && r["pid"] == pid
         });
         if sample["time"] == time {
@@ -1151,4 +1151,35 @@ fn every_socket_is_read_when_the_map_holds_more_than_a_batch() {
     assert!(closed.is_empty(), "held sockets ended: {closed:#?}");
     hold.tell("done");
     hold.wait_exit(LOAD_TIMEOUT);
+}
+
+#[test]
+fn the_port_scope_chooses_which_sockets_json_reports() {
+    let (wanted_listener, wanted) = net::raw_listener();
+    let (other_listener, other) = net::raw_listener();
+    let scope = wanted.to_string();
+    let mut sw = Sockwatch::start(&["--port", &scope]);
+    let pid = std::process::id();
+    let outside = net::connected(other);
+    net::sendto_all(outside, 100);
+    let inside = net::connected(wanted);
+    net::sendto_all(inside, 200);
+    // The socket out of scope ends first: its records, had they been written, come before
+    // the close awaited here, and `stop` returns every record not awaited.
+    net::close(outside);
+    net::close(inside);
+    sw.wait_for("connect in scope", record_of("connect", pid, inside));
+    let close = sw.wait_for("close in scope", record_of("close", pid, inside));
+    assert_eq!(
+        (u64_of(&close, "dport"), u64_of(&close, "bytes_sent")),
+        (u64::from(wanted), 200)
+    );
+    net::close(wanted_listener);
+    net::close(other_listener);
+    let rest = sw.stop();
+    let strays: Vec<_> = rest
+        .iter()
+        .filter(|r| r["dport"] == other || r["lport"] == other)
+        .collect();
+    assert!(strays.is_empty(), "records out of scope: {strays:#?}");
 }

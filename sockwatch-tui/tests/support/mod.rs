@@ -192,6 +192,31 @@ impl Sockwatch {
         }
     }
 
+    /// Like [`Self::wait_for`], for a stream of `sample` records too long to keep: only
+    /// records arriving from now on are looked at, and samples not matching are dropped (other
+    /// records are kept, as `wait_for` keeps them). `wait_for` looks through every record kept
+    /// before each wait: thousands of samples a second behind thousands of kept records made
+    /// the test fall behind the stream until it ran out of memory, in an emulated guest.
+    pub fn next_sample(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.records.recv_timeout(left) {
+                Ok(record) if pred(&record) => return record,
+                Ok(record) if record["event"] == "sample" => {}
+                Ok(record) => self.seen.push(record),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no {what} record within {EVENT_TIMEOUT:?}; other records: {:#?}",
+                    self.seen
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "sockwatch-tui exited while waiting for {what}; stderr: {}",
+                    self.stderr.recv_timeout(EVENT_TIMEOUT).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
     /// Every record received so far that matches `pred` (without waiting).
     pub fn received(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         while let Ok(record) = self.records.try_recv() {
