@@ -291,6 +291,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_sockets: args.max_sockets,
         ring_bytes: args.ring_kib * 1024,
         directions: args.direction.mask(),
+        read_batch: args.read_batch as usize,
     };
     let (probes, ring, tables) = loader::attach(args.probe, options)?;
     log.line(format_args!("attached the {} probes", probes.backend));

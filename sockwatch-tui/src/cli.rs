@@ -78,6 +78,12 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub reconcile_ms: u64,
 
+    /// Entries a batched read of a kernel map asks for per call (for tests: a few sockets then
+    /// take several calls).
+    #[arg(long, value_name = "N", default_value_t = crate::kernel::bulk::BATCH, hide = true,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub read_batch: u32,
+
     /// Size of the kernel-to-user event ring buffer, in KiB (a power of two).
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_kib: u32,

@@ -65,9 +65,9 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[(
 const SKIPPED_IN_VM: &[(&str, &str)] = &[];
 
 /// One boot, all its backends included; the guest bounds each test binary itself too.
-const QEMU_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const QEMU_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 /// How long one test binary may run in the guest before `timeout` kills it.
-const GUEST_TEST_TIMEOUT_SECS: u64 = 420;
+const GUEST_TEST_TIMEOUT_SECS: u64 = 600;
 /// The only target the guest (x86_64 QEMU) runs.
 const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 const PACKAGE: &str = "sockwatch-tui";

@@ -18,7 +18,7 @@ use aya::{
 
 /// Entries asked for per batch call: few calls for 100k entries, buffers of a few hundred KiB.
 /// (A hash map hands out whole buckets, far smaller than this.)
-const BATCH: usize = 4096;
+pub const BATCH: u32 = 4096;
 
 /// `BPF_MAP_LOOKUP_BATCH`, from `enum bpf_cmd`.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -38,24 +38,32 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every entry of `map`, at most `limit`: in batches where the kernel has them, else (or should
-/// a batch fail) through aya's iterator, two syscalls an entry.
+/// Every entry of `map`, at most `limit`: in batches of `batch` entries where the kernel has
+/// them, else (or should a batch fail) through aya's iterator, two syscalls an entry.
 ///
 /// Unlike the iterator, a batch walk goes bucket by bucket, so an entry the kernel deletes
 /// meanwhile cannot send it back to the first key: it ends after one pass.
-pub fn hash_entries<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, limit: usize) -> Vec<(K, V)> {
-    match batch_entries(map.map(), limit) {
+pub fn hash_entries<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    limit: usize,
+    batch: usize,
+) -> Vec<(K, V)> {
+    match batch_entries(map.map(), limit, batch.max(1)) {
         Ok(entries) => entries,
         Err(_) => map.iter().take(limit).filter_map(Result::ok).collect(),
     }
 }
 
-fn batch_entries<K: Pod, V: Pod>(map: &MapData, limit: usize) -> io::Result<Vec<(K, V)>> {
+fn batch_entries<K: Pod, V: Pod>(
+    map: &MapData,
+    limit: usize,
+    batch: usize,
+) -> io::Result<Vec<(K, V)>> {
     let fd = map.fd().as_fd().as_raw_fd();
-    let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(BATCH);
-    let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(BATCH);
-    keys.resize_with(BATCH, MaybeUninit::uninit);
-    values.resize_with(BATCH, MaybeUninit::uninit);
+    let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(batch);
+    let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(batch);
+    keys.resize_with(batch, MaybeUninit::uninit);
+    values.resize_with(batch, MaybeUninit::uninit);
     // The kernel's cursor (a bucket index for hash maps): what one call returns, the next
     // passes back.
     let (mut cursor_in, mut cursor_out) = (0u64, 0u64);
@@ -71,11 +79,12 @@ fn batch_entries<K: Pod, V: Pod>(map: &MapData, limit: usize) -> io::Result<Vec<
             out_batch: &raw mut cursor_out as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: BATCH as u32,
+            // Never more than the buffers hold.
+            count: u32::try_from(batch).unwrap_or(u32::MAX / 2),
             map_fd: fd as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: the attr points at buffers of BATCH keys and values of the map's own key and
+        // SAFETY: the attr points at buffers of `batch` keys and values of the map's own key and
         // value types (aya checked their sizes against the map's when it was opened) and at
         // two u64 cursors, all alive for the call.
         let ret = unsafe {
@@ -96,7 +105,7 @@ fn batch_entries<K: Pod, V: Pod>(map: &MapData, limit: usize) -> io::Result<Vec<
                 return Err(error);
             }
         }
-        let filled = (attr.count as usize).min(BATCH);
+        let filled = (attr.count as usize).min(batch);
         for (key, value) in keys.iter().zip(&values).take(filled) {
             // SAFETY: the kernel wrote the first `filled` keys and values.
             entries.push(unsafe { (key.assume_init_read(), value.assume_init_read()) });

@@ -67,6 +67,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// A `sockwatch_common::directions` mask.
     pub directions: u32,
+    /// Entries a batched map read asks for per call (`bulk::BATCH`; tests make it small).
+    pub read_batch: usize,
 }
 
 /// The attached programs. Dropping this detaches them.
@@ -157,6 +159,7 @@ pub struct KernelTables {
     procs: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     max_sockets: u32,
+    read_batch: usize,
     /// The socket backend's counters, by kernel socket; `None` for the syscall backends.
     by_socket: Option<SocketCounters>,
 }
@@ -209,8 +212,8 @@ impl KernelTables {
     /// Each map is read in bulk (`bulk`): a few syscalls for the whole map, not two an
     /// entry. Bounded by the map's size.
     pub fn snapshot(&self) -> (Vec<Socket>, SkCounts) {
-        let limit = self.max_sockets as usize;
-        let entries = bulk::hash_entries(&self.tracked, limit).into_iter();
+        let (limit, batch) = (self.max_sockets as usize, self.read_batch);
+        let entries = bulk::hash_entries(&self.tracked, limit, batch).into_iter();
         let Some(by_socket) = &self.by_socket else {
             let sockets = entries
                 .map(|(key, value)| tracked_socket(key, &value))
@@ -218,7 +221,7 @@ impl KernelTables {
             return (sockets, SkCounts::new());
         };
         // One pass over each map rather than a lookup per socket.
-        let bytes: SkCounts = bulk::hash_entries(&by_socket.bytes, limit)
+        let bytes: SkCounts = bulk::hash_entries(&by_socket.bytes, limit, batch)
             .into_iter()
             .map(|(sk, bytes)| (sk, by_socket.with_hot_counts(sk, bytes)))
             .collect();
@@ -503,6 +506,7 @@ pub fn attach(
         procs: take_map(&mut ebpf, maps::PROCS)?,
         counters: take_map(&mut ebpf, maps::COUNTERS)?,
         max_sockets: options.max_sockets,
+        read_batch: options.read_batch,
         by_socket: match backend {
             Backend::Socket => Some({
                 let hot: Array<MapData, HotCounts> = take_map(&mut ebpf, maps::SK_HOT)?;
