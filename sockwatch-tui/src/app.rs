@@ -34,7 +34,7 @@ use crate::{
     logfile::Log,
     model::{
         dns::{self, Answer, HostNames, Resolver},
-        Action, Model,
+        Action, Model, HEALTH_SHARE,
     },
     socket::{Proto, Socket, SocketId},
     terminal::TerminalGuard,
@@ -54,6 +54,10 @@ struct Source {
     tracker: Tracker,
     /// TCP health; `None` where the kernel has no socket diagnostics (said in the log).
     diag: Option<Diag>,
+    /// When TCP health may be read again: a dump costs in proportion to every TCP socket of
+    /// the namespaces read (about 1 µs each), so with many sockets it is read less often than
+    /// the refresh, keeping it under [`HEALTH_SHARE`] of a core.
+    next_health_ns: u64,
 }
 
 impl Source {
@@ -144,12 +148,20 @@ impl Source {
             .filter_map(Socket::holder_pid)
             .collect();
         // Nothing to read health for: no dump (it lists every TCP socket of a namespace).
-        if pids.is_empty() {
+        let started_ns = monotonic_ns();
+        if pids.is_empty() || started_ns < self.next_health_ns {
             return;
         }
         let readings = diag.read(pids);
         let now_ns = monotonic_ns();
-        output.update(Action::Health { readings, now_ns });
+        let cost_ns = now_ns.saturating_sub(started_ns);
+        let every_ns = (cost_ns as f64 / HEALTH_SHARE) as u64;
+        self.next_health_ns = started_ns.saturating_add(every_ns);
+        output.update(Action::Health {
+            readings,
+            now_ns,
+            cost_ns,
+        });
     }
 
     /// The periodic check against /proc.
@@ -326,6 +338,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 ));
             })
             .ok(),
+        next_health_ns: 0,
     };
     let backend = probes.backend.to_string();
     let result = run_loop(&args, &backend, &mut source, clock, &mut log).await;

@@ -285,6 +285,59 @@ impl HealthMark {
     }
 }
 
+/// A per-second history of at most [`HISTORY_LEN`] samples, oldest first, that keeps a run
+/// of equal samples as one entry: most sockets of a busy machine sit idle, and their five
+/// minutes of zero rates and unchanging RTT take a few bytes, not kilobytes, each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct History<T> {
+    /// Each sample with how many seconds in a row it was seen.
+    runs: VecDeque<(T, u16)>,
+    len: usize,
+}
+
+impl<T> Default for History<T> {
+    fn default() -> Self {
+        Self {
+            runs: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Copy + PartialEq> History<T> {
+    pub fn push(&mut self, sample: T) {
+        match self.runs.back_mut() {
+            Some((last, seen)) if *last == sample && *seen < u16::MAX => *seen += 1,
+            _ => self.runs.push_back((sample, 1)),
+        }
+        self.len += 1;
+        if self.len > HISTORY_LEN {
+            if let Some((_, seen)) = self.runs.front_mut() {
+                *seen -= 1;
+                if *seen == 0 {
+                    self.runs.pop_front();
+                }
+            }
+            self.len -= 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every sample, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.runs
+            .iter()
+            .flat_map(|&(sample, seen)| std::iter::repeat_n(sample, usize::from(seen)))
+    }
+}
+
 /// Bytes per second, each way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Throughput {
@@ -308,7 +361,7 @@ pub struct Rates {
     /// Over the latest interval between two readings; zero once closed.
     pub now: Throughput,
     /// One sample per second or more (as often as readings allow), oldest first.
-    pub history: VecDeque<Throughput>,
+    pub history: History<Throughput>,
     last_ns: u64,
     last_sent: u64,
     last_recv: u64,
@@ -346,10 +399,7 @@ impl Rates {
         self.bucket_recv = self.bucket_recv.saturating_add(recv_delta);
         let bucket = now_ns.saturating_sub(self.bucket_start_ns);
         if bucket >= SEC {
-            if self.history.len() == HISTORY_LEN {
-                self.history.pop_front();
-            }
-            self.history.push_back(Throughput {
+            self.history.push(Throughput {
                 send: per_second(self.bucket_sent, bucket),
                 recv: per_second(self.bucket_recv, bucket),
             });
@@ -432,7 +482,7 @@ pub struct Socket {
     pub error: Option<i32>,
     /// (smoothed RTT in us, retransmits so far) at most once a second, oldest first, as
     /// long as [`Rates::history`].
-    pub tcp_history: VecDeque<(u32, u32)>,
+    pub tcp_history: History<(u32, u32)>,
     tcp_history_ns: u64,
 }
 
@@ -469,7 +519,7 @@ impl Socket {
             connect_us: None,
             closed_by: None,
             error: None,
-            tcp_history: VecDeque::new(),
+            tcp_history: History::default(),
             tcp_history_ns: 0,
         }
     }
@@ -560,10 +610,7 @@ impl Socket {
         self.tcp = Some(health);
         self.mark = HealthMark::of(&health, before.as_ref(), self.retrans_rose_ns, now_ns);
         if self.tcp_history.is_empty() || now_ns.saturating_sub(self.tcp_history_ns) >= SEC {
-            if self.tcp_history.len() == HISTORY_LEN {
-                self.tcp_history.pop_front();
-            }
-            self.tcp_history.push_back((health.rtt_us, health.retrans));
+            self.tcp_history.push((health.rtt_us, health.retrans));
             self.tcp_history_ns = now_ns;
         }
     }
@@ -622,6 +669,31 @@ mod tests {
             "{:?}",
             s.rates.history
         );
+    }
+
+    #[test]
+    fn a_history_keeps_runs_once_and_drops_its_oldest_second() {
+        let mut history = History::default();
+        // An idle socket: five minutes and more of zeros are one entry.
+        for _ in 0..HISTORY_LEN + 50 {
+            history.push(0u64);
+        }
+        assert_eq!((history.len(), history.runs.len()), (HISTORY_LEN, 1));
+        history.push(7);
+        history.push(7);
+        history.push(3);
+        assert_eq!(history.len(), HISTORY_LEN);
+        assert_eq!(history.runs.len(), 3);
+        let samples: Vec<u64> = history.iter().collect();
+        assert_eq!(samples.len(), HISTORY_LEN);
+        assert_eq!(samples[HISTORY_LEN - 4..], [0, 7, 7, 3]);
+        // The zeros age out one by one, then the run goes.
+        for _ in 0..HISTORY_LEN - 3 {
+            history.push(3);
+        }
+        let samples: Vec<u64> = history.iter().collect();
+        assert_eq!(samples[..3], [7, 7, 3]);
+        assert_eq!((history.len(), history.runs.len()), (HISTORY_LEN, 2));
     }
 
     #[test]

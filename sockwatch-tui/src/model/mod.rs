@@ -66,10 +66,17 @@ pub enum Action {
     Health {
         readings: Readings,
         now_ns: u64,
+        /// How long the read took (it sets how often health is read).
+        cost_ns: u64,
     },
     /// A reverse DNS answer.
     HostName(Answer),
 }
+
+/// At most this share of a core goes to reading TCP health: after a read that took T, the next
+/// waits T / HEALTH_SHARE (a read of a few thousand sockets, a few ms, still happens at every
+/// refresh; one of 100,000, about 0.1 s, every 5 s).
+pub const HEALTH_SHARE: f64 = 0.02;
 
 #[derive(Clone, Debug, Default)]
 pub struct Model {
@@ -92,6 +99,9 @@ pub struct Model {
     pub counts_only: bool,
     /// The kernel's socket diagnostics cannot be read: no TCP health (said where it would be).
     pub health_unavailable: bool,
+    /// When TCP health was last read, and what the read cost (for the details view: with many
+    /// sockets it is read less often than the refresh).
+    pub health_read: Option<(u64, u64)>,
 }
 
 impl Model {
@@ -130,7 +140,14 @@ impl Model {
             }
             Action::Snapshot { map, now_ns } => self.snapshot(map, now_ns),
             Action::Counters(counters) => self.counters = counters,
-            Action::Health { readings, now_ns } => self.observe_health(&readings, now_ns),
+            Action::Health {
+                readings,
+                now_ns,
+                cost_ns,
+            } => {
+                self.health_read = Some((now_ns, cost_ns));
+                self.observe_health(&readings, now_ns);
+            }
             Action::HostName(answer) => self.hosts.answer(answer, self.now_ns),
         }
     }

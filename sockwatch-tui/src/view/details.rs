@@ -62,7 +62,7 @@ pub fn render(
     ])
     .areas(inner);
     frame.render_widget(Paragraph::new(fields), fields_area);
-    let history: Vec<Throughput> = socket.rates.history.iter().copied().collect();
+    let history: Vec<Throughput> = socket.rates.history.iter().collect();
     history_chart(
         &history,
         |t| t.send,
@@ -93,7 +93,6 @@ fn rtt_chart(socket: &Socket, theme: Theme, frame: &mut Frame, area: Rect) {
     let recent: Vec<(u32, u32)> = history
         .iter()
         .skip(history.len().saturating_sub(width))
-        .copied()
         .collect();
     let rtts: Vec<u64> = recent.iter().map(|&(rtt, _)| u64::from(rtt)).collect();
     let peak = rtts.iter().copied().max().unwrap_or(0);
@@ -281,6 +280,22 @@ fn fields(
     lines.push(field("received", count(s.bytes_recv, s.rates.now.recv)));
     if let Some(h) = s.tcp {
         lines.extend(tcp_fields(s, &h).into_iter().map(|(l, v)| field(l, v)));
+        // With many sockets health is read less often than the table: say how old it is.
+        if let Some((read_ns, cost_ns)) = live.health_read {
+            let age_ns = live.now_ns.saturating_sub(read_ns);
+            if age_ns >= 2_000_000_000 {
+                let every_ns = (cost_ns as f64 / crate::model::HEALTH_SHARE) as u64;
+                lines.push(field(
+                    "read",
+                    format!(
+                        "{} ago: a read of every TCP socket takes {}, so it is read every {}",
+                        format::age(age_ns),
+                        format::micros(cost_ns / 1000),
+                        format::age(every_ns)
+                    ),
+                ));
+            }
+        }
     } else if s.proto != Proto::Udp {
         lines.push(field(
             "tcp",

@@ -463,6 +463,7 @@ fn with_tcp_health() -> Dashboard {
         dashboard.update(Message::Model(Action::Health {
             readings: reading(second),
             now_ns: (75 + second) * SEC,
+            cost_ns: 1_000_000,
         }));
     }
     dashboard
@@ -521,4 +522,30 @@ fn details_show_what_ss_ti_shows_with_the_rtt_history() {
     let screen = render(&model, 100, 34);
     assert!(screen.contains("peer is not reading"), "{screen}");
     insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn details_say_how_old_a_health_reading_is_when_reads_are_spaced_out() {
+    let mut model = with_tcp_health();
+    act(
+        &mut model,
+        &[
+            ViewAction::ToggleTcp,
+            ViewAction::Resize {
+                width: 120,
+                height: 34,
+            },
+            ViewAction::Open,
+        ],
+    );
+    // A reading as fresh as the table says nothing.
+    assert!(!render(&model, 120, 34).contains("so it is read every"));
+    // A read that took 100 ms, 3 s before the latest map read: read every 5 s.
+    let now_ns = model.model.now_ns;
+    model.model.health_read = Some((now_ns - 3 * SEC, 100_000_000));
+    let screen = render(&model, 120, 34);
+    assert!(
+        screen.contains("3s ago: a read of every TCP socket takes 100ms, so it is read every 5s"),
+        "{screen}"
+    );
 }
