@@ -164,16 +164,19 @@ impl Source {
         });
     }
 
-    /// The periodic check against /proc.
-    fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<()> {
+    /// The periodic check against /proc; returns how long the check itself took (not the
+    /// records taken before it, which a storm can make long).
+    fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<Duration> {
         let map = self.read_map(output, log)?;
+        let started = std::time::Instant::now();
         let changes =
             self.tracker
                 .reconcile(&map, &output.model().open, &mut self.tables, monotonic_ns());
+        let took = started.elapsed();
         for change in changes {
             output.apply(change)?;
         }
-        Ok(())
+        Ok(took)
     }
 }
 
@@ -499,11 +502,10 @@ async fn run_loop(
                 Woke::Quietly
             }
             _ = reconcile.tick() => {
-                let started = std::time::Instant::now();
-                source.reconcile(&mut output, log)?;
+                let took = source.reconcile(&mut output, log)?;
                 // A check reads /proc for every tracked socket (about 4 µs each): with many,
                 // it waits longer than `--reconcile-ms` so as to stay under its share of a core.
-                let spaced = started.elapsed().div_f64(RECONCILE_SHARE);
+                let spaced = took.div_f64(RECONCILE_SHARE);
                 reconcile.reset_after(spaced.max(args.reconcile_interval()));
                 Woke::Quietly
             }

@@ -176,19 +176,28 @@ impl Sockwatch {
         }
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.records.recv_timeout(left) {
-                Ok(record) if pred(&record) => return record,
-                Ok(record) => self.seen.push(record),
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "no {what} record within {EVENT_TIMEOUT:?}; other records: {:#?}",
-                    self.seen
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "sockwatch-tui exited while waiting for {what}; stderr: {}",
-                    self.stderr.recv_timeout(EVENT_TIMEOUT).unwrap_or_default()
-                ),
+            let record = self.next_before(deadline, what);
+            if pred(&record) {
+                return record;
             }
+            self.seen.push(record);
+        }
+    }
+
+    /// The next record to arrive, by `deadline`; panics, saying what was awaited, if none
+    /// comes or sockwatch exits.
+    fn next_before(&mut self, deadline: Instant, what: &str) -> Value {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.records.recv_timeout(left) {
+            Ok(record) => record,
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "no {what} record within {EVENT_TIMEOUT:?}; other records: {:#?}",
+                self.seen
+            ),
+            Err(RecvTimeoutError::Disconnected) => panic!(
+                "sockwatch-tui exited while waiting for {what}; stderr: {}",
+                self.stderr.recv_timeout(EVENT_TIMEOUT).unwrap_or_default()
+            ),
         }
     }
 
@@ -200,19 +209,12 @@ impl Sockwatch {
     pub fn next_sample(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.records.recv_timeout(left) {
-                Ok(record) if pred(&record) => return record,
-                Ok(record) if record["event"] == "sample" => {}
-                Ok(record) => self.seen.push(record),
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "no {what} record within {EVENT_TIMEOUT:?}; other records: {:#?}",
-                    self.seen
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "sockwatch-tui exited while waiting for {what}; stderr: {}",
-                    self.stderr.recv_timeout(EVENT_TIMEOUT).unwrap_or_default()
-                ),
+            let record = self.next_before(deadline, what);
+            if pred(&record) {
+                return record;
+            }
+            if record["event"] != "sample" {
+                self.seen.push(record);
             }
         }
     }

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: what sockwatch costs the programs it watches, and what it can take:
 //! per-syscall overhead under six conditions (`overhead.rs`, `tracer.rs`), throughput, scale and
-//! the table's criterion benchmark (`pipeline.rs`), as tables (`report.rs`) in bench/results.md.
+//! the table's criterion benchmark (`pipeline.rs`), the dashboard at 100k sockets in tmux
+//! (`dashboard.rs`), as tables (`report.rs`) in bench/results.md.
 
+mod dashboard;
 mod overhead;
 mod pipeline;
 mod report;
@@ -64,6 +66,14 @@ fn measure(bins: &Binaries, smoke: bool, rounds: usize, r: &mut report::Results)
     r.scale = pipeline::scale(bins, sockets, if smoke { 1.0 } else { 10.0 })?;
     say("bench: 4. table refresh and render (criterion)");
     r.table = pipeline::table(&bins.work, smoke)?;
+    say("bench: 5. the dashboard at scale (tmux)");
+    // 100,000 sockets: ten holders, as a process may hold 20,000 fds here.
+    let (holders, per_holder, secs) = if smoke {
+        (1, 10, 1.0)
+    } else {
+        (10, 5_000, 10.0)
+    };
+    r.dashboard = Some(dashboard::run(bins, holders, per_holder, secs)?);
     Ok(())
 }
 
@@ -82,7 +92,8 @@ detached and its processes gone. Figures are medians (min-max) over rounds; mult
 taken round by round, `[k/n]`: valid in k rounds of n (the base's added cost positive, no other
 tracer attached, sockwatch's send socket tracked). A verdict stands only on every round asked
 for. Throughput (default backend) counts only the load's records; scale, the sockets sockwatch
-really tracked.
+really tracked. The dashboard at scale runs in tmux while ten processes open 5,000 loopback
+connections each (100,000 sockets); its figures are read off its header and /proc.
 ";
 
 /// Builds what the bench runs before anything is measured, so that no compiler competes.

@@ -139,7 +139,7 @@ fn run_phase(bins: &Binaries, sockets: u64, secs: f64) -> Result<Phase> {
 }
 
 /// CPU time of every thread of `pid` so far, in ns (the first field of each schedstat).
-fn cpu_ns(pid: u32) -> Result<u64> {
+pub(super) fn cpu_ns(pid: u32) -> Result<u64> {
     let tasks = fs::read_dir(format!("/proc/{pid}/task"))?;
     let ns = tasks.map(|task| Ok(sum_fields(task?.path().join("schedstat"), &[0])));
     ns.sum()

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeSet;
 
+use super::tracer::CONDITIONS;
+use super::{dashboard::Scale, pipeline::Phase, pipeline::Rows, pipeline::Step};
 use super::{overhead::multiples, overhead::Overhead, overhead::LOOPS, tracer::Condition};
-use super::{pipeline::Phase, pipeline::Rows, pipeline::Step, tracer::CONDITIONS};
 use Condition::{Article, Floor, Kprobe, Sockwatch, Tracepoint};
 
 #[derive(Default)]
@@ -14,6 +15,7 @@ pub struct Results {
     pub throughput: Vec<Step>,
     pub scale: Vec<Phase>,
     pub table: Vec<Rows>,
+    pub dashboard: Option<Scale>,
 }
 
 /// Column titles of the conditions, in order ((c) also names the backend sockwatch chose).
@@ -133,7 +135,44 @@ impl Results {
         };
         let measured = render.map_or("-".into(), |r| show(r, duration));
         all.push(("render of 100k rows < 5 ms".into(), measured, outcome));
+        all.extend(self.dashboard_verdicts());
         all
+    }
+
+    /// Issue #12's targets for the dashboard with 100,000 idle sockets in tmux.
+    fn dashboard_verdicts(&self) -> Vec<(String, String, Result<bool, String>)> {
+        let d = self.dashboard.filter(|d| d.sockets >= 100_000);
+        let judge = |meets: fn(&Scale) -> bool| match d {
+            None => Err("100k sockets not measured".into()),
+            Some(d) if d.shown < d.sockets => Err(format!("{} of {} shown", d.shown, d.sockets)),
+            Some(d) => Ok(meets(&d)),
+        };
+        let shown = |f: fn(&Scale) -> String| d.as_ref().map_or("-".into(), f);
+        vec![
+            (
+                "dashboard, 100k idle sockets: CPU <= 5% of a core".into(),
+                shown(|d| format!("{:.1}%", d.cpu_percent)),
+                judge(|d| d.cpu_percent <= 5.0),
+            ),
+            (
+                "dashboard, 100k idle sockets: RSS <= 64 MiB".into(),
+                shown(|d| mib(d.rss_kib)),
+                judge(|d| d.rss_kib <= 64 * 1024),
+            ),
+            (
+                "dashboard, 50k connections in a storm: dropped 0".into(),
+                shown(|d| format!("dropped {} in {:.1} s", d.dropped, d.storm_secs)),
+                match d {
+                    None => Err("100k sockets not measured".into()),
+                    Some(d) => Ok(d.dropped == 0),
+                },
+            ),
+            (
+                "dashboard quits at once, nothing left after 5 s".into(),
+                shown(|d| format!("prompt {:.2} s, gone {:.2} s", d.prompt_secs, d.gone_secs)),
+                judge(|d| d.prompt_secs <= 0.5 && d.gone_secs <= 5.0),
+            ),
+        ]
     }
 
     pub fn text(&self, header: &str) -> String {
@@ -181,6 +220,19 @@ impl Results {
             format!("{}|{}", r.rows, parts.join("|"))
         });
         out += &table("criterion: rows|refresh|visible|render", criterion);
+        let dashboard = self.dashboard.iter().map(|d| {
+            let storm = format!("{:.1} s", d.storm_secs);
+            let (cpu, rss, peak) = (d.cpu_percent, mib(d.rss_kib), mib(d.peak_rss_kib));
+            let quit = format!("{:.2} s|{:.2} s", d.prompt_secs, d.gone_secs);
+            let header = format!("{}|{}|{}", d.shown, d.dropped, d.untracked);
+            format!(
+                "{}|{storm}|{header}|{cpu:.1}%|{rss}|{peak}|{quit}",
+                d.sockets
+            )
+        });
+        let head = "dashboard (tmux): sockets|storm|open|dropped|untracked|idle CPU|RSS|peak RSS|\
+                    prompt after q|all gone";
+        out += &table(head, dashboard);
         let verdicts = self.verdicts();
         let verdicts = verdicts.into_iter().map(|(target, measured, outcome)| {
             let outcome = match outcome {
