@@ -34,7 +34,7 @@ use crate::{
     logfile::Log,
     model::{
         dns::{self, Answer, HostNames, Resolver},
-        Action, Model, HEALTH_SHARE,
+        health_every_ns, Action, Model,
     },
     socket::{Proto, Socket, SocketId},
     terminal::TerminalGuard,
@@ -56,7 +56,7 @@ struct Source {
     diag: Option<Diag>,
     /// When TCP health may be read again: a dump costs in proportion to every TCP socket of
     /// the namespaces read (about 1 µs each), so with many sockets it is read less often than
-    /// the refresh, keeping it under [`HEALTH_SHARE`] of a core.
+    /// the refresh, keeping it under `model::HEALTH_SHARE` of a core.
     next_health_ns: u64,
 }
 
@@ -140,6 +140,10 @@ impl Source {
         let Some(diag) = &mut self.diag else {
             return;
         };
+        // Not due yet: not even the holders are gathered (a pass over every open socket).
+        if monotonic_ns() < self.next_health_ns {
+            return;
+        }
         let pids: Vec<u32> = output
             .model()
             .open
@@ -148,15 +152,14 @@ impl Source {
             .filter_map(Socket::holder_pid)
             .collect();
         // Nothing to read health for: no dump (it lists every TCP socket of a namespace).
-        let started_ns = monotonic_ns();
-        if pids.is_empty() || started_ns < self.next_health_ns {
+        if pids.is_empty() {
             return;
         }
+        let started_ns = monotonic_ns();
         let readings = diag.read(pids);
         let now_ns = monotonic_ns();
         let cost_ns = now_ns.saturating_sub(started_ns);
-        let every_ns = (cost_ns as f64 / HEALTH_SHARE) as u64;
-        self.next_health_ns = started_ns.saturating_add(every_ns);
+        self.next_health_ns = started_ns.saturating_add(health_every_ns(cost_ns));
         output.update(Action::Health {
             readings,
             now_ns,
@@ -306,7 +309,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_sockets: args.max_sockets,
         ring_bytes: args.ring_kib * 1024,
         directions: args.direction.mask(),
-        read_batch: args.read_batch as usize,
+        read_batch: args.read_batch,
     };
     let (probes, ring, tables) = loader::attach(args.probe, options)?;
     log.line(format_args!("attached the {} probes", probes.backend));

@@ -46,7 +46,7 @@ struct BatchAttr {
 pub fn hash_entries<K: Pod, V: Pod>(
     map: &HashMap<MapData, K, V>,
     limit: usize,
-    batch: usize,
+    batch: u32,
 ) -> Vec<(K, V)> {
     match batch_entries(map.map(), limit, batch.max(1)) {
         Ok(entries) => entries,
@@ -57,13 +57,14 @@ pub fn hash_entries<K: Pod, V: Pod>(
 fn batch_entries<K: Pod, V: Pod>(
     map: &MapData,
     limit: usize,
-    batch: usize,
+    batch: u32,
 ) -> io::Result<Vec<(K, V)>> {
     let fd = map.fd().as_fd().as_raw_fd();
-    let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(batch);
-    let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(batch);
-    keys.resize_with(batch, MaybeUninit::uninit);
-    values.resize_with(batch, MaybeUninit::uninit);
+    let batch_len = batch as usize;
+    let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(batch_len);
+    let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(batch_len);
+    keys.resize_with(batch_len, MaybeUninit::uninit);
+    values.resize_with(batch_len, MaybeUninit::uninit);
     // The kernel's cursor (a bucket index for hash maps): what one call returns, the next
     // passes back.
     let (mut cursor_in, mut cursor_out) = (0u64, 0u64);
@@ -79,8 +80,7 @@ fn batch_entries<K: Pod, V: Pod>(
             out_batch: &raw mut cursor_out as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            // Never more than the buffers hold.
-            count: u32::try_from(batch).unwrap_or(u32::MAX / 2),
+            count: batch,
             map_fd: fd as u32,
             ..BatchAttr::default()
         };
@@ -105,7 +105,7 @@ fn batch_entries<K: Pod, V: Pod>(
                 return Err(error);
             }
         }
-        let filled = (attr.count as usize).min(batch);
+        let filled = (attr.count as usize).min(batch_len);
         for (key, value) in keys.iter().zip(&values).take(filled) {
             // SAFETY: the kernel wrote the first `filled` keys and values.
             entries.push(unsafe { (key.assume_init_read(), value.assume_init_read()) });

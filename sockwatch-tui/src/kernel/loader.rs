@@ -68,7 +68,7 @@ pub struct LoadOptions {
     /// A `sockwatch_common::directions` mask.
     pub directions: u32,
     /// Entries a batched map read asks for per call (`bulk::BATCH`; tests make it small).
-    pub read_batch: usize,
+    pub read_batch: u32,
 }
 
 /// The attached programs. Dropping this detaches them.
@@ -159,7 +159,7 @@ pub struct KernelTables {
     procs: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     max_sockets: u32,
-    read_batch: usize,
+    read_batch: u32,
     /// The socket backend's counters, by kernel socket; `None` for the syscall backends.
     by_socket: Option<SocketCounters>,
 }

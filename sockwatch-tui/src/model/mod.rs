@@ -78,6 +78,11 @@ pub enum Action {
 /// refresh; one of 100,000, about 0.1 s, every 5 s).
 pub const HEALTH_SHARE: f64 = 0.02;
 
+/// How long after a health read that took `cost_ns` the next one may start.
+pub fn health_every_ns(cost_ns: u64) -> u64 {
+    (cost_ns as f64 / HEALTH_SHARE) as u64
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     /// The open sockets: the only set of them in user space.

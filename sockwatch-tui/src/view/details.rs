@@ -284,7 +284,7 @@ fn fields(
         if let Some((read_ns, cost_ns)) = live.health_read {
             let age_ns = live.now_ns.saturating_sub(read_ns);
             if age_ns >= 2_000_000_000 {
-                let every_ns = (cost_ns as f64 / crate::model::HEALTH_SHARE) as u64;
+                let every_ns = crate::model::health_every_ns(cost_ns);
                 lines.push(field(
                     "read",
                     format!(

@@ -148,10 +148,10 @@ impl Tmux {
     fn dashboard_pid(&self) -> Result<u32> {
         let shell = tmux(&["display-message", "-p", "-t", SESSION, "#{pane_pid}"])?;
         let shell: u32 = shell.trim().parse().context("tmux's pane pid")?;
-        let found = processes("sockwatch-tui").find(|&(_, parent)| parent == shell);
-        found
-            .map(|(pid, _)| pid)
-            .context("no sockwatch-tui under the tmux shell")
+        let mut live = tracer::processes("sockwatch-tui").filter(|p| p.state != 'Z');
+        let found = live.find(|p| p.parent == shell);
+        let found = found.context("no sockwatch-tui under the tmux shell")?;
+        u32::try_from(found.pid).context("pid out of range")
     }
 }
 
@@ -184,22 +184,9 @@ fn count(header: &str, key: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
-/// `(pid, parent)` of every live process named `name` (zombies have exited).
-fn processes(name: &str) -> impl Iterator<Item = (u32, u32)> + '_ {
-    let entries = fs::read_dir("/proc").into_iter().flatten().flatten();
-    entries.filter_map(move |entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
-        let (_, rest) = stat.split_once(" (")?;
-        let (comm, rest) = rest.rsplit_once(") ")?;
-        let mut fields = rest.split_whitespace();
-        let (state, parent) = (fields.next()?, fields.next()?.parse().ok()?);
-        (comm == name && state != "Z").then_some((pid, parent))
-    })
-}
-
+/// Whether any sockwatch process is alive (a zombie has exited).
 fn sockwatch_left() -> bool {
-    processes("sockwatch-tui").next().is_some()
+    tracer::processes("sockwatch-tui").any(|p| p.state != 'Z')
 }
 
 /// The `sockwatch-load hold` processes of the storm; each holds until its stdin closes.

@@ -371,23 +371,37 @@ pub fn set_subreaper(on: bool) -> Result<()> {
     Ok(())
 }
 
+/// A process as `/proc/PID/stat` describes it.
+pub struct Process {
+    pub pid: libc::pid_t,
+    pub state: char,
+    pub parent: u32,
+}
+
+/// Every process named `comm` (the kernel keeps 15 bytes of a name), zombies included.
+pub fn processes(comm: &str) -> impl Iterator<Item = Process> + '_ {
+    let comm = comm.get(..15).unwrap_or(comm);
+    let entries = fs::read_dir("/proc").into_iter().flatten().flatten();
+    entries.filter_map(move |entry| {
+        let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+        // "pid (name) state ppid ...": the name may hold spaces and parentheses.
+        let (pid, rest) = stat.split_once(" (")?;
+        let (name, rest) = rest.rsplit_once(") ")?;
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let parent = fields.next()?.parse().ok()?;
+        let pid = pid.parse().ok()?;
+        (name == comm).then_some(Process { pid, state, parent })
+    })
+}
+
 /// Whether a child process of ours named `comm` is still running; exited ones are reaped.
 fn child_running(comm: &str) -> bool {
-    let (me, mut running) = (std::process::id().to_string(), false);
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // "pid (name) state ppid ...": the name may hold spaces and parentheses.
-        let (pid, rest) = stat.split_once(" (").unwrap_or_default();
-        let (name, rest) = rest.rsplit_once(") ").unwrap_or_default();
-        // The kernel keeps 15 bytes of a name.
-        if rest.split_whitespace().nth(1) != Some(&me) || comm.get(..15).unwrap_or(comm) != name {
-            continue;
-        }
-        if let Ok(pid) = pid.parse::<libc::pid_t>() {
-            // SAFETY: waitpid(2), not blocking, on our child: 0 while it runs, else it reaps the
-            // zombie, which no `Child` handle owns (the tracer's process was waited for before).
-            running |= unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0;
-        }
+    let (me, mut running) = (std::process::id(), false);
+    for child in processes(comm).filter(|p| p.parent == me) {
+        // SAFETY: waitpid(2), not blocking, on our child: 0 while it runs, else it reaps the
+        // zombie, which no `Child` handle owns (the tracer's process was waited for before).
+        running |= unsafe { libc::waitpid(child.pid, std::ptr::null_mut(), libc::WNOHANG) } == 0;
     }
     running
 }
