@@ -70,6 +70,11 @@ pub mod maps {
     /// `Array<HotCounts>`: the socket backend's counters where the socket layer finds them
     /// without a hash lookup (see [`super::HotCounts`]); its size is a power of two.
     pub const SK_HOT: &str = "SK_HOT";
+    /// `Array<u64>`, mmapable, half `SK_HOT`'s size: one generation per pair of hot slots,
+    /// raised each time a socket whose pair it is counts bytes in `SK_BYTES` instead (it has no
+    /// slot, or a message raced the claim of its slot). User space reads a socket's `SK_BYTES`
+    /// again only when its pair's generation moved (see [`super::hot_pair`]).
+    pub const SK_SPILL: &str = "SK_SPILL";
     /// `HashMap<u64 /* inode */, SocketKey>`: sockets found open at start whose kernel socket the
     /// socket backend has yet to learn (at their first byte), and where they are tracked.
     pub const ADOPTED: &str = "ADOPTED";
@@ -182,6 +187,22 @@ pub struct HotCounts {
     pub pid: u32,
     /// Non-zero while a message must take the full path first (a UDP connect to report).
     pub slow: u32,
+}
+
+/// The first of the two `SK_HOT` slots socket `sk` may use (the other is this one `^ 1`, in
+/// the same cache line); `mask` is `SK_HOT`'s size minus one. The kernel finds a socket's slot
+/// with it, user space its `SK_SPILL` generation.
+#[inline(always)]
+pub fn hot_slot(sk: u64, mask: u32) -> u32 {
+    // `struct sock`s are slab objects of a few KiB: the low bits say little, so multiply
+    // (Fibonacci hashing) and take bits from the middle of the product.
+    ((sk >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 & mask
+}
+
+/// Socket `sk`'s pair of `SK_HOT` slots: its index in `SK_SPILL`.
+#[inline(always)]
+pub fn hot_pair(sk: u64, mask: u32) -> u32 {
+    hot_slot(sk, mask) >> 1
 }
 
 /// Names of the global variables user space sets at load time.
@@ -581,10 +602,13 @@ pub enum Counter {
     TrackedFull = 1,
     /// A syscall's arguments could not be stashed because `INFLIGHT` was full.
     InflightFull = 2,
+    /// A socket found open at start had its kernel socket learned (at its first byte): user
+    /// space finds where it is counted from then on.
+    Adopted = 3,
 }
 
 /// Number of entries in the `COUNTERS` array.
-pub const COUNTER_COUNT: u32 = 3;
+pub const COUNTER_COUNT: u32 = 4;
 
 #[cfg(feature = "user")]
 mod pod {

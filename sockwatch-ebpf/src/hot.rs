@@ -10,7 +10,10 @@
 
 use sockwatch_common::{HotCounts, SkBytes};
 
-use crate::{maps::SK_HOT, state::atomic_add};
+use crate::{
+    maps::{SK_HOT, SK_SPILL},
+    state::atomic_add,
+};
 
 /// Set by user space at load time: `SK_HOT`'s size minus one.
 #[unsafe(no_mangle)]
@@ -20,11 +23,24 @@ static HOT_MASK: u32 = 1;
 /// the same cache line).
 #[inline(always)]
 fn hot_slot(sk: u64) -> u32 {
+    sockwatch_common::hot_slot(sk, hot_mask())
+}
+
+#[inline(always)]
+fn hot_mask() -> u32 {
     // SAFETY: a volatile read of our own read-only global, set by user space at load time.
-    let mask = unsafe { core::ptr::read_volatile(&raw const HOT_MASK) };
-    // `struct sock`s are slab objects of a few KiB: the low bits say little, so multiply
-    // (Fibonacci hashing) and take bits from the middle of the product.
-    ((sk >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 & mask
+    unsafe { core::ptr::read_volatile(&raw const HOT_MASK) }
+}
+
+/// Says that socket `sk` counted bytes in `SK_BYTES` (it has no slot, or raced its claim): its
+/// pair's generation moves, so user space reads its `SK_BYTES` counters again. Atomic: a lost
+/// raise could leave new bytes unread.
+#[inline(always)]
+pub fn spilled(sk: u64) {
+    if let Some(generation) = SK_SPILL.get_ptr_mut(sockwatch_common::hot_pair(sk, hot_mask())) {
+        // SAFETY: a valid map value pointer, an aligned u64.
+        unsafe { atomic_add(generation, 1) };
+    }
 }
 
 /// The slot holding `sk`'s counters, if it has one.

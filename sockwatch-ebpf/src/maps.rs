@@ -57,6 +57,11 @@ pub static SK_BYTES: HashMap<u64, SkBytes> = HashMap::with_max_entries(TRACKED_D
 #[map(name = "SK_HOT")]
 pub static SK_HOT: Array<HotCounts> = Array::with_max_entries(2, BPF_F_MMAPABLE);
 
+/// One generation per pair of `SK_HOT` slots, raised when a socket of that pair counts in
+/// `SK_BYTES` (see `sockwatch_common::maps::SK_SPILL`); user space sizes it to half `SK_HOT`.
+#[map(name = "SK_SPILL")]
+pub static SK_SPILL: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
 /// Sockets found open at start, by inode, until the socket layer learns their `struct sock`.
 #[map(name = "ADOPTED")]
 pub static ADOPTED: HashMap<u64, SocketKey> = HashMap::with_max_entries(ADOPTED_SIZE, 0);

@@ -99,11 +99,18 @@ fn count_fully(sk: u64, len: u64, sent: bool, pid_tgid: u64, hot: Option<*mut Ho
         if core::ptr::read_volatile(&raw const (*bytes).key.pid) != (pid_tgid >> 32) as u32 {
             follow(sk, bytes, pid_tgid);
         }
-        let (out, inb) = match hot {
-            Some(slot) => (&raw mut (*slot).bytes_sent, &raw mut (*slot).bytes_recv),
-            None => (&raw mut (*bytes).bytes_sent, &raw mut (*bytes).bytes_recv),
-        };
-        hot::add(out, inb, len, sent);
+        match hot {
+            Some(slot) => {
+                let (out, inb) = (&raw mut (*slot).bytes_sent, &raw mut (*slot).bytes_recv);
+                hot::add(out, inb, len, sent);
+            }
+            None => {
+                let (out, inb) = (&raw mut (*bytes).bytes_sent, &raw mut (*bytes).bytes_recv);
+                hot::add(out, inb, len, sent);
+                // After the add: user space, seeing the generation move, reads the counts.
+                hot::spilled(sk);
+            }
+        }
     }
 }
 
@@ -343,7 +350,10 @@ pub fn adopt(sk: u64) -> Option<*mut SkBytes> {
         ..SkBytes::default()
     };
     SK_BYTES.insert(sk, bytes, 0).ok()?;
-    with_hot_slot(sk, key.pid, 0)
+    let bytes = with_hot_slot(sk, key.pid, 0);
+    // User space learns where the row is counted now (its map read found no socket).
+    bump(Counter::Adopted);
+    bytes
 }
 
 /// Another process moves the bytes of tracked socket `sk`. Once the process its row shows no

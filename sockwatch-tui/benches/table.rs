@@ -1,7 +1,8 @@
 //! Refresh and render time of the socket table at 100, 10k and 100k rows, on synthetic data.
 //!
-//! `table/N/refresh`: one tick's map read (`Message::Model(Action::Snapshot { .. })`) with N
-//! tracked sockets whose byte counts all changed (rates, row bookkeeping, selection);
+//! `table/N/refresh`: what one tick does with the counters it read (`Message::Model(Action::
+//! Counts { .. })`, where the kernel counts by socket) for N open sockets whose byte counts all
+//! changed (rates, row bookkeeping, selection);
 //! `table/N/render`: one `view::render` of the dashboard that refresh left, into a 200x50
 //! ratatui `TestBackend`, as each refresh of the dashboard draws it; `table/N/visible`:
 //! `ViewState::visible` alone, the filtered and sorted listing the table is drawn from, to tell
@@ -15,6 +16,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingM
 use ratatui::{backend::TestBackend, Terminal};
 use sockwatch_tui::{
     clock::WallClock,
+    kernel::by_socket::Count,
     model::{dns::HostNames, Action, Model},
     socket::{Socket, SocketKey},
     view::{
@@ -88,9 +90,17 @@ fn table(c: &mut Criterion) {
                 || {
                     let t = tick.get();
                     tick.set(t + 1);
-                    (entries(n, t), t * SEC)
+                    let counts = entries(n, t)
+                        .iter()
+                        .map(|s| Count {
+                            id: s.id,
+                            sent: s.bytes_sent,
+                            recv: s.bytes_recv,
+                        })
+                        .collect();
+                    (counts, t * SEC)
                 },
-                |(map, now_ns)| model.update(Message::Model(Action::Snapshot { map, now_ns })),
+                |(counts, now_ns)| model.update(Message::Model(Action::Counts { counts, now_ns })),
                 BatchSize::PerIteration,
             );
         });

@@ -58,6 +58,9 @@ struct Source {
     /// the namespaces read (about 1 µs each), so with many sockets it is read less often than
     /// the refresh, keeping it under `model::HEALTH_SHARE` of a core.
     next_health_ns: u64,
+    /// The kernel's count of lost records when the map was last read whole: records lost
+    /// since may have left rows that only a full read and its checks set right.
+    drops_checked: u64,
 }
 
 impl Source {
@@ -133,6 +136,32 @@ impl Source {
         let ids = map.iter().map(|s| s.id).collect();
         output.observe_map(map, now_ns);
         Ok(ids)
+    }
+
+    /// A refresh of the open sockets' counters (the dashboard's, and `--json-samples`'). Where the kernel counts by socket
+    /// it reads them from memory (`kernel::by_socket`), at a cost that follows what moved; the
+    /// maps are read whole (and checked) only when that cannot be trusted alone: the syscall
+    /// backends, records lost since the last full read, sockets under suspicion, or too many
+    /// rows to locate.
+    fn refresh_counts(
+        &mut self,
+        output: &mut Output,
+        log: &mut Log,
+        drops: u64,
+    ) -> anyhow::Result<()> {
+        let checked = drops == self.drops_checked && !self.tracker.awaits_map_read();
+        if checked && self.tables.counts_by_socket() {
+            // The rows as every record sent so far leaves them, then their counters.
+            self.drain(output, log)?;
+            if let Some(counts) = self.tables.read_counts(output.model().open.values()) {
+                let now_ns = monotonic_ns();
+                output.update(Action::Counts { counts, now_ns });
+                return Ok(());
+            }
+        }
+        self.read_map(output, log)?;
+        self.drops_checked = drops;
+        Ok(())
     }
 
     /// Reads the TCP health of the open sockets' namespaces and hands it to the model.
@@ -345,6 +374,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             })
             .ok(),
         next_health_ns: 0,
+        drops_checked: 0,
     };
     let backend = probes.backend.to_string();
     let result = run_loop(&args, &backend, &mut source, clock, &mut log).await;
@@ -559,7 +589,7 @@ fn refresh(
     source.read_health(output);
     if let Output::Json { samples: true, .. } = output {
         // Counts as of now, then one line per open socket.
-        source.read_map(output, log)?;
+        source.refresh_counts(output, log, counters.ringbuf_drops)?;
         if let Output::Json {
             model,
             out,
@@ -593,7 +623,7 @@ fn refresh(
             }
         }
         Output::Dashboard { .. } => {
-            source.read_map(output, log)?;
+            source.refresh_counts(output, log, counters.ringbuf_drops)?;
             if let Output::Dashboard { dashboard, .. } = output {
                 dashboard.update(Message::Model(Action::Counters(counters)));
                 // The socket whose details are shown: who holds it, looked up while shown.

@@ -132,6 +132,80 @@ fn sockets_crowding_the_hot_slots_still_count_exactly() {
     }
 }
 
+/// Live counts (a refresh's, as `--json-samples` writes them) are exact while sockets stay
+/// open: where the kernel counts by socket, a refresh reads each socket's hot slot from memory
+/// and its `SK_BYTES` counters only when its slot pair says it counted there. A map of 64 makes
+/// sockets share slot pairs and some count without a slot; a connection older than sockwatch
+/// is counted from its first byte after the start (the kernel learns its socket then). The
+/// oracle: what each socket's own `send()` calls moved.
+#[test]
+fn live_counts_are_exact_for_crowded_and_older_sockets() {
+    const SOCKETS: usize = 40;
+    let server = net::CountingServer::start();
+    let pid = std::process::id();
+    let older = net::connected(server.port);
+    send_all(older, 999, Sender::Write);
+    let args = ["--json-samples", "--interval", "200", "--max-sockets", "64"];
+    // No check against /proc in the test's time: its full read of the maps would mend a refresh
+    // that read wrong.
+    let quiet = ["--direction", "out", "--reconcile-ms", "600000"];
+    let mut sw = Sockwatch::start_adopting(&[&args[..], &quiet].concat());
+    sw.wait_for("existing", record_of("existing", pid, older));
+    let fds: Vec<i32> = (0..SOCKETS).map(|_| net::connected(server.port)).collect();
+    let mut expected: std::collections::BTreeMap<i64, u64> =
+        fds.iter().map(|&fd| (i64::from(fd), 0)).collect();
+    expected.insert(i64::from(older), 0);
+    // Two rounds: the first locates every new socket, the second moves bytes on sockets
+    // already located (and the older one's first, which makes the kernel learn it).
+    for round in 0..2 {
+        for (i, &fd) in fds.iter().enumerate() {
+            let len = 1_000 + 7 * i + 500 * round;
+            send_all(fd, len, Sender::Send);
+            *expected.get_mut(&i64::from(fd)).expect("a socket") += len as u64;
+        }
+        if round == 1 {
+            send_all(older, 333, Sender::Send);
+            *expected
+                .get_mut(&i64::from(older))
+                .expect("the older socket") += 333;
+        }
+        let seen = sample_round_with(&mut sw, pid, &expected);
+        assert_eq!(
+            seen, expected,
+            "round {round}: bytes sent by fd, as sampled"
+        );
+    }
+    for fd in fds.into_iter().chain([older]) {
+        net::close(fd);
+    }
+}
+
+/// The first refresh whose samples of `pid` show `expected` (bytes sent by fd), or the last
+/// one seen before giving up, bounded by the number of rounds (each wait is bounded too).
+fn sample_round_with(
+    sw: &mut Sockwatch,
+    pid: u32,
+    expected: &std::collections::BTreeMap<i64, u64>,
+) -> std::collections::BTreeMap<i64, u64> {
+    let (mut round, mut time, mut last) = (Default::default(), Value::Null, Default::default());
+    for _ in 0..(50 * expected.len()) {
+        let sample = sw.next_sample("sample", |r| r["event"] == "sample" && r["pid"] == pid);
+        if sample["time"] != time {
+            if round == *expected {
+                return round;
+            }
+            last = std::mem::take(&mut round);
+            time = sample["time"].clone();
+        }
+        // Other tests' sockets in this process hold other fd numbers meanwhile.
+        let fd = sample["fd"].as_i64().expect("a sample's fd");
+        if expected.contains_key(&fd) {
+            round.insert(fd, u(&sample["bytes_sent"]));
+        }
+    }
+    last
+}
+
 #[test]
 fn accepted_sockets_are_inbound_with_the_peer_address() {
     let mut sw = Sockwatch::start(&[]);
@@ -1101,7 +1175,10 @@ fn every_socket_is_read_when_the_map_holds_more_than_a_batch() {
     // Rounds of samples in a row that must be complete: over 1 s at this interval.
     const ROUNDS: usize = 4;
     // Several calls for the holder's 300 sockets, each more than a hash bucket holds.
-    let mut sw = Sockwatch::start(&["--json-samples", "--interval", "400", "--read-batch", "64"]);
+    // A map of 1,024 entries: 300 sockets to locate are past what lookups may cost (64 at
+    // least, 1,024 / 32), so the refresh reads the maps whole.
+    let args = ["--json-samples", "--interval", "400", "--read-batch", "64"];
+    let mut sw = Sockwatch::start(&[&args[..], &["--max-sockets", "1024"]].concat());
     let connections = CONNECTIONS.to_string();
     let mut hold = Load::spawn(&["hold", "--connections", &connections, "--secs", "300"]);
     let held = hold.line(LOAD_TIMEOUT);

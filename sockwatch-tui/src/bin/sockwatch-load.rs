@@ -127,12 +127,15 @@ enum Mode {
         bytes: usize,
     },
     /// Opens CONNECTIONS loopback TCP connections to itself (two sockets each), prints
-    /// `held=N`, and holds them until stdin closes or SECS pass.
+    /// `held=N`, and holds them until stdin closes or SECS pass; after a line `send` on stdin,
+    /// SENDING of them send 64 bytes a second (read by the other end), the rest stay idle.
     Hold {
         #[arg(long)]
         connections: usize,
         #[arg(long, default_value_t = 600)]
         secs: u64,
+        #[arg(long, default_value_t = 0)]
+        sending: usize,
     },
 }
 
@@ -240,7 +243,11 @@ fn run(mode: Mode) -> io::Result<()> {
             tcp,
             bytes,
         } => bench::flood(!tcp, secs, rate, bytes),
-        Mode::Hold { connections, secs } => bench::hold(connections, secs),
+        Mode::Hold {
+            connections,
+            secs,
+            sending,
+        } => bench::hold(connections, secs, sending),
     }
 }
 

@@ -39,7 +39,8 @@ const NLMSG_HDR_LEN: usize = 16;
 const RECV_BUFFER: usize = 64 * 1024;
 
 /// What one read of every namespace found, by socket inode.
-pub type Readings = HashMap<u64, TcpHealth>;
+/// (A fast hasher: a reading of 100,000 sockets is built and looked up in whole.)
+pub type Readings = HashMap<u64, TcpHealth, foldhash::fast::RandomState>;
 
 /// Netlink sockets by network namespace, and which namespace each tracked process lives in.
 pub struct Diag {
@@ -80,7 +81,7 @@ impl Diag {
         // Namespaces no tracked process lives in any more: their netlink sockets go.
         self.sockets
             .retain(|netns, _| namespaces.contains(netns) || *netns == self.own_netns);
-        let mut readings = Readings::new();
+        let mut readings = Readings::default();
         for netns in namespaces {
             let Some(socket) = self.sockets.get(&netns) else {
                 continue;
@@ -390,7 +391,7 @@ mod tests {
         let mut bytes = message(SOCK_DIAG_BY_FAMILY, 5, &diag_msg(4242, 40000, &info));
         // Another dump's leftovers are ignored.
         bytes.extend(message(SOCK_DIAG_BY_FAMILY, 4, &diag_msg(1, 1, &info)));
-        let mut readings = Readings::new();
+        let mut readings = Readings::default();
         assert!(matches!(
             parse_messages(&bytes, 5, &mut readings),
             Ok(Parsed::More)

@@ -4,25 +4,25 @@
 use std::fmt;
 
 use aya::{
-    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use sockwatch_common::{
-    globals, maps, Counter, HotCounts, KernelOffsets, SkBytes, SocketKey, TrackedSocket, SYSCALLS,
+    globals, maps, Counter, KernelOffsets, SkBytes, SocketKey, TrackedSocket, SYSCALLS,
 };
 
 use super::procfs;
 use super::{
-    btf,
-    bulk::{self, MappedArray},
+    btf, bulk,
+    by_socket::{counts_of, Count, SocketCounters},
     decode::tracked_socket,
     support::{
         self, kernel_error, kprobes_available, socket_tracepoints_available,
         syscall_tracepoints_available, ProbeError, SyscallSymbols,
     },
 };
-use crate::socket::Socket;
+use crate::socket::{Socket, SocketId};
 
 /// The kernel programs, built by build.rs from `sockwatch-ebpf` and embedded in the binary.
 static EBPF_OBJECT: &[u8] =
@@ -135,6 +135,8 @@ pub struct KernelCounters {
     pub tracked_full: u64,
     /// Syscalls whose arguments could not be stashed from entry to exit.
     pub inflight_full: u64,
+    /// Sockets found at start whose kernel socket the socket backend learned.
+    pub adopted: u64,
 }
 
 /// What [`KernelTables::retrack`] did.
@@ -164,71 +166,55 @@ pub struct KernelTables {
     by_socket: Option<SocketCounters>,
 }
 
-/// The socket backend's maps.
-struct SocketCounters {
-    bytes: HashMap<MapData, u64, SkBytes>,
-    hot: Array<MapData, HotCounts>,
-    /// `hot` mapped into memory, so a refresh reads every slot without a syscall; or why the
-    /// kernel would not map it (then each slot is looked up).
-    hot_mapped: Result<MappedArray<HotCounts>, String>,
-    adopted: HashMap<MapData, u64, SocketKey>,
-    adopted_pending: Array<MapData, u32>,
-}
-
-impl SocketCounters {
-    /// `bytes` (socket `sk`'s `SK_BYTES` value) with its counters, read from its hot slot when
-    /// it has one (see `HotCounts`).
-    fn with_hot_counts(&self, sk: u64, mut bytes: SkBytes) -> SkBytes {
-        // Both: a message racing the claim of the slot counts in `SK_BYTES`.
-        if let Some((_, slot)) = self.hot_slot(sk, &bytes) {
-            bytes.bytes_sent += slot.bytes_sent;
-            bytes.bytes_recv += slot.bytes_recv;
-        }
-        bytes
-    }
-
-    /// Socket `sk`'s hot slot, its index and contents, if it holds one.
-    fn hot_slot(&self, sk: u64, bytes: &SkBytes) -> Option<(u32, HotCounts)> {
-        let index = bytes.hot.checked_sub(1)?;
-        let slot = match &self.hot_mapped {
-            Ok(mapped) => mapped.get(index)?,
-            Err(_) => self.hot.get(&index, 0).ok()?,
-        };
-        (slot.sk == sk).then_some((index, slot))
-    }
-
-    /// Frees socket `sk`'s hot slot, its tracking ended here (its `SK_BYTES` entry removed).
-    fn free_hot_slot(&mut self, sk: u64, bytes: &SkBytes) {
-        if let Some((index, _)) = self.hot_slot(sk, bytes) {
-            let _ = self.hot.set(index, HotCounts::default(), 0);
-        }
-    }
-}
-
 impl KernelTables {
     /// Every socket the kernel tracks, with its counters as of now; and the socket backend's
     /// counters by kernel socket (empty for the syscall backends).
     ///
     /// Each map is read in bulk (`bulk`): a few syscalls for the whole map, not two an
     /// entry. Bounded by the map's size.
-    pub fn snapshot(&self) -> (Vec<Socket>, SkCounts) {
+    pub fn snapshot(&mut self) -> (Vec<Socket>, SkCounts) {
         let (limit, batch) = (self.max_sockets as usize, self.read_batch);
+        // Before the maps: whatever the kernel learns or counts after is read anew later.
+        let adoptions = self.counters().adopted;
         let entries = bulk::hash_entries(&self.tracked, limit, batch).into_iter();
-        let Some(by_socket) = &self.by_socket else {
+        let Some(by_socket) = &mut self.by_socket else {
             let sockets = entries
                 .map(|(key, value)| tracked_socket(key, &value))
                 .collect();
             return (sockets, SkCounts::new());
         };
+        let generations = by_socket.generations();
         // One pass over each map rather than a lookup per socket.
-        let bytes: SkCounts = bulk::hash_entries(&by_socket.bytes, limit, batch)
+        let raw: SkCounts = bulk::hash_entries(&by_socket.bytes, limit, batch)
+            .into_iter()
+            .collect();
+        by_socket.relocate_all(adoptions);
+        let mut sockets = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let bytes = raw.get(&value.sk);
+            let id = SocketId::new(key, value.connect_ns);
+            by_socket.locate(id, &value, bytes, &generations);
+            let bytes = bytes.map(|bytes| by_socket.with_hot_counts(value.sk, *bytes));
+            sockets.push(with_bytes(key, value, bytes.as_ref()));
+        }
+        let bytes = raw
             .into_iter()
             .map(|(sk, bytes)| (sk, by_socket.with_hot_counts(sk, bytes)))
             .collect();
-        let sockets = entries
-            .map(|(key, value)| with_bytes(key, value, bytes.get(&value.sk)))
-            .collect();
         (sockets, bytes)
+    }
+
+    /// The counters of the open sockets `rows` (in order) as of now, without reading the
+    /// maps whole (see `by_socket`); `None` when only a full read ([`Self::snapshot`]) can
+    /// tell: the syscall backends count in `TRACKED` itself, and a refresh with many rows to
+    /// locate is cheaper as one (see [`super::by_socket::BUCKETS_PER_LOOKUP`]).
+    pub fn read_counts<'a>(
+        &mut self,
+        rows: impl Iterator<Item = &'a Socket>,
+    ) -> Option<Vec<Count>> {
+        let adoptions = self.counters().adopted;
+        let by_socket = self.by_socket.as_mut()?;
+        by_socket.read(&self.tracked, rows, adoptions)
     }
 
     /// One tracked socket, if the kernel still has it.
@@ -372,14 +358,9 @@ impl KernelTables {
             ringbuf_drops: sum(Counter::RingbufDrops),
             tracked_full: sum(Counter::TrackedFull),
             inflight_full: sum(Counter::InflightFull),
+            adopted: sum(Counter::Adopted),
         }
     }
-}
-
-/// Whether `bytes` are the counters of the tracked socket `value`, not of a newer socket at the
-/// same `struct sock` address (their inodes differ).
-fn counts_of(value: &TrackedSocket, bytes: &SkBytes) -> bool {
-    bytes.ino == 0 || value.ino == 0 || bytes.ino == value.ino
 }
 
 /// A map entry as a socket, with the socket backend's counters when it has them (and then
@@ -471,6 +452,7 @@ pub fn attach(
         .map_max_entries(maps::SK_BYTES, options.max_sockets)
         .map_max_entries(maps::SK_FATE, options.max_sockets)
         .map_max_entries(maps::SK_HOT, hot_slots)
+        .map_max_entries(maps::SK_SPILL, (hot_slots / 2).max(1))
         .override_global(globals::HOT_MASK, &(hot_slots - 1), true)
         .load(EBPF_OBJECT)
         .map_err(|e| permission_or(e, "loading the eBPF object"))?;
@@ -508,18 +490,15 @@ pub fn attach(
         max_sockets: options.max_sockets,
         read_batch: options.read_batch,
         by_socket: match backend {
-            Backend::Socket => Some({
-                let hot: Array<MapData, HotCounts> = take_map(&mut ebpf, maps::SK_HOT)?;
-                let hot_mapped =
-                    MappedArray::new(hot.map(), hot_slots).map_err(|error| error.to_string());
-                SocketCounters {
-                    bytes: take_map(&mut ebpf, maps::SK_BYTES)?,
-                    hot,
-                    hot_mapped,
-                    adopted: take_map(&mut ebpf, maps::ADOPTED)?,
-                    adopted_pending: take_map(&mut ebpf, maps::ADOPTED_PENDING)?,
-                }
-            }),
+            Backend::Socket => Some(SocketCounters::new(
+                take_map(&mut ebpf, maps::SK_BYTES)?,
+                take_map(&mut ebpf, maps::SK_HOT)?,
+                take_map(&mut ebpf, maps::SK_SPILL)?,
+                hot_slots,
+                options.max_sockets,
+                take_map(&mut ebpf, maps::ADOPTED)?,
+                take_map(&mut ebpf, maps::ADOPTED_PENDING)?,
+            )),
             Backend::Tracepoint | Backend::Kprobe => None,
         },
     };

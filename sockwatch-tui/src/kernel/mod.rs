@@ -9,6 +9,7 @@
 
 pub mod btf;
 pub mod bulk;
+pub mod by_socket;
 pub mod decode;
 pub mod diag;
 pub mod loader;

@@ -362,6 +362,12 @@ impl Tracker {
         self.settle(tables, open, gone, end)
     }
 
+    /// Whether a socket is under suspicion that only map reads settle: missing from the last
+    /// one, or kept aside for a close record that has not come.
+    pub fn awaits_map_read(&self) -> bool {
+        !self.missing.is_empty() || !self.displaced.is_empty()
+    }
+
     /// Checks one read of the kernel map against the open sockets, once the records sent before
     /// the read were applied: one missing from reads [`MISSING_GRACE_NS`] apart lost its close
     /// record, and is reported vanished. One whose fd holds a newer socket in the map is gone at

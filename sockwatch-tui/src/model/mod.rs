@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use self::dns::{Answer, HostNames};
 use crate::{
     kernel::{
+        by_socket::Count,
         diag::Readings,
         loader::KernelCounters,
         tracker::{Change, OpenSockets},
@@ -59,6 +60,12 @@ pub enum Action {
     /// The kernel's map as read at `now_ns` (kernel monotonic clock).
     Snapshot {
         map: Vec<Socket>,
+        now_ns: u64,
+    },
+    /// The open sockets' counters as read at `now_ns`, in the order of `Model::open` (a refresh
+    /// that did not read the maps whole: see `kernel::by_socket`).
+    Counts {
+        counts: Vec<Count>,
         now_ns: u64,
     },
     Counters(KernelCounters),
@@ -144,6 +151,7 @@ impl Model {
                 self.apply(change);
             }
             Action::Snapshot { map, now_ns } => self.snapshot(map, now_ns),
+            Action::Counts { counts, now_ns } => self.counts(counts, now_ns),
             Action::Counters(counters) => self.counters = counters,
             Action::Health {
                 readings,
@@ -291,6 +299,34 @@ impl Model {
                     }
                     self.open.insert(socket.key(), socket);
                 }
+            }
+        }
+        if !self.counts_only {
+            self.observe_activity(now_ns);
+        }
+    }
+
+    /// Takes the counters of a refresh. One walk over the open sockets, the counts beside
+    /// them (both in key order): no lookup, no allocation. A socket without a count (opened
+    /// since the read) keeps its counters, its rates falling to what they say.
+    fn counts(&mut self, counts: Vec<Count>, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        let mut counts = counts.into_iter().peekable();
+        for socket in self.open.values_mut() {
+            while counts.next_if(|c| c.id.key < socket.id.key).is_some() {}
+            let (sent, recv) = match counts.next_if(|c| c.id.key == socket.id.key) {
+                Some(count) if count.id == socket.id => (count.sent, count.recv),
+                _ => (socket.bytes_sent, socket.bytes_recv),
+            };
+            if sent > 0 || recv > 0 {
+                // A non-blocking connect has completed once any byte moved.
+                socket.state = State::Established;
+            }
+            if self.counts_only {
+                socket.bytes_sent = sent;
+                socket.bytes_recv = recv;
+            } else {
+                socket.observe(sent, recv, now_ns);
             }
         }
         if !self.counts_only {
@@ -616,6 +652,48 @@ mod tests {
             model.closes().next().map(|c| c.bytes_sent),
             Some(CLOSE_LOG_CAPACITY as u64 + 4)
         );
+    }
+
+    fn count(pid: u32, fd: u32, opened_ns: u64, sent: u64) -> Count {
+        Count {
+            id: SocketId::new(SocketKey { pid, fd }, opened_ns),
+            sent,
+            recv: 0,
+        }
+    }
+
+    #[test]
+    fn a_refresh_takes_each_count_beside_its_own_socket() {
+        let mut model = Model::new("socket");
+        for fd in [3, 4, 5, 6] {
+            model.update(opened(10, fd, SEC));
+        }
+        model.update(Action::Counts {
+            counts: vec![count(10, 3, SEC, 100), count(10, 5, SEC, 300)],
+            now_ns: 2 * SEC,
+        });
+        // A count of another socket on fd 4 (an older one at that number), one of a socket
+        // not open, and fd 6 without any: those keep what they had.
+        model.update(Action::Counts {
+            counts: vec![
+                count(9, 3, SEC, 7),
+                count(10, 3, SEC, 1_100),
+                count(10, 4, SEC / 2, 9_999),
+                count(10, 5, SEC, 300),
+                count(11, 3, SEC, 5),
+            ],
+            now_ns: 3 * SEC,
+        });
+        let sent = |fd| {
+            let id = SocketId::new(SocketKey { pid: 10, fd }, SEC);
+            model.socket(id).map(|s| (s.bytes_sent, s.rates.now.send))
+        };
+        assert_eq!(sent(3), Some((1_100, 1_000)));
+        assert_eq!(sent(4), Some((0, 0)));
+        assert_eq!(sent(5), Some((300, 0)), "unchanged: its rate falls to 0");
+        assert_eq!(sent(6), Some((0, 0)));
+        assert_eq!(model.open.len(), 4, "a count opens nothing");
+        assert_eq!(model.activity.bytes.send, 1_000);
     }
 
     #[test]

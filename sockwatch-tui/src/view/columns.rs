@@ -325,18 +325,21 @@ impl Sort {
             rows.sort_by_key(tiebreak);
             return;
         };
+        // In tiebreak order first, then a stable sort by the column keeps it among equals. The
+        // rows mostly come in tiebreak order already, and most values tie (idle sockets send
+        // nothing): both sorts find long runs and take linear time, not n log n comparisons.
+        rows.sort_by_key(tiebreak);
         let mut keyed: Vec<(SortKey, T)> = rows
             .drain(..)
             .map(|r| ((column.key)(r.borrow(), context), r))
             .collect();
-        keyed.sort_by(|(ka, a), (kb, b)| {
+        keyed.sort_by(|(ka, _), (kb, _)| {
             let order = ka.cmp(kb);
-            let order = if self.descending {
+            if self.descending {
                 order.reverse()
             } else {
                 order
-            };
-            order.then_with(|| tiebreak(a).cmp(&tiebreak(b)))
+            }
         });
         rows.extend(keyed.into_iter().map(|(_, r)| r));
     }

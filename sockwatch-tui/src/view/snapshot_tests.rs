@@ -457,7 +457,7 @@ fn with_tcp_health() -> Dashboard {
             zero_window: true,
             ..TcpHealth::default()
         };
-        Readings::from([(41, db), (42, redis), (43, ssh)])
+        Readings::from_iter([(41, db), (42, redis), (43, ssh)])
     };
     for second in 0..2 {
         dashboard.update(Message::Model(Action::Health {

@@ -29,6 +29,11 @@ pub struct Scale {
     pub cpu_percent: f64,
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
+    /// Then with a tenth of the sockets sending 64 bytes a second (as many receiving them):
+    /// how many send, CPU and RSS.
+    pub senders: u64,
+    pub sending_cpu_percent: f64,
+    pub sending_rss_kib: u64,
     /// From `q` to the shell's next line, and to no sockwatch process left.
     pub prompt_secs: f64,
     pub gone_secs: f64,
@@ -73,13 +78,16 @@ fn measure(
     scale.shown = count(&header, "open: ").context("no `open:` in the header")?;
     scale.dropped = count(&header, "dropped: ").context("no `dropped:` in the header")?;
     scale.untracked = count(&header, "(map full): ").unwrap_or(0);
-    let (cpu_before, wall) = (cpu_ns(pid)?, Instant::now());
-    thread::sleep(Duration::from_secs_f64(secs));
-    let cpu = cpu_ns(pid)?.saturating_sub(cpu_before);
-    scale.cpu_percent = cpu as f64 / wall.elapsed().as_nanos() as f64 * 100.0;
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    scale.rss_kib = super::field(&status, "VmRSS:").context("no VmRSS")?;
-    scale.peak_rss_kib = super::field(&status, "VmHWM:").context("no VmHWM")?;
+    scale.cpu_percent = cpu_percent(pid, secs)?;
+    scale.rss_kib = rss_kib(pid, "VmRSS:")?;
+    scale.peak_rss_kib = rss_kib(pid, "VmHWM:")?;
+    // A tenth of the sockets sending: their rows change every second, the rest stay idle.
+    held.start_sending()?;
+    scale.senders = holders * senders_per_holder(per_holder);
+    // The first second of sending is not the steady state.
+    thread::sleep(Duration::from_secs(2));
+    scale.sending_cpu_percent = cpu_percent(pid, secs)?;
+    scale.sending_rss_kib = rss_kib(pid, "VmRSS:")?;
     let quit = Instant::now();
     tmux.keys(&["q"])?;
     // The echo's own line (the command line typed before names it too, after the prompt).
@@ -92,6 +100,25 @@ fn measure(
     scale.gone_secs = quit.elapsed().as_secs_f64();
     held.stop()?;
     Ok(scale)
+}
+
+/// The dashboard's CPU over `secs` from now, in percent of one core.
+fn cpu_percent(pid: u32, secs: f64) -> Result<f64> {
+    let (cpu_before, wall) = (cpu_ns(pid)?, Instant::now());
+    thread::sleep(Duration::from_secs_f64(secs));
+    let cpu = cpu_ns(pid)?.saturating_sub(cpu_before);
+    Ok(cpu as f64 / wall.elapsed().as_nanos() as f64 * 100.0)
+}
+
+/// A memory field (KiB) of `/proc/PID/status`.
+fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    super::field(&status, field).with_context(|| format!("no {field} for pid {pid}"))
+}
+
+/// Connections of a holder that send once told to: a tenth of its sockets (two a connection).
+fn senders_per_holder(per_holder: u64) -> u64 {
+    per_holder / 5
 }
 
 /// A tmux session whose shell runs the dashboard; killed when dropped.
@@ -189,7 +216,8 @@ fn sockwatch_left() -> bool {
     tracer::processes("sockwatch-tui").any(|p| p.state != 'Z')
 }
 
-/// The `sockwatch-load hold` processes of the storm; each holds until its stdin closes.
+/// The `sockwatch-load hold` processes of the storm; each holds until its stdin closes, and
+/// sends on some connections once told to.
 struct Holders {
     children: Vec<Child>,
     outputs: Vec<std::path::PathBuf>,
@@ -205,7 +233,9 @@ impl Holders {
             let out = bins.work.join(format!("hold{i}.out"));
             let file = fs::File::create(&out).with_context(|| format!("creating {out:?}"))?;
             let mut command = Command::new(&bins.load);
-            command.args(["hold", "--connections", &per_holder.to_string()]);
+            let sending = senders_per_holder(per_holder).to_string();
+            let connections = per_holder.to_string();
+            command.args(["hold", "--connections", &connections, "--sending", &sending]);
             command.stdin(Stdio::piped()).stdout(file);
             held.children.push(tracer::spawn(&mut command)?);
             held.outputs.push(out);
@@ -225,6 +255,15 @@ impl Holders {
             Ok(self.outputs.iter().all(|p| ready(p)).then_some(()))
         })?;
         all.context("the holders did not open their connections in time")
+    }
+
+    /// Tells every holder to start sending.
+    fn start_sending(&mut self) -> Result<()> {
+        for child in &mut self.children {
+            let stdin = child.stdin.as_mut().context("a holder's stdin")?;
+            std::io::Write::write_all(stdin, b"send\n").context("telling a holder to send")?;
+        }
+        Ok(())
     }
 
     fn stop(mut self) -> Result<()> {

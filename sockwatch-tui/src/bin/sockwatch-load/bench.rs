@@ -291,8 +291,10 @@ pub fn flood(udp: bool, secs: f64, rate: u64, bytes: usize) -> io::Result<()> {
 
 /// Opens CONNECTIONS loopback TCP connections to a listener of this process, accepts them
 /// all (two sockets each: one outbound, one inbound), moves one byte over each, prints
-/// `held=N`, and keeps them open until stdin closes or SECS pass.
-pub fn hold(connections: usize, secs: u64) -> io::Result<()> {
+/// `held=N`, and keeps them open until stdin closes (or has any line but `send`) or SECS pass.
+/// A line `send` on stdin makes SENDING of the connections move 64 bytes a second from then on
+/// (sent by one end, received by the other).
+pub fn hold(connections: usize, secs: u64, sending: usize) -> io::Result<()> {
     // Two fds per connection, plus the listener and stdio.
     raise_fd_limit(2 * connections as u64 + 64)?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -311,14 +313,38 @@ pub fn hold(connections: usize, secs: u64) -> io::Result<()> {
     }
     println!("held={connections} pid={}", std::process::id());
     io::Write::flush(&mut io::stdout())?;
-    // Wait on stdin in a thread, bounded by SECS.
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // Stdin's lines, read in a thread; it ends (closing the channel) at EOF.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
     thread::spawn(move || {
-        let mut line = String::new();
-        let _ = io::stdin().lock().read_line(&mut line);
-        let _ = done_tx.send(());
+        for line in io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    let _ = done_rx.recv_timeout(Duration::from_secs(secs));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let (mut sending_now, mut message) = (false, [0u8; 64]);
+    let pairs = clients.iter_mut().zip(servers.iter_mut()).take(sending);
+    let mut senders: Vec<_> = pairs.collect();
+    loop {
+        let second = Instant::now() + Duration::from_secs(1);
+        if sending_now {
+            for (client, server) in &mut senders {
+                io::Write::write_all(client, &message)?;
+                server.read_exact(&mut message)?;
+            }
+        }
+        // Until the next second (or a line), bounded by SECS.
+        let wait = second
+            .min(deadline)
+            .saturating_duration_since(Instant::now());
+        match lines.recv_timeout(wait) {
+            Ok(line) if line.trim() == "send" => sending_now = true,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            _ => break,
+        }
+    }
     drop(clients);
     drop(servers);
     Ok(())
