@@ -118,6 +118,8 @@ impl Source {
         output: &mut Output,
         log: &mut Log,
     ) -> anyhow::Result<(Vec<Socket>, u64, HashSet<SocketId>)> {
+        // The read locates every row it finds: only those the records add after it are new.
+        output.take_fresh();
         let (mut map, _) = self.tables.snapshot();
         let now_ns = monotonic_ns();
         let drained = self.drain(output, log)?;
@@ -153,7 +155,9 @@ impl Source {
         if checked && self.tables.counts_by_socket() {
             // The rows as every record sent so far leaves them, then their counters.
             self.drain(output, log)?;
-            if let Some(counts) = self.tables.read_counts(output.model().open.values()) {
+            let open = output.model().open.len();
+            let fresh = output.take_fresh();
+            if let Some(counts) = fresh.and_then(|fresh| self.tables.read_counts(&fresh, open)) {
                 let now_ns = monotonic_ns();
                 output.update(Action::Counts { counts, now_ns });
                 return Ok(());
@@ -309,6 +313,14 @@ impl Output<'_> {
         Ok(())
     }
 
+    /// See `Model::take_fresh`.
+    fn take_fresh(&mut self) -> Option<Vec<SocketId>> {
+        match self {
+            Self::Json { model, .. } => model.take_fresh(),
+            Self::Dashboard { dashboard, .. } => dashboard.model.take_fresh(),
+        }
+    }
+
     fn observe_map(&mut self, map: Vec<Socket>, now_ns: u64) {
         self.update(Action::Snapshot { map, now_ns });
     }
@@ -339,6 +351,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ring_bytes: args.ring_kib * 1024,
         directions: args.direction.mask(),
         read_batch: args.read_batch,
+        hot_slots: args.hot_slots,
     };
     let (probes, ring, tables) = loader::attach(args.probe, options)?;
     log.line(format_args!("attached the {} probes", probes.backend));

@@ -84,6 +84,11 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub read_batch: u32,
 
+    /// Hot counter slots of the socket backend (a power of two; by default `--max-sockets`
+    /// rounded up to one). For tests: a few slots make sockets count without one.
+    #[arg(long, value_name = "N", hide = true, value_parser = parse_hot_slots)]
+    pub hot_slots: Option<u32>,
+
     /// Size of the kernel-to-user event ring buffer, in KiB (a power of two).
     ///
     /// 16 MiB holds the records of a storm of 50,000 loopback connections opened in a second
@@ -163,6 +168,14 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
         ));
     }
     Ok(kib)
+}
+
+fn parse_hot_slots(value: &str) -> Result<u32, String> {
+    let slots: u32 = value.parse().map_err(|e| format!("{e}"))?;
+    if slots < 2 || slots > 1 << 22 || !slots.is_power_of_two() {
+        return Err("a power of two from 2 to 4194304".into());
+    }
+    Ok(slots)
 }
 
 #[cfg(test)]

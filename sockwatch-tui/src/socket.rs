@@ -322,6 +322,36 @@ impl<T: Copy + PartialEq> History<T> {
         }
     }
 
+    /// `sample` seen `times` seconds in a row: one run, whatever the number.
+    pub fn push_n(&mut self, sample: T, times: usize) {
+        let mut left = times.min(HISTORY_LEN);
+        while left > 0 {
+            let seen = match self.runs.back_mut() {
+                Some((last, seen)) if *last == sample && *seen < u16::MAX => seen,
+                _ => {
+                    self.runs.push_back((sample, 0));
+                    &mut self.runs.back_mut().expect("just pushed").1
+                }
+            };
+            let add = left.min(usize::from(u16::MAX - *seen));
+            *seen += add as u16;
+            self.len += add;
+            left -= add;
+        }
+        // The oldest go, a run at a time where whole runs are too old.
+        while self.len > HISTORY_LEN {
+            let Some((_, seen)) = self.runs.front_mut() else {
+                break;
+            };
+            let over = (self.len - HISTORY_LEN).min(usize::from(*seen));
+            *seen -= over as u16;
+            self.len -= over;
+            if *seen == 0 {
+                self.runs.pop_front();
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -378,6 +408,38 @@ impl Rates {
             bucket_start_ns: opened_ns,
             ..Self::default()
         }
+    }
+
+    /// Catches up to `until_ns` a socket no reading looked at since its last one because its
+    /// counters did not move (a refresh reads only what moved): as readings of the same
+    /// counters every second would have, its bucket closes and each whole second after it is
+    /// a zero.
+    fn idle_until(&mut self, until_ns: u64) {
+        if until_ns <= self.last_ns {
+            return;
+        }
+        let seconds = until_ns.saturating_sub(self.bucket_start_ns) / SEC;
+        if seconds > 0 {
+            self.history.push(Throughput {
+                send: per_second(self.bucket_sent, SEC),
+                recv: per_second(self.bucket_recv, SEC),
+            });
+            let idle = usize::try_from(seconds - 1).unwrap_or(usize::MAX);
+            self.history.push_n(Throughput::default(), idle);
+            self.bucket_start_ns += seconds * SEC;
+            self.bucket_sent = 0;
+            self.bucket_recv = 0;
+        }
+        self.now = Throughput::default();
+        self.last_ns = until_ns;
+    }
+
+    /// The history as of `now_ns`, with the seconds since the last reading that looked at the
+    /// socket (it was idle then: see [`Self::idle_until`]).
+    pub fn history_at(&self, now_ns: u64) -> History<Throughput> {
+        let mut rates = self.clone();
+        rates.idle_until(now_ns);
+        rates.history
     }
 
     fn observe(&mut self, sent: u64, recv: u64, now_ns: u64) {
@@ -596,6 +658,14 @@ impl Socket {
         self.rates.observe(sent, recv, now_ns);
     }
 
+    /// [`Self::observe`] by a refresh that reads only the sockets whose counters moved (or
+    /// whose rate must fall back to zero): one it skipped since its last reading was idle until
+    /// the previous refresh, at `since_ns`.
+    pub fn observe_since(&mut self, sent: u64, recv: u64, since_ns: u64, now_ns: u64) {
+        self.rates.idle_until(since_ns);
+        self.observe(sent, recv, now_ns);
+    }
+
     /// Takes in a TCP health reading made at `now_ns`; the local port comes with it, exact for
     /// every socket (an outbound one's is not known before).
     pub fn observe_tcp(&mut self, health: TcpHealth, now_ns: u64) {
@@ -627,6 +697,25 @@ impl Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_history_takes_a_run_at_once_and_keeps_the_newest() {
+        let mut history = History::default();
+        history.push(1u8);
+        history.push_n(0, 5);
+        history.push(2);
+        assert_eq!(history.iter().collect::<Vec<_>>(), [1, 0, 0, 0, 0, 0, 2]);
+        history.push_n(0, 1_000_000);
+        assert_eq!(history.len(), HISTORY_LEN);
+        assert!(
+            history.iter().all(|s| s == 0),
+            "the run pushed the rest out"
+        );
+        history.push(3);
+        assert_eq!(history.len(), HISTORY_LEN);
+        assert_eq!(history.iter().last(), Some(3));
+        assert_eq!(history.iter().filter(|&s| s == 0).count(), HISTORY_LEN - 1);
+    }
 
     fn socket() -> Socket {
         Socket::new(

@@ -4,18 +4,18 @@
 //! A tracked socket's bytes are counted in its `SK_HOT` slot (an array mapped into our memory)
 //! plus its `SK_BYTES` entry (a hash map), which holds bytes only for a socket without a slot
 //! or a message that raced the claim of one; each such count raises its slot pair's generation
-//! in `SK_SPILL` (mapped too). So once a full read (`KernelTables::snapshot`) has said where each
-//! row is counted ([`Location`]), a refresh reads every row from memory, and looks up
-//! `SK_BYTES` only for the pairs whose generation moved and the rows it has not located yet.
-//! 100,000 idle sockets cost a walk over memory, not a walk over the kernel's hash buckets.
-
-use std::collections::HashMap as StdHashMap;
+//! in `SK_SPILL` (mapped too). So once a full read (`KernelTables::snapshot`) or a lookup has
+//! said where a row is counted (a [`Watch`]), a refresh reads the slots in their order in
+//! memory, looks up `SK_BYTES` only for the pairs whose generation moved, and hands the model
+//! only the rows whose counters moved (and those whose rate must fall back to zero). 100,000
+//! idle sockets cost a pass over memory, not a walk over the kernel's hash buckets, and not a
+//! pass over the model's rows.
 
 use aya::maps::{Array, HashMap, IterableMap, MapData};
 use sockwatch_common::{hot_pair, HotCounts, SkBytes, SocketKey, TrackedSocket};
 
 use super::bulk::MappedArray;
-use crate::socket::{Socket, SocketId};
+use crate::socket::SocketId;
 
 /// Lookups one refresh may make, per entry the maps can hold: a lookup (a syscall or two)
 /// costs about as much as a full read's walk over 32 hash buckets, so past `--max-sockets` / 32
@@ -32,18 +32,44 @@ pub struct Count {
     pub recv: u64,
 }
 
-/// Where a row's counters are, as the last full read or a lookup found them.
+/// Where a row's counters are, as the last full read or a lookup found them, and what the
+/// model was last told of them.
 #[derive(Clone, Copy, Debug)]
-struct Location {
+struct Watch {
+    id: SocketId,
     /// The kernel's `struct sock *`; 0 for a socket found at start that has moved no byte
     /// since (the kernel learns its socket then, and says so with `Counter::Adopted`).
     sk: u64,
-    /// Its `SK_HOT` slot, if it holds one.
-    hot: Option<u32>,
+    /// Its `SK_HOT` slot, or [`NO_SLOT`] (watches are kept in this order: slots in memory
+    /// order, then the rest).
+    hot: u32,
     /// Its `SK_BYTES` counts (or, while `sk` is 0, its `TRACKED` ones), read when its pair's
     /// generation was `spill`.
     base: (u64, u64),
     spill: u64,
+    /// The counts the model was last given.
+    told: (u64, u64),
+    /// Told at the last refresh with counts that moved (or never told): told again at the
+    /// next, so its rate falls back to zero.
+    moving: bool,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+impl Watch {
+    /// What the model is told of counts `now`: they moved, or they moved last time (so the
+    /// rate falls back to zero), or nothing.
+    fn tell(&mut self, now: (u64, u64)) -> Option<Count> {
+        let moved = now != self.told;
+        let told = (moved || self.moving).then_some(Count {
+            id: self.id,
+            sent: now.0,
+            recv: now.1,
+        });
+        self.told = now;
+        self.moving = moved;
+        told
+    }
 }
 
 /// The socket backend's maps, and where each open row is counted.
@@ -59,7 +85,8 @@ pub struct SocketCounters {
     pub hot_mask: u32,
     pub adopted: HashMap<MapData, u64, SocketKey>,
     pub adopted_pending: Array<MapData, u32>,
-    located: StdHashMap<SocketId, Location, foldhash::fast::RandomState>,
+    /// Every located row, by slot.
+    watches: Vec<Watch>,
     /// Lookups a refresh may make before a full read is cheaper.
     lookup_budget: usize,
     /// The kernel's count of sockets found at start that it has learned, when rows without a
@@ -87,7 +114,7 @@ impl SocketCounters {
             hot_mask: hot_slots - 1,
             adopted,
             adopted_pending,
-            located: StdHashMap::default(),
+            watches: Vec::new(),
             lookup_budget: (max_sockets / BUCKETS_PER_LOOKUP).max(MIN_LOOKUPS) as usize,
             adoptions_seen: 0,
         }
@@ -140,16 +167,17 @@ impl SocketCounters {
             .collect()
     }
 
-    /// Forgets where every row was, before a full read says it anew (rows closed since the
-    /// last one are dropped that way).
+    /// Forgets every watch, before a full read says anew where each row is (rows closed since
+    /// the last one are dropped that way).
     pub fn relocate_all(&mut self, adoptions: u64) {
-        self.located.clear();
+        self.watches.clear();
         self.adoptions_seen = adoptions;
     }
 
-    /// Notes where the row `id` (`TRACKED` value `value`) is counted, as a full read found it:
-    /// `raw` is its `SK_BYTES` value as read (without its slot's counts), `generations` as
-    /// [`Self::generations`] returned before the read.
+    /// Watches the row `id` (`TRACKED` value `value`) as a full read found it: `raw` is its
+    /// `SK_BYTES` value as read (without its slot's counts), `generations` as
+    /// [`Self::generations`] returned before the read. The model is told its counts at the next
+    /// refresh (the full read's own counts may be older than its rate says).
     pub fn locate(
         &mut self,
         id: SocketId,
@@ -157,127 +185,218 @@ impl SocketCounters {
         raw: Option<&SkBytes>,
         generations: &[u64],
     ) {
-        let location = match raw {
-            _ if value.sk == 0 => Location {
-                sk: 0,
-                hot: None,
-                base: (value.bytes_sent, value.bytes_recv),
-                spill: 0,
-            },
-            Some(bytes) if counts_of(value, bytes) => Location {
-                sk: value.sk,
-                hot: self.hot_slot(value.sk, bytes).map(|(index, _)| index),
-                base: (bytes.bytes_sent, bytes.bytes_recv),
-                spill: generations
-                    .get(hot_pair(value.sk, self.hot_mask) as usize)
-                    .copied()
-                    .unwrap_or(0),
-            },
-            // Not counted (yet): located by a lookup at the next refresh.
-            _ => return,
-        };
-        self.located.insert(id, location);
+        let spill = generations
+            .get(hot_pair(value.sk, self.hot_mask) as usize)
+            .copied()
+            .unwrap_or(0);
+        if let Some(watch) = self.watch(id, value, raw, spill) {
+            self.watches.push(watch);
+        }
     }
 
-    /// The counters of every row of `rows` (the open sockets, in order) as of now, one
-    /// [`Count`] each, read from memory: a lookup only for a row not located yet, one whose
-    /// pair's generation moved, or (when the kernel learned some) one found at start. `None`
-    /// when that would take more lookups than a full read costs, or the arrays are not mapped:
-    /// a full read is due. `adoptions`: the kernel's `Counter::Adopted` as of now.
-    pub fn read<'a>(
+    /// Puts the watches in slot order, once a full read has located every row.
+    pub fn located_all(&mut self) {
+        self.watches.sort_by_key(|w| w.hot);
+    }
+
+    fn watch(
+        &self,
+        id: SocketId,
+        value: &TrackedSocket,
+        raw: Option<&SkBytes>,
+        spill: u64,
+    ) -> Option<Watch> {
+        let unborn = Watch {
+            id,
+            sk: 0,
+            hot: NO_SLOT,
+            base: (value.bytes_sent, value.bytes_recv),
+            spill: 0,
+            told: (0, 0),
+            moving: true,
+        };
+        match raw {
+            _ if value.sk == 0 => Some(unborn),
+            Some(bytes) if counts_of(value, bytes) => Some(Watch {
+                sk: value.sk,
+                hot: self
+                    .hot_slot(value.sk, bytes)
+                    .map_or(NO_SLOT, |(index, _)| index),
+                base: (bytes.bytes_sent, bytes.bytes_recv),
+                spill,
+                ..unborn
+            }),
+            // Not counted (yet): located by a lookup when the model says it is new.
+            _ => None,
+        }
+    }
+
+    /// The counters that moved since the last refresh, of the rows watched and of `fresh`
+    /// (rows new to the model since: located by a lookup), read from memory; a lookup only for
+    /// a fresh row, one whose pair's generation moved, or (when the kernel learned some) one
+    /// found at start. `None` when that would take more lookups than a full read costs, when
+    /// more rows are watched than `open` (the rows open) by far (closed ones only a full read
+    /// forgets), or when the arrays are not mapped: a full read is due. `adoptions`: the
+    /// kernel's `Counter::Adopted` as of now.
+    pub fn read(
         &mut self,
         tracked: &HashMap<MapData, SocketKey, TrackedSocket>,
-        rows: impl Iterator<Item = &'a Socket>,
+        fresh: &[SocketId],
+        open: usize,
         adoptions: u64,
     ) -> Option<Vec<Count>> {
         let (Ok(hot), Ok(_)) = (&self.hot_mapped, &self.spill) else {
             return None;
         };
+        if fresh.len() > self.lookup_budget || self.watches.len() > 2 * open + self.lookup_budget {
+            return None;
+        }
+        let mut lookups = fresh.len();
+        let mut added: Vec<Watch> = fresh
+            .iter()
+            .filter_map(|&id| self.look_up(tracked, id))
+            .collect();
         let adopted_since = adoptions != self.adoptions_seen;
-        let mut counts = Vec::with_capacity(self.located.len());
-        let mut lookups = 0usize;
-        for row in rows {
-            let mut location = self.located.get(&row.id).copied();
-            let stale = match location {
-                None => true,
-                Some(at) if at.sk == 0 => adopted_since,
-                Some(at) => self.generation(at.sk) != at.spill,
+        let mut counts = Vec::new();
+        let mut gone = false;
+        for i in 0..self.watches.len() {
+            let mut watch = self.watches[i];
+            let stale = if watch.sk == 0 {
+                adopted_since
+            } else {
+                self.generation(watch.sk) != watch.spill
             };
             if stale {
                 lookups += 1;
                 if lookups > self.lookup_budget {
                     return None;
                 }
-                location = self.look_up(tracked, row.id);
-                match location {
-                    Some(at) => self.located.insert(row.id, at),
-                    None => self.located.remove(&row.id),
-                };
+                match self.look_up(tracked, watch.id) {
+                    // Its slot may have changed (a socket found at start has one now).
+                    Some(found) if found.hot != watch.hot => {
+                        added.push(found);
+                        watch.sk = u64::MAX;
+                    }
+                    Some(found) => {
+                        watch.base = found.base;
+                        watch.spill = found.spill;
+                        watch.sk = found.sk;
+                    }
+                    // Gone from the maps: its close record is on its way (or was lost, which
+                    // the drop counter says, and a full read follows).
+                    None => watch.sk = u64::MAX,
+                }
             }
-            let (sent, recv) = match location {
-                // Not in the maps (any more): its close record is on its way, or was lost
-                // (then the drop counter says so and a full read follows). As it was.
-                None => (row.bytes_sent, row.bytes_recv),
-                Some(at) => match at.hot.and_then(|index| hot.get(index)) {
-                    // Its slot, still its own (a freed slot means a release is on its way).
-                    Some(slot) if slot.sk == at.sk => (
-                        at.base.0.saturating_add(slot.bytes_sent),
-                        at.base.1.saturating_add(slot.bytes_recv),
-                    ),
-                    Some(_) => (row.bytes_sent, row.bytes_recv),
-                    None => at.base,
-                },
+            let now = if watch.sk == u64::MAX {
+                None
+            } else if watch.hot == NO_SLOT {
+                Some(watch.base)
+            } else {
+                match hot.get(watch.hot) {
+                    Some(slot) if slot.sk == watch.sk => Some((
+                        watch.base.0.saturating_add(slot.bytes_sent),
+                        watch.base.1.saturating_add(slot.bytes_recv),
+                    )),
+                    // Its slot freed (or taken by another socket since): released, its close
+                    // record on its way.
+                    _ => None,
+                }
             };
-            counts.push(Count {
-                id: row.id,
-                sent,
-                recv,
-            });
+            let Some(now) = now else {
+                gone = true;
+                self.watches[i].sk = u64::MAX;
+                continue;
+            };
+            counts.extend(watch.tell(now));
+            self.watches[i] = watch;
         }
         if adopted_since {
             self.adoptions_seen = adoptions;
         }
-        // Rows closed since the last full read: forget them once they outnumber the open.
-        if self.located.len() > 2 * counts.len() + self.lookup_budget {
-            let open: std::collections::HashSet<SocketId> = counts.iter().map(|c| c.id).collect();
-            self.located.retain(|id, _| open.contains(id));
+        if gone {
+            self.watches.retain(|w| w.sk != u64::MAX);
+        }
+        if !added.is_empty() {
+            for watch in &added {
+                counts.push(Count {
+                    id: watch.id,
+                    sent: watch.told.0,
+                    recv: watch.told.1,
+                });
+            }
+            // A socket watched under another row before (its row moved to another holder):
+            // the new row's watch replaces it.
+            let sockets: std::collections::HashSet<u64> =
+                added.iter().map(|w| w.sk).filter(|&sk| sk != 0).collect();
+            self.watches.retain(|w| !sockets.contains(&w.sk));
+            // Sorted runs merge in linear time.
+            self.watches.extend(added);
+            self.watches.sort_by_key(|w| w.hot);
         }
         Some(counts)
     }
 
     /// Where row `id` is counted now, from the maps (a lookup or two); `None` when its entry
-    /// is gone or is a newer socket's.
+    /// is gone or is a newer socket's. Its counts are the `base` of the watch returned, slot
+    /// included (`told`), so the model is told them.
     fn look_up(
         &self,
         tracked: &HashMap<MapData, SocketKey, TrackedSocket>,
         id: SocketId,
-    ) -> Option<Location> {
+    ) -> Option<Watch> {
         let value = tracked.get(&id.key, 0).ok()?;
         if value.connect_ns != id.opened_ns {
             return None;
         }
         if value.sk == 0 {
-            return Some(Location {
-                sk: 0,
-                hot: None,
-                base: (value.bytes_sent, value.bytes_recv),
-                spill: 0,
-            });
+            return self.watch(id, &value, None, 0);
         }
         // The generation first: a count after it moves it again.
         let spill = self.generation(value.sk);
         let bytes = self.bytes.get(&value.sk, 0).ok()?;
-        counts_of(&value, &bytes).then(|| Location {
-            sk: value.sk,
-            hot: self.hot_slot(value.sk, &bytes).map(|(index, _)| index),
-            base: (bytes.bytes_sent, bytes.bytes_recv),
-            spill,
-        })
+        let mut watch = self.watch(id, &value, Some(&bytes), spill)?;
+        let counted = self.with_hot_counts(value.sk, bytes);
+        watch.told = (counted.bytes_sent, counted.bytes_recv);
+        Some(watch)
     }
 }
-
 /// Whether `bytes` are the counters of the tracked socket `value`, not of a newer socket at the
 /// same `struct sock` address (their inodes differ).
 pub fn counts_of(value: &TrackedSocket, bytes: &SkBytes) -> bool {
     bytes.ino == 0 || value.ino == 0 || bytes.ino == value.ino
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::SocketKey;
+
+    #[test]
+    fn the_model_hears_of_counts_that_moved_and_once_more_after() {
+        let id = SocketId::new(SocketKey { pid: 1, fd: 3 }, 5);
+        let mut watch = Watch {
+            id,
+            sk: 0xffff_8000,
+            hot: 7,
+            base: (0, 0),
+            spill: 0,
+            told: (10, 0),
+            moving: true,
+        };
+        let told = |sent| Some(Count { id, sent, recv: 0 });
+        // New to the model: told even unchanged.
+        assert_eq!(watch.tell((10, 0)), told(10));
+        assert_eq!(watch.tell((10, 0)), None, "idle: nothing");
+        assert_eq!(watch.tell((20, 0)), told(20));
+        assert_eq!(
+            watch.tell((20, 0)),
+            told(20),
+            "once more: its rate falls to zero"
+        );
+        assert_eq!(watch.tell((20, 0)), None);
+        assert_eq!(
+            watch.tell((20, 5)),
+            told(20).map(|c| Count { recv: 5, ..c })
+        );
+    }
 }

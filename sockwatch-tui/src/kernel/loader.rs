@@ -69,6 +69,8 @@ pub struct LoadOptions {
     pub directions: u32,
     /// Entries a batched map read asks for per call (`bulk::BATCH`; tests make it small).
     pub read_batch: u32,
+    /// `SK_HOT`'s size (a power of two), if not `max_sockets` rounded up to one (tests).
+    pub hot_slots: Option<u32>,
 }
 
 /// The attached programs. Dropping this detaches them.
@@ -197,6 +199,7 @@ impl KernelTables {
             let bytes = bytes.map(|bytes| by_socket.with_hot_counts(value.sk, *bytes));
             sockets.push(with_bytes(key, value, bytes.as_ref()));
         }
+        by_socket.located_all();
         let bytes = raw
             .into_iter()
             .map(|(sk, bytes)| (sk, by_socket.with_hot_counts(sk, bytes)))
@@ -204,17 +207,15 @@ impl KernelTables {
         (sockets, bytes)
     }
 
-    /// The counters of the open sockets `rows` (in order) as of now, without reading the
-    /// maps whole (see `by_socket`); `None` when only a full read ([`Self::snapshot`]) can
+    /// The counters that moved since the last refresh, of the rows watched and of `fresh`
+    /// (rows new to the model since), without reading the maps whole (see `by_socket`; `open`:
+    /// how many rows the model has); `None` when only a full read ([`Self::snapshot`]) can
     /// tell: the syscall backends count in `TRACKED` itself, and a refresh with many rows to
     /// locate is cheaper as one (see [`super::by_socket::BUCKETS_PER_LOOKUP`]).
-    pub fn read_counts<'a>(
-        &mut self,
-        rows: impl Iterator<Item = &'a Socket>,
-    ) -> Option<Vec<Count>> {
+    pub fn read_counts(&mut self, fresh: &[SocketId], open: usize) -> Option<Vec<Count>> {
         let adoptions = self.counters().adopted;
         let by_socket = self.by_socket.as_mut()?;
-        by_socket.read(&self.tracked, rows, adoptions)
+        by_socket.read(&self.tracked, fresh, open, adoptions)
     }
 
     /// One tracked socket, if the kernel still has it.
@@ -438,7 +439,9 @@ pub fn attach(
     // A power of two (a slot is found by masking; the flag's range caps it), two slots where
     // nothing uses them.
     let hot_slots = match backend {
-        Backend::Socket => options.max_sockets.clamp(2, 1 << 22).next_power_of_two(),
+        Backend::Socket => options
+            .hot_slots
+            .unwrap_or_else(|| options.max_sockets.clamp(2, 1 << 22).next_power_of_two()),
         Backend::Tracepoint | Backend::Kprobe => 2,
     };
     let mut ebpf = EbpfLoader::new()

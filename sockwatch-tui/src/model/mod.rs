@@ -62,8 +62,8 @@ pub enum Action {
         map: Vec<Socket>,
         now_ns: u64,
     },
-    /// The open sockets' counters as read at `now_ns`, in the order of `Model::open` (a refresh
-    /// that did not read the maps whole: see `kernel::by_socket`).
+    /// The counters that moved as read at `now_ns` (a refresh that did not read the maps whole:
+    /// see `kernel::by_socket`); a socket without one did not move since the last refresh.
     Counts {
         counts: Vec<Count>,
         now_ns: u64,
@@ -114,7 +114,15 @@ pub struct Model {
     /// When TCP health was last read, and what the read cost (for the details view: with many
     /// sockets it is read less often than the refresh).
     pub health_read: Option<(u64, u64)>,
+    /// Sockets that became rows since the kernel stage last took them (opened, or moved to
+    /// another key), so that it locates their counters; `None` once more than [`FRESH_CAP`]
+    /// did (it then reads the maps whole).
+    fresh: Option<Vec<SocketId>>,
 }
+
+/// New rows kept for the kernel stage to locate, at most: past this many, a full read of the
+/// maps is cheaper anyway.
+pub const FRESH_CAP: usize = 65_536;
 
 impl Model {
     pub fn new(backend: impl Into<String>) -> Self {
@@ -183,6 +191,7 @@ impl Model {
                     // A record older than the socket the map showed on this fd: stale.
                     Some(kept) if kept.id > socket.id => {}
                     _ => {
+                        self.note_fresh(socket.id);
                         self.open.insert(key, socket);
                     }
                 }
@@ -195,6 +204,7 @@ impl Model {
                 let mut socket = self.open.remove(&from.key)?;
                 socket.id.key = to;
                 socket.comm = comm;
+                self.note_fresh(socket.id);
                 self.open.insert(to, socket);
                 self.open.get(&to)
             }
@@ -302,34 +312,54 @@ impl Model {
             }
         }
         if !self.counts_only {
+            self.activity.bytes = self.open.values().fold(Throughput::default(), |sum, s| {
+                sum.saturating_add(s.rates.now)
+            });
             self.observe_activity(now_ns);
         }
     }
 
-    /// Takes the counters of a refresh. One walk over the open sockets, the counts beside
-    /// them (both in key order): no lookup, no allocation. A socket without a count (opened
-    /// since the read) keeps its counters, its rates falling to what they say.
+    fn note_fresh(&mut self, id: SocketId) {
+        if let Some(fresh) = &mut self.fresh {
+            if fresh.len() < FRESH_CAP {
+                fresh.push(id);
+            } else {
+                self.fresh = None;
+            }
+        }
+    }
+
+    /// The rows new since the last call ([`Self::fresh`]); `None` when too many to list.
+    pub fn take_fresh(&mut self) -> Option<Vec<SocketId>> {
+        self.fresh.replace(Vec::new())
+    }
+
+    /// Takes the counters that moved at a refresh: only those sockets are touched (the others,
+    /// idle, catch up when they next move or are looked at: `Rates::history_at`).
     fn counts(&mut self, counts: Vec<Count>, now_ns: u64) {
+        let since_ns = self.now_ns;
         self.now_ns = self.now_ns.max(now_ns);
-        let mut counts = counts.into_iter().peekable();
-        for socket in self.open.values_mut() {
-            while counts.next_if(|c| c.id.key < socket.id.key).is_some() {}
-            let (sent, recv) = match counts.next_if(|c| c.id.key == socket.id.key) {
-                Some(count) if count.id == socket.id => (count.sent, count.recv),
-                _ => (socket.bytes_sent, socket.bytes_recv),
+        let mut bytes = Throughput::default();
+        for count in counts {
+            let socket = self.open.get_mut(&count.id.key);
+            let Some(socket) = socket.filter(|s| s.id == count.id) else {
+                continue;
             };
-            if sent > 0 || recv > 0 {
+            if count.sent > 0 || count.recv > 0 {
                 // A non-blocking connect has completed once any byte moved.
                 socket.state = State::Established;
             }
             if self.counts_only {
-                socket.bytes_sent = sent;
-                socket.bytes_recv = recv;
+                socket.bytes_sent = count.sent;
+                socket.bytes_recv = count.recv;
             } else {
-                socket.observe(sent, recv, now_ns);
+                socket.observe_since(count.sent, count.recv, since_ns, now_ns);
+                bytes = bytes.saturating_add(socket.rates.now);
             }
         }
         if !self.counts_only {
+            // The others' rates are zero: told once more after they last moved.
+            self.activity.bytes = bytes;
             self.observe_activity(now_ns);
         }
     }
@@ -347,10 +377,9 @@ impl Model {
         }
     }
 
+    /// Connects and closes per second, as of a read at `now_ns` (`activity.bytes` is the
+    /// caller's).
     fn observe_activity(&mut self, now_ns: u64) {
-        self.activity.bytes = self.open.values().fold(Throughput::default(), |sum, s| {
-            sum.saturating_add(s.rates.now)
-        });
         let opened = self.totals.connects.saturating_add(self.totals.accepts);
         let closes = self.totals.closes;
         // Keep one sample at least a window old (or the oldest there is) to measure from.
@@ -663,37 +692,58 @@ mod tests {
     }
 
     #[test]
-    fn a_refresh_takes_each_count_beside_its_own_socket() {
+    fn a_refresh_touches_only_the_sockets_it_has_counts_for() {
         let mut model = Model::new("socket");
-        for fd in [3, 4, 5, 6] {
+        for fd in [3, 4, 5] {
             model.update(opened(10, fd, SEC));
         }
-        model.update(Action::Counts {
-            counts: vec![count(10, 3, SEC, 100), count(10, 5, SEC, 300)],
-            now_ns: 2 * SEC,
-        });
-        // A count of another socket on fd 4 (an older one at that number), one of a socket
-        // not open, and fd 6 without any: those keep what they had.
-        model.update(Action::Counts {
-            counts: vec![
-                count(9, 3, SEC, 7),
-                count(10, 3, SEC, 1_100),
-                count(10, 4, SEC / 2, 9_999),
-                count(10, 5, SEC, 300),
-                count(11, 3, SEC, 5),
-            ],
-            now_ns: 3 * SEC,
-        });
-        let sent = |fd| {
-            let id = SocketId::new(SocketKey { pid: 10, fd }, SEC);
-            model.socket(id).map(|s| (s.bytes_sent, s.rates.now.send))
+        let refresh = |model: &mut Model, counts: Vec<Count>, now_ns| {
+            model.update(Action::Counts { counts, now_ns });
         };
-        assert_eq!(sent(3), Some((1_100, 1_000)));
-        assert_eq!(sent(4), Some((0, 0)));
-        assert_eq!(sent(5), Some((300, 0)), "unchanged: its rate falls to 0");
-        assert_eq!(sent(6), Some((0, 0)));
-        assert_eq!(model.open.len(), 4, "a count opens nothing");
+        refresh(
+            &mut model,
+            vec![count(10, 3, SEC, 100), count(10, 5, SEC, 300)],
+            2 * SEC,
+        );
+        // fd 5 did not move: told once more, its rate falls to 0. A count of an older socket on
+        // fd 4, and one of a socket not open, change nothing.
+        let counts = vec![
+            count(10, 3, SEC, 1_100),
+            count(10, 4, SEC / 2, 9_999),
+            count(10, 5, SEC, 300),
+            count(11, 3, SEC, 5),
+        ];
+        refresh(&mut model, counts, 3 * SEC);
+        let id = |fd| SocketId::new(SocketKey { pid: 10, fd }, SEC);
+        let sent = |model: &Model, fd| {
+            let socket = model.socket(id(fd));
+            socket.map(|s| (s.bytes_sent, s.rates.now.send))
+        };
+        assert_eq!(sent(&model, 3), Some((1_100, 1_000)));
+        assert_eq!(sent(&model, 4), Some((0, 0)));
+        assert_eq!(sent(&model, 5), Some((300, 0)));
+        assert_eq!(model.open.len(), 3, "a count opens nothing");
         assert_eq!(model.activity.bytes.send, 1_000);
+        // fd 3 idle: told once more, then not at all for two refreshes; then it moves. Its
+        // history has a zero for each idle second, and its rate is over the last second.
+        refresh(&mut model, vec![count(10, 3, SEC, 1_100)], 4 * SEC);
+        refresh(&mut model, Vec::new(), 5 * SEC);
+        refresh(&mut model, Vec::new(), 6 * SEC);
+        assert_eq!(model.activity.bytes.send, 0);
+        refresh(&mut model, vec![count(10, 3, SEC, 3_100)], 7 * SEC);
+        assert_eq!(sent(&model, 3), Some((3_100, 2_000)));
+        let history = |model: &Model, at_ns| {
+            let socket = model.socket(id(3)).expect("fd 3");
+            let history = socket.rates.history_at(at_ns);
+            history.iter().map(|t| t.send).collect::<Vec<_>>()
+        };
+        assert_eq!(history(&model, 7 * SEC), [100, 1_000, 0, 0, 0, 2_000]);
+        // Looked at three seconds later, idle since: three seconds of nothing.
+        refresh(&mut model, Vec::new(), 10 * SEC);
+        assert_eq!(
+            history(&model, 10 * SEC),
+            [100, 1_000, 0, 0, 0, 2_000, 0, 0, 0]
+        );
     }
 
     #[test]

@@ -62,7 +62,12 @@ pub fn render(
     ])
     .areas(inner);
     frame.render_widget(Paragraph::new(fields), fields_area);
-    let history: Vec<Throughput> = socket.rates.history.iter().collect();
+    // An open socket idle since its last reading has a second of nothing for each since.
+    let history: Vec<Throughput> = if socket.is_closed() {
+        socket.rates.history.iter().collect()
+    } else {
+        socket.rates.history_at(shown.now_ns).iter().collect()
+    };
     history_chart(
         &history,
         |t| t.send,
