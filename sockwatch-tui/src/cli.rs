@@ -172,7 +172,7 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
 
 fn parse_hot_slots(value: &str) -> Result<u32, String> {
     let slots: u32 = value.parse().map_err(|e| format!("{e}"))?;
-    if slots < 2 || slots > 1 << 22 || !slots.is_power_of_two() {
+    if !(2..=1 << 22).contains(&slots) || !slots.is_power_of_two() {
         return Err("a power of two from 2 to 4194304".into());
     }
     Ok(slots)
