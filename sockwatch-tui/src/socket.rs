@@ -476,6 +476,11 @@ pub fn per_second(bytes: u64, elapsed_ns: u64) -> u64 {
     if elapsed_ns == 0 {
         return 0;
     }
+    // In 64 bits when it fits (below 18 GB an interval): a 128-bit division costs several
+    // times more, four times a socket and second.
+    if let Some(scaled) = bytes.checked_mul(SEC) {
+        return scaled / elapsed_ns;
+    }
     let rate = u128::from(bytes) * u128::from(SEC) / u128::from(elapsed_ns);
     u64::try_from(rate).unwrap_or(u64::MAX)
 }

@@ -325,23 +325,23 @@ impl Sort {
             rows.sort_by_key(tiebreak);
             return;
         };
-        // In tiebreak order first, then a stable sort by the column keeps it among equals. The
-        // rows mostly come in tiebreak order already, and most values tie (idle sockets send
-        // nothing): both sorts find long runs and take linear time, not n log n comparisons.
-        rows.sort_by_key(tiebreak);
-        let mut keyed: Vec<(SortKey, T)> = rows
+        // Each row's key and tiebreak taken once (a row is read once, not at every
+        // comparison). The rows mostly come in tiebreak order already and most values tie (idle
+        // sockets send nothing): the sort finds long runs and takes linear time then.
+        let mut keyed: Vec<(SortKey, K, T)> = rows
             .drain(..)
-            .map(|r| ((column.key)(r.borrow(), context), r))
+            .map(|r| ((column.key)(r.borrow(), context), tiebreak(&r), r))
             .collect();
-        keyed.sort_by(|(ka, _), (kb, _)| {
+        keyed.sort_by(|(ka, ta, _), (kb, tb, _)| {
             let order = ka.cmp(kb);
-            if self.descending {
+            let order = if self.descending {
                 order.reverse()
             } else {
                 order
-            }
+            };
+            order.then_with(|| ta.cmp(tb))
         });
-        rows.extend(keyed.into_iter().map(|(_, r)| r));
+        rows.extend(keyed.into_iter().map(|(_, _, r)| r));
     }
 
     /// The header's title for `column`: its name with ▲ or ▼ when it is the sort column.

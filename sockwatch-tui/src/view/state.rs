@@ -234,12 +234,14 @@ impl ViewState {
     fn candidates<'a>(&self, shown: &'a Model) -> Vec<&'a Socket> {
         let mut sockets: Vec<&Socket> = shown.open.values().collect();
         let now_ns = shown.now_ns;
-        // Each socket once, even if the log somehow holds it twice or it is open again.
-        let mut seen: HashSet<SocketId> = sockets.iter().map(|s| s.id).collect();
+        // Each socket once, even if the log somehow holds it twice or it is open again (looked
+        // up for the few closed ones: no set of every open socket each frame).
+        let mut seen: HashSet<SocketId> = HashSet::new();
+        let open_too = |s: &Socket| shown.open.get(&s.key()).is_some_and(|o| o.id == s.id);
         sockets.extend(shown.closes().filter(|s| {
             let at_ns = s.closed.map_or(0, |c| c.at_ns);
             let lingers = self.linger && at_ns <= now_ns && now_ns - at_ns <= self.linger_ns;
-            (lingers || self.follow == Some(s.id)) && seen.insert(s.id)
+            (lingers || self.follow == Some(s.id)) && !open_too(s) && seen.insert(s.id)
         }));
         sockets
     }
@@ -257,7 +259,10 @@ impl ViewState {
         let total = in_scope.len();
         let mut sockets: Vec<&Socket> = in_scope
             .into_iter()
-            .filter(|s| followed(s) || self.filter.matches(s, context.host(s)))
+            // No filter: nothing to match (nor names to look up for 100k rows).
+            .filter(|s| {
+                self.filter.is_empty() || followed(s) || self.filter.matches(s, context.host(s))
+            })
             .collect();
         let matching = sockets.len();
         let closed = sockets.iter().filter(|s| s.is_closed()).count();
