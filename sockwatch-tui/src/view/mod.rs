@@ -69,7 +69,7 @@ impl Dashboard {
                 if let Action::Change(Change::Moved { from, to, .. }) = &action {
                     self.view.moved(*from, SocketId::new(*to, from.opened_ns));
                 }
-                let read = matches!(action, Action::Snapshot { .. });
+                let read = matches!(action, Action::Snapshot { .. } | Action::Counts { .. });
                 // Health comes just before a map read, which settles the table.
                 let counters = matches!(action, Action::Counters(_) | Action::Health { .. });
                 self.model.update(action);

@@ -626,3 +626,31 @@ fn a_followed_socket_that_moves_to_another_holder_stays_selected_and_detailed() 
     let shown = model.model.socket(moved).expect("the moved socket");
     assert_eq!(shown.comm, "worker");
 }
+
+#[test]
+fn a_refresh_of_what_moved_settles_the_table_and_asks_for_names() {
+    let mut model = new_dashboard();
+    model.model.hosts = HostNames::new(true);
+    for spec in [CURL_A, PSQL] {
+        connect(&mut model, spec);
+    }
+    let moved = crate::kernel::by_socket::Count {
+        id: SocketId::new(SocketKey { pid: 200, fd: 5 }, SEC),
+        sent: 4_000,
+        recv: 0,
+    };
+    model.update(Message::Model(Action::Counts {
+        counts: vec![moved],
+        now_ns: 2 * SEC,
+    }));
+    // Sorted by send rate: the one that moved first, drawn from the settled listing.
+    let settled = model.view.settled.as_ref().map(|v| v.listing.len());
+    assert_eq!(settled, Some(2), "settled once for the frames to come");
+    assert_eq!(order(&model), [(200, 5), (100, 3)]);
+    let mut asked = model.model.hosts.take_requests();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [Ipv4Addr::new(10, 0, 0, 3), Ipv4Addr::new(10, 0, 0, 5)]
+    );
+}

@@ -40,7 +40,8 @@ pub struct Scale {
 }
 
 /// `holders` processes of `per_holder` connections each (a process may hold 20,000 fds here),
-/// idle for `secs` once the dashboard shows them.
+/// idle once the dashboard shows them: CPU over `secs` from 15 s after (the storm's aftermath
+/// is not idleness), then over `secs` again with a tenth of them sending.
 pub fn run(bins: &Binaries, holders: u64, per_holder: u64, secs: f64) -> Result<Scale> {
     let tmux = Tmux::start(bins)?;
     let result = measure(bins, &tmux, holders, per_holder, secs);
@@ -78,6 +79,9 @@ fn measure(
     scale.shown = count(&header, "open: ").context("no `open:` in the header")?;
     scale.dropped = count(&header, "dropped: ").context("no `dropped:` in the header")?;
     scale.untracked = count(&header, "(map full): ").unwrap_or(0);
+    // The storm's aftermath is not idleness: the first check of every new socket against
+    // /proc, and the full reads that locate them, come in the seconds after it.
+    thread::sleep(Duration::from_secs_f64(secs.min(15.0)));
     scale.cpu_percent = cpu_percent(pid, secs)?;
     scale.rss_kib = rss_kib(pid, "VmRSS:")?;
     scale.peak_rss_kib = rss_kib(pid, "VmHWM:")?;
