@@ -70,6 +70,10 @@ impl Dashboard {
                     self.view.moved(*from, SocketId::new(*to, from.opened_ns));
                 }
                 let read = matches!(action, Action::Snapshot { .. } | Action::Counts { .. });
+                // Nothing moved since the last refresh: the listing stands (unless closed rows
+                // linger in it, which time takes off).
+                let still = matches!(&action, Action::Counts { counts, .. } if counts.is_empty())
+                    && self.view.settled.as_ref().is_some_and(|v| v.closed == 0);
                 // Health comes just before a map read, which settles the table.
                 let counters = matches!(action, Action::Counters(_) | Action::Health { .. });
                 self.model.update(action);
@@ -79,7 +83,9 @@ impl Dashboard {
                     let addresses = self.view.addresses(&self.model);
                     let now_ns = self.model.now_ns;
                     self.model.hosts.observe(addresses.into_iter(), now_ns);
-                    self.view.settle(&self.model);
+                    if !still {
+                        self.view.settle(&self.model);
+                    }
                 } else if !counters {
                     // The table changed: the settled listing is out of date until the next
                     // settle (rendering computes it afresh meanwhile).

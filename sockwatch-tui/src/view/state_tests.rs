@@ -654,3 +654,47 @@ fn a_refresh_of_what_moved_settles_the_table_and_asks_for_names() {
         [Ipv4Addr::new(10, 0, 0, 3), Ipv4Addr::new(10, 0, 0, 5)]
     );
 }
+
+#[test]
+fn a_refresh_where_nothing_moved_keeps_the_listing_unless_closed_rows_linger() {
+    let mut model = new_dashboard();
+    for spec in [CURL_A, PSQL] {
+        connect(&mut model, spec);
+    }
+    // What the frames are drawn from.
+    let settled = |model: &Dashboard| match model.view.settled.as_ref().map(|v| &v.listing) {
+        Some(Listing::Sockets(rows)) => rows.iter().map(|id| (id.key.pid, id.key.fd)).collect(),
+        _ => Vec::new(),
+    };
+    let refresh = |model: &mut Dashboard, now_ns| {
+        model.update(Message::Model(Action::Counts {
+            counts: Vec::new(),
+            now_ns,
+        }));
+    };
+    refresh(&mut model, 2 * SEC);
+    assert!(model.view.settled.is_some());
+    // A listing that no refresh would make (a row left out): a still refresh keeps it.
+    if let Some(settled) = &mut model.view.settled {
+        if let Listing::Sockets(ids) = &mut settled.listing {
+            ids.pop();
+        }
+    }
+    refresh(&mut model, 3 * SEC);
+    assert_eq!(settled(&model).len(), 1, "kept as it was");
+    // With a closed row lingering, time changes the listing: it is made anew.
+    model.view = ViewState::new(ViewOptions {
+        scope: Scope::default(),
+        linger_ns: Some(5 * SEC),
+        color: false,
+    });
+    close(&mut model, CURL_A, 3 * SEC);
+    refresh(&mut model, 4 * SEC);
+    assert_eq!(settled(&model), [(100, 3), (200, 5)]);
+    refresh(&mut model, 9 * SEC);
+    assert_eq!(
+        settled(&model),
+        [(200, 5)],
+        "the closed row's five seconds are over"
+    );
+}
