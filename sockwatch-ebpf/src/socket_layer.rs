@@ -336,8 +336,6 @@ pub fn adopt(sk: u64) -> Option<*mut SkBytes> {
     // Only the one caller that removes the note adopts it (first uses may race).
     ADOPTED.remove(inode).ok()?;
     let tracked = TRACKED.get_ptr_mut(key)?;
-    // SAFETY: a valid map value pointer; an aligned u64 stored whole.
-    unsafe { core::ptr::write_volatile(&raw mut (*tracked).sk, sk) };
     let files = if current().1 == key.pid {
         current_files()
     } else {
@@ -351,7 +349,10 @@ pub fn adopt(sk: u64) -> Option<*mut SkBytes> {
     };
     SK_BYTES.insert(sk, bytes, 0).ok()?;
     let bytes = with_hot_slot(sk, key.pid, 0);
-    // User space learns where the row is counted now (its map read found no socket).
+    // The row names its socket last: user space, finding it named, finds its counters and
+    // their slot in place.
+    // SAFETY: a valid map value pointer; an aligned u64 stored whole.
+    unsafe { core::ptr::write_volatile(&raw mut (*tracked).sk, sk) };
     bump(Counter::Adopted);
     bytes
 }

@@ -692,6 +692,10 @@ impl Socket {
 
     /// Marks it closed with its final counts; its rates drop to zero, its history stays.
     pub fn close(&mut self, closed: Closed, sent: u64, recv: u64) {
+        // Idle since the last reading that looked at it: its history shows those seconds.
+        if self.closed.is_none() && sent == self.bytes_sent && recv == self.bytes_recv {
+            self.rates.idle_until(closed.at_ns);
+        }
         self.bytes_sent = sent;
         self.bytes_recv = recv;
         self.rates.now = Throughput::default();

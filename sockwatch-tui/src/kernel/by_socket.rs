@@ -292,15 +292,18 @@ impl SocketCounters {
             } else if watch.hot == NO_SLOT {
                 Some(watch.base)
             } else {
-                match hot.get(watch.hot) {
-                    Some(slot) if slot.sk == watch.sk => Some((
-                        watch.base.0.saturating_add(slot.bytes_sent),
-                        watch.base.1.saturating_add(slot.bytes_recv),
-                    )),
-                    // Its slot freed (or taken by another socket since): released, its close
-                    // record on its way.
-                    _ => None,
-                }
+                let counted = |slot: HotCounts| {
+                    let sent = watch.base.0.saturating_add(slot.bytes_sent);
+                    let recv = watch.base.1.saturating_add(slot.bytes_recv);
+                    (slot.sk == watch.sk).then_some((sent, recv))
+                };
+                // Counters only grow: lower ones are a slot being freed (zeroed before its
+                // socket is cleared). Freed, or taken by another socket: released, its close
+                // record on its way.
+                let told = watch.told;
+                hot.get(watch.hot)
+                    .and_then(counted)
+                    .filter(|&(sent, recv)| sent >= told.0 && recv >= told.1)
             };
             let Some(now) = now else {
                 gone = true;

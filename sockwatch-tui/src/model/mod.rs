@@ -283,6 +283,8 @@ impl Model {
     }
 
     fn snapshot(&mut self, map: Vec<Socket>, now_ns: u64) {
+        // Sockets no refresh told of since (idle) were idle until the previous read.
+        let since_ns = self.now_ns;
         self.now_ns = self.now_ns.max(now_ns);
         for entry in map {
             match self.open.get_mut(&entry.key()) {
@@ -292,7 +294,7 @@ impl Model {
                         kept.bytes_sent = entry.bytes_sent;
                         kept.bytes_recv = entry.bytes_recv;
                     } else {
-                        kept.observe(entry.bytes_sent, entry.bytes_recv, now_ns);
+                        kept.observe_since(entry.bytes_sent, entry.bytes_recv, since_ns, now_ns);
                     }
                     if entry.state == State::Established {
                         kept.state = State::Established;
@@ -760,6 +762,38 @@ mod tests {
             history(&model, 10 * SEC),
             [100, 1_000, 0, 0, 0, 2_000, 0, 0, 0]
         );
+    }
+
+    #[test]
+    fn a_full_read_after_idle_refreshes_rates_the_last_second_and_keeps_the_idle_ones() {
+        let mut model = Model::new("socket");
+        model.update(opened(10, 3, SEC));
+        model.update(Action::Counts {
+            counts: vec![count(10, 3, SEC, 100)],
+            now_ns: 2 * SEC,
+        });
+        model.update(Action::Counts {
+            counts: vec![count(10, 3, SEC, 100)],
+            now_ns: 3 * SEC,
+        });
+        for now in 4..=5 {
+            model.update(Action::Counts {
+                counts: Vec::new(),
+                now_ns: now * SEC,
+            });
+        }
+        // The checks' full read: 1,000 bytes in the last second, after two idle ones.
+        model.update(read(&[(10, 3, SEC, 1_100)], 6 * SEC));
+        let socket = model.socket(SocketId::new(SocketKey { pid: 10, fd: 3 }, SEC));
+        let socket = socket.expect("open");
+        assert_eq!(socket.rates.now.send, 1_000);
+        let history: Vec<u64> = socket.rates.history.iter().map(|t| t.send).collect();
+        assert_eq!(history, [100, 0, 0, 0, 1_000]);
+        // Closed two seconds later, idle since: its history says so.
+        model.update(closed(10, 3, SEC, 8 * SEC, 1_100));
+        let logged = model.closes().next().expect("logged");
+        let history: Vec<u64> = logged.rates.history.iter().map(|t| t.send).collect();
+        assert_eq!(history, [100, 0, 0, 0, 1_000, 0, 0]);
     }
 
     #[test]

@@ -74,8 +74,9 @@ impl Dashboard {
                 // linger in it, which time takes off).
                 let still = matches!(&action, Action::Counts { counts, .. } if counts.is_empty())
                     && self.view.settled.as_ref().is_some_and(|v| v.closed == 0);
-                // Health comes just before a map read, which settles the table.
-                let counters = matches!(action, Action::Counters(_) | Action::Health { .. });
+                // Health comes just before a refresh, which settles the table (a reading changes
+                // what TCP columns sort and filter by, even where no byte moved).
+                let counters = matches!(action, Action::Counters(_));
                 self.model.update(action);
                 if read {
                     // After each map read: ask for the names of what is in scope, and settle

@@ -682,16 +682,24 @@ fn a_refresh_where_nothing_moved_keeps_the_listing_unless_closed_rows_linger() {
     }
     refresh(&mut model, 3 * SEC);
     assert_eq!(settled(&model).len(), 1, "kept as it was");
+    // A TCP health reading changes what the TCP columns sort and filter by: made anew.
+    model.update(Message::Model(Action::Health {
+        readings: Default::default(),
+        now_ns: 4 * SEC,
+        cost_ns: 1,
+    }));
+    refresh(&mut model, 4 * SEC);
+    assert_eq!(settled(&model).len(), 2, "made anew after a health reading");
     // With a closed row lingering, time changes the listing: it is made anew.
     model.view = ViewState::new(ViewOptions {
         scope: Scope::default(),
         linger_ns: Some(5 * SEC),
         color: false,
     });
-    close(&mut model, CURL_A, 3 * SEC);
-    refresh(&mut model, 4 * SEC);
+    close(&mut model, CURL_A, 4 * SEC);
+    refresh(&mut model, 5 * SEC);
     assert_eq!(settled(&model), [(100, 3), (200, 5)]);
-    refresh(&mut model, 9 * SEC);
+    refresh(&mut model, 10 * SEC);
     assert_eq!(
         settled(&model),
         [(200, 5)],
