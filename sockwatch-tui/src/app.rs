@@ -61,8 +61,6 @@ struct Source {
     /// The kernel's count of lost records when the map was last read whole: records lost
     /// since may have left rows that only a full read and its checks set right.
     drops_checked: u64,
-    /// How long the last full read's taking of records took (not part of the read's cost).
-    drained_for: Duration,
 }
 
 impl Source {
@@ -124,9 +122,7 @@ impl Source {
         output.take_fresh();
         let (mut map, _) = self.tables.snapshot();
         let now_ns = monotonic_ns();
-        let draining = std::time::Instant::now();
         let drained = self.drain(output, log)?;
-        self.drained_for = draining.elapsed();
         // Closed (or moved) since the read: their entries are stale.
         map.retain(|s| !drained.closed.contains(&s.id));
         Ok((map, now_ns, drained.opened))
@@ -204,18 +200,20 @@ impl Source {
         });
     }
 
-    /// The periodic check against /proc; returns how long the check and its full read of the
-    /// maps took (not the records taken between them, which a storm can make long).
+    /// The periodic check against /proc; returns how long the check itself took (not the
+    /// full read before it, whose cost follows the map's size more than the sockets in it, nor
+    /// the records taken then, which a storm can make long).
     fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<Duration> {
-        let started = std::time::Instant::now();
         let map = self.read_map(output, log)?;
+        let started = std::time::Instant::now();
         let changes =
             self.tracker
                 .reconcile(&map, &output.model().open, &mut self.tables, monotonic_ns());
+        let took = started.elapsed();
         for change in changes {
             output.apply(change)?;
         }
-        Ok(started.elapsed().saturating_sub(self.drained_for))
+        Ok(took)
     }
 }
 
@@ -391,7 +389,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .ok(),
         next_health_ns: 0,
         drops_checked: 0,
-        drained_for: Duration::ZERO,
     };
     let backend = probes.backend.to_string();
     let result = run_loop(&args, &backend, &mut source, clock, &mut log).await;
@@ -401,8 +398,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// At most this share of a core goes to the checks against /proc: after one that took T, the
 /// next waits T / RECONCILE_SHARE if that is longer than the reconciliation interval (100,000
-/// sockets: about 0.4 s a check with its full read of the maps, one every 40 s rather than
-/// every 5 s).
+/// sockets: about 0.4 s a check, one every 40 s rather than every 5 s).
 const RECONCILE_SHARE: f64 = 0.01;
 
 /// Everything that stops a run: a signal or the `--duration` deadline.
