@@ -61,6 +61,10 @@ struct Source {
     /// The kernel's count of lost records when the map was last read whole: records lost
     /// since may have left rows that only a full read and its checks set right.
     drops_checked: u64,
+    /// When a refresh reads the maps whole again (see [`FULL_READ_SHARE`]), and how long
+    /// after the last if not by its cost (`--full-read-ms`).
+    next_full_read_ns: u64,
+    full_read_every: Option<Duration>,
 }
 
 impl Source {
@@ -152,7 +156,10 @@ impl Source {
         drops: u64,
     ) -> anyhow::Result<()> {
         let checked = drops == self.drops_checked && !self.tracker.awaits_map_read();
-        if checked && self.tables.counts_by_socket() {
+        // The maps read whole now and then all the same: a connect under way is tracked there
+        // before any record says so (the socket backend reports it once its handshake ends).
+        let due = monotonic_ns() >= self.next_full_read_ns;
+        if checked && !due && self.tables.counts_by_socket() {
             // The rows as every record sent so far leaves them, then their counters.
             self.drain(output, log)?;
             let open = output.model().open.len();
@@ -163,7 +170,14 @@ impl Source {
                 return Ok(());
             }
         }
+        let started_ns = monotonic_ns();
         self.read_map(output, log)?;
+        let cost_ns = monotonic_ns().saturating_sub(started_ns);
+        let every_ns = match self.full_read_every {
+            Some(every) => u64::try_from(every.as_nanos()).unwrap_or(u64::MAX),
+            None => full_read_every_ns(cost_ns),
+        };
+        self.next_full_read_ns = started_ns.saturating_add(every_ns);
         self.drops_checked = drops;
         Ok(())
     }
@@ -389,11 +403,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .ok(),
         next_health_ns: 0,
         drops_checked: 0,
+        next_full_read_ns: 0,
+        full_read_every: args.full_read_ms.map(Duration::from_millis),
     };
     let backend = probes.backend.to_string();
     let result = run_loop(&args, &backend, &mut source, clock, &mut log).await;
     probes.release();
     result
+}
+
+/// At most this share of a core goes to refreshes that read the maps whole where the kernel
+/// counts by socket (a connect under way is in the map before any record tells of it): with a
+/// few thousand sockets, every refresh, as the read takes a few ms; with 100,000, one every 10 s
+/// or so.
+const FULL_READ_SHARE: f64 = 0.01;
+
+fn full_read_every_ns(cost_ns: u64) -> u64 {
+    (cost_ns as f64 / FULL_READ_SHARE) as u64
 }
 
 /// At most this share of a core goes to the checks against /proc: after one that took T, the

@@ -84,6 +84,12 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub read_batch: u32,
 
+    /// How long after a refresh that read the maps whole the next may, in milliseconds (by
+    /// default: spaced by what one costs). For tests: refreshes that read only what moved.
+    #[arg(long, value_name = "MS", hide = true,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub full_read_ms: Option<u64>,
+
     /// Hot counter slots of the socket backend (a power of two; by default `--max-sockets`
     /// rounded up to one). For tests: a few slots make sockets count without one.
     #[arg(long, value_name = "N", hide = true, value_parser = parse_hot_slots)]

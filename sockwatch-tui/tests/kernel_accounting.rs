@@ -147,9 +147,16 @@ fn live_counts_are_exact_for_crowded_and_older_sockets() {
     let older = net::connected(server.port);
     send_all(older, 999, Sender::Write);
     let args = ["--json-samples", "--interval", "200", "--hot-slots", "16"];
-    // No check against /proc in the test's time: its full read of the maps would mend a refresh
-    // that read wrong.
-    let quiet = ["--direction", "out", "--reconcile-ms", "600000"];
+    // No check against /proc in the test's time, nor a refresh reading the maps whole: a full
+    // read would mend a refresh that read wrong.
+    let quiet = [
+        "--direction",
+        "out",
+        "--reconcile-ms",
+        "600000",
+        "--full-read-ms",
+        "600000",
+    ];
     let mut sw = Sockwatch::start_adopting(&[&args[..], &quiet].concat());
     sw.wait_for("existing", record_of("existing", pid, older));
     let fds: Vec<i32> = (0..SOCKETS).map(|_| net::connected(server.port)).collect();
