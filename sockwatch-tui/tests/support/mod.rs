@@ -33,6 +33,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sockwatch-tui");
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a record may take to arrive once its syscall has returned.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stop may take to deliver every record before its `end` (see [`Sockwatch::stop`]).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn assert_root() {
     // SAFETY: geteuid has no preconditions.
@@ -228,11 +230,15 @@ impl Sockwatch {
     }
 
     /// Stops it (SIGTERM) and returns every record not yet consumed, through the final `end`.
+    /// Every record sent before the stop comes first: a backlog (a churn's, in an emulated
+    /// guest) may take a while, so the wait is for the next record, each within
+    /// [`EVENT_TIMEOUT`], and for the whole at most [`STOP_TIMEOUT`].
     pub fn stop(&mut self) -> Vec<Value> {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let last = Instant::now() + STOP_TIMEOUT;
         loop {
+            let deadline = (Instant::now() + EVENT_TIMEOUT).min(last);
             let left = deadline.saturating_duration_since(Instant::now());
             match self.records.recv_timeout(left) {
                 Ok(record) => {
