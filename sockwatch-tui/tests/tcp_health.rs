@@ -16,7 +16,10 @@ use serde_json::Value;
 use support::{inbound_of, net, netns, process, record_of, u64_of, Sockwatch};
 
 /// Samples every 200 ms: a reading a test waits for comes soon.
-const SAMPLED: [&str; 3] = ["--json-samples", "--interval", "200"];
+/// A sample of each socket at every refresh; each refresh reads the maps whole, so that a
+/// connect under way (in the map before any record tells of it) is sampled at once even where
+/// a full read is slow (an emulated guest spaces them by their cost to many seconds).
+const SAMPLED: [&str; 5] = ["--json-samples", "--interval", "200", "--full-read-ms", "1"];
 /// How long the kernel may take to settle (all data acknowledged, buffers full).
 const SETTLE: Duration = Duration::from_secs(20);
 
