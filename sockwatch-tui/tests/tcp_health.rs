@@ -129,7 +129,7 @@ fn retransmits_rtt_and_local_port_agree_with_ss() {
     assert!(settled.retrans > 0, "no retransmission: {settled:?}");
 
     // A reading taken once all was acknowledged: health is read no more often than keeps it
-    // under 1% of a core, so a sample may carry one from before the last ACK (its retransmit
+    // under 2% of a core, so a sample may carry one from before the last ACK (its retransmit
     // count already final, its Send-Q not yet empty).
     let sample = sw.wait_for("a sample with the settled retransmit count", move |r| {
         sample_of(pid, fd, false)(r) && r["retrans"] == settled.retrans && r["send_q"] == 0
