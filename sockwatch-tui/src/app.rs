@@ -144,11 +144,11 @@ impl Source {
         Ok(ids)
     }
 
-    /// A refresh of the open sockets' counters (the dashboard's, and `--json-samples`'). Where the kernel counts by socket
-    /// it reads them from memory (`kernel::by_socket`), at a cost that follows what moved; the
-    /// maps are read whole (and checked) only when that cannot be trusted alone: the syscall
-    /// backends, records lost since the last full read, sockets under suspicion, or too many
-    /// rows to locate.
+    /// A refresh of the open sockets' counters (the dashboard's, and `--json-samples`'). Where
+    /// the kernel counts by socket it reads them from memory (`kernel::by_socket`), at a cost
+    /// that follows what moved; the maps are read whole (and checked) when that cannot be
+    /// trusted alone (the syscall backends, records lost since the last full read, sockets
+    /// under suspicion, too many rows to locate) and as often as `FULL_READ_SHARE` allows.
     fn refresh_counts(
         &mut self,
         output: &mut Output,
