@@ -52,6 +52,10 @@ enum Task {
         /// Interleaved rounds of the overhead measurements (default 5).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Only this step (for work on it): its table goes to target/bench/results.md, never
+        /// to bench/results.md.
+        #[arg(long, value_enum)]
+        only: Option<bench::Step>,
     },
     /// Boot Debian bookworm's kernel in QEMU and run the real-kernel tests there with each
     /// probe backend (kprobe, tracepoint) and `--probe auto`.
@@ -65,7 +69,11 @@ fn main() -> ExitCode {
         Task::Run { debug, args } => binary::run(debug, &args),
         Task::Lint => lint::run().map(|()| ExitCode::SUCCESS),
         Task::Test => test::run().map(|()| ExitCode::SUCCESS),
-        Task::Bench { smoke, rounds } => bench::run(smoke, rounds).map(|()| ExitCode::SUCCESS),
+        Task::Bench {
+            smoke,
+            rounds,
+            only,
+        } => bench::run(smoke, rounds, only).map(|()| ExitCode::SUCCESS),
         Task::VmTest => vm::task().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

@@ -35,7 +35,7 @@ pub fn run() -> Result<()> {
             cargo_test(Some("tracepoint"))
         });
         // The benchmark is not part of the tests; that its harness works is (a tiny run).
-        steps.run("bench smoke", || crate::bench::run(true, None));
+        steps.run("bench smoke", || crate::bench::run(true, None, None));
         if let Err(e) = table::update(
             &cmd::workspace_root().join("README.md"),
             &table::host_rows(auto_ok, tracepoint_ok),

@@ -40,8 +40,8 @@ struct Watch {
     /// The kernel's `struct sock *`; 0 for a socket found at start that has moved no byte
     /// since (the kernel learns its socket then, and says so with `Counter::Adopted`).
     sk: u64,
-    /// Its `SK_HOT` slot, or [`NO_SLOT`] (watches are kept in this order: slots in memory
-    /// order, then the rest).
+    /// Its `SK_HOT` slot, or [`NO_SLOT`] (watches are kept in order of slot, then id: slots in
+    /// memory order, then the rest).
     hot: u32,
     /// Its `SK_BYTES` counts (or, while `sk` is 0, its `TRACKED` ones), read when its pair's
     /// generation was `spill`.
@@ -57,6 +57,10 @@ struct Watch {
 const NO_SLOT: u32 = u32::MAX;
 
 impl Watch {
+    fn order(&self) -> (u32, SocketId) {
+        (self.hot, self.id)
+    }
+
     /// What the model is told of counts `now`: they moved, or they moved last time (so the
     /// rate falls back to zero), or nothing.
     fn tell(&mut self, now: (u64, u64)) -> Option<Count> {
@@ -85,8 +89,11 @@ pub struct SocketCounters {
     pub hot_mask: u32,
     pub adopted: HashMap<MapData, u64, SocketKey>,
     pub adopted_pending: Array<MapData, u32>,
-    /// Every located row, by slot.
+    /// Every located row, by slot then id.
     watches: Vec<Watch>,
+    /// The watches before a full read, while it locates the rows anew: what each row was told
+    /// carries over (or the refresh after every full read would tell every row again).
+    previous: Vec<Watch>,
     /// Lookups a refresh may make before a full read is cheaper.
     lookup_budget: usize,
     /// The kernel's count of sockets found at start that it has learned, when rows without a
@@ -115,6 +122,7 @@ impl SocketCounters {
             adopted,
             adopted_pending,
             watches: Vec::new(),
+            previous: Vec::new(),
             lookup_budget: (max_sockets / BUCKETS_PER_LOOKUP).max(MIN_LOOKUPS) as usize,
             adoptions_seen: 0,
         }
@@ -170,14 +178,15 @@ impl SocketCounters {
     /// Forgets every watch, before a full read says anew where each row is (rows closed since
     /// the last one are dropped that way).
     pub fn relocate_all(&mut self, adoptions: u64) {
-        self.watches.clear();
+        self.previous = std::mem::take(&mut self.watches);
         self.adoptions_seen = adoptions;
     }
 
     /// Watches the row `id` (`TRACKED` value `value`) as a full read found it: `raw` is its
     /// `SK_BYTES` value as read (without its slot's counts), `generations` as
     /// [`Self::generations`] returned before the read. The model is told its counts at the next
-    /// refresh (the full read's own counts may be older than its rate says).
+    /// refresh unless it was told them before (the full read's own counts may be older than
+    /// its rate says).
     pub fn locate(
         &mut self,
         id: SocketId,
@@ -194,9 +203,11 @@ impl SocketCounters {
         }
     }
 
-    /// Puts the watches in slot order, once a full read has located every row.
+    /// Puts the watches in order, once a full read has located every row, and carries over
+    /// what each row still watched at the same slot was told.
     pub fn located_all(&mut self) {
-        self.watches.sort_by_key(|w| w.hot);
+        self.watches.sort_unstable_by_key(Watch::order);
+        carry_told(&mut self.watches, &std::mem::take(&mut self.previous));
     }
 
     fn watch(
@@ -334,7 +345,7 @@ impl SocketCounters {
             self.watches.retain(|w| !sockets.contains(&w.sk));
             // Sorted runs merge in linear time.
             self.watches.extend(added);
-            self.watches.sort_by_key(|w| w.hot);
+            self.watches.sort_by_key(Watch::order);
         }
         Some(counts)
     }
@@ -363,6 +374,19 @@ impl SocketCounters {
         Some(watch)
     }
 }
+/// What each of `watches` was told as `previous` (both in [`Watch::order`]) watched it, where
+/// at the same slot: one pass beside both.
+fn carry_told(watches: &mut [Watch], previous: &[Watch]) {
+    let mut previous = previous.iter().peekable();
+    for watch in watches {
+        while previous.next_if(|p| p.order() < watch.order()).is_some() {}
+        if let Some(before) = previous.next_if(|p| p.order() == watch.order()) {
+            watch.told = before.told;
+            watch.moving = before.moving;
+        }
+    }
+}
+
 /// Whether `bytes` are the counters of the tracked socket `value`, not of a newer socket at the
 /// same `struct sock` address (their inodes differ).
 pub fn counts_of(value: &TrackedSocket, bytes: &SkBytes) -> bool {
@@ -373,6 +397,46 @@ pub fn counts_of(value: &TrackedSocket, bytes: &SkBytes) -> bool {
 mod tests {
     use super::*;
     use crate::socket::SocketKey;
+
+    fn watch(fd: u32, hot: u32, told: u64, moving: bool) -> Watch {
+        Watch {
+            id: SocketId::new(SocketKey { pid: 1, fd }, 5),
+            sk: 0xffff_8000 + u64::from(fd),
+            hot,
+            base: (0, 0),
+            spill: 0,
+            told: (told, 0),
+            moving,
+        }
+    }
+
+    #[test]
+    fn a_full_read_keeps_what_each_row_was_told() {
+        let previous = [
+            watch(4, 1, 40, false),
+            watch(3, 2, 30, true),
+            watch(9, 5, 90, false),
+            watch(6, NO_SLOT, 60, false),
+            watch(7, NO_SLOT, 70, false),
+        ];
+        // Fd 3 is still at slot 2; fd 9 moved to another slot; fd 8 is new; fd 4 closed; fd 7
+        // is still without a slot, fd 6 has one now.
+        let mut watches = [
+            watch(3, 2, 0, true),
+            watch(6, 3, 0, true),
+            watch(9, 6, 0, true),
+            watch(8, 7, 0, true),
+            watch(7, NO_SLOT, 0, true),
+        ];
+        carry_told(&mut watches, &previous);
+        let told: Vec<_> = watches.iter().map(|w| (w.told.0, w.moving)).collect();
+        assert_eq!(
+            told,
+            [(30, true), (0, true), (0, true), (0, true), (70, false)]
+        );
+        let mut idle = watches[4];
+        assert_eq!(idle.tell((70, 0)), None, "not told again after a full read");
+    }
 
     #[test]
     fn the_model_hears_of_counts_that_moved_and_once_more_after() {

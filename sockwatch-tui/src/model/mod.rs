@@ -357,14 +357,20 @@ impl Model {
             }
         };
         if counts.len() * 8 >= self.open.len() {
-            // Many (after a full read every row is told once): sorted, then taken beside the
-            // rows in one walk rather than a search each.
+            // Many (a tenth of 100k rows sending): sorted, then taken beside the rows in one
+            // walk rather than a search each. The walk compares keys, which the tree keeps
+            // together, and touches a row only when it is counted: rows are hundreds of bytes.
             counts.sort_unstable_by_key(|c| c.id);
             let mut counts = counts.into_iter().peekable();
-            for socket in self.open.values_mut() {
-                while counts.next_if(|c| c.id < socket.id).is_some() {}
-                if let Some(count) = counts.next_if(|c| c.id == socket.id) {
-                    take(socket, count);
+            for (key, socket) in self.open.iter_mut() {
+                while counts.next_if(|c| c.id.key < *key).is_some() {}
+                while let Some(count) = counts.next_if(|c| c.id.key == *key) {
+                    if count.id == socket.id {
+                        take(socket, count);
+                    }
+                }
+                if counts.peek().is_none() {
+                    break;
                 }
             }
         } else {

@@ -1,7 +1,7 @@
 //! The table's columns, one line each: title, width, how the cell reads and how it sorts.
 //! Adding a column is adding a line here (e.g. `PROTO`: `text: |s| s.socket.proto.label()...`).
 
-use std::borrow::Borrow;
+use std::{borrow::Borrow, cmp::Ordering};
 
 use super::{
     format,
@@ -34,6 +34,9 @@ pub struct Column<R> {
     pub descending: bool,
     pub text: fn(&R, &Context) -> String,
     pub key: fn(&R, &Context) -> SortKey,
+    /// Its key follows the clock (an age), so every row's key moves as time passes: a
+    /// listing sorted by it is sorted anew, never only where rows moved.
+    pub by_clock: bool,
 }
 
 impl<R> Column<R> {
@@ -54,6 +57,7 @@ impl<R> Column<R> {
             descending: false,
             text,
             key,
+            by_clock: false,
         }
     }
 
@@ -72,6 +76,11 @@ impl<R> Column<R> {
     const fn amount(mut self) -> Self {
         self.right = true;
         self.descending = true;
+        self
+    }
+
+    const fn by_clock(mut self) -> Self {
+        self.by_clock = true;
         self
     }
 }
@@ -137,7 +146,7 @@ pub static SOCKET_COLUMNS: &[Column<Socket>] = &[
     SocketColumn::new("RECV", 10, 8, |s, _| counted(s, s.bytes_recv), |s, _| num(s.bytes_recv)).amount(),
     SocketColumn::new("SEND/s", 10, 0, |s, _| format::rate(s.rates.now.send), |s, _| num(s.rates.now.send)).amount(),
     SocketColumn::new("RECV/s", 10, 2, |s, _| format::rate(s.rates.now.recv), |s, _| num(s.rates.now.recv)).amount(),
-    SocketColumn::new("AGE", 6, 3, |s, c| format::age(c.age_ns(s)), |s, c| num(c.age_ns(s))),
+    SocketColumn::new("AGE", 6, 3, |s, c| format::age(c.age_ns(s)), |s, c| num(c.age_ns(s))).by_clock(),
 ];
 
 /// The TCP view (`t`): why a connection is slow or failing, from the kernel's own TCP state
@@ -157,7 +166,7 @@ pub static TCP_COLUMNS: &[Column<Socket>] = &[
     SocketColumn::new("SEND-Q", 9, 4, |s, _| tcp_text(s, |h| format::bytes(h.send_q.into())), |s, _| tcp_key(s, |h| h.send_q.into())).amount(),
     SocketColumn::new("RECV-Q", 9, 3, |s, _| tcp_text(s, |h| format::bytes(h.recv_q.into())), |s, _| tcp_key(s, |h| h.recv_q.into())).amount(),
     SocketColumn::new("CONNECT", 8, 7, |s, _| s.connect_us.map_or_else(|| "-".to_owned(), format::micros), |s, _| num(s.connect_us.map_or(0, |us| us.saturating_add(1)))).amount(),
-    SocketColumn::new("AGE", 6, 9, |s, c| format::age(c.age_ns(s)), |s, c| num(c.age_ns(s))),
+    SocketColumn::new("AGE", 6, 9, |s, c| format::age(c.age_ns(s)), |s, c| num(c.age_ns(s))).by_clock(),
 ];
 
 pub const TCP_SORT_COLUMN: &str = "RTT";
@@ -198,7 +207,7 @@ pub static PROCESS_COLUMNS: &[Column<ProcessView>] = &[
     ProcessColumn::new("RECV", 10, 7, |p, _| format::bytes(p.bytes_recv), |p, _| num(p.bytes_recv)).amount(),
     ProcessColumn::new("SEND/s", 10, 0, |p, _| format::rate(p.rate.send), |p, _| num(p.rate.send)).amount(),
     ProcessColumn::new("RECV/s", 10, 3, |p, _| format::rate(p.rate.recv), |p, _| num(p.rate.recv)).amount(),
-    ProcessColumn::new("AGE", 6, 4, |p, _| format::age(p.age_ns), |p, _| num(p.age_ns)),
+    ProcessColumn::new("AGE", 6, 4, |p, _| format::age(p.age_ns), |p, _| num(p.age_ns)).by_clock(),
 ];
 
 /// A count, marked `*` when it is a lower bound (bytes moved where the backend cannot see).
@@ -313,17 +322,18 @@ impl Sort {
     }
 
     /// Sorts `rows` by this column; equals keep the order of `tiebreak` (always ascending), so
-    /// rows never swap places between frames when their values tie.
+    /// rows never swap places between frames when their values tie. Returns each row's key, in
+    /// the new order (none when the column is not among `columns`).
     pub fn apply<R, T: Borrow<R>, K: Ord>(
         self,
         columns: &[Column<R>],
         rows: &mut Vec<T>,
         context: &Context,
         tiebreak: fn(&T) -> K,
-    ) {
+    ) -> Vec<SortKey> {
         let Some(column) = columns.iter().find(|c| c.title == self.column) else {
             rows.sort_by_key(tiebreak);
-            return;
+            return Vec::new();
         };
         // Each row's key and tiebreak taken once (a row is read once, not at every
         // comparison). The rows mostly come in tiebreak order already and most values tie (idle
@@ -332,16 +342,24 @@ impl Sort {
             .drain(..)
             .map(|r| ((column.key)(r.borrow(), context), tiebreak(&r), r))
             .collect();
-        keyed.sort_by(|(ka, ta, _), (kb, tb, _)| {
-            let order = ka.cmp(kb);
-            let order = if self.descending {
-                order.reverse()
-            } else {
-                order
-            };
-            order.then_with(|| ta.cmp(tb))
-        });
-        rows.extend(keyed.into_iter().map(|(_, _, r)| r));
+        keyed.sort_by(|(ka, ta, _), (kb, tb, _)| self.order((ka, ta), (kb, tb)));
+        let mut keys = Vec::with_capacity(keyed.len());
+        rows.extend(keyed.into_iter().map(|(key, _, r)| {
+            keys.push(key);
+            r
+        }));
+        keys
+    }
+
+    /// The order of two rows by their keys, then (ascending) their tiebreaks.
+    pub fn order<K: Ord>(self, (ka, ta): (&SortKey, &K), (kb, tb): (&SortKey, &K)) -> Ordering {
+        let order = ka.cmp(kb);
+        let order = if self.descending {
+            order.reverse()
+        } else {
+            order
+        };
+        order.then_with(|| ta.cmp(tb))
     }
 
     /// The header's title for `column`: its name with ▲ or ▼ when it is the sort column.

@@ -77,15 +77,29 @@ impl Dashboard {
                 // Health comes just before a refresh, which settles the table (a reading changes
                 // what TCP columns sort and filter by, even where no byte moved).
                 let counters = matches!(action, Action::Counters(_));
+                // A refresh of what moved, with the table settled since the last change: only
+                // those rows are placed anew (new rows come with a change or a full read).
+                let moved: Option<Vec<SocketId>> = match &action {
+                    Action::Counts { counts, .. } if self.view.settled.is_some() => {
+                        Some(counts.iter().map(|c| c.id).collect())
+                    }
+                    _ => None,
+                };
                 self.model.update(action);
                 if read {
-                    // After each map read: ask for the names of what is in scope, and settle
-                    // the table once for the frames until the next change.
-                    let addresses = self.view.addresses(&self.model);
+                    // After each map read: ask for the names of what is in scope (of what
+                    // moved alone, when only that is placed anew), and settle the table once
+                    // for the frames until the next change.
                     let now_ns = self.model.now_ns;
+                    let addresses = match self.model.hosts.enabled() {
+                        true => self.view.addresses(&self.model, moved.as_deref()),
+                        false => Vec::new(),
+                    };
                     self.model.hosts.observe(addresses.into_iter(), now_ns);
-                    if !still {
-                        self.view.settle(&self.model);
+                    match moved {
+                        _ if still => {}
+                        Some(moved) => self.view.settle_moved(&self.model, &moved),
+                        None => self.view.settle(&self.model),
                     }
                 } else if !counters {
                     // The table changed: the settled listing is out of date until the next

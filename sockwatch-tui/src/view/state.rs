@@ -12,7 +12,7 @@ use ratatui::layout::Size;
 
 use super::{
     columns::{
-        process_tiebreak, socket_tiebreak, Column, Sort, PROCESS_COLUMNS, SOCKET_COLUMNS,
+        process_tiebreak, socket_tiebreak, Column, Sort, SortKey, PROCESS_COLUMNS, SOCKET_COLUMNS,
         TCP_COLUMNS,
     },
     filter::{Filter, Scope},
@@ -129,6 +129,9 @@ pub struct ViewState {
     /// so it is done once per refresh or key, not once per frame. `None` after kernel events,
     /// until the next settle (rendering then computes it afresh).
     pub settled: Option<Visible>,
+    /// The settled socket listing's sort keys, row by row (empty when grouped): a refresh where
+    /// some rows moved keys only those anew (`settle_moved`).
+    settled_keys: Vec<SortKey>,
 }
 
 impl Default for ViewState {
@@ -178,6 +181,7 @@ impl ViewState {
             color: options.color,
             size: Size::new(80, 24),
             settled: None,
+            settled_keys: Vec::new(),
         }
     }
 
@@ -248,6 +252,11 @@ impl ViewState {
 
     /// The table as this view says it should look.
     pub fn visible(&self, live: &Model) -> Visible {
+        self.visible_keyed(live).0
+    }
+
+    /// [`Self::visible`], and the sort key of each socket row.
+    fn visible_keyed(&self, live: &Model) -> (Visible, Vec<SortKey>) {
         let shown = self.shown(live);
         let context = self.context(live);
         let followed = |s: &Socket| self.follow == Some(s.id);
@@ -266,28 +275,99 @@ impl ViewState {
             .collect();
         let matching = sockets.len();
         let closed = sockets.iter().filter(|s| s.is_closed()).count();
-        let listing = if self.grouped {
+        let (listing, keys) = if self.grouped {
             let mut processes = by_process(&sockets, &context);
             self.process_sort
                 .apply(PROCESS_COLUMNS, &mut processes, &context, process_tiebreak);
-            Listing::Processes(processes)
+            (Listing::Processes(processes), Vec::new())
         } else {
-            self.sort().apply(
+            let keys = self.sort().apply(
                 self.socket_columns(),
                 &mut sockets,
                 &context,
                 socket_tiebreak,
             );
-            Listing::Sockets(sockets.iter().map(|s| s.id).collect())
+            (
+                Listing::Sockets(sockets.iter().map(|s| s.id).collect()),
+                keys,
+            )
         };
         let selected = self.resolve(&listing);
-        Visible {
+        let visible = Visible {
             listing,
             in_scope: total,
             matching,
             closed,
             selected,
+        };
+        (visible, keys)
+    }
+
+    /// The settled listing with the rows `moved` (their counters, all else as it was) taken
+    /// out and put back where they now sort: a merge, not a sort of every row. `None` where
+    /// only a full settle can tell: nothing settled, grouped, paused, closed rows lingering
+    /// (time takes them off), or a sort by the clock.
+    fn visible_moved(&self, live: &Model, moved: &[SocketId]) -> Option<(Visible, Vec<SortKey>)> {
+        let settled = self.settled.as_ref()?;
+        let Listing::Sockets(ids) = &settled.listing else {
+            return None;
+        };
+        let sort = self.sort();
+        let column = self
+            .socket_columns()
+            .iter()
+            .find(|c| c.title == sort.column)?;
+        if self.paused.is_some()
+            || settled.closed != 0
+            || column.by_clock
+            || self.settled_keys.len() != ids.len()
+        {
+            return None;
         }
+        let context = self.context(live);
+        let followed = |s: &Socket| self.follow == Some(s.id);
+        let mut entering: Vec<(SortKey, SocketId)> = moved
+            .iter()
+            .filter_map(|id| live.open.get(&id.key).filter(|s| s.id == *id))
+            .filter(|s| followed(s) || self.scope.matches(s))
+            .filter(|s| {
+                self.filter.is_empty() || followed(s) || self.filter.matches(s, context.host(s))
+            })
+            .map(|s| ((column.key)(s, &context), s.id))
+            .collect();
+        let order = |a: &(SortKey, SocketId), b: &(SortKey, SocketId)| {
+            sort.order((&a.0, &a.1), (&b.0, &b.1))
+        };
+        entering.sort_by(order);
+        let moved: foldhash::HashSet<SocketId> = moved.iter().copied().collect();
+        let staying = self
+            .settled_keys
+            .iter()
+            .zip(ids)
+            .filter(|(_, id)| !moved.contains(id));
+        let (mut keys, mut rows) = (Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
+        let mut entering = entering.into_iter().peekable();
+        for (key, id) in staying {
+            let before = |e: &(SortKey, SocketId)| sort.order((&e.0, &e.1), (key, id)).is_lt();
+            while let Some((k, i)) = entering.next_if(before) {
+                keys.push(k);
+                rows.push(i);
+            }
+            keys.push(key.clone());
+            rows.push(*id);
+        }
+        for (k, i) in entering {
+            keys.push(k);
+            rows.push(i);
+        }
+        let listing = Listing::Sockets(rows);
+        let visible = Visible {
+            selected: self.resolve(&listing),
+            matching: listing.len(),
+            listing,
+            ..*settled
+        };
+        Some((visible, keys))
     }
 
     /// The close log as shown: newest first, within the scope and the filter.
@@ -300,10 +380,17 @@ impl ViewState {
     }
 
     /// Remote addresses of the open sockets in scope: the names worth looking up.
-    pub fn addresses(&self, live: &Model) -> Vec<std::net::Ipv4Addr> {
-        self.shown(live)
-            .open
-            .values()
+    /// `only`: of those sockets alone.
+    pub fn addresses(&self, live: &Model, only: Option<&[SocketId]>) -> Vec<std::net::Ipv4Addr> {
+        let open = &self.shown(live).open;
+        let sockets: Box<dyn Iterator<Item = &Socket>> = match only {
+            Some(ids) => Box::new(
+                ids.iter()
+                    .filter_map(|id| open.get(&id.key).filter(|s| s.id == *id)),
+            ),
+            None => Box::new(open.values()),
+        };
+        sockets
             .filter(|s| self.scope.matches(s))
             .map(|s| s.daddr)
             .collect()
@@ -399,7 +486,22 @@ impl ViewState {
     /// Pins the selection to the row it resolves to, keeps it on screen, bounds the scrolls,
     /// and keeps the listing for the frames until the next change.
     pub fn settle(&mut self, live: &Model) {
-        let visible = self.visible(live);
+        let (visible, keys) = self.visible_keyed(live);
+        self.settle_on(live, visible, keys);
+    }
+
+    /// [`Self::settle`] after a refresh where only the counters of `moved` changed since the
+    /// last settle: at 100k rows with a tenth of them moving, a merge of those rather than a
+    /// filter and sort of all.
+    pub fn settle_moved(&mut self, live: &Model, moved: &[SocketId]) {
+        match self.visible_moved(live, moved) {
+            Some((visible, keys)) => self.settle_on(live, visible, keys),
+            None => self.settle(live),
+        }
+    }
+
+    fn settle_on(&mut self, live: &Model, visible: Visible, keys: Vec<SortKey>) {
+        self.settled_keys = keys;
         let closes = self.log(live).len();
         if let Some(id) = self.follow {
             if !self.grouped && visible.listing.position(RowKey::Socket(id)).is_none() {

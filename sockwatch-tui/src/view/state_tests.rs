@@ -706,3 +706,68 @@ fn a_refresh_where_nothing_moved_keeps_the_listing_unless_closed_rows_linger() {
         "the closed row's five seconds are over"
     );
 }
+
+#[test]
+fn a_refresh_of_what_moved_lists_as_a_full_settle_would() {
+    let mut model = new_dashboard();
+    // Forty sockets over five processes, ports in three groups (a filter keeps some).
+    let comms = ["curl", "psql", "redis-cli", "nginx", "curl"];
+    for fd in 0..40u32 {
+        let pid = 100 * (fd % 5 + 1);
+        let mut s = socket((pid, fd, comms[(fd % 5) as usize], 0));
+        s.dport = [443, 5432, 8080][(fd % 3) as usize];
+        model.update(Message::Model(Action::Change(Change::Opened(s))));
+    }
+    let mut sent = [0u64; 40];
+    // A fixed pseudo-random walk: which rows move, by how much.
+    let mut seed = 0x2545_f491_u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let views: [&[ViewAction]; 4] = [
+        &[],
+        &[ViewAction::SortReverse],
+        &[ViewAction::SortNext, ViewAction::SortNext],
+        &[
+            ViewAction::FilterStart,
+            ViewAction::FilterChar(':'),
+            ViewAction::FilterChar('4'),
+            ViewAction::FilterChar('4'),
+            ViewAction::FilterChar('3'),
+            ViewAction::FilterDone,
+        ],
+    ];
+    let mut now_ns = 2 * SEC;
+    for keys in views {
+        for key in keys {
+            model.update(Message::View(*key));
+        }
+        for _ in 0..20 {
+            let counts = (0..next(12))
+                .map(|_| {
+                    let fd = next(40) as u32;
+                    sent[fd as usize] += next(3) * 1_000;
+                    let id = SocketId::new(
+                        SocketKey {
+                            pid: 100 * (fd % 5 + 1),
+                            fd,
+                        },
+                        SEC,
+                    );
+                    let sent = sent[fd as usize];
+                    let count = crate::kernel::by_socket::Count { id, sent, recv: 0 };
+                    (id, count)
+                })
+                // Once each, as a refresh tells them.
+                .collect::<std::collections::BTreeMap<_, _>>();
+            let counts = counts.into_values().collect();
+            now_ns += SEC;
+            model.update(Message::Model(Action::Counts { counts, now_ns }));
+            let settled = model.view.settled.clone().expect("settled");
+            assert_eq!(settled, visible(&model), "after {keys:?}");
+        }
+    }
+}

@@ -25,8 +25,19 @@ pub struct Binaries {
     pub cpus: Option<(usize, usize)>,
 }
 
+/// The steps, for `--only`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Step {
+    Overhead,
+    Throughput,
+    Scale,
+    Table,
+    Dashboard,
+}
+
 /// `smoke` (`cargo xtask test`): one tiny round of everything, debug build, in target/bench/smoke.
-pub fn run(smoke: bool, rounds: Option<usize>) -> Result<()> {
+/// `only`: that step alone, its results in target/bench.
+pub fn run(smoke: bool, rounds: Option<usize>, only: Option<Step>) -> Result<()> {
     if !cmd::is_root()? {
         bail!("`cargo xtask bench` must run as root: it loads eBPF programs and runs bpftrace");
     }
@@ -36,12 +47,12 @@ pub fn run(smoke: bool, rounds: Option<usize>) -> Result<()> {
     let rounds = rounds.unwrap_or(if smoke { 1 } else { 5 }).max(1);
     let (mut results, started, ticks) = (report::Results::default(), Instant::now(), cpu_ticks());
     tracer::set_subreaper(true)?;
-    let measured = measure(&bins, smoke, rounds, &mut results);
+    let measured = measure(&bins, smoke, rounds, only, &mut results);
     tracer::set_subreaper(false)?;
     measured?;
     let text = results.text(&header(smoke, rounds, started, ticks));
     println!("{text}");
-    let out = (!smoke).then(|| cmd::workspace_root().join("bench"));
+    let out = (!smoke && only.is_none()).then(|| cmd::workspace_root().join("bench"));
     let path = out.unwrap_or(bins.work).join("results.md");
     let markdown = format!("{PREAMBLE}\n```text\n{text}```\n");
     fs::write(&path, markdown).with_context(|| format!("writing {}", path.display()))?;
@@ -49,11 +60,49 @@ pub fn run(smoke: bool, rounds: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn measure(bins: &Binaries, smoke: bool, rounds: usize, r: &mut report::Results) -> Result<()> {
-    say("bench: 1. per-syscall overhead");
-    // Other tracers (tests in another worktree) come and go; a smoke run does not wait long.
-    let wait = Duration::from_secs(if smoke { 2 } else { 120 });
-    r.overhead = overhead::run(bins, rounds, smoke, wait)?;
+fn measure(
+    bins: &Binaries,
+    smoke: bool,
+    rounds: usize,
+    only: Option<Step>,
+    r: &mut report::Results,
+) -> Result<()> {
+    let runs = |step| only.is_none_or(|only| only == step);
+    if runs(Step::Overhead) {
+        say("bench: 1. per-syscall overhead");
+        // Other tracers (tests in another worktree) come and go; a smoke run does not wait.
+        let wait = Duration::from_secs(if smoke { 2 } else { 120 });
+        r.overhead = overhead::run(bins, rounds, smoke, wait)?;
+    }
+    if runs(Step::Throughput) {
+        throughput(bins, smoke, r)?;
+    }
+    if runs(Step::Scale) {
+        say("bench: 3. scale");
+        let sockets: &[u64] = if smoke { &[0, 20] } else { &[0, 1_000, 10_000] };
+        r.scale = pipeline::scale(bins, sockets, if smoke { 1.0 } else { 10.0 })?;
+    }
+    if runs(Step::Table) {
+        say("bench: 4. table refresh and render (criterion)");
+        r.table = pipeline::table(&bins.work, smoke)?;
+    }
+    if runs(Step::Dashboard) {
+        say("bench: 5. the dashboard at scale (tmux)");
+        // 100,000 sockets: ten holders, as a process may hold 20,000 fds here. Measured over
+        // 40 s: the checks against /proc and the TCP health reads are spaced to 1% and 2% of
+        // a core (one every 40 s and 5 s at 100k), so a shorter window holds one or none of
+        // the checks by chance.
+        let (holders, per_holder, secs) = if smoke {
+            (1, 10, 1.0)
+        } else {
+            (10, 5_000, 40.0)
+        };
+        r.dashboard = Some(dashboard::run(bins, holders, per_holder, secs)?);
+    }
+    Ok(())
+}
+
+fn throughput(bins: &Binaries, smoke: bool, r: &mut report::Results) -> Result<()> {
     say("bench: 2. throughput");
     // `(lifecycle events/s, tcp)`, 0: flat out; 210k, as the load's pacing undershoots 200k.
     let udp = [50_000, 100_000, 210_000, 0].map(|rate| (rate, false));
@@ -61,21 +110,6 @@ fn measure(bins: &Binaries, smoke: bool, rounds: usize, r: &mut report::Results)
     let steps = if smoke { vec![(10_000, false)] } else { steps };
     let (secs, processes) = if smoke { (1.0, 1) } else { (3.0, 2) };
     r.throughput = pipeline::throughput(bins, &steps, secs, processes)?;
-    say("bench: 3. scale");
-    let sockets: &[u64] = if smoke { &[0, 20] } else { &[0, 1_000, 10_000] };
-    r.scale = pipeline::scale(bins, sockets, if smoke { 1.0 } else { 10.0 })?;
-    say("bench: 4. table refresh and render (criterion)");
-    r.table = pipeline::table(&bins.work, smoke)?;
-    say("bench: 5. the dashboard at scale (tmux)");
-    // 100,000 sockets: ten holders, as a process may hold 20,000 fds here. Measured over 40 s:
-    // the checks against /proc and the TCP health reads are spaced to 1% of a core each (one
-    // every 40 s and 10 s at 100k), so a shorter window holds one or none of them by chance.
-    let (holders, per_holder, secs) = if smoke {
-        (1, 10, 1.0)
-    } else {
-        (10, 5_000, 40.0)
-    };
-    r.dashboard = Some(dashboard::run(bins, holders, per_holder, secs)?);
     Ok(())
 }
 
