@@ -139,8 +139,9 @@ impl Source {
         for change in self.tracker.observe_map(&map, &output.model().open, now_ns) {
             output.apply(change)?;
         }
-        let ids = map.iter().map(|s| s.id).collect();
+        let ids: Vec<SocketId> = map.iter().map(|s| s.id).collect();
         output.observe_map(map, now_ns);
+        release_free_heap(ids.len());
         Ok(ids)
     }
 
@@ -196,7 +197,7 @@ impl Source {
             .open
             .values()
             .filter(|s| s.proto != Proto::Udp)
-            .filter_map(Socket::holder_pid)
+            .filter_map(|s| s.holder_pid())
             .collect();
         // Nothing to read health for: no dump (it lists every TCP socket of a namespace).
         if pids.is_empty() {
@@ -207,11 +208,13 @@ impl Source {
         let now_ns = monotonic_ns();
         let cost_ns = now_ns.saturating_sub(started_ns);
         self.next_health_ns = started_ns.saturating_add(health_every_ns(cost_ns));
+        let read = readings.len();
         output.update(Action::Health {
             readings,
             now_ns,
             cost_ns,
         });
+        release_free_heap(read);
     }
 
     /// The periodic check against /proc; returns how long the check itself took (not the
@@ -229,6 +232,26 @@ impl Source {
         }
         Ok(took)
     }
+}
+
+/// Sockets a full read or a health reading must have held for its memory to be given back at
+/// once (below, the heap it freed is soon reused anyway).
+const RELEASE_AFTER_ROWS: usize = 10_000;
+
+/// Gives the kernel back the heap pages left free by a full read or a health reading of `rows`
+/// sockets. At 100k sockets these are tens of MiB that glibc keeps mapped otherwise (they lie
+/// below the rows allocated since, so they are not at the heap's top, the only part it trims
+/// by itself). The next read faults them in again: a few ms, spaced as the reads are.
+fn release_free_heap(rows: usize) {
+    #[cfg(target_env = "gnu")]
+    if rows >= RELEASE_AFTER_ROWS {
+        // SAFETY: malloc_trim only returns free memory to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = rows;
 }
 
 /// What one drain of the ring buffer opened and closed.
@@ -737,7 +760,12 @@ fn finish(
     else {
         return Ok(());
     };
-    let open: Vec<&Socket> = model.open.values().filter(|s| scope.matches(s)).collect();
+    let open: Vec<&Socket> = model
+        .open
+        .values()
+        .map(Box::as_ref)
+        .filter(|s| scope.matches(s))
+        .collect();
     for socket in &open {
         Record::open(socket, &clock, now_ns).write_line(&mut out)?;
     }

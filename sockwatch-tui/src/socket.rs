@@ -287,18 +287,23 @@ impl HealthMark {
 
 /// A per-second history of at most [`HISTORY_LEN`] samples, oldest first, that keeps a run
 /// of equal samples as one entry: most sockets of a busy machine sit idle, and their five
-/// minutes of zero rates and unchanging RTT take a few bytes, not kilobytes, each.
+/// minutes of zero rates and unchanging RTT take a few bytes, not kilobytes, each. The newest
+/// run is kept inline: a socket idle since it opened has no other, and allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct History<T> {
-    /// Each sample with how many seconds in a row it was seen.
-    runs: VecDeque<(T, u16)>,
+    /// The runs before the newest, oldest first: each sample with how many seconds in a row
+    /// it was seen.
+    older: VecDeque<(T, u16)>,
+    /// The newest run; seen 0 times while the history is empty.
+    newest: (T, u16),
     len: usize,
 }
 
-impl<T> Default for History<T> {
+impl<T: Default> Default for History<T> {
     fn default() -> Self {
         Self {
-            runs: VecDeque::new(),
+            older: VecDeque::new(),
+            newest: (T::default(), 0),
             len: 0,
         }
     }
@@ -306,48 +311,37 @@ impl<T> Default for History<T> {
 
 impl<T: Copy + PartialEq> History<T> {
     pub fn push(&mut self, sample: T) {
-        match self.runs.back_mut() {
-            Some((last, seen)) if *last == sample && *seen < u16::MAX => *seen += 1,
-            _ => self.runs.push_back((sample, 1)),
-        }
-        self.len += 1;
-        if self.len > HISTORY_LEN {
-            if let Some((_, seen)) = self.runs.front_mut() {
-                *seen -= 1;
-                if *seen == 0 {
-                    self.runs.pop_front();
-                }
-            }
-            self.len -= 1;
-        }
+        self.push_n(sample, 1);
     }
 
     /// `sample` seen `times` seconds in a row: one run, whatever the number.
     pub fn push_n(&mut self, sample: T, times: usize) {
         let mut left = times.min(HISTORY_LEN);
         while left > 0 {
-            let seen = match self.runs.back_mut() {
-                Some((last, seen)) if *last == sample && *seen < u16::MAX => seen,
-                _ => {
-                    self.runs.push_back((sample, 0));
-                    &mut self.runs.back_mut().expect("just pushed").1
-                }
-            };
-            let add = left.min(usize::from(u16::MAX - *seen));
-            *seen += add as u16;
+            let (last, seen) = self.newest;
+            if seen == 0 {
+                self.newest = (sample, 0);
+            } else if last != sample || seen == u16::MAX {
+                self.older.push_back(self.newest);
+                self.newest = (sample, 0);
+            }
+            let add = left.min(usize::from(u16::MAX - self.newest.1));
+            self.newest.1 += add as u16;
             self.len += add;
             left -= add;
         }
         // The oldest go, a run at a time where whole runs are too old.
         while self.len > HISTORY_LEN {
-            let Some((_, seen)) = self.runs.front_mut() else {
-                break;
+            let over = self.len - HISTORY_LEN;
+            let oldest = match self.older.front_mut() {
+                Some(oldest) => oldest,
+                None => &mut self.newest,
             };
-            let over = (self.len - HISTORY_LEN).min(usize::from(*seen));
-            *seen -= over as u16;
+            let over = over.min(usize::from(oldest.1));
+            oldest.1 -= over as u16;
             self.len -= over;
-            if *seen == 0 {
-                self.runs.pop_front();
+            if oldest.1 == 0 && !self.older.is_empty() {
+                self.older.pop_front();
             }
         }
     }
@@ -360,10 +354,17 @@ impl<T: Copy + PartialEq> History<T> {
         self.len == 0
     }
 
+    /// How many runs it keeps.
+    #[cfg(test)]
+    fn runs(&self) -> usize {
+        self.older.len() + usize::from(self.newest.1 > 0)
+    }
+
     /// Every sample, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
-        self.runs
+        self.older
             .iter()
+            .chain(std::iter::once(&self.newest))
             .flat_map(|&(sample, seen)| std::iter::repeat_n(sample, usize::from(seen)))
     }
 }
@@ -776,12 +777,13 @@ mod tests {
         for _ in 0..HISTORY_LEN + 50 {
             history.push(0u64);
         }
-        assert_eq!((history.len(), history.runs.len()), (HISTORY_LEN, 1));
+        assert_eq!((history.len(), history.runs()), (HISTORY_LEN, 1));
+        assert_eq!(history.older.capacity(), 0, "idle: nothing allocated");
         history.push(7);
         history.push(7);
         history.push(3);
         assert_eq!(history.len(), HISTORY_LEN);
-        assert_eq!(history.runs.len(), 3);
+        assert_eq!(history.runs(), 3);
         let samples: Vec<u64> = history.iter().collect();
         assert_eq!(samples.len(), HISTORY_LEN);
         assert_eq!(samples[HISTORY_LEN - 4..], [0, 7, 7, 3]);
@@ -791,7 +793,7 @@ mod tests {
         }
         let samples: Vec<u64> = history.iter().collect();
         assert_eq!(samples[..3], [7, 7, 3]);
-        assert_eq!((history.len(), history.runs.len()), (HISTORY_LEN, 2));
+        assert_eq!((history.len(), history.runs()), (HISTORY_LEN, 2));
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::{
 pub const MISSING_GRACE_NS: u64 = 1_000_000_000;
 
 /// The open sockets, by (pid, fd): the model owns them, the tracker reads them.
-pub type OpenSockets = BTreeMap<SocketKey, Socket>;
+pub type OpenSockets = BTreeMap<SocketKey, Box<Socket>>;
 
 /// What happened to a socket, as the model and the outputs take it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub enum Change {
 /// The sockets of process `pid` among `open`.
 fn of_process(open: &OpenSockets, pid: u32) -> impl Iterator<Item = &Socket> {
     open.range(SocketKey { pid, fd: 0 }..=SocketKey { pid, fd: u32::MAX })
-        .map(|(_, socket)| socket)
+        .map(|(_, socket)| socket.as_ref())
 }
 
 #[derive(Default)]
@@ -204,7 +204,7 @@ impl Tracker {
         if let Some(old) = open.get(&socket.key()) {
             if old.id.opened_ns < socket.id.opened_ns {
                 self.displaced
-                    .insert(old.id, (old.clone(), socket.id.opened_ns));
+                    .insert(old.id, (Socket::clone(old), socket.id.opened_ns));
             }
         }
         vec![Change::Opened(socket)]
@@ -246,14 +246,14 @@ impl Tracker {
             .iter()
             .find(|(id, (row, _))| id.key == key && row.inode == Some(inode))
             .map(|(id, _)| *id);
-        let same = |s: &&Socket| s.inode == Some(inode);
+        let same = |s: &&Box<Socket>| s.inode == Some(inode);
         let row = match aside.and_then(|id| self.displaced.remove(&id)) {
             Some((row, _)) => row,
             None => match open.get(&key).filter(same) {
-                Some(row) => row.clone(),
+                Some(row) => Socket::clone(row),
                 // Moved by user space: wherever it is shown now.
                 None => match open.values().find(same) {
-                    Some(row) => row.clone(),
+                    Some(row) => Socket::clone(row),
                     None => return Vec::new(),
                 },
             },
@@ -269,7 +269,7 @@ impl Tracker {
     /// The kernel moved a socket's row to `socket.key()`, from `from`: the process that moves
     /// its bytes now, once the one shown let go of it.
     fn moved(&mut self, socket: Socket, from: SocketKey, open: &OpenSockets) -> Vec<Change> {
-        let same = |s: &&Socket| s.inode.is_none() || s.inode == socket.inode;
+        let same = |s: &&Box<Socket>| s.inode.is_none() || s.inode == socket.inode;
         let Some(row) = open.get(&from).filter(same) else {
             return Vec::new();
         };
@@ -426,7 +426,7 @@ impl Tracker {
         let lost: Vec<Socket> = open
             .values()
             .filter(|s| !in_map.contains(&s.id) && !opened_since.contains(&s.id))
-            .cloned()
+            .map(|s| Socket::clone(s))
             .chain(aside)
             .collect();
         lost.iter()
@@ -770,7 +770,10 @@ mod tests {
     }
 
     fn open(sockets: &[Socket]) -> OpenSockets {
-        sockets.iter().map(|s| (s.key(), s.clone())).collect()
+        sockets
+            .iter()
+            .map(|s| (s.key(), Box::new(s.clone())))
+            .collect()
     }
 
     fn closed(changes: &[Change]) -> Vec<(SocketId, CloseCause, u64)> {
@@ -852,7 +855,7 @@ mod tests {
         later.id.opened_ns = 8 * SEC;
         let open_now = {
             let mut all = open.clone();
-            all.insert(later.key(), later.clone());
+            all.insert(later.key(), Box::new(later.clone()));
             all
         };
         let since: HashSet<SocketId> = [later.id].into();

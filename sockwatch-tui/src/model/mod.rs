@@ -149,8 +149,37 @@ impl Model {
     pub fn socket(&self, id: SocketId) -> Option<&Socket> {
         self.open
             .get(&id.key)
+            .map(Box::as_ref)
             .filter(|s| s.id == id)
             .or_else(|| self.closed.iter().rev().find(|s| s.id == id))
+    }
+
+    /// The open sockets of `ids` (in id order), in that order: beside the rows in one walk when
+    /// they are many (a search each would visit the tree's upper nodes again and again), a
+    /// search each when few.
+    pub fn open_of(&self, ids: &[SocketId]) -> Vec<&Socket> {
+        let mut found = Vec::with_capacity(ids.len());
+        if ids.len() * 8 >= self.open.len() {
+            let mut ids = ids.iter().peekable();
+            let Some(first) = ids.peek() else {
+                return found;
+            };
+            for (key, socket) in self.open.range(first.key..) {
+                while ids.next_if(|id| id.key < *key).is_some() {}
+                while let Some(id) = ids.next_if(|id| id.key == *key) {
+                    if *id == socket.id {
+                        found.push(socket.as_ref());
+                    }
+                }
+                if ids.peek().is_none() {
+                    break;
+                }
+            }
+        } else {
+            let open = |id: &SocketId| self.open.get(&id.key).filter(|s| s.id == *id);
+            found.extend(ids.iter().filter_map(open).map(Box::as_ref));
+        }
+        found
     }
 
     pub fn update(&mut self, action: Action) {
@@ -192,10 +221,10 @@ impl Model {
                     Some(kept) if kept.id > socket.id => {}
                     _ => {
                         self.note_fresh(socket.id);
-                        self.open.insert(key, socket);
+                        self.open.insert(key, Box::new(socket));
                     }
                 }
-                self.open.get(&key)
+                self.open.get(&key).map(Box::as_ref)
             }
             Change::Moved { from, to, comm } => {
                 if self.open.get(&from.key).is_none_or(|s| s.id != from) {
@@ -206,7 +235,7 @@ impl Model {
                 socket.comm = comm;
                 self.note_fresh(socket.id);
                 self.open.insert(to, socket);
-                self.open.get(&to)
+                self.open.get(&to).map(Box::as_ref)
             }
             Change::Holders { id, holders } => {
                 let kept = self.open.get_mut(&id.key).filter(|s| s.id == id)?;
@@ -258,7 +287,7 @@ impl Model {
                         if socket.connect_us.is_some() {
                             open.connect_us = socket.connect_us;
                         }
-                        open
+                        *open
                     }
                     other => {
                         // Not the socket this close is about (or none): leave it open.
@@ -309,7 +338,7 @@ impl Model {
                     if !self.counts_only {
                         socket.observe(sent, recv, now_ns);
                     }
-                    self.open.insert(socket.key(), socket);
+                    self.open.insert(socket.key(), Box::new(socket));
                 }
             }
         }

@@ -79,8 +79,11 @@ impl Dashboard {
                 let counters = matches!(action, Action::Counters(_));
                 // A refresh of what moved, with the table settled since the last change: only
                 // those rows are placed anew (new rows come with a change or a full read).
-                let moved: Option<Vec<SocketId>> = match &action {
+                let mut action = action;
+                let moved: Option<Vec<SocketId>> = match &mut action {
                     Action::Counts { counts, .. } if self.view.settled.is_some() => {
+                        // In id order: rows are found beside the tree in one walk.
+                        counts.sort_unstable_by_key(|c| c.id);
                         Some(counts.iter().map(|c| c.id).collect())
                     }
                     _ => None,

@@ -236,7 +236,7 @@ impl ViewState {
     /// Every socket the table may list, before filtering: the open ones, the recently closed
     /// ones when lingering is on, and the followed one wherever it is.
     fn candidates<'a>(&self, shown: &'a Model) -> Vec<&'a Socket> {
-        let mut sockets: Vec<&Socket> = shown.open.values().collect();
+        let mut sockets: Vec<&Socket> = shown.open.values().map(Box::as_ref).collect();
         let now_ns = shown.now_ns;
         // Each socket once, even if the log somehow holds it twice or it is open again (looked
         // up for the few closed ones: no set of every open socket each frame).
@@ -305,8 +305,8 @@ impl ViewState {
 
     /// The settled listing with the rows `moved` (their counters, all else as it was) taken
     /// out and put back where they now sort: a merge, not a sort of every row. `None` where
-    /// only a full settle can tell: nothing settled, grouped, paused, closed rows lingering
-    /// (time takes them off), or a sort by the clock.
+    /// only a full settle can tell (nothing settled, grouped, paused, closed rows lingering:
+    /// time takes them off, or a sort by the clock) or costs less (a quarter of the rows moved).
     fn visible_moved(&self, live: &Model, moved: &[SocketId]) -> Option<(Visible, Vec<SortKey>)> {
         let settled = self.settled.as_ref()?;
         let Listing::Sockets(ids) = &settled.listing else {
@@ -317,7 +317,9 @@ impl ViewState {
             .socket_columns()
             .iter()
             .find(|c| c.title == sort.column)?;
-        if self.paused.is_some()
+        // Many moved: their lookups, set and sort cost more than sorting every row.
+        if moved.len() > ids.len() / 4
+            || self.paused.is_some()
             || settled.closed != 0
             || column.by_clock
             || self.settled_keys.len() != ids.len()
@@ -326,9 +328,9 @@ impl ViewState {
         }
         let context = self.context(live);
         let followed = |s: &Socket| self.follow == Some(s.id);
-        let mut entering: Vec<(SortKey, SocketId)> = moved
-            .iter()
-            .filter_map(|id| live.open.get(&id.key).filter(|s| s.id == *id))
+        let mut entering: Vec<(SortKey, SocketId)> = live
+            .open_of(moved)
+            .into_iter()
             .filter(|s| followed(s) || self.scope.matches(s))
             .filter(|s| {
                 self.filter.is_empty() || followed(s) || self.filter.matches(s, context.host(s))
@@ -386,9 +388,10 @@ impl ViewState {
         let sockets: Box<dyn Iterator<Item = &Socket>> = match only {
             Some(ids) => Box::new(
                 ids.iter()
-                    .filter_map(|id| open.get(&id.key).filter(|s| s.id == *id)),
+                    .filter_map(|id| open.get(&id.key).filter(|s| s.id == *id))
+                    .map(Box::as_ref),
             ),
-            None => Box::new(open.values()),
+            None => Box::new(open.values().map(Box::as_ref)),
         };
         sockets
             .filter(|s| self.scope.matches(s))
@@ -490,8 +493,8 @@ impl ViewState {
         self.settle_on(live, visible, keys);
     }
 
-    /// [`Self::settle`] after a refresh where only the counters of `moved` changed since the
-    /// last settle: at 100k rows with a tenth of them moving, a merge of those rather than a
+    /// [`Self::settle`] after a refresh where only the counters of `moved` (in id order)
+    /// changed since the last settle: at 100k rows with a tenth of them moving, a merge of those rather than a
     /// filter and sort of all.
     pub fn settle_moved(&mut self, live: &Model, moved: &[SocketId]) {
         match self.visible_moved(live, moved) {
