@@ -246,13 +246,13 @@ impl Tracker {
             .iter()
             .find(|(id, (row, _))| id.key == key && row.inode == Some(inode))
             .map(|(id, _)| *id);
-        let same = |s: &&Box<Socket>| s.inode == Some(inode);
+        let same = |s: &Socket| s.inode == Some(inode);
         let row = match aside.and_then(|id| self.displaced.remove(&id)) {
             Some((row, _)) => row,
-            None => match open.get(&key).filter(same) {
+            None => match open.get(&key).filter(|s| same(s)) {
                 Some(row) => Socket::clone(row),
                 // Moved by user space: wherever it is shown now.
-                None => match open.values().find(same) {
+                None => match open.values().find(|s| same(s)) {
                     Some(row) => Socket::clone(row),
                     None => return Vec::new(),
                 },
@@ -269,8 +269,8 @@ impl Tracker {
     /// The kernel moved a socket's row to `socket.key()`, from `from`: the process that moves
     /// its bytes now, once the one shown let go of it.
     fn moved(&mut self, socket: Socket, from: SocketKey, open: &OpenSockets) -> Vec<Change> {
-        let same = |s: &&Box<Socket>| s.inode.is_none() || s.inode == socket.inode;
-        let Some(row) = open.get(&from).filter(same) else {
+        let same = |s: &Socket| s.inode.is_none() || s.inode == socket.inode;
+        let Some(row) = open.get(&from).filter(|s| same(s)) else {
             return Vec::new();
         };
         let mut row = row.clone();
