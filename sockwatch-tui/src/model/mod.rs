@@ -15,7 +15,10 @@ use crate::{
         loader::KernelCounters,
         tracker::{Change, OpenSockets},
     },
-    socket::{CloseCause, Closed, ClosedBy, Origin, Socket, SocketId, State, Throughput},
+    socket::{
+        prefetch, CloseCause, Closed, ClosedBy, Origin, Socket, SocketId, State, Throughput,
+        PREFETCH_AHEAD,
+    },
 };
 
 /// How many closed sockets the close log keeps.
@@ -390,16 +393,36 @@ impl Model {
             // walk rather than a search each. The walk compares keys, which the tree keeps
             // together, and touches a row only when it is counted: rows are hundreds of bytes.
             counts.sort_unstable_by_key(|c| c.id);
-            let mut counts = counts.into_iter().peekable();
+            // The rows counted, each with its counts (one, but for a reused key), found by
+            // the tree's keys alone.
+            let mut found: Vec<(&mut Socket, std::ops::Range<usize>)> =
+                Vec::with_capacity(counts.len());
+            let mut next = 0;
             for (key, socket) in self.open.iter_mut() {
-                while counts.next_if(|c| c.id.key < *key).is_some() {}
-                while let Some(count) = counts.next_if(|c| c.id.key == *key) {
-                    if count.id == socket.id {
-                        take(socket, count);
-                    }
+                while counts.get(next).is_some_and(|c| c.id.key < *key) {
+                    next += 1;
                 }
-                if counts.peek().is_none() {
+                let first = next;
+                while counts.get(next).is_some_and(|c| c.id.key == *key) {
+                    next += 1;
+                }
+                if next > first {
+                    found.push((socket.as_mut(), first..next));
+                }
+                if next == counts.len() {
                     break;
+                }
+            }
+            // Then the rows, each asked for a few ahead of its turn (they are boxed apart).
+            for i in 0..found.len() {
+                if let Some((ahead, _)) = found.get(i + PREFETCH_AHEAD) {
+                    prefetch(ahead);
+                }
+                let (socket, range) = &mut found[i];
+                for count in &counts[range.clone()] {
+                    if count.id == socket.id {
+                        take(socket, *count);
+                    }
                 }
             }
         } else {

@@ -12,8 +12,7 @@ use ratatui::layout::Size;
 
 use super::{
     columns::{
-        process_tiebreak, socket_tiebreak, Column, Sort, SortKey, PROCESS_COLUMNS, SOCKET_COLUMNS,
-        TCP_COLUMNS,
+        process_tiebreak, Column, Sort, SortKey, PROCESS_COLUMNS, SOCKET_COLUMNS, TCP_COLUMNS,
     },
     filter::{Filter, Scope},
     layout,
@@ -21,7 +20,7 @@ use super::{
 };
 use crate::{
     model::Model,
-    socket::{Socket, SocketId},
+    socket::{prefetched, Socket, SocketId},
 };
 
 /// How long closed sockets stay in the table when lingering is on and no time was given.
@@ -260,45 +259,61 @@ impl ViewState {
         let shown = self.shown(live);
         let context = self.context(live);
         let followed = |s: &Socket| self.follow == Some(s.id);
-        let in_scope: Vec<&Socket> = self
-            .candidates(shown)
-            .into_iter()
-            .filter(|s| followed(s) || self.scope.matches(s))
-            .collect();
-        let total = in_scope.len();
-        let mut sockets: Vec<&Socket> = in_scope
-            .into_iter()
-            // No filter: nothing to match (nor names to look up for 100k rows).
-            .filter(|s| {
-                self.filter.is_empty() || followed(s) || self.filter.matches(s, context.host(s))
-            })
-            .collect();
-        let matching = sockets.len();
-        let closed = sockets.iter().filter(|s| s.is_closed()).count();
-        let (listing, keys) = if self.grouped {
+        let in_scope = |s: &&Socket| followed(s) || self.scope.matches(s);
+        // No filter: nothing to match (nor names to look up for 100k rows).
+        let matches = |s: &&Socket| {
+            self.filter.is_empty() || followed(s) || self.filter.matches(s, context.host(s))
+        };
+        let candidates = self.candidates(shown);
+        if self.grouped {
+            let in_scope: Vec<&Socket> = candidates.into_iter().filter(in_scope).collect();
+            let sockets: Vec<&Socket> = in_scope.iter().copied().filter(matches).collect();
             let mut processes = by_process(&sockets, &context);
             self.process_sort
                 .apply(PROCESS_COLUMNS, &mut processes, &context, process_tiebreak);
-            (Listing::Processes(processes), Vec::new())
+            let listing = Listing::Processes(processes);
+            let visible = Visible {
+                selected: self.resolve(&listing),
+                listing,
+                in_scope: in_scope.len(),
+                matching: sockets.len(),
+                closed: sockets.iter().filter(|s| s.is_closed()).count(),
+            };
+            return (visible, Vec::new());
+        }
+        // One pass reads each row once for all it gives (rows are boxed apart: at 100k a pass
+        // per question costs more in memory reads than in the questions).
+        let sort = self.sort();
+        let column = self
+            .socket_columns()
+            .iter()
+            .find(|c| c.title == sort.column);
+        let (mut in_scope_count, mut closed) = (0, 0);
+        let mut ids = Vec::with_capacity(candidates.len());
+        let mut keys = Vec::with_capacity(if column.is_some() {
+            candidates.len()
         } else {
-            let keys = self.sort().apply(
-                self.socket_columns(),
-                &mut sockets,
-                &context,
-                socket_tiebreak,
-            );
-            (
-                Listing::Sockets(sockets.iter().map(|s| s.id).collect()),
-                keys,
-            )
-        };
-        let selected = self.resolve(&listing);
+            0
+        });
+        for s in prefetched(&candidates).filter(in_scope) {
+            in_scope_count += 1;
+            if !matches(&s) {
+                continue;
+            }
+            closed += usize::from(s.is_closed());
+            ids.push(s.id);
+            if let Some(column) = column {
+                keys.push((column.key)(s, &context));
+            }
+        }
+        let (ids, keys) = sort.arrange(ids, keys);
+        let listing = Listing::Sockets(ids);
         let visible = Visible {
+            selected: self.resolve(&listing),
+            matching: listing.len(),
             listing,
-            in_scope: total,
-            matching,
+            in_scope: in_scope_count,
             closed,
-            selected,
         };
         (visible, keys)
     }
@@ -328,9 +343,8 @@ impl ViewState {
         }
         let context = self.context(live);
         let followed = |s: &Socket| self.follow == Some(s.id);
-        let mut entering: Vec<(SortKey, SocketId)> = live
-            .open_of(moved)
-            .into_iter()
+        let moved_rows = live.open_of(moved);
+        let mut entering: Vec<(SortKey, SocketId)> = prefetched(&moved_rows)
             .filter(|s| followed(s) || self.scope.matches(s))
             .filter(|s| {
                 self.filter.is_empty() || followed(s) || self.filter.matches(s, context.host(s))
