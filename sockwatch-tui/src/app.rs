@@ -760,12 +760,7 @@ fn finish(
     else {
         return Ok(());
     };
-    let open: Vec<&Socket> = model
-        .open
-        .values()
-        .map(Box::as_ref)
-        .filter(|s| scope.matches(s))
-        .collect();
+    let open: Vec<&Socket> = model.open.values().filter(|s| scope.matches(s)).collect();
     for socket in &open {
         Record::open(socket, &clock, now_ns).write_line(&mut out)?;
     }

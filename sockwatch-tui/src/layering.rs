@@ -18,6 +18,7 @@ const RANKS: &[(&str, u8)] = &[
     ("socket", 0),
     ("clock", 0),
     ("logfile", 0),
+    ("open_sockets", 0),
     ("kernel", 1),
     ("model", 2),
     ("view", 3),

@@ -13,6 +13,7 @@ pub mod json;
 pub mod kernel;
 pub mod logfile;
 pub mod model;
+pub mod open_sockets;
 pub mod socket;
 pub mod terminal;
 pub mod view;

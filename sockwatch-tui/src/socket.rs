@@ -289,14 +289,17 @@ impl HealthMark {
 /// of equal samples as one entry: most sockets of a busy machine sit idle, and their five
 /// minutes of zero rates and unchanging RTT take a few bytes, not kilobytes, each. The newest
 /// run is kept inline: a socket idle since it opened has no other, and allocates nothing.
+///
+/// In declaration order (`repr(C)`): what a reading a second after the last touches first.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct History<T> {
-    /// The runs before the newest, oldest first: each sample with how many seconds in a row
-    /// it was seen.
-    older: VecDeque<(T, u16)>,
     /// The newest run; seen 0 times while the history is empty.
     newest: (T, u16),
     len: usize,
+    /// The runs before the newest, oldest first: each sample with how many seconds in a row
+    /// it was seen.
+    older: VecDeque<(T, u16)>,
 }
 
 impl<T: Default> Default for History<T> {
@@ -511,10 +514,11 @@ pub fn holder_fd(key: SocketKey) -> Option<u32> {
 /// One socket: who holds it, both ends, its state, its counters and rates, and how it ended.
 ///
 /// In declaration order (`repr(C)`): what every refresh reads of each of 100k rows (identity,
-/// counters, state, ends, rates) in its first lines, so that a row costs the fewest memory
-/// reads (rows are boxed apart); [`prefetch`] asks for those lines ahead.
+/// counters, state, ends, rates, the newest second of history) in its first three cache lines,
+/// so that a row costs the fewest memory reads; [`prefetch`] asks for those lines ahead. Aligned
+/// to a line, so a row's lines are its own, and 512 bytes, so the alignment wastes none.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub struct Socket {
     pub id: SocketId,
     pub bytes_sent: u64,
@@ -527,6 +531,9 @@ pub struct Socket {
     /// False when bytes may have moved where the backend could not count them (the syscall
     /// backends and io_uring, splice, a copied fd): the counts are then a lower bound.
     pub complete: bool,
+    /// Who ended it (TCP; known at its close, or at a failed connect). Here, where a byte of
+    /// the first line is free: the row fills eight lines exactly.
+    pub closed_by: Option<ClosedBy>,
     pub dport: u16,
     /// Local port; 0 when not known.
     pub lport: u16,
@@ -552,8 +559,6 @@ pub struct Socket {
     pub mark: Option<HealthMark>,
     /// How long its connect's handshake took (SYN sent to established or failed), in us.
     pub connect_us: Option<u64>,
-    /// Who ended it (TCP; known at its close, or at a failed connect).
-    pub closed_by: Option<ClosedBy>,
     /// The errno that ended it: a failed connect's, a reset's, a timeout's.
     pub error: Option<i32>,
     /// (smoothed RTT in us, retransmits so far) at most once a second, oldest first, as
@@ -577,19 +582,27 @@ pub fn prefetched<'r, 'a>(rows: &'r [&'a Socket]) -> impl Iterator<Item = &'a So
     })
 }
 
+/// The bytes of a row every refresh reads: up to `rates.now`, the fields each reading updates
+/// and the history's newest run (a reading a second after the last extends it).
+const HOT: usize = std::mem::offset_of!(Socket, rates)
+    + std::mem::offset_of!(Rates, history)
+    + std::mem::offset_of!(History<Throughput>, older);
+
+// A refresh reads three lines of each row; a row grown past 512 bytes pads to 576, an eighth
+// more memory at 100k rows: either wants a look at the layout before it lands.
+const _: () = assert!(HOT <= 3 * 64 && std::mem::size_of::<Socket>() == 512);
+
 /// Asks the processor to start reading `socket`'s first lines (see [`Socket`]), for a pass
-/// over many rows to issue a few rows ahead: rows are boxed apart, so each is a memory read
-/// the hardware cannot foresee, and a pass that waits for each in turn spends most of its time
-/// waiting.
+/// over many rows to issue a few rows ahead: rows taken in key order or sort order lie apart,
+/// so each is a memory read the hardware cannot foresee, and a pass that waits for each in
+/// turn spends most of its time waiting.
 #[inline]
 pub fn prefetch(socket: &Socket) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let first = std::ptr::from_ref(socket).cast::<i8>();
-        // Up to `rates.now` and the fields each reading updates.
-        let hot = std::mem::offset_of!(Socket, rates) + std::mem::offset_of!(Rates, history);
-        for line in (0..hot).step_by(64) {
+        for line in (0..HOT).step_by(64) {
             // SAFETY: a prefetch is a hint: it reads nothing into the program and cannot fault.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(line)) };
         }

@@ -17,7 +17,7 @@
 //! The set of open sockets is the model's; the tracker reads it and keeps only what checking
 //! needs: the inodes it has learned and the sockets under suspicion.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use sockwatch_common::directions;
 
@@ -28,6 +28,7 @@ use super::{
 };
 use crate::{
     clock::monotonic_ns,
+    open_sockets::OpenSockets,
     socket::{CloseCause, Closed, Direction, Origin, Proto, Socket, SocketId, SocketKey},
 };
 
@@ -36,9 +37,6 @@ use crate::{
 /// taken before the read is checked (see `app.rs`), so only a close whose sender was preempted
 /// between removing the entry and reporting it could still be on its way: this covers it.
 pub const MISSING_GRACE_NS: u64 = 1_000_000_000;
-
-/// The open sockets, by (pid, fd): the model owns them, the tracker reads them.
-pub type OpenSockets = BTreeMap<SocketKey, Box<Socket>>;
 
 /// What happened to a socket, as the model and the outputs take it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +68,6 @@ pub enum Change {
 /// The sockets of process `pid` among `open`.
 fn of_process(open: &OpenSockets, pid: u32) -> impl Iterator<Item = &Socket> {
     open.range(SocketKey { pid, fd: 0 }..=SocketKey { pid, fd: u32::MAX })
-        .map(|(_, socket)| socket.as_ref())
 }
 
 #[derive(Default)]
@@ -426,7 +423,7 @@ impl Tracker {
         let lost: Vec<Socket> = open
             .values()
             .filter(|s| !in_map.contains(&s.id) && !opened_since.contains(&s.id))
-            .map(|s| Socket::clone(s))
+            .cloned()
             .chain(aside)
             .collect();
         lost.iter()
@@ -770,10 +767,7 @@ mod tests {
     }
 
     fn open(sockets: &[Socket]) -> OpenSockets {
-        sockets
-            .iter()
-            .map(|s| (s.key(), Box::new(s.clone())))
-            .collect()
+        sockets.iter().cloned().collect()
     }
 
     fn closed(changes: &[Change]) -> Vec<(SocketId, CloseCause, u64)> {
@@ -855,7 +849,7 @@ mod tests {
         later.id.opened_ns = 8 * SEC;
         let open_now = {
             let mut all = open.clone();
-            all.insert(later.key(), Box::new(later.clone()));
+            all.insert(later.clone());
             all
         };
         let since: HashSet<SocketId> = [later.id].into();

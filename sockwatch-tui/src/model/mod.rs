@@ -9,12 +9,8 @@ use std::collections::VecDeque;
 
 use self::dns::{Answer, HostNames};
 use crate::{
-    kernel::{
-        by_socket::Count,
-        diag::Readings,
-        loader::KernelCounters,
-        tracker::{Change, OpenSockets},
-    },
+    kernel::{by_socket::Count, diag::Readings, loader::KernelCounters, tracker::Change},
+    open_sockets::OpenSockets,
     socket::{
         prefetch, CloseCause, Closed, ClosedBy, Origin, Socket, SocketId, State, Throughput,
         PREFETCH_AHEAD,
@@ -152,35 +148,19 @@ impl Model {
     pub fn socket(&self, id: SocketId) -> Option<&Socket> {
         self.open
             .get(&id.key)
-            .map(Box::as_ref)
             .filter(|s| s.id == id)
             .or_else(|| self.closed.iter().rev().find(|s| s.id == id))
     }
 
-    /// The open sockets of `ids` (in id order), in that order: beside the rows in one walk when
-    /// they are many (a search each would visit the tree's upper nodes again and again), a
-    /// search each when few.
+    /// The open sockets of `ids` (in id order), in that order.
     pub fn open_of(&self, ids: &[SocketId]) -> Vec<&Socket> {
-        let mut found = Vec::with_capacity(ids.len());
-        if ids.len() * 8 >= self.open.len() {
-            let mut ids = ids.iter().peekable();
-            let Some(first) = ids.peek() else {
-                return found;
-            };
-            for (key, socket) in self.open.range(first.key..) {
-                while ids.next_if(|id| id.key < *key).is_some() {}
-                while let Some(id) = ids.next_if(|id| id.key == *key) {
-                    if *id == socket.id {
-                        found.push(socket.as_ref());
-                    }
-                }
-                if ids.peek().is_none() {
-                    break;
-                }
+        let rows = self.open.beside(ids, |id| id.key);
+        let mut found = Vec::with_capacity(rows.len());
+        for (slot, range) in rows {
+            let socket = self.open.slot(slot);
+            if ids[range].contains(&socket.id) {
+                found.push(socket);
             }
-        } else {
-            let open = |id: &SocketId| self.open.get(&id.key).filter(|s| s.id == *id);
-            found.extend(ids.iter().filter_map(open).map(Box::as_ref));
         }
         found
     }
@@ -224,10 +204,10 @@ impl Model {
                     Some(kept) if kept.id > socket.id => {}
                     _ => {
                         self.note_fresh(socket.id);
-                        self.open.insert(key, Box::new(socket));
+                        self.open.insert(socket);
                     }
                 }
-                self.open.get(&key).map(Box::as_ref)
+                self.open.get(&key)
             }
             Change::Moved { from, to, comm } => {
                 if self.open.get(&from.key).is_none_or(|s| s.id != from) {
@@ -237,8 +217,8 @@ impl Model {
                 socket.id.key = to;
                 socket.comm = comm;
                 self.note_fresh(socket.id);
-                self.open.insert(to, socket);
-                self.open.get(&to).map(Box::as_ref)
+                self.open.insert(socket);
+                self.open.get(&to)
             }
             Change::Holders { id, holders } => {
                 let kept = self.open.get_mut(&id.key).filter(|s| s.id == id)?;
@@ -290,12 +270,12 @@ impl Model {
                         if socket.connect_us.is_some() {
                             open.connect_us = socket.connect_us;
                         }
-                        *open
+                        open
                     }
                     other => {
                         // Not the socket this close is about (or none): leave it open.
                         if let Some(other) = other {
-                            self.open.insert(other.key(), other);
+                            self.open.insert(other);
                         }
                         socket
                     }
@@ -341,7 +321,7 @@ impl Model {
                     if !self.counts_only {
                         socket.observe(sent, recv, now_ns);
                     }
-                    self.open.insert(socket.key(), Box::new(socket));
+                    self.open.insert(socket);
                 }
             }
         }
@@ -388,48 +368,18 @@ impl Model {
                 bytes = bytes.saturating_add(socket.rates.now);
             }
         };
-        if counts.len() * 8 >= self.open.len() {
-            // Many (a tenth of 100k rows sending): sorted, then taken beside the rows in one
-            // walk rather than a search each. The walk compares keys, which the tree keeps
-            // together, and touches a row only when it is counted: rows are hundreds of bytes.
-            counts.sort_unstable_by_key(|c| c.id);
-            // The rows counted, each with its counts (one, but for a reused key), found by
-            // the tree's keys alone.
-            let mut found: Vec<(&mut Socket, std::ops::Range<usize>)> =
-                Vec::with_capacity(counts.len());
-            let mut next = 0;
-            for (key, socket) in self.open.iter_mut() {
-                while counts.get(next).is_some_and(|c| c.id.key < *key) {
-                    next += 1;
-                }
-                let first = next;
-                while counts.get(next).is_some_and(|c| c.id.key == *key) {
-                    next += 1;
-                }
-                if next > first {
-                    found.push((socket.as_mut(), first..next));
-                }
-                if next == counts.len() {
-                    break;
-                }
+        // In key order, the rows counted are found by the index alone, then read in turn, each
+        // asked for a few ahead of its turn.
+        counts.sort_unstable_by_key(|c| c.id);
+        let found = self.open.beside(&counts, |c| c.id.key);
+        for (i, (slot, range)) in found.iter().enumerate() {
+            if let Some(&(ahead, _)) = found.get(i + PREFETCH_AHEAD) {
+                prefetch(self.open.slot(ahead));
             }
-            // Then the rows, each asked for a few ahead of its turn (they are boxed apart).
-            for i in 0..found.len() {
-                if let Some((ahead, _)) = found.get(i + PREFETCH_AHEAD) {
-                    prefetch(ahead);
-                }
-                let (socket, range) = &mut found[i];
-                for count in &counts[range.clone()] {
-                    if count.id == socket.id {
-                        take(socket, *count);
-                    }
-                }
-            }
-        } else {
-            for count in counts {
-                let socket = self.open.get_mut(&count.id.key);
-                if let Some(socket) = socket.filter(|s| s.id == count.id) {
-                    take(socket, count);
+            let socket = self.open.slot_mut(*slot);
+            for count in &counts[range.clone()] {
+                if count.id == socket.id {
+                    take(socket, *count);
                 }
             }
         }
@@ -446,7 +396,7 @@ impl Model {
         if readings.is_empty() {
             return;
         }
-        for socket in self.open.values_mut() {
+        for socket in self.open.rows_mut() {
             if let Some(health) = socket.inode.and_then(|inode| readings.get(&inode)) {
                 socket.observe_tcp(*health, now_ns);
             }

@@ -370,11 +370,10 @@ impl Sort {
             (ids, keys) = pairs.into_iter().unzip();
         }
         let order = self.ranking(&keys);
-        let ids = order.iter().map(|&i| ids[i as usize]).collect();
-        let keys = order
-            .iter()
-            .map(|&i| std::mem::replace(&mut keys[i as usize], SortKey::Num(0)))
-            .collect();
+        let ids = gather(&order, &mut ids, |id| *id);
+        let keys = gather(&order, &mut keys, |key| {
+            std::mem::replace(key, SortKey::Num(0))
+        });
         (ids, keys)
     }
 
@@ -431,6 +430,25 @@ impl Sort {
 
 pub fn process_tiebreak(p: &ProcessView) -> u32 {
     p.pid
+}
+
+/// `take` of each of `items` at the positions `order` names, in that order. A gather at 100k
+/// rows reads all over megabytes of items: each is asked for a few ahead of its turn, as
+/// waiting for each in turn costs more than the rest of the sort.
+fn gather<T, U>(order: &[u32], items: &mut [T], take: impl Fn(&mut T) -> U) -> Vec<U> {
+    const AHEAD: usize = 16;
+    let mut out = Vec::with_capacity(order.len());
+    for (i, &at) in order.iter().enumerate() {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(&next) = order.get(i + AHEAD) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let next = items.as_ptr().wrapping_add(next as usize).cast::<i8>();
+            // SAFETY: a prefetch is a hint: it reads nothing into the program and cannot fault.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(next) };
+        }
+        out.push(take(&mut items[at as usize]));
+    }
+    out
 }
 
 /// The positions of `keys` in ascending order of their values, equal values in position order:

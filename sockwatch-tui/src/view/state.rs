@@ -235,7 +235,7 @@ impl ViewState {
     /// Every socket the table may list, before filtering: the open ones, the recently closed
     /// ones when lingering is on, and the followed one wherever it is.
     fn candidates<'a>(&self, shown: &'a Model) -> Vec<&'a Socket> {
-        let mut sockets: Vec<&Socket> = shown.open.values().map(Box::as_ref).collect();
+        let mut sockets: Vec<&Socket> = shown.open.values().collect();
         let now_ns = shown.now_ns;
         // Each socket once, even if the log somehow holds it twice or it is open again (looked
         // up for the few closed ones: no set of every open socket each frame).
@@ -281,8 +281,8 @@ impl ViewState {
             };
             return (visible, Vec::new());
         }
-        // One pass reads each row once for all it gives (rows are boxed apart: at 100k a pass
-        // per question costs more in memory reads than in the questions).
+        // One pass reads each row once for all it gives (at 100k rows, a pass per question
+        // costs more in memory reads than in the questions).
         let sort = self.sort();
         let column = self
             .socket_columns()
@@ -402,10 +402,9 @@ impl ViewState {
         let sockets: Box<dyn Iterator<Item = &Socket>> = match only {
             Some(ids) => Box::new(
                 ids.iter()
-                    .filter_map(|id| open.get(&id.key).filter(|s| s.id == *id))
-                    .map(Box::as_ref),
+                    .filter_map(|id| open.get(&id.key).filter(|s| s.id == *id)),
             ),
-            None => Box::new(open.values().map(Box::as_ref)),
+            None => Box::new(open.values()),
         };
         sockets
             .filter(|s| self.scope.matches(s))

@@ -145,11 +145,12 @@ pub(super) fn cpu_ns(pid: u32) -> Result<u64> {
     ns.sum()
 }
 
-/// One size: ns per iteration of `refresh`, `visible` and `render`, every sample.
+/// One size: ns per iteration of `refresh`, `refresh_tenth`, `visible` and `render`, every
+/// sample.
 #[derive(Clone, Debug)]
 pub struct Rows {
     pub rows: usize,
-    pub parts: [Vec<f64>; 3],
+    pub parts: [Vec<f64>; 4],
 }
 
 /// Runs the benchmark; a smoke run measures 100 rows briefly (dev profile), through the same files.
@@ -174,8 +175,9 @@ pub fn table(work: &Path, smoke: bool) -> Result<Vec<Rows>> {
         per_iteration(&text).with_context(|| format!("parsing {}", file.display()))
     };
     let size = |&rows: &usize| -> Result<Rows> {
-        let [refresh, visible, render] = ["refresh", "visible", "render"].map(|p| read(rows, p));
-        let parts = [refresh?, visible?, render?];
+        let parts = ["refresh", "refresh_tenth", "visible", "render"].map(|p| read(rows, p));
+        let [refresh, tenth, visible, render] = parts;
+        let parts = [refresh?, tenth?, visible?, render?];
         Ok(Rows { rows, parts })
     };
     sizes.iter().map(size).collect()
