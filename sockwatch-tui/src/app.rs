@@ -217,12 +217,12 @@ impl Source {
         release_free_heap(read);
     }
 
-    /// The periodic check against /proc; returns how long the check itself took (not the
-    /// full read before it, whose cost follows the map's size more than the sockets in it, nor
-    /// the records taken then, which a storm can make long).
+    /// The periodic check against /proc; returns how long it took, the full read before it
+    /// included (a third of the whole at 100k sockets; after a storm, the records taken then
+    /// too, which spaces the next check further while the drop counter already says so).
     fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<Duration> {
-        let map = self.read_map(output, log)?;
         let started = std::time::Instant::now();
+        let map = self.read_map(output, log)?;
         let changes =
             self.tracker
                 .reconcile(&map, &output.model().open, &mut self.tables, monotonic_ns());
@@ -447,7 +447,7 @@ fn full_read_every_ns(cost_ns: u64) -> u64 {
 
 /// At most this share of a core goes to the checks against /proc: after one that took T, the
 /// next waits T / RECONCILE_SHARE if that is longer than the reconciliation interval (100,000
-/// sockets: about 0.4 s a check, one every 40 s rather than every 5 s).
+/// sockets: about 0.9 s a check with its full read, one every 90 s rather than every 5 s).
 const RECONCILE_SHARE: f64 = 0.01;
 
 /// Everything that stops a run: a signal or the `--duration` deadline.

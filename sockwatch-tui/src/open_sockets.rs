@@ -1,37 +1,51 @@
 //! The open sockets, by (pid, fd): the model owns them, the tracker reads them.
 //!
-//! The rows lie side by side in one vector, and an ordered index gives each key its place. A
-//! refresh at 100k rows walks all of them (twice: the counts, then the listing); rows boxed
-//! one by one lay the tree's nodes among half-kilobyte rows, and such a walk spent most of its
-//! time waiting for memory. Side by side, rows taken in key order are read nearly in address
-//! order (keys grow as processes open sockets), and the index's nodes lie close together.
+//! The rows lie side by side in one vector; a hash index gives each key its place, and an
+//! ordered one the keys in order (the listing's ties, a process's sockets, JSON). At 100k rows,
+//! rows boxed one by one laid the tree's nodes among half-kilobyte rows, and a walk spent most
+//! of its time waiting for memory. Side by side, rows taken in key order are read nearly in
+//! address order (keys grow as processes open sockets); the rows a refresh counted (a tenth
+//! of 100k) are found by a hash lookup each, a few times faster than a search of the tree.
 
 use std::{
     collections::BTreeMap,
     ops::{Range, RangeBounds},
 };
 
+use foldhash::{HashMap, HashMapExt};
+
 use crate::socket::{Socket, SocketKey};
 
 /// Above this many rows of room, a vector four times larger than its rows gives back half.
 const SHRINK_FROM: usize = 1024;
 
-/// [`OpenSockets::beside`] walks the whole index for one item in this many rows or more: a walk
-/// reads each key once, side by side; a search reads a few nodes all over the tree, each a
-/// wait for memory at 100k rows.
-const WALK_FROM: usize = 32;
+/// [`OpenSockets::beside`] walks the ordered index for one item in this many rows or more
+/// (nearly every row: a walk reads each key once, side by side), and looks each up otherwise.
+const WALK_FROM: usize = 2;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct OpenSockets {
     /// Each key's place in `rows`.
-    index: BTreeMap<SocketKey, u32>,
+    places: HashMap<SocketKey, u32>,
+    /// The same, in key order.
+    order: BTreeMap<SocketKey, u32>,
     /// The rows, in no order and without gaps (a removal moves the last row into its place).
     rows: Vec<Socket>,
 }
 
-/// A row's place, as [`OpenSockets::slots`] gave it: good until the next insert or remove.
+/// A row's place, as [`OpenSockets::beside`] gave it: good until the next insert or remove.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot(u32);
+
+impl Default for OpenSockets {
+    fn default() -> Self {
+        Self {
+            places: HashMap::new(),
+            order: BTreeMap::new(),
+            rows: Vec::new(),
+        }
+    }
+}
 
 impl OpenSockets {
     pub fn len(&self) -> usize {
@@ -43,26 +57,27 @@ impl OpenSockets {
     }
 
     pub fn get(&self, key: &SocketKey) -> Option<&Socket> {
-        let &slot = self.index.get(key)?;
+        let &slot = self.places.get(key)?;
         Some(&self.rows[slot as usize])
     }
 
     pub fn get_mut(&mut self, key: &SocketKey) -> Option<&mut Socket> {
-        let &slot = self.index.get(key)?;
+        let &slot = self.places.get(key)?;
         Some(&mut self.rows[slot as usize])
     }
 
     pub fn contains_key(&self, key: &SocketKey) -> bool {
-        self.index.contains_key(key)
+        self.places.contains_key(key)
     }
 
     /// Keeps `socket` under its key; returns the row it replaces there.
     pub fn insert(&mut self, socket: Socket) -> Option<Socket> {
-        match self.index.get(&socket.key()) {
+        match self.places.get(&socket.key()) {
             Some(&slot) => Some(std::mem::replace(&mut self.rows[slot as usize], socket)),
             None => {
                 let slot = u32::try_from(self.rows.len()).expect("fewer than 2^32 open sockets");
-                self.index.insert(socket.key(), slot);
+                self.places.insert(socket.key(), slot);
+                self.order.insert(socket.key(), slot);
                 self.rows.push(socket);
                 None
             }
@@ -70,10 +85,12 @@ impl OpenSockets {
     }
 
     pub fn remove(&mut self, key: &SocketKey) -> Option<Socket> {
-        let slot = self.index.remove(key)? as usize;
+        let slot = self.places.remove(key)? as usize;
+        self.order.remove(key);
         let socket = self.rows.swap_remove(slot);
         if let Some(moved) = self.rows.get(slot) {
-            self.index.insert(moved.key(), slot as u32);
+            self.places.insert(moved.key(), slot as u32);
+            self.order.insert(moved.key(), slot as u32);
         }
         // After a storm of closes, give the room back (rows are half a kilobyte).
         if self.rows.capacity() > SHRINK_FROM && self.rows.len() < self.rows.capacity() / 4 {
@@ -84,12 +101,12 @@ impl OpenSockets {
 
     /// The rows in key order.
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &Socket> + ExactSizeIterator {
-        self.index.values().map(|&slot| &self.rows[slot as usize])
+        self.order.values().map(|&slot| &self.rows[slot as usize])
     }
 
     /// The rows whose keys are in `keys`, in key order.
     pub fn range(&self, keys: impl RangeBounds<SocketKey>) -> impl Iterator<Item = &Socket> {
-        self.index
+        self.order
             .range(keys)
             .map(|(_, &slot)| &self.rows[slot as usize])
     }
@@ -100,10 +117,9 @@ impl OpenSockets {
     }
 
     /// The rows `sorted` names (items in key order, keyed by `key`), each with the range of
-    /// `sorted` under its key (one item, but where a key was reused): found in one walk beside
-    /// the index when they are many (a search each would visit the tree's upper nodes again and
-    /// again), a search each when few. The walk compares keys, which the index keeps together,
-    /// and touches no row: the caller reads only the rows it wants ([`Self::slot`]).
+    /// `sorted` under its key (one item, but where a key was reused): a lookup each, or one
+    /// walk beside the ordered index when they name nearly every row. Neither touches a row:
+    /// the caller reads only the rows it wants ([`Self::slot`]).
     pub fn beside<T>(
         &self,
         sorted: &[T],
@@ -115,7 +131,7 @@ impl OpenSockets {
             let Some(first) = sorted.first() else {
                 return found;
             };
-            for (row, &slot) in self.index.range(key(first)..) {
+            for (row, &slot) in self.order.range(key(first)..) {
                 while sorted.get(next).is_some_and(|item| key(item) < *row) {
                     next += 1;
                 }
@@ -137,7 +153,7 @@ impl OpenSockets {
                 while sorted.get(next).is_some_and(|item| key(item) == row) {
                     next += 1;
                 }
-                if let Some(&slot) = self.index.get(&row) {
+                if let Some(&slot) = self.places.get(&row) {
                     found.push((Slot(slot), start..next));
                 }
             }

@@ -69,7 +69,7 @@ pub struct LoadOptions {
     pub directions: u32,
     /// Entries a batched map read asks for per call (`bulk::BATCH`; tests make it small).
     pub read_batch: u32,
-    /// `SK_HOT`'s size (a power of two), if not `max_sockets` rounded up to one (tests).
+    /// `SK_HOT`'s size (a power of two), if not twice `max_sockets` rounded up to one (tests).
     pub hot_slots: Option<u32>,
 }
 
@@ -437,11 +437,13 @@ pub fn attach(
 
     let wrapper: u32 = symbols.as_ref().map_or(1, |s| u32::from(s.takes_pt_regs));
     // A power of two (a slot is found by masking; the flag's range caps it), two slots where
-    // nothing uses them.
+    // nothing uses them. Twice the sockets: a socket whose pair of slots is taken counts in
+    // `SK_BYTES`, and each of its counts costs the next refresh a lookup or two; at 100k
+    // sockets in as many slots a fifth of them did (7% in twice as many), for 4 MiB more.
     let hot_slots = match backend {
         Backend::Socket => options
             .hot_slots
-            .unwrap_or_else(|| options.max_sockets.clamp(2, 1 << 22).next_power_of_two()),
+            .unwrap_or_else(|| (2 * options.max_sockets.clamp(1, 1 << 21)).next_power_of_two()),
         Backend::Tracepoint | Backend::Kprobe => 2,
     };
     let mut ebpf = EbpfLoader::new()
