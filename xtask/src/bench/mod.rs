@@ -89,13 +89,13 @@ fn measure(
     if runs(Step::Dashboard) {
         say("bench: 5. the dashboard at scale (tmux)");
         // 100,000 sockets: ten holders, as a process may hold 20,000 fds here. Measured over
-        // 40 s: the checks against /proc and the TCP health reads are spaced to 1% and 2% of
-        // a core (one every 40 s and 5 s at 100k), so a shorter window holds one or none of
+        // 60 s: the checks against /proc and the TCP health reads are spaced to 1% and 2% of
+        // a core (one every 60 s and 5 s at 100k), so a shorter window holds one or none of
         // the checks by chance.
         let (holders, per_holder, secs) = if smoke {
             (1, 10, 1.0)
         } else {
-            (10, 5_000, 40.0)
+            (10, 5_000, 60.0)
         };
         r.dashboard = Some(dashboard::run(bins, holders, per_holder, secs)?);
     }
