@@ -90,8 +90,8 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub full_read_ms: Option<u64>,
 
-    /// Hot counter slots of the socket backend (a power of two; by default `--max-sockets`
-    /// rounded up to one). For tests: a few slots make sockets count without one.
+    /// Hot counter slots of the socket backend (a power of two; by default twice
+    /// `--max-sockets` rounded up to one). For tests: a few slots make sockets count without one.
     #[arg(long, value_name = "N", hide = true, value_parser = parse_hot_slots)]
     pub hot_slots: Option<u32>,
 
