@@ -40,6 +40,9 @@ struct Watch {
     /// The kernel's `struct sock *`; 0 for a socket found at start that has moved no byte
     /// since (the kernel learns its socket then, and says so with `Counter::Adopted`).
     sk: u64,
+    /// The socket's inode (0 where not known): with `sk` and the row's key, enough to tell
+    /// its `SK_BYTES` entry from a newer socket's at the same address (see [`SocketCounters::reread`]).
+    ino: u64,
     /// Its `SK_HOT` slot, or [`NO_SLOT`] (watches are kept in order of slot, then id: slots in
     /// memory order, then the rest).
     hot: u32,
@@ -220,6 +223,7 @@ impl SocketCounters {
         let unborn = Watch {
             id,
             sk: 0,
+            ino: 0,
             hot: NO_SLOT,
             base: (value.bytes_sent, value.bytes_recv),
             spill: 0,
@@ -230,6 +234,7 @@ impl SocketCounters {
             _ if value.sk == 0 => Some(unborn),
             Some(bytes) if counts_of(value, bytes) => Some(Watch {
                 sk: value.sk,
+                ino: if bytes.ino != 0 { bytes.ino } else { value.ino },
                 hot: self
                     .hot_slot(value.sk, bytes)
                     .map_or(NO_SLOT, |(index, _)| index),
@@ -282,20 +287,27 @@ impl SocketCounters {
                 if lookups > self.lookup_budget {
                     return None;
                 }
-                match self.look_up(tracked, watch.id) {
-                    // Its slot may have changed (a socket found at start has one now).
-                    Some(found) if found.hot != watch.hot => {
-                        added.push(found);
-                        watch.sk = u64::MAX;
+                // Its own entry in `SK_BYTES` is the one lookup a socket still counted there
+                // needs (most moved because they spill); a change of slot or entry, both.
+                if let Some((base, spill)) = self.reread(&watch) {
+                    watch.base = base;
+                    watch.spill = spill;
+                } else {
+                    match self.look_up(tracked, watch.id) {
+                        // Its slot may have changed (a socket found at start has one now).
+                        Some(found) if found.hot != watch.hot => {
+                            added.push(found);
+                            watch.sk = u64::MAX;
+                        }
+                        Some(found) => {
+                            watch.base = found.base;
+                            watch.spill = found.spill;
+                            watch.sk = found.sk;
+                        }
+                        // Gone from the maps: its close record is on its way (or was lost, which
+                        // the drop counter says, and a full read follows).
+                        None => watch.sk = u64::MAX,
                     }
-                    Some(found) => {
-                        watch.base = found.base;
-                        watch.spill = found.spill;
-                        watch.sk = found.sk;
-                    }
-                    // Gone from the maps: its close record is on its way (or was lost, which
-                    // the drop counter says, and a full read follows).
-                    None => watch.sk = u64::MAX,
                 }
             }
             let now = if watch.sk == u64::MAX {
@@ -350,6 +362,23 @@ impl SocketCounters {
         Some(counts)
     }
 
+    /// `watch`'s `SK_BYTES` counts and its pair's generation, read anew: `None` unless the
+    /// entry is still its socket's (same inode, known), still at its row's key, and the socket
+    /// still has the slot the watch knows; then only [`Self::look_up`] can tell.
+    fn reread(&self, watch: &Watch) -> Option<((u64, u64), u64)> {
+        if watch.sk == 0 || watch.ino == 0 {
+            return None;
+        }
+        // The generation first: a count after it moves it again.
+        let spill = self.generation(watch.sk);
+        let bytes = self.bytes.get(&watch.sk, 0).ok()?;
+        let same = bytes.ino == watch.ino && bytes.key == watch.id.key;
+        let slot = self
+            .hot_slot(watch.sk, &bytes)
+            .map_or(NO_SLOT, |(index, _)| index);
+        (same && slot == watch.hot).then_some(((bytes.bytes_sent, bytes.bytes_recv), spill))
+    }
+
     /// Where row `id` is counted now, from the maps (a lookup or two); `None` when its entry
     /// is gone or is a newer socket's. Its counts are the `base` of the watch returned, slot
     /// included (`told`), so the model is told them.
@@ -402,6 +431,7 @@ mod tests {
         Watch {
             id: SocketId::new(SocketKey { pid: 1, fd }, 5),
             sk: 0xffff_8000 + u64::from(fd),
+            ino: 0,
             hot,
             base: (0, 0),
             spill: 0,
@@ -444,6 +474,7 @@ mod tests {
         let mut watch = Watch {
             id,
             sk: 0xffff_8000,
+            ino: 0,
             hot: 7,
             base: (0, 0),
             spill: 0,
