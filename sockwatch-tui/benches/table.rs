@@ -58,6 +58,18 @@ fn entries(n: usize, tick: u64) -> Vec<Socket> {
         .collect()
 }
 
+/// The counts a refresh reads at `tick` where one row in `every` moved.
+fn counts(n: usize, tick: u64, every: usize) -> Vec<Count> {
+    let moved = entries(n, tick).into_iter().step_by(every);
+    moved
+        .map(|s| Count {
+            id: s.id,
+            sent: s.bytes_sent,
+            recv: s.bytes_recv,
+        })
+        .collect()
+}
+
 /// A model that has seen two snapshots of N sockets (so rates exist), in a 200x50 terminal.
 fn model(n: usize) -> Dashboard {
     let mut model = Model::new("tracepoint");
@@ -85,49 +97,25 @@ fn table(c: &mut Criterion) {
         // Built on first use, so a filtered run (`-- table/100/`) skips the big ones.
         let mut slot: Option<Dashboard> = None;
         let tick = Cell::new(3u64);
-        group.bench_function("refresh", |b| {
-            let model = slot.get_or_insert_with(|| model(n));
-            b.iter_batched(
-                || {
-                    let t = tick.get();
-                    tick.set(t + 1);
-                    let counts = entries(n, t)
-                        .iter()
-                        .map(|s| Count {
-                            id: s.id,
-                            sent: s.bytes_sent,
-                            recv: s.bytes_recv,
-                        })
-                        .collect();
-                    (counts, t * SEC)
-                },
-                |(counts, now_ns)| model.update(Message::Model(Action::Counts { counts, now_ns })),
-                BatchSize::PerIteration,
-            );
-        });
-        // Its own model: rows that stopped moving would keep the first one's listing unsettled.
+        // A tick's counts from the kernel: every row's, then (its own model: rows that stopped
+        // moving would keep the first one's listing unsettled) a tenth of them.
         let mut tenth: Option<Dashboard> = None;
-        group.bench_function("refresh_tenth", |b| {
-            let model = tenth.get_or_insert_with(|| model(n));
-            b.iter_batched(
-                || {
-                    let t = tick.get();
-                    tick.set(t + 1);
-                    let counts = entries(n, t)
-                        .iter()
-                        .step_by(10)
-                        .map(|s| Count {
-                            id: s.id,
-                            sent: s.bytes_sent,
-                            recv: s.bytes_recv,
-                        })
-                        .collect();
-                    (counts, t * SEC)
-                },
-                |(counts, now_ns)| model.update(Message::Model(Action::Counts { counts, now_ns })),
-                BatchSize::PerIteration,
-            );
-        });
+        for (name, every, kept) in [("refresh", 1, &mut slot), ("refresh_tenth", 10, &mut tenth)] {
+            group.bench_function(name, |b| {
+                let model = kept.get_or_insert_with(|| model(n));
+                b.iter_batched(
+                    || {
+                        let t = tick.get();
+                        tick.set(t + 1);
+                        (counts(n, t, every), t * SEC)
+                    },
+                    |(counts, now_ns)| {
+                        model.update(Message::Model(Action::Counts { counts, now_ns }));
+                    },
+                    BatchSize::PerIteration,
+                );
+            });
+        }
         drop(tenth);
         group.bench_function("visible", |b| {
             let model = slot.get_or_insert_with(|| model(n));
