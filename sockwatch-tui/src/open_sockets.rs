@@ -12,7 +12,7 @@ use std::{
     ops::{Range, RangeBounds},
 };
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 
 use crate::socket::{Socket, SocketKey};
 
@@ -23,7 +23,7 @@ const SHRINK_FROM: usize = 1024;
 /// (nearly every row: a walk reads each key once, side by side), and looks each up otherwise.
 const WALK_FROM: usize = 2;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct OpenSockets {
     /// Each key's place in `rows`.
     places: HashMap<SocketKey, u32>,
@@ -36,16 +36,6 @@ pub struct OpenSockets {
 /// A row's place, as [`OpenSockets::beside`] gave it: good until the next insert or remove.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot(u32);
-
-impl Default for OpenSockets {
-    fn default() -> Self {
-        Self {
-            places: HashMap::new(),
-            order: BTreeMap::new(),
-            rows: Vec::new(),
-        }
-    }
-}
 
 impl OpenSockets {
     pub fn len(&self) -> usize {

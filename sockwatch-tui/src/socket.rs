@@ -598,17 +598,25 @@ const _: () = assert!(HOT <= 3 * 64 && std::mem::size_of::<Socket>() == 512);
 /// turn spends most of its time waiting.
 #[inline]
 pub fn prefetch(socket: &Socket) {
+    prefetch_lines(socket, HOT);
+}
+
+/// Asks the processor to start reading the cache lines of the first `bytes` of `item` (at
+/// least its first line): a hint for a pass that will read it soon; a no-op elsewhere than on
+/// x86_64.
+#[inline]
+pub fn prefetch_lines<T>(item: &T, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let first = std::ptr::from_ref(socket).cast::<i8>();
-        for line in (0..HOT).step_by(64) {
+        let first = std::ptr::from_ref(item).cast::<i8>();
+        for line in (0..bytes.max(1)).step_by(64) {
             // SAFETY: a prefetch is a hint: it reads nothing into the program and cannot fault.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(line)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = socket;
+    let _ = (item, bytes);
 }
 
 impl Socket {

@@ -7,7 +7,7 @@ use super::{
     format,
     listing::{Context, ProcessView},
 };
-use crate::socket::{Direction, HealthMark, Proto, Socket, State, TcpHealth};
+use crate::socket::{prefetch_lines, Direction, HealthMark, Proto, Socket, State, TcpHealth};
 
 /// What a column sorts by: numbers, or text compared without case.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -347,11 +347,14 @@ impl Sort {
             .collect();
         let order = self.ranking(&keys);
         let mut taken: Vec<Option<T>> = rows.drain(..).map(Some).collect();
-        rows.extend(order.iter().filter_map(|&i| taken[i as usize].take()));
-        order
-            .iter()
-            .map(|&i| std::mem::replace(&mut keys[i as usize], SortKey::Num(0)))
-            .collect()
+        rows.extend(
+            gather(&order, &mut taken, Option::take)
+                .into_iter()
+                .flatten(),
+        );
+        gather(&order, &mut keys, |key| {
+            std::mem::replace(key, SortKey::Num(0))
+        })
     }
 
     /// Rows named by `ids` (each unique, the tiebreak) with their `keys` for this sort (none
@@ -439,12 +442,11 @@ fn gather<T, U>(order: &[u32], items: &mut [T], take: impl Fn(&mut T) -> U) -> V
     const AHEAD: usize = 16;
     let mut out = Vec::with_capacity(order.len());
     for (i, &at) in order.iter().enumerate() {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(&next) = order.get(i + AHEAD) {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let next = items.as_ptr().wrapping_add(next as usize).cast::<i8>();
-            // SAFETY: a prefetch is a hint: it reads nothing into the program and cannot fault.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(next) };
+        if let Some(next) = order
+            .get(i + AHEAD)
+            .and_then(|&next| items.get(next as usize))
+        {
+            prefetch_lines(next, 1);
         }
         out.push(take(&mut items[at as usize]));
     }
