@@ -56,8 +56,10 @@ struct Source {
     diag: Option<Diag>,
     /// When TCP health may be read again: a dump costs in proportion to every TCP socket of
     /// the namespaces read (about 1 µs each), so with many sockets it is read less often than
-    /// the refresh, keeping it under `model::HEALTH_SHARE` of a core.
+    /// the refresh, keeping it under `model::HEALTH_SHARE` of a core; or as often as
+    /// `--health-ms` says.
     next_health_ns: u64,
+    health_every: Option<Duration>,
     /// The kernel's count of lost records when the map was last read whole: records lost
     /// since may have left rows that only a full read and its checks set right.
     drops_checked: u64,
@@ -212,7 +214,11 @@ impl Source {
         let readings = diag.read(pids);
         let now_ns = monotonic_ns();
         let cost_ns = now_ns.saturating_sub(started_ns);
-        self.next_health_ns = started_ns.saturating_add(health_every_ns(cost_ns));
+        let every_ns = match self.health_every {
+            Some(every) => u64::try_from(every.as_nanos()).unwrap_or(u64::MAX),
+            None => health_every_ns(cost_ns),
+        };
+        self.next_health_ns = started_ns.saturating_add(every_ns);
         let read = readings.len();
         output.update(Action::Health {
             readings,
@@ -222,15 +228,13 @@ impl Source {
         release_free_heap(read);
     }
 
-    /// The periodic check against /proc; returns how long the check itself took. Not the full
-    /// read before it: that read walks every bucket of the maps whatever the sockets in them,
-    /// and counted, it spaced the checks of a few sockets in an emulated guest past what the
-    /// tests wait. It stands for the next periodic full read instead (the same read).
+    /// The periodic check against /proc; returns how long it took, its full read of the maps
+    /// included (that read also stands for the next periodic full read: it is the same read).
     fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<Duration> {
+        let started = std::time::Instant::now();
         let read_ns = monotonic_ns();
         let map = self.read_map(output, log)?;
         self.full_read_done(read_ns);
-        let started = std::time::Instant::now();
         let changes =
             self.tracker
                 .reconcile(&map, &output.model().open, &mut self.tables, monotonic_ns());
@@ -433,6 +437,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             })
             .ok(),
         next_health_ns: 0,
+        health_every: args.health_ms.map(Duration::from_millis),
         drops_checked: 0,
         next_full_read_ns: 0,
         full_read_every: args.full_read_ms.map(Duration::from_millis),
@@ -607,10 +612,14 @@ async fn run_loop(
             }
             _ = reconcile.tick() => {
                 let took = source.reconcile(&mut output, log)?;
-                // A check reads /proc for every tracked socket (about 4 µs each): with many,
-                // it waits longer than `--reconcile-ms` so as to stay under its share of a core.
-                let spaced = took.div_f64(RECONCILE_SHARE);
-                reconcile.reset_after(spaced.max(args.reconcile_interval()));
+                // A check reads /proc for every tracked socket (about 4 µs each) and the maps
+                // whole: with many sockets, it waits longer than 5 s so as to stay under its
+                // share of a core. `--reconcile-ms` pins the pace (the tests' checks of a few
+                // sockets in an emulated guest, where a full read is slow, would wait too long).
+                if args.reconcile_ms.is_none() {
+                    let spaced = took.div_f64(RECONCILE_SHARE);
+                    reconcile.reset_after(spaced.max(args.reconcile_interval()));
+                }
                 Woke::Quietly
             }
             _ = tick.tick() => {

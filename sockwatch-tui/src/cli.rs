@@ -73,10 +73,18 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
     pub max_sockets: u32,
 
-    /// How often tracked sockets are checked against /proc, in milliseconds (for tests).
-    #[arg(long, value_name = "MS", default_value_t = 5000, hide = true,
+    /// How often tracked sockets are checked against /proc, in milliseconds, whatever a check
+    /// costs (for tests; by default every 5 s, or less often as it keeps the checks under their
+    /// share of a core).
+    #[arg(long, value_name = "MS", hide = true,
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
-    pub reconcile_ms: u64,
+    pub reconcile_ms: Option<u64>,
+
+    /// How often TCP health is read, in milliseconds, whatever a read costs (for tests; by
+    /// default as often as keeps the reads under their share of a core).
+    #[arg(long, value_name = "MS", hide = true,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub health_ms: Option<u64>,
 
     /// Entries a batched read of a kernel map asks for per call (for tests: a few sockets then
     /// take several calls).
@@ -128,8 +136,9 @@ impl Args {
         Duration::from_millis(self.interval)
     }
 
+    /// How often the checks against /proc come at most (`--reconcile-ms`, or 5 s).
     pub fn reconcile_interval(&self) -> Duration {
-        Duration::from_millis(self.reconcile_ms)
+        Duration::from_millis(self.reconcile_ms.unwrap_or(5000))
     }
 
     /// `--pid`/`--comm`/`--port`: which sockets are shown, in the dashboard and in JSON.

@@ -540,12 +540,12 @@ fn details_say_how_old_a_health_reading_is_when_reads_are_spaced_out() {
     );
     // A reading as fresh as the table says nothing.
     assert!(!render(&model, 120, 34).contains("so it is read every"));
-    // A read that took 100 ms, 3 s before the latest map read: read every 5 s.
+    // A read that took 100 ms, 3 s before the latest map read: read every 10 s.
     let now_ns = model.model.now_ns;
     model.model.health_read = Some((now_ns - 3 * SEC, 100_000_000));
     let screen = render(&model, 120, 34);
     assert!(
-        screen.contains("3s ago: a read of every TCP socket takes 100ms, so it is read every 5s"),
+        screen.contains("3s ago: a read of every TCP socket takes 100ms, so it is read every 10s"),
         "{screen}"
     );
 }
