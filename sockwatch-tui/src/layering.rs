@@ -16,6 +16,7 @@ use std::{
 /// own rank or lower.
 const RANKS: &[(&str, u8)] = &[
     ("socket", 0),
+    ("history", 0),
     ("clock", 0),
     ("logfile", 0),
     ("open_sockets", 0),

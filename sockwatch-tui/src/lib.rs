@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cli;
 pub mod clock;
+pub mod history;
 pub mod json;
 pub mod kernel;
 pub mod logfile;

@@ -5,14 +5,13 @@
 //! in place; the views (`view/`, `json`) read them. A field a later stage learns (the local port
 //! of an accepted socket, rates, the close) is added to this record, never to a copy of it.
 //!
-//! This module depends on nothing else in the crate: every stage may use it.
+//! This module depends on nothing else in the crate but `history` (a part of the record): every
+//! stage may use it.
 
-use std::{collections::VecDeque, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
+pub use crate::history::{History, Sample, HISTORY_LEN};
 pub use sockwatch_common::SocketKey;
-
-/// Seconds of per-second history kept per socket (the details view's sparklines).
-pub const HISTORY_LEN: usize = 300;
 const SEC: u64 = 1_000_000_000;
 
 /// A (pid, fd) names a socket only until the fd is closed and reused; adding the time it was
@@ -285,98 +284,26 @@ impl HealthMark {
     }
 }
 
-/// A per-second history of at most [`HISTORY_LEN`] samples, oldest first, that keeps a run
-/// of equal samples as one entry: most sockets of a busy machine sit idle, and their five
-/// minutes of zero rates and unchanging RTT take a few bytes, not kilobytes, each. The newest
-/// run is kept inline: a socket idle since it opened has no other, and allocates nothing.
-///
-/// In declaration order (`repr(C)`): what a reading a second after the last touches first.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[repr(C)]
-pub struct History<T> {
-    /// The newest run; seen 0 times while the history is empty.
-    newest: (T, u16),
-    len: usize,
-    /// The runs before the newest, oldest first: each sample with how many seconds in a row
-    /// it was seen.
-    older: VecDeque<(T, u16)>,
-}
-
-impl<T: Default> Default for History<T> {
-    fn default() -> Self {
-        Self {
-            older: VecDeque::new(),
-            newest: (T::default(), 0),
-            len: 0,
-        }
-    }
-}
-
-impl<T: Copy + PartialEq> History<T> {
-    pub fn push(&mut self, sample: T) {
-        self.push_n(sample, 1);
-    }
-
-    /// `sample` seen `times` seconds in a row: one run, whatever the number.
-    pub fn push_n(&mut self, sample: T, times: usize) {
-        let mut left = times.min(HISTORY_LEN);
-        while left > 0 {
-            let (last, seen) = self.newest;
-            if seen == 0 {
-                self.newest = (sample, 0);
-            } else if last != sample || seen == u16::MAX {
-                self.older.push_back(self.newest);
-                self.newest = (sample, 0);
-            }
-            let add = left.min(usize::from(u16::MAX - self.newest.1));
-            self.newest.1 += add as u16;
-            self.len += add;
-            left -= add;
-        }
-        // The oldest go, a run at a time where whole runs are too old.
-        while self.len > HISTORY_LEN {
-            let over = self.len - HISTORY_LEN;
-            let oldest = match self.older.front_mut() {
-                Some(oldest) => oldest,
-                None => &mut self.newest,
-            };
-            let over = over.min(usize::from(oldest.1));
-            oldest.1 -= over as u16;
-            self.len -= over;
-            if oldest.1 == 0 && !self.older.is_empty() {
-                self.older.pop_front();
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// How many runs it keeps.
-    #[cfg(test)]
-    fn runs(&self) -> usize {
-        self.older.len() + usize::from(self.newest.1 > 0)
-    }
-
-    /// Every sample, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
-        self.older
-            .iter()
-            .chain(std::iter::once(&self.newest))
-            .flat_map(|&(sample, seen)| std::iter::repeat_n(sample, usize::from(seen)))
-    }
-}
-
 /// Bytes per second, each way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Throughput {
     pub send: u64,
     pub recv: u64,
+}
+
+impl Sample for Throughput {
+    fn put(self, out: &mut Vec<u8>) {
+        self.send.put(out);
+        self.recv.put(out);
+    }
+
+    fn take(bytes: &mut &[u8]) -> Self {
+        let send = u64::take(bytes);
+        Self {
+            send,
+            recv: u64::take(bytes),
+        }
+    }
 }
 
 impl Throughput {
@@ -586,7 +513,7 @@ pub fn prefetched<'r, 'a>(rows: &'r [&'a Socket]) -> impl Iterator<Item = &'a So
 /// and the history's newest run (a reading a second after the last extends it).
 const HOT: usize = std::mem::offset_of!(Socket, rates)
     + std::mem::offset_of!(Rates, history)
-    + std::mem::offset_of!(History<Throughput>, older);
+    + History::<Throughput>::HOT;
 
 // A refresh reads three lines of each row; a row grown past 512 bytes pads to 576, an eighth
 // more memory at 100k rows: either wants a look at the layout before it lands.
@@ -773,25 +700,6 @@ impl Socket {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_history_takes_a_run_at_once_and_keeps_the_newest() {
-        let mut history = History::default();
-        history.push(1u8);
-        history.push_n(0, 5);
-        history.push(2);
-        assert_eq!(history.iter().collect::<Vec<_>>(), [1, 0, 0, 0, 0, 0, 2]);
-        history.push_n(0, 1_000_000);
-        assert_eq!(history.len(), HISTORY_LEN);
-        assert!(
-            history.iter().all(|s| s == 0),
-            "the run pushed the rest out"
-        );
-        history.push(3);
-        assert_eq!(history.len(), HISTORY_LEN);
-        assert_eq!(history.iter().last(), Some(3));
-        assert_eq!(history.iter().filter(|&s| s == 0).count(), HISTORY_LEN - 1);
-    }
-
     fn socket() -> Socket {
         Socket::new(
             SocketKey { pid: 7, fd: 3 },
@@ -833,32 +741,6 @@ mod tests {
             "{:?}",
             s.rates.history
         );
-    }
-
-    #[test]
-    fn a_history_keeps_runs_once_and_drops_its_oldest_second() {
-        let mut history = History::default();
-        // An idle socket: five minutes and more of zeros are one entry.
-        for _ in 0..HISTORY_LEN + 50 {
-            history.push(0u64);
-        }
-        assert_eq!((history.len(), history.runs()), (HISTORY_LEN, 1));
-        assert_eq!(history.older.capacity(), 0, "idle: nothing allocated");
-        history.push(7);
-        history.push(7);
-        history.push(3);
-        assert_eq!(history.len(), HISTORY_LEN);
-        assert_eq!(history.runs(), 3);
-        let samples: Vec<u64> = history.iter().collect();
-        assert_eq!(samples.len(), HISTORY_LEN);
-        assert_eq!(samples[HISTORY_LEN - 4..], [0, 7, 7, 3]);
-        // The zeros age out one by one, then the run goes.
-        for _ in 0..HISTORY_LEN - 3 {
-            history.push(3);
-        }
-        let samples: Vec<u64> = history.iter().collect();
-        assert_eq!(samples[..3], [7, 7, 3]);
-        assert_eq!((history.len(), history.runs()), (HISTORY_LEN, 2));
     }
 
     #[test]
