@@ -255,15 +255,18 @@ const RELEASE_AFTER_ROWS: usize = 10_000;
 /// below the rows allocated since, so they are not at the heap's top, the only part it trims
 /// by itself). The next read faults them in again: a few ms, spaced as the reads are.
 fn release_free_heap(rows: usize) {
-    #[cfg(target_env = "gnu")]
     if rows >= RELEASE_AFTER_ROWS {
-        // SAFETY: malloc_trim only returns free memory to the kernel.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        trim_heap();
     }
-    #[cfg(not(target_env = "gnu"))]
-    let _ = rows;
+}
+
+/// Gives the kernel back the heap pages glibc keeps free.
+fn trim_heap() {
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// What one drain of the ring buffer opened and closed.
@@ -601,6 +604,9 @@ async fn run_loop(
         }
         output.flush()?;
     }
+    // Loading the programs parsed the kernel's BTF and the object (some 10 MiB of heap, free
+    // now): give it back rather than carry it for the whole run.
+    trim_heap();
     let mut tick = every(args.interval());
     let mut reconcile = every(args.reconcile_interval());
     loop {

@@ -105,9 +105,10 @@ pub struct Args {
 
     /// Size of the kernel-to-user event ring buffer, in KiB (a power of two).
     ///
-    /// 16 MiB holds the records of a storm of 50,000 loopback connections opened in a second
-    /// (100,000 sockets); 4 MiB dropped a fifth of them.
-    #[arg(long, value_name = "KIB", default_value_t = 16_384, value_parser = parse_ring_kib)]
+    /// 8 MiB takes a storm of 50,000 loopback connections opened in a second (100,000 sockets)
+    /// with room to spare: 2 MiB was the edge here, dropping a few thousand records or none.
+    /// User space maps the ring twice, so it costs twice its size in RSS.
+    #[arg(long, value_name = "KIB", default_value_t = 8_192, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
 
     /// Show only these processes (repeat or comma-separate for several).
