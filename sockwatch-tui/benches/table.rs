@@ -19,7 +19,7 @@ use sockwatch_tui::{
     clock::WallClock,
     kernel::by_socket::Count,
     model::{dns::HostNames, Action, Model},
-    socket::{Socket, SocketKey},
+    socket::{Socket, SocketId, SocketKey},
     view::{
         self,
         state::{ViewAction, ViewState},
@@ -36,36 +36,48 @@ const HEIGHT: u16 = 50;
 /// N sockets as the kernel map would hold them at `tick`: 50 per process, each sending at its
 /// own rate, so that sorting by send rate has work to do.
 fn entries(n: usize, tick: u64) -> Vec<Socket> {
-    (0..n)
+    (0..n as u64)
         .map(|i| {
-            let i = i as u64;
-            let pid = 1000 + (i / 50) as u32;
+            let key = key(i);
             let mut socket = Socket::new(
-                SocketKey {
-                    pid,
-                    fd: 3 + (i % 50) as u32,
-                },
+                key,
                 SEC,
                 Ipv4Addr::new(127, 0, (i >> 8) as u8, i as u8),
                 1024 + (i % 50_000) as u16,
-                format!("worker-{}", pid % 97),
+                format!("worker-{}", key.pid % 97),
             );
             socket.lport = 40_000 + (i % 20_000) as u16;
-            socket.bytes_sent = tick * (i * 7919 % 100_003);
-            socket.bytes_recv = tick * (i * 104_729 % 10_007);
+            (socket.bytes_sent, socket.bytes_recv) = bytes(i, tick);
             socket
         })
         .collect()
 }
 
-/// The counts a refresh reads at `tick` where one row in `every` moved.
+/// Socket `i`'s (pid, fd).
+fn key(i: u64) -> SocketKey {
+    SocketKey {
+        pid: 1000 + (i / 50) as u32,
+        fd: 3 + (i % 50) as u32,
+    }
+}
+
+/// Socket `i`'s counters (sent, received) at `tick`.
+fn bytes(i: u64, tick: u64) -> (u64, u64) {
+    (tick * (i * 7919 % 100_003), tick * (i * 104_729 % 10_007))
+}
+
+/// The counts a refresh reads at `tick` where one row in `every` moved: made as the kernel
+/// side makes them, without whole rows (whose freed strings would burden the timed refresh).
 fn counts(n: usize, tick: u64, every: usize) -> Vec<Count> {
-    let moved = entries(n, tick).into_iter().step_by(every);
-    moved
-        .map(|s| Count {
-            id: s.id,
-            sent: s.bytes_sent,
-            recv: s.bytes_recv,
+    (0..n as u64)
+        .step_by(every)
+        .map(|i| {
+            let (sent, recv) = bytes(i, tick);
+            Count {
+                id: SocketId::new(key(i), SEC),
+                sent,
+                recv,
+            }
         })
         .collect()
 }

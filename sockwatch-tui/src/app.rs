@@ -34,7 +34,7 @@ use crate::{
     logfile::Log,
     model::{
         dns::{self, Answer, HostNames, Resolver},
-        health_every_ns, Action, Model,
+        Action, Model,
     },
     socket::{Proto, Socket, SocketId},
     terminal::TerminalGuard,
@@ -56,7 +56,7 @@ struct Source {
     diag: Option<Diag>,
     /// When TCP health may be read again: a dump costs in proportion to every TCP socket of
     /// the namespaces read (about 1 µs each), so with many sockets it is read less often than
-    /// the refresh, keeping it under `model::HEALTH_SHARE` of a core; or as often as
+    /// the refresh, keeping it under `HEALTH_SHARE` of a core; or as often as
     /// `--health-ms` says.
     next_health_ns: u64,
     health_every: Option<Duration>,
@@ -224,6 +224,7 @@ impl Source {
             readings,
             now_ns,
             cost_ns,
+            every_ns,
         });
         release_free_heap(read);
     }
@@ -231,6 +232,9 @@ impl Source {
     /// The periodic check against /proc; returns how long it took, its full read of the maps
     /// included (that read also stands for the next periodic full read: it is the same read).
     fn reconcile(&mut self, output: &mut Output, log: &mut Log) -> anyhow::Result<Duration> {
+        // The records waiting first, untimed: a backlog (after a storm) is not the check's
+        // cost, and counted, it would put the next check off by a hundred times its drain.
+        self.drain(output, log)?;
         let started = std::time::Instant::now();
         let read_ns = monotonic_ns();
         let map = self.read_map(output, log)?;
@@ -451,6 +455,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
+/// At most this share of a core goes to reading TCP health: after a read that took T, the next
+/// waits T / HEALTH_SHARE (a read of a few thousand sockets, a few ms, still happens at every
+/// refresh; one of 100,000, about 0.1 s, every 10 s). The tests pin the pace with `--health-ms`
+/// instead: in an emulated guest, where a dump of a few sockets is slow, the marks that take two
+/// readings would come too late.
+const HEALTH_SHARE: f64 = 0.01;
+
+/// How long after a health read that took `cost_ns` the next one may start.
+fn health_every_ns(cost_ns: u64) -> u64 {
+    (cost_ns as f64 / HEALTH_SHARE) as u64
+}
+
 /// At most this share of a core goes to refreshes that read the maps whole where the kernel
 /// counts by socket (a connect under way is in the map before any record tells of it): with a
 /// few thousand sockets, every refresh, as the read takes a few ms; with 100,000, one every 10 s
@@ -463,7 +479,7 @@ fn full_read_every_ns(cost_ns: u64) -> u64 {
 
 /// At most this share of a core goes to the checks against /proc: after one that took T, the
 /// next waits T / RECONCILE_SHARE if that is longer than the reconciliation interval (100,000
-/// sockets: about 0.6 s a check, one every 60 s rather than every 5 s).
+/// sockets: about 0.7 s a check with its full read, one every 70 s or so rather than every 5 s).
 const RECONCILE_SHARE: f64 = 0.01;
 
 /// Everything that stops a run: a signal or the `--duration` deadline.

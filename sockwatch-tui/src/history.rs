@@ -195,7 +195,8 @@ impl Runs {
         T::take(&mut rest);
         self.start = self.bytes.len() - rest.len();
         if self.is_empty() {
-            self.bytes.clear();
+            // Nothing older left: its room goes too (a socket busy once, idle since).
+            self.bytes = Vec::new();
             self.start = 0;
         } else if self.start >= COMPACT_AT {
             self.bytes.drain(..self.start);
@@ -211,7 +212,7 @@ impl<T: Sample> PartialEq for History<T> {
     }
 }
 
-impl<T: Sample> Eq for History<T> {}
+impl<T: Sample + Eq> Eq for History<T> {}
 
 impl<T: Sample + fmt::Debug> fmt::Debug for History<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -231,6 +232,7 @@ fn put_varint(mut value: u64, out: &mut Vec<u8>) {
 /// `value` written in exactly the bytes of `slot` (not fewer: a smaller count rewritten in
 /// place keeps its length, with continuation bytes of zeros, which LEB128 reads the same).
 fn put_varint_in(mut value: u64, slot: &mut [u8]) {
+    debug_assert!(!slot.is_empty() && (slot.len() >= 10 || value >> (7 * slot.len()) == 0));
     let last = slot.len() - 1;
     for (i, byte) in slot.iter_mut().enumerate() {
         *byte = (value as u8 & 0x7f) | if i < last { 0x80 } else { 0 };
@@ -334,7 +336,7 @@ mod tests {
                 "{second}"
             );
         }
-        // Well under the 12 bytes a run of (u32, u32) and a count took as structs, doubling.
+        // A ring of 12-byte structs (a (u32, u32) and its count), doubling, took about 6 KiB.
         assert!(history.heap_bytes() < 1_700, "{}", history.heap_bytes());
     }
 

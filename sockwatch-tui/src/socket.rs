@@ -395,9 +395,16 @@ impl Rates {
         self.bucket_recv = self.bucket_recv.saturating_add(recv_delta);
         let bucket = now_ns.saturating_sub(self.bucket_start_ns);
         if bucket >= SEC {
-            self.history.push(Throughput {
-                send: per_second(self.bucket_sent, bucket),
-                recv: per_second(self.bucket_recv, bucket),
+            // Read once a second or less often, the bucket is this interval: its rate is the
+            // one just taken (two divisions fewer for each of 100,000 rows a second).
+            let just_now = bucket == elapsed
+                && (self.bucket_sent, self.bucket_recv) == (sent_delta, recv_delta);
+            self.history.push(match just_now {
+                true => self.now,
+                false => Throughput {
+                    send: per_second(self.bucket_sent, bucket),
+                    recv: per_second(self.bucket_recv, bucket),
+                },
             });
             self.bucket_start_ns = now_ns;
             self.bucket_sent = 0;

@@ -72,23 +72,20 @@ pub enum Action {
     Health {
         readings: Readings,
         now_ns: u64,
-        /// How long the read took (it sets how often health is read).
+        /// How long the read took, and how long until the next (set by that cost).
         cost_ns: u64,
+        every_ns: u64,
     },
     /// A reverse DNS answer.
     HostName(Answer),
 }
 
-/// At most this share of a core goes to reading TCP health: after a read that took T, the next
-/// waits T / HEALTH_SHARE (a read of a few thousand sockets, a few ms, still happens at every
-/// refresh; one of 100,000, about 0.1 s, every 10 s). The tests pin the pace with `--health-ms`
-/// instead: in an emulated guest, where a dump of a few sockets is slow, the marks that take two
-/// readings would come too late.
-pub const HEALTH_SHARE: f64 = 0.01;
-
-/// How long after a health read that took `cost_ns` the next one may start.
-pub fn health_every_ns(cost_ns: u64) -> u64 {
-    (cost_ns as f64 / HEALTH_SHARE) as u64
+/// The latest TCP health read: when, what it cost, and how long until the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthRead {
+    pub at_ns: u64,
+    pub cost_ns: u64,
+    pub every_ns: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -112,9 +109,9 @@ pub struct Model {
     pub counts_only: bool,
     /// The kernel's socket diagnostics cannot be read: no TCP health (said where it would be).
     pub health_unavailable: bool,
-    /// When TCP health was last read, and what the read cost (for the details view: with many
-    /// sockets it is read less often than the refresh).
-    pub health_read: Option<(u64, u64)>,
+    /// When TCP health was last read, what the read cost and how long until the next (for the
+    /// details view: with many sockets it is read less often than the refresh).
+    pub health_read: Option<HealthRead>,
     /// Sockets that became rows since the kernel stage last took them (opened, or moved to
     /// another key), so that it locates their counters; `None` once more than [`FRESH_CAP`]
     /// did (it then reads the maps whole).
@@ -179,8 +176,13 @@ impl Model {
                 readings,
                 now_ns,
                 cost_ns,
+                every_ns,
             } => {
-                self.health_read = Some((now_ns, cost_ns));
+                self.health_read = Some(HealthRead {
+                    at_ns: now_ns,
+                    cost_ns,
+                    every_ns,
+                });
                 self.observe_health(&readings, now_ns);
             }
             Action::HostName(answer) => self.hosts.answer(answer, self.now_ns),

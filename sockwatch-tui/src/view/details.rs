@@ -286,17 +286,16 @@ fn fields(
     if let Some(h) = s.tcp {
         lines.extend(tcp_fields(s, &h).into_iter().map(|(l, v)| field(l, v)));
         // With many sockets health is read less often than the table: say how old it is.
-        if let Some((read_ns, cost_ns)) = live.health_read {
-            let age_ns = live.now_ns.saturating_sub(read_ns);
+        if let Some(read) = live.health_read {
+            let age_ns = live.now_ns.saturating_sub(read.at_ns);
             if age_ns >= 2_000_000_000 {
-                let every_ns = crate::model::health_every_ns(cost_ns);
                 lines.push(field(
                     "read",
                     format!(
                         "{} ago: a read of every TCP socket takes {}, so it is read every {}",
                         format::age(age_ns),
-                        format::micros(cost_ns / 1000),
-                        format::age(every_ns)
+                        format::micros(read.cost_ns / 1000),
+                        format::age(read.every_ns)
                     ),
                 ));
             }

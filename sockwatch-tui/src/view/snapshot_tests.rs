@@ -19,7 +19,7 @@ use crate::{
     kernel::{diag::Readings, loader::KernelCounters, tracker::Change},
     model::{
         dns::{Answer, HostNames, Outcome},
-        Action, Model,
+        Action, HealthRead, Model,
     },
     socket::{CloseCause, Closed, ClosedBy, Origin, Proto, Socket, SocketKey, State, TcpHealth},
 };
@@ -464,6 +464,7 @@ fn with_tcp_health() -> Dashboard {
             readings: reading(second),
             now_ns: (75 + second) * SEC,
             cost_ns: 1_000_000,
+            every_ns: 100_000_000,
         }));
     }
     dashboard
@@ -542,7 +543,11 @@ fn details_say_how_old_a_health_reading_is_when_reads_are_spaced_out() {
     assert!(!render(&model, 120, 34).contains("so it is read every"));
     // A read that took 100 ms, 3 s before the latest map read: read every 10 s.
     let now_ns = model.model.now_ns;
-    model.model.health_read = Some((now_ns - 3 * SEC, 100_000_000));
+    model.model.health_read = Some(HealthRead {
+        at_ns: now_ns - 3 * SEC,
+        cost_ns: 100_000_000,
+        every_ns: 10 * SEC,
+    });
     let screen = render(&model, 120, 34);
     assert!(
         screen.contains("3s ago: a read of every TCP socket takes 100ms, so it is read every 10s"),

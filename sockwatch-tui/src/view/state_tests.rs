@@ -687,6 +687,7 @@ fn a_refresh_where_nothing_moved_keeps_the_listing_unless_closed_rows_linger() {
         readings: Default::default(),
         now_ns: 4 * SEC,
         cost_ns: 1,
+        every_ns: 100,
     }));
     refresh(&mut model, 4 * SEC);
     assert_eq!(settled(&model).len(), 2, "made anew after a health reading");

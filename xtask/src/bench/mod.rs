@@ -43,7 +43,8 @@ pub fn run(smoke: bool, rounds: Option<usize>, only: Option<Step>) -> Result<()>
     }
     setup::run()?;
     let bins = build(smoke)?;
-    // Five: with pinned loops the spread is small, and a run takes < 10 minutes on 2 cores.
+    // Five: with pinned loops the spread is small; the whole run takes about 15 minutes on 2
+    // cores, over a third of it the dashboard at scale.
     let rounds = rounds.unwrap_or(if smoke { 1 } else { 5 }).max(1);
     let (mut results, started, ticks) = (report::Results::default(), Instant::now(), cpu_ticks());
     tracer::set_subreaper(true)?;
@@ -89,13 +90,13 @@ fn measure(
     if runs(Step::Dashboard) {
         say("bench: 5. the dashboard at scale (tmux)");
         // 100,000 sockets: ten holders, as a process may hold 20,000 fds here. Measured over
-        // 60 s: the checks against /proc and the TCP health reads are spaced to 1% and 2% of
-        // a core (one every 60 s and 5 s at 100k), so a shorter window holds one or none of
-        // the checks by chance.
+        // 150 s: the checks against /proc and the TCP health reads are each spaced to 1% of a
+        // core (one every 70 s or so and 10 s at 100k), so a window of one period holds one
+        // check or none by chance; two periods and more hold them nearer their share.
         let (holders, per_holder, secs) = if smoke {
             (1, 10, 1.0)
         } else {
-            (10, 5_000, 60.0)
+            (10, 5_000, 150.0)
         };
         r.dashboard = Some(dashboard::run(bins, holders, per_holder, secs)?);
     }
