@@ -107,6 +107,26 @@ pub static SK_FATE: LruHashMap<u64, TcpFate> = LruHashMap::with_max_entries(TRAC
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_DEFAULT_BYTES, 0);
 
+/// `bpf_ringbuf_query` and `bpf_ringbuf_submit` flags (`include/uapi/linux/bpf.h`).
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// How to submit a record to `EVENTS`: without waking user space, which drains the ring on a
+/// short timer of its own (so a traced program does not pay a wake-up, an IPI to the reader's
+/// core, per record), unless a sixteenth of the ring waits already: then at once, so that a
+/// storm cannot fill it between two drains.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if waiting >= EVENTS.query(BPF_RB_RING_SIZE) / 16 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 

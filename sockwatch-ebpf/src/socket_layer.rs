@@ -25,7 +25,7 @@ use crate::{
         current_files, current_is_user, fd_of_sock, file_of_sock, holds, inode_of_sock, ipv4_peer,
         local_port,
     },
-    maps::{bump, ACCEPTED, ADOPTED, ADOPTED_PENDING, EVENTS, SK_BYTES, TRACKED},
+    maps::{bump, submit_flags, ACCEPTED, ADOPTED, ADOPTED_PENDING, EVENTS, SK_BYTES, TRACKED},
     state::{comm, current, emit, key, note_process, now_ns, opened},
 };
 
@@ -265,7 +265,7 @@ fn emit_moved(sk: u64, to: SocketKey, from: SocketKey, bytes: *const SkBytes) {
         (*event).socket.bytes_sent = sent;
         (*event).socket.bytes_recv = recv;
     }
-    slot.submit(0);
+    slot.submit(submit_flags());
 }
 
 /// The first use of a socket without counters: one found open at start, or one accepted.

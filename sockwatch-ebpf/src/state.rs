@@ -9,7 +9,7 @@ use sockwatch_common::{
 
 use crate::{
     identity::{local_port, socket_of},
-    maps::{bump, EVENTS, INFLIGHT, INFLIGHT_COUNT, PROCS, TRACKED, TRACKED_PROC},
+    maps::{bump, submit_flags, EVENTS, INFLIGHT, INFLIGHT_COUNT, PROCS, TRACKED, TRACKED_PROC},
 };
 
 /// `(pid_tgid, pid)` of the calling thread.
@@ -253,7 +253,7 @@ pub fn emit(event: &SocketEvent) {
                 (*record).event = *event;
                 crate::fate::annotate(event, &raw mut (*record).fate);
             }
-            slot.submit(0);
+            slot.submit(submit_flags());
         }
         None => bump(Counter::RingbufDrops),
     }

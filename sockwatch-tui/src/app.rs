@@ -477,6 +477,11 @@ fn full_read_every_ns(cost_ns: u64) -> u64 {
     (cost_ns as f64 / FULL_READ_SHARE) as u64
 }
 
+/// How long a record may wait in the ring buffer: the kernel programs do not wake user space
+/// for each one (a wake-up costs the traced program an IPI per record), only once a sixteenth
+/// of the ring is waiting; the rest are drained on this timer.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
 /// At most this share of a core goes to the checks against /proc: after one that took T, the
 /// next waits T / RECONCILE_SHARE if that is longer than the reconciliation interval (100,000
 /// sockets: about 0.7 s a check with its full read, one every 70 s or so rather than every 5 s).
@@ -625,8 +630,15 @@ async fn run_loop(
     trim_heap();
     let mut tick = every(args.interval());
     let mut reconcile = every(args.reconcile_interval());
+    let mut drain = every(DRAIN_EVERY);
     loop {
         let woke = tokio::select! {
+            // The kernel wakes us only once records pile up (`submit_flags` in the kernel
+            // programs): the rest wait for this timer.
+            _ = drain.tick() => {
+                source.drain(&mut output, log)?;
+                Woke::Quietly
+            }
             ready = source.readable() => {
                 ready?;
                 source.drain(&mut output, log)?;
