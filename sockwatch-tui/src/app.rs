@@ -479,8 +479,10 @@ fn full_read_every_ns(cost_ns: u64) -> u64 {
 
 /// How long a record may wait in the ring buffer: the kernel programs do not wake user space
 /// for each one (a wake-up costs the traced program an IPI per record), only once a sixteenth
-/// of the ring is waiting; the rest are drained on this timer.
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// of the ring is waiting; the rest are drained on this timer. Not 20 ms: fifty wake-ups a
+/// second cost sockwatch at rest half a percent of a core here (a timer's wake-up in a VM is
+/// dear), ten cost a tenth of that.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
 /// At most this share of a core goes to the checks against /proc: after one that took T, the
 /// next waits T / RECONCILE_SHARE if that is longer than the reconciliation interval (100,000
