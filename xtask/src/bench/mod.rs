@@ -43,8 +43,8 @@ pub fn run(smoke: bool, rounds: Option<usize>, only: Option<Step>) -> Result<()>
     }
     setup::run()?;
     let bins = build(smoke)?;
-    // Five: with pinned loops the spread is small; the whole run takes about 15 minutes on 2
-    // cores, over a third of it the dashboard at scale.
+    // Five: with pinned loops the spread is small; the whole run takes about 10 minutes on 2
+    // cores, half of it the dashboard at scale.
     let rounds = rounds.unwrap_or(if smoke { 1 } else { 5 }).max(1);
     let (mut results, started, ticks) = (report::Results::default(), Instant::now(), cpu_ticks());
     tracer::set_subreaper(true)?;
