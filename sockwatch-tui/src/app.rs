@@ -183,10 +183,7 @@ impl Source {
     /// A full read that started at `started_ns` is done: the next periodic one waits its turn.
     fn full_read_done(&mut self, started_ns: u64) {
         let cost_ns = monotonic_ns().saturating_sub(started_ns);
-        let every_ns = match self.full_read_every {
-            Some(every) => u64::try_from(every.as_nanos()).unwrap_or(u64::MAX),
-            None => full_read_every_ns(cost_ns),
-        };
+        let every_ns = spacing_ns(self.full_read_every, cost_ns, FULL_READ_SHARE);
         self.next_full_read_ns = started_ns.saturating_add(every_ns);
     }
 
@@ -214,10 +211,7 @@ impl Source {
         let readings = diag.read(pids);
         let now_ns = monotonic_ns();
         let cost_ns = now_ns.saturating_sub(started_ns);
-        let every_ns = match self.health_every {
-            Some(every) => u64::try_from(every.as_nanos()).unwrap_or(u64::MAX),
-            None => health_every_ns(cost_ns),
-        };
+        let every_ns = spacing_ns(self.health_every, cost_ns, HEALTH_SHARE);
         self.next_health_ns = started_ns.saturating_add(every_ns);
         let read = readings.len();
         output.update(Action::Health {
@@ -462,19 +456,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// readings would come too late.
 const HEALTH_SHARE: f64 = 0.01;
 
-/// How long after a health read that took `cost_ns` the next one may start.
-fn health_every_ns(cost_ns: u64) -> u64 {
-    (cost_ns as f64 / HEALTH_SHARE) as u64
-}
-
 /// At most this share of a core goes to refreshes that read the maps whole where the kernel
 /// counts by socket (a connect under way is in the map before any record tells of it): with a
 /// few thousand sockets, every refresh, as the read takes a few ms; with 100,000, one every 10 s
 /// or so.
 const FULL_READ_SHARE: f64 = 0.01;
 
-fn full_read_every_ns(cost_ns: u64) -> u64 {
-    (cost_ns as f64 / FULL_READ_SHARE) as u64
+/// How long after a read that took `cost_ns` the next may start: as a test pinned it
+/// (`pinned`), or so that such reads stay under `share` of a core.
+fn spacing_ns(pinned: Option<Duration>, cost_ns: u64, share: f64) -> u64 {
+    match pinned {
+        Some(every) => u64::try_from(every.as_nanos()).unwrap_or(u64::MAX),
+        None => (cost_ns as f64 / share) as u64,
+    }
 }
 
 /// How long a record may wait in the ring buffer: the kernel programs do not wake user space

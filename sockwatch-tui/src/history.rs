@@ -4,8 +4,8 @@
 //! variable-length integers (LEB128) in one byte vector: a socket sending a little every second
 //! sees a new sample most seconds, and its five minutes took some 7 KiB as structs (two `u64`
 //! and a count, padded to 24 bytes, in a doubling ring), where they take about 1 KiB written
-//! so. With a tenth of 100,000 sockets sending, that is the difference between 140 MiB and
-//! 20 MiB.
+//! so. With a tenth of 100,000 sockets sending, the dashboard grew by 120 MiB over its first
+//! five minutes of sending as structs, and grows by 11 MiB written so.
 //!
 //! This module depends on nothing else in the crate.
 
@@ -78,8 +78,9 @@ const COMPACT_AT: usize = 128;
 const RUN_MAX: usize = 3 + 2 * 10;
 
 /// Room added at a time as runs come: a doubling vector would leave up to half of it unused,
-/// on each of 100,000 rows.
+/// on each of 100,000 rows. At least a run's.
 const GROW: usize = 64;
+const _: () = assert!(GROW >= RUN_MAX);
 
 impl<T> Default for History<T>
 where
@@ -175,7 +176,7 @@ impl Runs {
 
     fn push<T: Sample>(&mut self, (sample, seen): (T, u16)) {
         if self.bytes.capacity() - self.bytes.len() < RUN_MAX {
-            self.bytes.reserve_exact(GROW.max(RUN_MAX));
+            self.bytes.reserve_exact(GROW);
         }
         put_varint(u64::from(seen), &mut self.bytes);
         sample.put(&mut self.bytes);
