@@ -207,8 +207,13 @@ impl Source {
         if pids.is_empty() {
             return;
         }
+        // The shown socket's reading is taken whole (the rows keep only what the table shows).
+        let shown = output
+            .shown()
+            .filter(|s| !s.is_closed())
+            .and_then(|s| Some((s.id, s.inode()?)));
         let started_ns = monotonic_ns();
-        let readings = diag.read(pids);
+        let readings = diag.read(pids, shown.map(|(_, inode)| inode));
         let now_ns = monotonic_ns();
         let cost_ns = now_ns.saturating_sub(started_ns);
         let every_ns = spacing_ns(self.health_every, cost_ns, HEALTH_SHARE);
@@ -216,6 +221,7 @@ impl Source {
         let read = readings.len();
         output.update(Action::Health {
             readings,
+            detail_of: shown.map(|(id, _)| id),
             now_ns,
             cost_ns,
             every_ns,
@@ -314,6 +320,17 @@ impl Output<'_> {
         match self {
             Self::Json { model, .. } => model,
             Self::Dashboard { dashboard, .. } => &dashboard.model,
+        }
+    }
+
+    /// The socket whose details the dashboard shows, if it shows one.
+    fn shown(&self) -> Option<&Socket> {
+        match self {
+            Self::Json { .. } => None,
+            Self::Dashboard { dashboard, .. } => dashboard
+                .view
+                .details
+                .and_then(|id| dashboard.model.socket(id)),
         }
     }
 

@@ -47,18 +47,23 @@ impl Sample for (u32, u32) {
 /// A per-second history of at most [`HISTORY_LEN`] samples, oldest first, that keeps a run
 /// of equal samples as one entry: most sockets of a busy machine sit idle, and their five
 /// minutes of zero rates and unchanging RTT take a few bytes each. The newest run is kept
-/// inline: a socket idle since it opened has no other, and allocates nothing.
+/// inline: a socket idle since it opened has no other, and allocates nothing, and the older
+/// runs sit behind one pointer (a row of 100,000 keeps two histories).
 ///
 /// In declaration order (`repr(C)`): what a reading a second after the last touches first.
 #[derive(Clone)]
 #[repr(C)]
 pub struct History<T> {
-    /// The newest run; seen 0 times while the history is empty.
-    newest: (T, u16),
-    len: usize,
-    /// The runs before the newest, oldest first.
-    older: Runs,
+    /// The newest run: its sample, seen `newest_seen` times (0 while the history is empty).
+    newest: T,
+    newest_seen: u16,
+    /// Samples in all: at most [`HISTORY_LEN`].
+    len: u16,
+    /// The runs before the newest, oldest first; `None` while there are none.
+    older: Option<Box<Runs>>,
 }
+
+const _: () = assert!(HISTORY_LEN <= u16::MAX as usize);
 
 /// Runs written one after another, oldest first, from `start`: each its count of seconds, then
 /// its sample. The count comes first so that the oldest run can lose seconds in place (it is
@@ -88,9 +93,10 @@ where
 {
     fn default() -> Self {
         Self {
-            newest: (T::default(), 0),
+            newest: T::default(),
+            newest_seen: 0,
             len: 0,
-            older: Runs::default(),
+            older: None,
         }
     }
 }
@@ -110,34 +116,43 @@ impl<T: Sample> History<T> {
     pub fn push_n(&mut self, sample: T, times: usize) {
         let mut left = times.min(HISTORY_LEN);
         while left > 0 {
-            let (last, seen) = self.newest;
-            if seen == 0 {
-                self.newest = (sample, 0);
-            } else if last != sample || seen == u16::MAX {
-                self.older.push(self.newest);
-                self.newest = (sample, 0);
+            if self.newest_seen == 0 {
+                self.newest = sample;
+            } else if self.newest != sample || self.newest_seen == u16::MAX {
+                self.older
+                    .get_or_insert_with(Box::default)
+                    .push((self.newest, self.newest_seen));
+                (self.newest, self.newest_seen) = (sample, 0);
             }
-            let add = left.min(usize::from(u16::MAX - self.newest.1));
-            self.newest.1 += add as u16;
-            self.len += add;
+            let add = left.min(usize::from(u16::MAX - self.newest_seen));
+            self.newest_seen += add as u16;
+            self.len += add as u16;
             left -= add;
         }
         // The oldest go, a run at a time where whole runs are too old.
-        while self.len > HISTORY_LEN {
-            let over = self.len - HISTORY_LEN;
-            let dropped = if self.older.is_empty() {
-                let dropped = over.min(usize::from(self.newest.1));
-                self.newest.1 -= dropped as u16;
-                dropped
-            } else {
-                self.older.drop_oldest::<T>(over)
+        while usize::from(self.len) > HISTORY_LEN {
+            let over = usize::from(self.len) - HISTORY_LEN;
+            let dropped = match &mut self.older {
+                None => {
+                    let dropped = over.min(usize::from(self.newest_seen));
+                    self.newest_seen -= dropped as u16;
+                    dropped
+                }
+                Some(older) => {
+                    let dropped = older.drop_oldest::<T>(over);
+                    // Nothing older left: its room goes too (a socket busy once, idle since).
+                    if older.is_empty() {
+                        self.older = None;
+                    }
+                    dropped
+                }
             };
-            self.len -= dropped;
+            self.len -= dropped as u16;
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        usize::from(self.len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -146,14 +161,14 @@ impl<T: Sample> History<T> {
 
     /// The runs, oldest first: each sample with how many seconds in a row it was seen.
     fn runs(&self) -> impl Iterator<Item = (T, u16)> + '_ {
-        let mut bytes = &self.older.bytes[self.older.start..];
+        let mut bytes = self.older.as_deref().map_or(&[][..], Runs::live);
         std::iter::from_fn(move || {
             (!bytes.is_empty()).then(|| {
                 let seen = take_varint(&mut bytes) as u16;
                 (T::take(&mut bytes), seen)
             })
         })
-        .chain(std::iter::once(self.newest))
+        .chain(std::iter::once((self.newest, self.newest_seen)))
         .filter(|&(_, seen)| seen > 0)
     }
 
@@ -165,13 +180,20 @@ impl<T: Sample> History<T> {
 
     /// Bytes it holds on the heap.
     pub fn heap_bytes(&self) -> usize {
-        self.older.bytes.capacity()
+        self.older
+            .as_ref()
+            .map_or(0, |older| size_of::<Runs>() + older.bytes.capacity())
     }
 }
 
 impl Runs {
     fn is_empty(&self) -> bool {
         self.start == self.bytes.len()
+    }
+
+    /// The runs not yet aged out.
+    fn live(&self) -> &[u8] {
+        &self.bytes[self.start..]
     }
 
     fn push<T: Sample>(&mut self, (sample, seen): (T, u16)) {
@@ -195,11 +217,7 @@ impl Runs {
         }
         T::take(&mut rest);
         self.start = self.bytes.len() - rest.len();
-        if self.is_empty() {
-            // Nothing older left: its room goes too (a socket busy once, idle since).
-            self.bytes = Vec::new();
-            self.start = 0;
-        } else if self.start >= COMPACT_AT {
+        if !self.is_empty() && self.start >= COMPACT_AT {
             self.bytes.drain(..self.start);
             self.start = 0;
         }

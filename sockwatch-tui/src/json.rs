@@ -45,7 +45,7 @@ impl<'a> SocketFields<'a> {
             daddr: socket.daddr.to_string(),
             dport: socket.dport,
             lport: socket.lport,
-            inode: socket.inode,
+            inode: socket.inode(),
             complete: socket.complete,
         }
     }
@@ -75,12 +75,12 @@ impl TcpFields {
     fn of(socket: &Socket) -> Self {
         let Some(h) = socket.tcp else {
             return Self {
-                connect_us: socket.connect_us,
+                connect_us: socket.connect_us(),
                 ..Self::default()
             };
         };
         Self {
-            connect_us: socket.connect_us,
+            connect_us: socket.connect_us(),
             rtt_us: Some(h.rtt_us),
             rttvar_us: Some(h.rttvar_us),
             retrans: Some(h.retrans),
@@ -226,7 +226,7 @@ impl<'a> Record<'a> {
                 },
                 bytes_sent: 0,
                 bytes_recv: 0,
-                connect_us: socket.connect_us,
+                connect_us: socket.connect_us(),
             },
         }
     }
@@ -240,7 +240,7 @@ impl<'a> Record<'a> {
             result: errno_name(errno),
             bytes_sent: 0,
             bytes_recv: 0,
-            connect_us: socket.connect_us,
+            connect_us: socket.connect_us(),
         }
     }
 
@@ -258,7 +258,7 @@ impl<'a> Record<'a> {
             reason: closed.map_or(CloseCause::Close, |c| c.cause).label(),
             preexisting: socket.origin == Origin::Existing,
             closed_by: socket.closed_by.map(ClosedBy::label),
-            error: socket.error.map(errno_name),
+            error: socket.error().map(errno_name),
             tcp: TcpFields::of(socket),
         }
     }
@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn connect_record_has_the_documented_fields() {
         let mut socket = endpoint();
-        socket.connect_us = Some(52);
+        socket.set_connect_us(Some(52));
         let value = line(&Record::failed(
             &socket,
             libc::ECONNREFUSED,
@@ -366,8 +366,8 @@ mod tests {
             20,
         );
         socket.closed_by = Some(ClosedBy::ResetReceived);
-        socket.error = Some(libc::ECONNRESET);
-        socket.connect_us = Some(40);
+        socket.set_error(Some(libc::ECONNRESET));
+        socket.set_connect_us(Some(40));
         socket.tcp = Some(crate::socket::TcpHealth {
             rtt_us: 120,
             rttvar_us: 30,

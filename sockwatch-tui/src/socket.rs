@@ -8,7 +8,12 @@
 //! This module depends on nothing else in the crate but `history` (a part of the record): every
 //! stage may use it.
 
-use std::net::Ipv4Addr;
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    num::{NonZeroI32, NonZeroU64},
+    ops::Deref,
+};
 
 pub use crate::history::{History, Sample, HISTORY_LEN};
 pub use sockwatch_common::SocketKey;
@@ -26,6 +31,79 @@ pub struct SocketId {
 impl SocketId {
     pub fn new(key: SocketKey, opened_ns: u64) -> Self {
         Self { key, opened_ns }
+    }
+}
+
+/// The name of a thread, as the kernel keeps it (`TASK_COMM_LEN`: 15 bytes and a NUL), kept in
+/// place: a `String` would be a heap block on each of 100,000 rows. Text that is not UTF-8 is
+/// kept as Rust reads it lossily, cut to what fits at a character boundary.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Comm {
+    /// UTF-8, padded with NULs (the kernel's names hold none).
+    bytes: [u8; COMM_LEN],
+}
+
+const COMM_LEN: usize = 16;
+
+impl Comm {
+    pub fn new(text: &str) -> Self {
+        let mut end = text.len().min(COMM_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0; COMM_LEN];
+        bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+        Self { bytes }
+    }
+
+    /// From the kernel's bytes, up to the first NUL.
+    pub fn from_kernel(raw: &[u8]) -> Self {
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        Self::new(&String::from_utf8_lossy(&raw[..len]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        let len = self.bytes.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        // Only `new` writes the bytes: UTF-8 cut at a character boundary.
+        std::str::from_utf8(&self.bytes[..len]).unwrap_or_default()
+    }
+}
+
+impl Deref for Comm {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl From<String> for Comm {
+    fn from(text: String) -> Self {
+        Self::new(&text)
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -162,38 +240,47 @@ pub struct Closed {
 }
 
 /// What the kernel's TCP says of a socket (`struct tcp_info` and the queues, as `ss -ti` shows
-/// them), read by `sock_diag` at each refresh (`kernel/diag.rs`). Times in microseconds unless
-/// named otherwise.
+/// them), read by `sock_diag` (`kernel/diag.rs`): the part every row keeps, what the table, its
+/// marks, its filters and JSON read. The rest of a reading ([`TcpDetail`]) is kept only for
+/// the socket the details view shows. Times in microseconds unless named otherwise.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpHealth {
     /// The kernel's TCP state number (1 ESTABLISHED, 2 SYN_SENT, 8 CLOSE_WAIT...).
     pub state: u8,
-    pub lport: u16,
+    /// The zero-window probe timer runs: the peer advertises no room (it is not reading).
+    pub zero_window: bool,
     /// Received, not yet read by the application.
     pub recv_q: u32,
     /// Not yet acknowledged by the peer, sent or not.
     pub send_q: u32,
-    /// The zero-window probe timer runs: the peer advertises no room (it is not reading).
-    pub zero_window: bool,
+    pub rtt_us: u32,
+    pub rttvar_us: u32,
+    /// Congestion window, in segments.
+    pub cwnd: u32,
+    /// Retransmitted segments over the socket's life (`ss`: the second number of `retrans:`).
+    pub retrans: u32,
+    /// Since data last moved either way (the lesser of `tcp_info`'s `last_data_sent` and
+    /// `last_data_recv`), in ms.
+    pub quiet_ms: u32,
+    /// The peer's advertised window, on kernels that report it.
+    pub snd_wnd: Option<u32>,
+}
+
+/// The rest of a TCP reading: what only the details view shows, of the one socket it shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpDetail {
     /// Zero-window probes sent without an answer, and the retransmit timer's backoff.
     pub probes: u8,
     pub backoff: u8,
-    pub rtt_us: u32,
-    pub rttvar_us: u32,
     pub min_rtt_us: u32,
     pub rto_us: u32,
     pub snd_mss: u32,
-    /// Congestion window and slow-start threshold, in segments.
-    pub cwnd: u32,
+    /// Slow-start threshold, in segments.
     pub ssthresh: u32,
     /// Segments sent and not yet acknowledged, lost, and retransmitted still in flight.
     pub unacked: u32,
     pub lost: u32,
     pub retrans_out: u32,
-    /// Retransmitted segments over the socket's life (`ss`: the second number of `retrans:`).
-    pub retrans: u32,
-    pub last_data_sent_ms: u32,
-    pub last_data_recv_ms: u32,
     pub bytes_acked: u64,
     pub bytes_received: u64,
     /// Bytes per second.
@@ -203,8 +290,37 @@ pub struct TcpHealth {
     pub busy_us: u64,
     pub rwnd_limited_us: u64,
     pub sndbuf_limited_us: u64,
-    /// The peer's advertised window, on kernels that report it.
-    pub snd_wnd: Option<u32>,
+}
+
+/// One socket in a reading of the kernel's TCP: its row's health and its local port (exact for
+/// every socket; an outbound one's is not known before).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpReading {
+    pub health: TcpHealth,
+    pub lport: u16,
+}
+
+/// What the details view shows of one socket beyond its row, looked up only while it is shown:
+/// who holds it, and the rest of its TCP reading. Kept on every row, these would cost some 130
+/// bytes a row, 13 MB at 100,000 sockets, for the one row anyone looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookedUp {
+    pub id: SocketId,
+    /// Every (pid, fd) found holding it, its row's own included (a forked child, a `dup`, a
+    /// program started on it); empty until looked up.
+    pub holders: Vec<SocketKey>,
+    /// The rest of its latest TCP reading while shown; `None` until one.
+    pub tcp: Option<TcpDetail>,
+}
+
+impl LookedUp {
+    pub fn new(id: SocketId) -> Self {
+        Self {
+            id,
+            holders: Vec::new(),
+            tcp: None,
+        }
+    }
 }
 
 /// The kernel's TCP states with a connection under way (`include/net/tcp_states.h`).
@@ -226,8 +342,8 @@ pub enum HealthMark {
     PeerNotReading,
     /// Received data waits and grows: this application is not reading.
     AppNotReading,
-    /// No data either way for this many seconds.
-    Idle { secs: u32 },
+    /// No data either way for [`IDLE_MARK_MS`] or more ([`Socket::idle_secs`] says how long).
+    Idle,
 }
 
 impl HealthMark {
@@ -251,10 +367,7 @@ impl HealthMark {
         } else if waiting(now) && before.is_some_and(|b| waiting(b) && now.recv_q >= b.recv_q) {
             Some(Self::AppNotReading)
         } else {
-            let quiet_ms = now.last_data_sent_ms.min(now.last_data_recv_ms);
-            (quiet_ms >= IDLE_MARK_MS).then_some(Self::Idle {
-                secs: quiet_ms / 1000,
-            })
+            (now.quiet_ms >= IDLE_MARK_MS).then_some(Self::Idle)
         }
     }
 
@@ -264,23 +377,23 @@ impl HealthMark {
             Self::Retransmitting => "retrans",
             Self::PeerNotReading => "peer",
             Self::AppNotReading => "app",
-            Self::Idle { .. } => "idle",
+            Self::Idle => "idle",
         }
     }
 
-    /// The table's text.
-    pub fn label(self) -> String {
+    /// The table's text, for a socket idle `idle_secs` ([`Socket::idle_secs`]).
+    pub fn label(self, idle_secs: u32) -> String {
         match self {
             Self::Retransmitting => "retrans".into(),
             Self::PeerNotReading => "peer-stall".into(),
             Self::AppNotReading => "app-stall".into(),
-            Self::Idle { secs } => format!("idle {secs}s"),
+            Self::Idle => format!("idle {idle_secs}s"),
         }
     }
 
     /// A mark of trouble, not of quiet.
     pub fn is_trouble(self) -> bool {
-        !matches!(self, Self::Idle { .. })
+        self != Self::Idle
     }
 }
 
@@ -316,7 +429,8 @@ impl Throughput {
 }
 
 /// A socket's rates, derived from its counters as successive map reads see them: the previous
-/// reading and the current one live on the record, as bpftop keeps them.
+/// reading and the current one live on the record, as bpftop keeps them (the previous counts
+/// are the socket's own until a reading replaces them: [`Socket::observe`]).
 ///
 /// In declaration order (`repr(C)`): what each reading touches first, the history last.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -325,8 +439,6 @@ pub struct Rates {
     /// Over the latest interval between two readings; zero once closed.
     pub now: Throughput,
     last_ns: u64,
-    last_sent: u64,
-    last_recv: u64,
     bucket_start_ns: u64,
     bucket_sent: u64,
     bucket_recv: u64,
@@ -376,23 +488,24 @@ impl Rates {
         rates.history
     }
 
-    fn observe(&mut self, sent: u64, recv: u64, now_ns: u64) {
+    /// Counters read at `now_ns` as `(sent, recv)`, `before` at the previous reading.
+    fn observe(&mut self, before: (u64, u64), (sent, recv): (u64, u64), now_ns: u64) {
+        // Counters only grow; saturating keeps a surprise (a reused entry) from wrapping.
+        let sent_delta = sent.saturating_sub(before.0);
+        let recv_delta = recv.saturating_sub(before.1);
+        self.bucket_sent = self.bucket_sent.saturating_add(sent_delta);
+        self.bucket_recv = self.bucket_recv.saturating_add(recv_delta);
         let elapsed = now_ns.saturating_sub(self.last_ns);
         if elapsed == 0 {
+            // A second reading at the same instant: its bytes moved by the first one's time,
+            // in the second's bucket, not in the next interval's rate.
             return;
         }
-        // Counters only grow; saturating keeps a surprise (a reused entry) from wrapping.
-        let sent_delta = sent.saturating_sub(self.last_sent);
-        let recv_delta = recv.saturating_sub(self.last_recv);
         self.now = Throughput {
             send: per_second(sent_delta, elapsed),
             recv: per_second(recv_delta, elapsed),
         };
         self.last_ns = now_ns;
-        self.last_sent = sent;
-        self.last_recv = recv;
-        self.bucket_sent = self.bucket_sent.saturating_add(sent_delta);
-        self.bucket_recv = self.bucket_recv.saturating_add(recv_delta);
         let bucket = now_ns.saturating_sub(self.bucket_start_ns);
         if bucket >= SEC {
             // Read once a second or less often, the bucket is this interval: its rate is the
@@ -450,7 +563,10 @@ pub fn holder_fd(key: SocketKey) -> Option<u32> {
 /// In declaration order (`repr(C)`): what every refresh reads of each of 100k rows (identity,
 /// counters, state, ends, rates, the newest second of history) in its first three cache lines,
 /// so that a row costs the fewest memory reads; [`prefetch`] asks for those lines ahead. Aligned
-/// to a line, so a row's lines are its own, and 512 bytes, so the alignment wastes none.
+/// to a line, so a row's lines are its own, and 256 bytes, so the alignment wastes none: what
+/// fits a row of 100,000 in four lines is kept here, the rest of what the details view shows
+/// only for the socket it shows ([`LookedUp`]). Optional numbers use the niche of a value they
+/// never take (an inode or errno of 0, a handshake of `u32::MAX` µs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[repr(C, align(64))]
 pub struct Socket {
@@ -465,41 +581,44 @@ pub struct Socket {
     /// False when bytes may have moved where the backend could not count them (the syscall
     /// backends and io_uring, splice, a copied fd): the counts are then a lower bound.
     pub complete: bool,
-    /// Who ended it (TCP; known at its close, or at a failed connect). Here, where a byte of
-    /// the first line is free: the row fills eight lines exactly.
+    /// Who ended it (TCP; known at its close, or at a failed connect).
     pub closed_by: Option<ClosedBy>,
+    /// What the latest TCP reading says is wrong, if anything.
+    pub mark: Option<HealthMark>,
+    /// A reading has rated its counters: the next rates them from the counts here. Until then
+    /// they are what it had moved when it became a row, and are rated from zero.
+    rated: bool,
     pub dport: u16,
     /// Local port; 0 when not known.
     pub lport: u16,
     /// The remote end: the destination of a connect, the peer of an accept.
     pub daddr: Ipv4Addr,
     pub rates: Rates,
-    pub comm: String,
-    /// The thread that connected (or accepted); for a socket found at start, the process id.
-    pub tid: u32,
+    pub comm: Comm,
     /// The socket's inode number (`socket:[N]` in /proc, `ino:N` in `ss -e`): the kernel
     /// socket, whoever holds it. Not known without the kernel's BTF.
-    pub inode: Option<u64>,
-    /// Every (pid, fd) found holding this socket, this row's own included (a forked child, a
-    /// `dup`, a program started on it): looked up in /proc while the dashboard shows the
-    /// socket's details; empty when not looked up.
-    pub holders: Vec<SocketKey>,
+    inode: Option<NonZeroU64>,
+    /// The thread that connected (or accepted); for a socket found at start, the process id.
+    pub tid: u32,
+    /// The errno that ended it: a failed connect's, a reset's, a timeout's.
+    error: Option<NonZeroI32>,
+    /// How long its connect's handshake took (SYN sent to established or failed), in µs;
+    /// [`NO_CONNECT_US`] when not known.
+    connect_us: u32,
+    /// The second (of the kernel's monotonic clock) of the newest `tcp_history` sample.
+    tcp_history_s: u32,
     /// TCP health at the latest refresh that found the socket in the kernel's diagnostics;
     /// once closed, the last reading. `None` for UDP, and before the first reading.
     pub tcp: Option<TcpHealth>,
     /// When its retransmit count last rose (kernel monotonic ns).
-    pub retrans_rose_ns: Option<u64>,
-    /// What the latest TCP reading says is wrong, if anything.
-    pub mark: Option<HealthMark>,
-    /// How long its connect's handshake took (SYN sent to established or failed), in us.
-    pub connect_us: Option<u64>,
-    /// The errno that ended it: a failed connect's, a reset's, a timeout's.
-    pub error: Option<i32>,
+    retrans_rose_ns: Option<NonZeroU64>,
     /// (smoothed RTT in us, retransmits so far) at most once a second, oldest first, as
     /// long as [`Rates::history`].
     pub tcp_history: History<(u32, u32)>,
-    tcp_history_ns: u64,
 }
+
+/// [`Socket::connect_us`] not known.
+const NO_CONNECT_US: u32 = u32::MAX;
 
 /// How many rows ahead a pass over rows asks for them ([`prefetch`]): enough for a memory
 /// read to arrive before the pass gets there, few enough not to evict what it still needs.
@@ -522,9 +641,9 @@ const HOT: usize = std::mem::offset_of!(Socket, rates)
     + std::mem::offset_of!(Rates, history)
     + History::<Throughput>::HOT;
 
-// A refresh reads three lines of each row; a row grown past 512 bytes pads to 576, an eighth
+// A refresh reads three lines of each row; a row grown past 256 bytes pads to 320, a quarter
 // more memory at 100k rows: either wants a look at the layout before it lands.
-const _: () = assert!(HOT <= 3 * 64 && std::mem::size_of::<Socket>() == 512);
+const _: () = assert!(HOT <= 3 * 64 && std::mem::size_of::<Socket>() == 256);
 
 /// Asks the processor to start reading `socket`'s first lines (see [`Socket`]), for a pass
 /// over many rows to issue a few rows ahead: rows taken in key order or sort order lie apart,
@@ -560,7 +679,7 @@ impl Socket {
         opened_ns: u64,
         daddr: Ipv4Addr,
         dport: u16,
-        comm: impl Into<String>,
+        comm: impl Into<Comm>,
     ) -> Self {
         Self {
             id: SocketId::new(key, opened_ns),
@@ -577,18 +696,54 @@ impl Socket {
             bytes_sent: 0,
             bytes_recv: 0,
             complete: true,
+            rated: false,
             rates: Rates::starting(opened_ns),
             closed: None,
-            holders: Vec::new(),
             tcp: None,
             retrans_rose_ns: None,
             mark: None,
-            connect_us: None,
+            connect_us: NO_CONNECT_US,
             closed_by: None,
             error: None,
             tcp_history: History::default(),
-            tcp_history_ns: 0,
+            tcp_history_s: 0,
         }
+    }
+
+    /// Its inode; `None` when not known.
+    pub fn inode(&self) -> Option<u64> {
+        self.inode.map(NonZeroU64::get)
+    }
+
+    /// Sets its inode (0 is none).
+    pub fn set_inode(&mut self, inode: Option<u64>) {
+        self.inode = inode.and_then(NonZeroU64::new);
+    }
+
+    /// The errno that ended it, if one did.
+    pub fn error(&self) -> Option<i32> {
+        self.error.map(NonZeroI32::get)
+    }
+
+    pub fn set_error(&mut self, errno: Option<i32>) {
+        self.error = errno.and_then(NonZeroI32::new);
+    }
+
+    /// How long its connect's handshake took, in µs, when known.
+    pub fn connect_us(&self) -> Option<u64> {
+        (self.connect_us != NO_CONNECT_US).then_some(u64::from(self.connect_us))
+    }
+
+    /// Sets how long its handshake took (more than 71 minutes is taken as just under).
+    pub fn set_connect_us(&mut self, us: Option<u64>) {
+        self.connect_us = us.map_or(NO_CONNECT_US, |us| {
+            u32::try_from(us).unwrap_or(u32::MAX).min(NO_CONNECT_US - 1)
+        });
+    }
+
+    /// For the idle mark: seconds since data last moved either way, at the latest reading.
+    pub fn idle_secs(&self) -> u32 {
+        self.tcp.map_or(0, |tcp| tcp.quiet_ms / 1000)
     }
 
     pub fn key(&self) -> SocketKey {
@@ -646,21 +801,26 @@ impl Socket {
         if record.proto != Proto::Unknown {
             self.proto = record.proto;
         }
-        if record.connect_us.is_some() {
+        if record.connect_us != NO_CONNECT_US {
             self.connect_us = record.connect_us;
         }
     }
 
     /// A connect whose handshake failed with `errno`.
     pub fn failed(&self) -> Option<i32> {
-        (self.closed_by == Some(ClosedBy::Failed)).then_some(self.error.unwrap_or(0))
+        (self.closed_by == Some(ClosedBy::Failed)).then_some(self.error().unwrap_or(0))
     }
 
     /// Takes in counters read at `now_ns` (from the kernel's map), updating the rates.
     pub fn observe(&mut self, sent: u64, recv: u64, now_ns: u64) {
+        let before = match self.rated {
+            true => (self.bytes_sent, self.bytes_recv),
+            false => (0, 0),
+        };
+        self.rated = true;
         self.bytes_sent = sent;
         self.bytes_recv = recv;
-        self.rates.observe(sent, recv, now_ns);
+        self.rates.observe(before, (sent, recv), now_ns);
     }
 
     /// [`Self::observe`] by a refresh that reads only the sockets whose counters moved (or
@@ -671,22 +831,25 @@ impl Socket {
         self.observe(sent, recv, now_ns);
     }
 
-    /// Takes in a TCP health reading made at `now_ns`; the local port comes with it, exact for
-    /// every socket (an outbound one's is not known before).
-    pub fn observe_tcp(&mut self, health: TcpHealth, now_ns: u64) {
+    /// Takes in a TCP reading made at `now_ns`.
+    pub fn observe_tcp(&mut self, reading: TcpReading, now_ns: u64) {
+        let health = reading.health;
         let before = self.tcp;
         if before.is_some_and(|before| health.retrans > before.retrans) {
-            self.retrans_rose_ns = Some(now_ns);
+            self.retrans_rose_ns = NonZeroU64::new(now_ns);
         }
-        if health.lport != 0 {
-            self.lport = health.lport;
+        if reading.lport != 0 {
+            self.lport = reading.lport;
         }
         self.proto = Proto::Tcp;
         self.tcp = Some(health);
-        self.mark = HealthMark::of(&health, before.as_ref(), self.retrans_rose_ns, now_ns);
-        if self.tcp_history.is_empty() || now_ns.saturating_sub(self.tcp_history_ns) >= SEC {
+        let rose_ns = self.retrans_rose_ns.map(NonZeroU64::get);
+        self.mark = HealthMark::of(&health, before.as_ref(), rose_ns, now_ns);
+        // Seconds since boot fit 32 bits for 136 years.
+        let second = u32::try_from(now_ns / SEC).unwrap_or(u32::MAX);
+        if self.tcp_history.is_empty() || second > self.tcp_history_s {
             self.tcp_history.push((health.rtt_us, health.retrans));
-            self.tcp_history_ns = now_ns;
+            self.tcp_history_s = second;
         }
     }
 
@@ -773,8 +936,7 @@ mod tests {
     fn health_marks_worst_first_and_only_for_connections_under_way() {
         let established = TcpHealth {
             state: 1,
-            last_data_sent_ms: 50,
-            last_data_recv_ms: 50,
+            quiet_ms: 50,
             snd_wnd: Some(65_536),
             ..TcpHealth::default()
         };
@@ -809,29 +971,73 @@ mod tests {
         };
         assert_eq!(of(&read, Some(&unread), None), None, "it shrank: read");
         let quiet = TcpHealth {
-            last_data_sent_ms: 12_500,
-            last_data_recv_ms: 30_000,
+            quiet_ms: 12_500,
             ..established
         };
-        assert_eq!(of(&quiet, None, None), Some(HealthMark::Idle { secs: 12 }));
+        assert_eq!(of(&quiet, None, None), Some(HealthMark::Idle));
         // Still connecting: no window yet and no data ever, but nothing is wrong.
         let connecting = TcpHealth {
             state: 2,
             snd_wnd: Some(0),
-            last_data_sent_ms: 90_000,
-            last_data_recv_ms: 90_000,
+            quiet_ms: 90_000,
             ..TcpHealth::default()
         };
         assert_eq!(of(&connecting, None, Some(9 * SEC)), None);
     }
 
     #[test]
-    fn readings_at_the_same_instant_change_nothing() {
+    fn a_reading_at_the_same_instant_keeps_the_rate_and_counts_in_its_second() {
         let mut s = socket();
         s.observe(10, 0, 2 * SEC);
-        let before = s.rates.clone();
+        let rate = s.rates.now;
         s.observe(20, 0, 2 * SEC);
-        assert_eq!(s.rates, before);
+        assert_eq!((s.rates.now, s.bytes_sent), (rate, 20));
+        // The next interval's rate counts from 20; its second's bucket, open at 2 s, holds
+        // the 10 bytes read at 2 s too: the history loses none.
+        s.observe(50, 0, 3 * SEC);
+        assert_eq!(s.rates.now.send, 30);
+        assert_eq!(
+            s.rates.history.iter().map(|t| t.send).collect::<Vec<_>>(),
+            [10, 40]
+        );
         assert_eq!(per_second(5, 0), 0);
+    }
+
+    #[test]
+    fn a_row_that_had_moved_bytes_before_its_first_reading_is_rated_from_zero() {
+        let mut s = socket();
+        // Decoded from a record that had counted 1000 bytes already.
+        s.bytes_sent = 1000;
+        s.observe(1500, 0, 3 * SEC);
+        assert_eq!(s.rates.now.send, 750, "1500 bytes since the connect at 1 s");
+        s.observe(1700, 0, 4 * SEC);
+        assert_eq!(s.rates.now.send, 200);
+    }
+
+    #[test]
+    fn a_row_is_four_cache_lines_and_optional_numbers_round_trip() {
+        assert_eq!(std::mem::size_of::<Socket>(), 256);
+        let mut s = socket();
+        assert_eq!((s.inode(), s.error(), s.connect_us()), (None, None, None));
+        s.set_inode(Some(77));
+        s.set_error(Some(libc::ECONNRESET));
+        s.set_connect_us(Some(0));
+        assert_eq!(
+            (s.inode(), s.error(), s.connect_us()),
+            (Some(77), Some(libc::ECONNRESET), Some(0))
+        );
+        s.set_connect_us(Some(u64::MAX));
+        assert_eq!(s.connect_us(), Some(u64::from(u32::MAX - 1)));
+    }
+
+    #[test]
+    fn a_comm_keeps_what_fits_at_a_character_boundary() {
+        assert_eq!(Comm::new("curl"), "curl");
+        assert_eq!(Comm::new("a-very-long-process-name"), "a-very-long-proc");
+        // 'é' is two bytes: the 16th byte would split it.
+        assert_eq!(Comm::new("ééééééééé"), "éééééééé");
+        assert_eq!(Comm::from_kernel(b"nginx\0\0garbage"), "nginx");
+        assert_eq!(Comm::from_kernel(&[0xff, b'x', 0]), "\u{fffd}x");
+        assert_eq!(format!("{:<6}|", Comm::new("ab")), "ab    |");
     }
 }

@@ -8,7 +8,7 @@ use sockwatch_common::{
     SocketState, TcpFate, TrackedSocket, COMM_LEN, EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::socket::{CloseCause, Closed, ClosedBy, Direction, Origin, Proto, Socket, State};
+use crate::socket::{CloseCause, Closed, ClosedBy, Comm, Direction, Origin, Proto, Socket, State};
 
 /// How a `connect()` ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +153,7 @@ impl KernelRecord {
         };
         let socket = || {
             let mut socket = tracked_socket(raw.key, &raw.socket);
-            socket.connect_us = connect_us(&fate);
+            socket.set_connect_us(connect_us(&fate));
             socket
         };
         Ok(match kind {
@@ -192,7 +192,9 @@ impl KernelRecord {
                     });
                 }
                 let mut socket = socket();
-                (socket.closed_by, socket.error) = ended(&fate, socket.proto);
+                let (by, error) = ended(&fate, socket.proto);
+                socket.closed_by = by;
+                socket.set_error(error);
                 let (sent, recv) = (socket.bytes_sent, socket.bytes_recv);
                 socket.close(
                     Closed {
@@ -267,11 +269,11 @@ pub fn tracked_socket(key: SocketKey, value: &TrackedSocket) -> Socket {
         value.connect_ns,
         ipv4(value.daddr),
         value.dport,
-        comm_string(&value.comm),
+        Comm::from_kernel(&value.comm),
     );
     socket.tid = value.tid;
     socket.lport = value.lport;
-    socket.inode = (value.ino != 0).then_some(value.ino);
+    socket.set_inode((value.ino != 0).then_some(value.ino));
     socket.proto = proto(value.proto);
     socket.direction = direction(value.flags);
     socket.origin = origin(value.flags);
@@ -293,7 +295,7 @@ pub fn tracked_value(socket: &Socket) -> TrackedSocket {
         connect_ns: socket.id.opened_ns,
         // The kernel's own address of it is not in /proc; the inode is.
         sk: 0,
-        ino: socket.inode.unwrap_or(0),
+        ino: socket.inode().unwrap_or(0),
         daddr: u32::from_ne_bytes(socket.daddr.octets()),
         dport: socket.dport,
         lport: socket.lport,
@@ -349,11 +351,6 @@ fn ipv4(network_order: u32) -> Ipv4Addr {
     Ipv4Addr::from(network_order.to_ne_bytes())
 }
 
-fn comm_string(comm: &[u8; COMM_LEN]) -> String {
-    let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&comm[..len]).into_owned()
-}
-
 fn comm_bytes(comm: &str) -> [u8; COMM_LEN] {
     let mut bytes = [0u8; COMM_LEN];
     let len = comm.len().min(COMM_LEN - 1);
@@ -403,7 +400,7 @@ mod tests {
             (8080, Proto::Tcp, Direction::Out, Origin::Connect)
         );
         assert_eq!((socket.comm.as_str(), socket.tid), ("curl", 44));
-        assert_eq!(socket.inode, Some(4242));
+        assert_eq!(socket.inode(), Some(4242));
         assert_eq!(socket.id.opened_ns, 500);
         assert_eq!(result, ConnectResult::Failed(libc::ECONNREFUSED));
         assert_eq!(errno_name(libc::ECONNREFUSED), "ECONNREFUSED");
@@ -457,9 +454,9 @@ mod tests {
         let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &fate) else {
             panic!("not a close")
         };
-        assert_eq!(socket.connect_us, Some(52));
+        assert_eq!(socket.connect_us(), Some(52));
         assert_eq!(socket.closed_by, Some(ClosedBy::ResetReceived));
-        assert_eq!(socket.error, Some(libc::ECONNRESET));
+        assert_eq!(socket.error(), Some(libc::ECONNRESET));
         // Followed, nothing seen of its end: it was released here first.
         let followed = TcpFate {
             closed_by: KernelClosedBy::Followed as u32,
@@ -469,7 +466,7 @@ mod tests {
             panic!("not a close")
         };
         assert_eq!(
-            (socket.closed_by, socket.error, socket.connect_us),
+            (socket.closed_by, socket.error(), socket.connect_us()),
             (Some(ClosedBy::Local), None, None)
         );
         // Not followed (older than sockwatch): not known.
@@ -487,7 +484,7 @@ mod tests {
             panic!("not a close")
         };
         assert_eq!(
-            (socket.closed_by, socket.error),
+            (socket.closed_by, socket.error()),
             (Some(ClosedBy::Failed), None)
         );
         // A handshake that failed after a non-blocking connect returned.
@@ -583,7 +580,7 @@ mod tests {
         socket.direction = Direction::In;
         socket.proto = Proto::Udp;
         socket.lport = 40_000;
-        socket.inode = Some(77);
+        socket.set_inode(Some(77));
         let value = tracked_value(&socket);
         let back = tracked_socket(socket.key(), &value);
         assert_eq!(
@@ -594,7 +591,7 @@ mod tests {
             (back.id, back.daddr, back.dport, back.lport, back.proto),
             (socket.id, socket.daddr, 5432, 40_000, Proto::Udp)
         );
-        assert_eq!(back.inode, Some(77));
+        assert_eq!(back.inode(), Some(77));
         assert_eq!(
             (back.direction, back.origin, back.state),
             (Direction::In, Origin::Existing, State::Established)

@@ -19,7 +19,7 @@ use std::{
     },
 };
 
-use crate::socket::TcpHealth;
+use crate::socket::{TcpDetail, TcpHealth, TcpReading};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const INET_DIAG_INFO: u16 = 2;
@@ -38,9 +38,25 @@ const NLMSG_HDR_LEN: usize = 16;
 /// Large enough for a few hundred sockets per `recv`; the kernel fills it and keeps the rest.
 const RECV_BUFFER: usize = 64 * 1024;
 
-/// What one read of every namespace found, by socket inode.
-/// (A fast hasher: a reading of 100,000 sockets is built and looked up in whole.)
-pub type Readings = HashMap<u64, TcpHealth, foldhash::fast::RandomState>;
+/// What one read of every namespace found: each socket's reading by inode (a fast hasher: a
+/// reading of 100,000 sockets is built and looked up in whole), and the rest of the reading of
+/// the one socket asked for (the details view's), when found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Readings {
+    pub by_inode: HashMap<u64, TcpReading, foldhash::fast::RandomState>,
+    /// The rest of the reading of the socket asked for.
+    pub detail: Option<TcpDetail>,
+}
+
+impl Readings {
+    pub fn len(&self) -> usize {
+        self.by_inode.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_inode.is_empty()
+    }
+}
 
 /// Netlink sockets by network namespace, and which namespace each tracked process lives in.
 pub struct Diag {
@@ -66,10 +82,15 @@ impl Diag {
         })
     }
 
-    /// Dumps the TCP sockets of every namespace the processes `pids` live in (and our own).
+    /// Dumps the TCP sockets of every namespace the processes `pids` live in (and our own),
+    /// with the whole reading of the socket `detail_of` (an inode) if it is among them.
     /// A namespace that cannot be read (its process gone) is skipped: its sockets show no
     /// health until the next read.
-    pub fn read(&mut self, pids: impl IntoIterator<Item = u32>) -> Readings {
+    pub fn read(
+        &mut self,
+        pids: impl IntoIterator<Item = u32>,
+        detail_of: Option<u64>,
+    ) -> Readings {
         let pids: HashSet<u32> = pids.into_iter().collect();
         self.netns_of_pid.retain(|pid, _| pids.contains(pid));
         let mut namespaces = HashSet::from([self.own_netns]);
@@ -89,7 +110,16 @@ impl Diag {
             let fd = socket.as_raw_fd();
             for family in [libc::AF_INET, libc::AF_INET6] {
                 self.seq = self.seq.wrapping_add(1);
-                if dump(fd, family, self.seq, &mut self.buffer, &mut readings).is_err() {
+                if dump(
+                    fd,
+                    family,
+                    self.seq,
+                    &mut self.buffer,
+                    &mut readings,
+                    detail_of,
+                )
+                .is_err()
+                {
                     // A dump cut short leaves the rest of its answer queued, and the kernel
                     // refuses another dump on that socket until it is read (EBUSY): the socket
                     // goes, and is opened afresh (another namespace's at its next read).
@@ -186,6 +216,7 @@ fn dump(
     seq: u32,
     buffer: &mut [u8],
     readings: &mut Readings,
+    detail_of: Option<u64>,
 ) -> io::Result<()> {
     let request = request(family, seq);
     // SAFETY: `request` is a valid buffer of its length; the kernel's address is the default
@@ -198,7 +229,7 @@ fn dump(
         // SAFETY: `buffer` is writable for its length.
         let len = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
         let len = usize::try_from(len).map_err(|_| io::Error::last_os_error())?;
-        match parse_messages(&buffer[..len], seq, readings)? {
+        match parse_messages(&buffer[..len], seq, readings, detail_of)? {
             Parsed::More => {}
             Parsed::Done => return Ok(()),
         }
@@ -252,8 +283,13 @@ const fn align4(len: usize) -> usize {
     (len + 3) & !3
 }
 
-/// Parses one `recv`'s worth of netlink messages.
-fn parse_messages(mut bytes: &[u8], seq: u32, readings: &mut Readings) -> io::Result<Parsed> {
+/// Parses one `recv`'s worth of netlink messages; the whole reading of the socket `detail_of`.
+fn parse_messages(
+    mut bytes: &[u8],
+    seq: u32,
+    readings: &mut Readings,
+    detail_of: Option<u64>,
+) -> io::Result<Parsed> {
     while bytes.len() >= NLMSG_HDR_LEN {
         let len = read_u32(bytes, 0) as usize;
         if len < NLMSG_HDR_LEN || len > bytes.len() {
@@ -274,8 +310,11 @@ fn parse_messages(mut bytes: &[u8], seq: u32, readings: &mut Readings) -> io::Re
                 return Err(io::Error::from_raw_os_error(-errno));
             }
             _ if kind == SOCK_DIAG_BY_FAMILY => {
-                if let Some((inode, health)) = parse_socket(payload) {
-                    readings.insert(inode, health);
+                if let Some((inode, reading, info)) = parse_socket(payload) {
+                    if detail_of == Some(inode) {
+                        readings.detail = Some(parse_tcp_detail(info));
+                    }
+                    readings.by_inode.insert(inode, reading);
                 }
             }
             _ => {}
@@ -284,8 +323,9 @@ fn parse_messages(mut bytes: &[u8], seq: u32, readings: &mut Readings) -> io::Re
     Ok(Parsed::More)
 }
 
-/// One `inet_diag_msg` and its attributes.
-fn parse_socket(payload: &[u8]) -> Option<(u64, TcpHealth)> {
+/// One `inet_diag_msg` and its attributes: the socket's inode, its reading, and its
+/// `tcp_info` (empty if the kernel sent none).
+fn parse_socket(payload: &[u8]) -> Option<(u64, TcpReading, &[u8])> {
     if payload.len() < DIAG_MSG_LEN {
         return None;
     }
@@ -293,16 +333,7 @@ fn parse_socket(payload: &[u8]) -> Option<(u64, TcpHealth)> {
     if inode == 0 {
         return None;
     }
-    let mut health = TcpHealth {
-        state: payload[1],
-        // The sport is in network order.
-        lport: u16::from_be(read_u16(payload, 4)),
-        recv_q: read_u32(payload, 56),
-        send_q: read_u32(payload, 60),
-        // Timer 4 is the zero-window probe timer: the peer advertises no room.
-        zero_window: payload[2] == 4,
-        ..TcpHealth::default()
-    };
+    let mut info: &[u8] = &[];
     let mut attrs = &payload[DIAG_MSG_LEN..];
     while attrs.len() >= 4 {
         let len = usize::from(read_u16(attrs, 0));
@@ -311,40 +342,55 @@ fn parse_socket(payload: &[u8]) -> Option<(u64, TcpHealth)> {
             break;
         }
         if kind == INET_DIAG_INFO {
-            parse_tcp_info(&attrs[4..len], &mut health);
+            info = &attrs[4..len];
         }
         attrs = &attrs[align4(len).min(attrs.len())..];
     }
-    Some((inode, health))
+    let u32_at = |at| read_u32(info, at);
+    let health = TcpHealth {
+        state: payload[1],
+        recv_q: read_u32(payload, 56),
+        send_q: read_u32(payload, 60),
+        // Timer 4 is the zero-window probe timer: the peer advertises no room.
+        zero_window: payload[2] == 4,
+        rtt_us: u32_at(68),
+        rttvar_us: u32_at(72),
+        cwnd: u32_at(80),
+        retrans: u32_at(100),
+        // last_data_sent, last_data_recv.
+        quiet_ms: u32_at(44).min(u32_at(52)),
+        snd_wnd: (info.len() >= 232).then(|| u32_at(228)),
+    };
+    let reading = TcpReading {
+        health,
+        // The sport is in network order.
+        lport: u16::from_be(read_u16(payload, 4)),
+    };
+    Some((inode, reading, info))
 }
 
-/// `struct tcp_info` (include/uapi/linux/tcp.h); it only grows, and the kernel sends as much of
-/// it as it has, so a field past the end reads 0.
-fn parse_tcp_info(info: &[u8], health: &mut TcpHealth) {
+/// The rest of `struct tcp_info` (include/uapi/linux/tcp.h); it only grows, and the kernel
+/// sends as much of it as it has, so a field past the end reads 0.
+fn parse_tcp_detail(info: &[u8]) -> TcpDetail {
     let u32_at = |at| read_u32(info, at);
-    health.probes = info.get(3).copied().unwrap_or(0);
-    health.backoff = info.get(4).copied().unwrap_or(0);
-    health.rto_us = u32_at(8);
-    health.snd_mss = u32_at(16);
-    health.unacked = u32_at(24);
-    health.lost = u32_at(32);
-    health.retrans_out = u32_at(36);
-    health.last_data_sent_ms = u32_at(44);
-    health.last_data_recv_ms = u32_at(52);
-    health.rtt_us = u32_at(68);
-    health.rttvar_us = u32_at(72);
-    health.ssthresh = u32_at(76);
-    health.cwnd = u32_at(80);
-    health.retrans = u32_at(100);
-    health.pacing_rate = read_u64(info, 104);
-    health.bytes_acked = read_u64(info, 120);
-    health.bytes_received = read_u64(info, 128);
-    health.min_rtt_us = u32_at(148);
-    health.delivery_rate = read_u64(info, 160);
-    health.busy_us = read_u64(info, 168);
-    health.rwnd_limited_us = read_u64(info, 176);
-    health.sndbuf_limited_us = read_u64(info, 184);
-    health.snd_wnd = (info.len() >= 232).then(|| u32_at(228));
+    TcpDetail {
+        probes: info.get(3).copied().unwrap_or(0),
+        backoff: info.get(4).copied().unwrap_or(0),
+        rto_us: u32_at(8),
+        snd_mss: u32_at(16),
+        unacked: u32_at(24),
+        lost: u32_at(32),
+        retrans_out: u32_at(36),
+        ssthresh: u32_at(76),
+        pacing_rate: read_u64(info, 104),
+        bytes_acked: read_u64(info, 120),
+        bytes_received: read_u64(info, 128),
+        min_rtt_us: u32_at(148),
+        delivery_rate: read_u64(info, 160),
+        busy_us: read_u64(info, 168),
+        rwnd_limited_us: read_u64(info, 176),
+        sndbuf_limited_us: read_u64(info, 184),
+    }
 }
 
 #[cfg(test)]
@@ -393,28 +439,30 @@ mod tests {
         bytes.extend(message(SOCK_DIAG_BY_FAMILY, 4, &diag_msg(1, 1, &info)));
         let mut readings = Readings::default();
         assert!(matches!(
-            parse_messages(&bytes, 5, &mut readings),
+            parse_messages(&bytes, 5, &mut readings, Some(4242)),
             Ok(Parsed::More)
         ));
         assert_eq!(readings.len(), 1);
-        let health = readings[&4242];
-        assert_eq!(health.lport, 40000);
+        let reading = readings.by_inode[&4242];
+        assert_eq!(reading.lport, 40000);
+        let health = reading.health;
         assert_eq!((health.recv_q, health.send_q), (7, 9));
         assert_eq!((health.rtt_us, health.rttvar_us), (1500, 300));
         assert_eq!((health.cwnd, health.retrans), (10, 3));
         assert!(health.zero_window);
         assert_eq!(health.snd_wnd, None, "not sent by this kernel");
-        assert_eq!(health.delivery_rate, 0);
+        let detail = readings.detail.expect("the detail asked for");
+        assert_eq!((detail.delivery_rate, detail.min_rtt_us), (0, 0));
 
         let done = message(libc::NLMSG_DONE as u16, 5, &[0; 4]);
         assert!(matches!(
-            parse_messages(&done, 5, &mut readings),
+            parse_messages(&done, 5, &mut readings, None),
             Ok(Parsed::Done)
         ));
         let mut error = (-libc::EPERM).to_ne_bytes().to_vec();
         error.extend_from_slice(&[0; 16]);
         let error = message(libc::NLMSG_ERROR as u16, 5, &error);
-        let failed = parse_messages(&error, 5, &mut readings).err();
+        let failed = parse_messages(&error, 5, &mut readings, None).err();
         assert_eq!(failed.and_then(|e| e.raw_os_error()), Some(libc::EPERM));
     }
 
@@ -449,18 +497,21 @@ mod tests {
                 .expect("fd")
                 .ino()
         };
-        let readings = diag.read([std::process::id()]);
-        let client_health = readings[&inode(client.as_raw_fd())];
-        let server_health = readings[&inode(server.as_raw_fd())];
+        let client_inode = inode(client.as_raw_fd());
+        let readings = diag.read([std::process::id()], Some(client_inode));
+        let client_reading = readings.by_inode[&client_inode];
+        let server_reading = readings.by_inode[&inode(server.as_raw_fd())];
         assert_eq!(
-            client_health.lport,
+            client_reading.lport,
             client.local_addr().expect("addr").port()
         );
         assert_eq!(
-            server_health.lport,
+            server_reading.lport,
             listener.local_addr().expect("addr").port()
         );
-        assert_eq!(client_health.state, 1, "ESTABLISHED");
-        assert!(client_health.cwnd > 0 && client_health.snd_mss > 0);
+        assert_eq!(client_reading.health.state, 1, "ESTABLISHED");
+        assert!(client_reading.health.cwnd > 0);
+        let detail = readings.detail.expect("the client's whole reading");
+        assert!(detail.snd_mss > 0 && detail.rto_us > 0);
     }
 }

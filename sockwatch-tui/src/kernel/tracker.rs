@@ -29,7 +29,7 @@ use super::{
 use crate::{
     clock::monotonic_ns,
     open_sockets::OpenSockets,
-    socket::{CloseCause, Closed, Direction, Origin, Proto, Socket, SocketId, SocketKey},
+    socket::{CloseCause, Closed, Comm, Direction, Origin, Proto, Socket, SocketId, SocketKey},
 };
 
 /// How long an open socket must have been missing from the kernel's map, over two reads at
@@ -56,7 +56,7 @@ pub enum Change {
     Moved {
         from: SocketId,
         to: SocketKey,
-        comm: String,
+        comm: Comm,
     },
     /// Every (pid, fd) found holding the socket now (see [`Tracker::holders`]).
     Holders {
@@ -142,7 +142,7 @@ impl Tracker {
                         if moved
                             && tables
                                 .get(row.key())
-                                .is_some_and(|e| e.inode == Some(inode))
+                                .is_some_and(|e| e.inode() == Some(inode))
                         {
                             tables.take(row.key());
                         }
@@ -195,7 +195,7 @@ impl Tracker {
     /// is kept aside until its close record comes ([`MISSING_GRACE_NS`] at most).
     fn opened(&mut self, socket: Socket, open: &OpenSockets) -> Vec<Change> {
         // The kernel named the socket: no /proc lookup needed to check it later.
-        if let Some(inode) = socket.inode {
+        if let Some(inode) = socket.inode() {
             self.inodes.insert(socket.id, inode);
         }
         if let Some(old) = open.get(&socket.key()) {
@@ -241,9 +241,9 @@ impl Tracker {
         let aside = self
             .displaced
             .iter()
-            .find(|(id, (row, _))| id.key == key && row.inode == Some(inode))
+            .find(|(id, (row, _))| id.key == key && row.inode() == Some(inode))
             .map(|(id, _)| *id);
-        let same = |s: &Socket| s.inode == Some(inode);
+        let same = |s: &Socket| s.inode() == Some(inode);
         let row = match aside.and_then(|id| self.displaced.remove(&id)) {
             Some((row, _)) => row,
             None => match open.get(&key).filter(|s| same(s)) {
@@ -266,12 +266,12 @@ impl Tracker {
     /// The kernel moved a socket's row to `socket.key()`, from `from`: the process that moves
     /// its bytes now, once the one shown let go of it.
     fn moved(&mut self, socket: Socket, from: SocketKey, open: &OpenSockets) -> Vec<Change> {
-        let same = |s: &Socket| s.inode.is_none() || s.inode == socket.inode;
+        let same = |s: &Socket| s.inode().is_none() || s.inode() == socket.inode();
         let Some(row) = open.get(&from).filter(|s| same(s)) else {
             return Vec::new();
         };
         let mut row = row.clone();
-        row.inode = row.inode.or(socket.inode);
+        row.set_inode(row.inode().or(socket.inode()));
         let to = socket.key();
         self.move_row(&row, to, socket.comm, open, monotonic_ns())
     }
@@ -282,7 +282,7 @@ impl Tracker {
         &mut self,
         row: &Socket,
         to: SocketKey,
-        comm: String,
+        comm: Comm,
         open: &OpenSockets,
         ts_ns: u64,
     ) -> Vec<Change> {
@@ -292,7 +292,7 @@ impl Tracker {
             self.forget(stale.id);
         }
         self.forget(row.id);
-        if let Some(inode) = row.inode {
+        if let Some(inode) = row.inode() {
             self.inodes
                 .insert(SocketId::new(to, row.id.opened_ns), inode);
         }
@@ -308,7 +308,7 @@ impl Tracker {
     /// children and grandchildren (forked workers, programs started on it). A socket that moved
     /// is shown where it was found, so its holders are found there too.
     pub fn holders(socket: &Socket) -> Change {
-        let holders = socket.inode.map_or_else(Vec::new, |inode| {
+        let holders = socket.inode().map_or_else(Vec::new, |inode| {
             with_descendants(socket.holder_pid())
                 .flat_map(|pid| {
                     procfs::fds_of_socket(pid, inode)
@@ -478,7 +478,7 @@ impl Tracker {
             HashMap::new()
         };
         for entry in entries {
-            if let Some(&(holder, _)) = entry.inode.and_then(|inode| holders.get(&inode)) {
+            if let Some(&(holder, _)) = entry.inode().and_then(|inode| holders.get(&inode)) {
                 if let Some(to) = holder {
                     if tables.retrack(entry.key(), to) == Retrack::Moved {
                         changes.extend(self.moved_to(&entry, to, open, now_ns));
@@ -504,7 +504,7 @@ impl Tracker {
         open: &OpenSockets,
         ts_ns: u64,
     ) -> Vec<Change> {
-        let comm = procfs::comm(to.pid).unwrap_or_else(|| socket.comm.clone());
+        let comm = procfs::comm(to.pid).map_or(socket.comm, Comm::from);
         self.move_row(socket, to, comm, open, ts_ns)
     }
 
@@ -529,7 +529,7 @@ impl Tracker {
         // since the start, read after the scan so none is missed), and one row for a socket
         // several processes hold (a forking server's), under the first holder found.
         let (tracked, by_socket) = tables.snapshot();
-        let mut known: HashSet<u64> = tracked.iter().filter_map(|s| s.inode).collect();
+        let mut known: HashSet<u64> = tracked.iter().filter_map(|s| s.inode()).collect();
         known.extend(by_socket.values().map(|b| b.ino));
         for (pid, fd, inode) in held {
             let Some(found) = inet.get(&inode).filter(|s| s.is_connected()) else {
@@ -556,7 +556,7 @@ impl Tracker {
                 procfs::comm(pid).unwrap_or_default(),
             );
             socket.lport = found.local.port();
-            socket.inode = Some(inode);
+            socket.set_inode(Some(inode));
             socket.proto = found.proto;
             socket.origin = Origin::Existing;
             if inbound {
@@ -657,7 +657,7 @@ impl Tracker {
         let mut changes = Vec::new();
         for socket in targets {
             let key = socket.key();
-            if let Some(&(holder, alive)) = socket.inode.and_then(|i| holders.get(&i)) {
+            if let Some(&(holder, alive)) = socket.inode().and_then(|i| holders.get(&i)) {
                 if let Some(to) = holder {
                     if tables.retrack(key, to) != Retrack::NotHeld {
                         // Taken by the kernel meanwhile: the holder closed it, and the kernel's
@@ -705,7 +705,7 @@ fn holders_elsewhere(
     settling: &[Socket],
     gone: Option<u32>,
 ) -> HashMap<u64, (Option<SocketKey>, bool)> {
-    let inodes: HashSet<u64> = settling.iter().filter_map(|s| s.inode).collect();
+    let inodes: HashSet<u64> = settling.iter().filter_map(|s| s.inode()).collect();
     if inodes.is_empty() {
         return HashMap::new();
     }
@@ -879,7 +879,7 @@ mod tests {
     fn row_with_inode(inode: u64) -> (Socket, OpenSockets) {
         let mut row = socket(5, SEC, 100);
         row.id.key.pid = NOBODY;
-        row.inode = Some(inode);
+        row.set_inode(Some(inode));
         let open = open(std::slice::from_ref(&row));
         (row, open)
     }
@@ -921,7 +921,7 @@ mod tests {
         assert_eq!(moved(&changes), [(row.id, record.key())]);
         // Not the row shown there (another socket's inode), or no row at all: nothing moves.
         let mut other = record.clone();
-        other.inode = Some(78);
+        other.set_inode(Some(78));
         assert!(tracker.moved(other, row.key(), &open).is_empty());
         let nowhere = SocketKey { pid: 7, fd: 7 };
         assert!(tracker.moved(record, nowhere, &open).is_empty());
@@ -954,7 +954,7 @@ mod tests {
     fn a_socket_whose_fd_number_another_thread_took_first_ends_with_its_own_close() {
         let mut tracker = Tracker::default();
         let mut ours = socket(5, SEC, 0);
-        ours.inode = Some(77);
+        ours.set_inode(Some(77));
         let open_before = open(std::slice::from_ref(&ours));
         // Another thread's accept got fd 5 back, and its record came before our close's.
         let mut theirs = socket(5, SEC + 2_000_000, 0);
@@ -991,7 +991,7 @@ mod tests {
     fn a_close_that_found_its_entry_replaced_ends_the_row_kept_aside_by_inode() {
         let mut tracker = Tracker::default();
         let mut ours = socket(5, SEC, 900);
-        ours.inode = Some(77);
+        ours.set_inode(Some(77));
         let theirs = socket(5, SEC + 1, 0);
         tracker.opened(theirs.clone(), &open(std::slice::from_ref(&ours)));
         let closed_at = Closed {

@@ -12,8 +12,8 @@ use crate::{
     kernel::{by_socket::Count, diag::Readings, loader::KernelCounters, tracker::Change},
     open_sockets::OpenSockets,
     socket::{
-        prefetch, CloseCause, Closed, ClosedBy, Origin, Socket, SocketId, State, Throughput,
-        PREFETCH_AHEAD,
+        prefetch, CloseCause, Closed, ClosedBy, LookedUp, Origin, Socket, SocketId, State,
+        Throughput, PREFETCH_AHEAD,
     },
 };
 
@@ -50,10 +50,6 @@ pub struct Activity {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "an action is built and consumed at once, never stored: boxing would allocate per event"
-)]
 pub enum Action {
     Change(Change),
     /// The kernel's map as read at `now_ns` (kernel monotonic clock).
@@ -68,9 +64,11 @@ pub enum Action {
         now_ns: u64,
     },
     Counters(KernelCounters),
-    /// TCP health as the kernel's diagnostics read it at `now_ns`, by socket inode.
+    /// TCP health as the kernel's diagnostics read it at `now_ns`, by socket inode, with the
+    /// rest of the reading of the socket `detail_of` (the one the details view shows).
     Health {
         readings: Readings,
+        detail_of: Option<SocketId>,
         now_ns: u64,
         /// How long the read took, and how long until the next (set by that cost).
         cost_ns: u64,
@@ -112,6 +110,9 @@ pub struct Model {
     /// When TCP health was last read, what the read cost and how long until the next (for the
     /// details view: with many sockets it is read less often than the refresh).
     pub health_read: Option<HealthRead>,
+    /// What the details view shows of one socket beyond its row (who holds it, the rest of its
+    /// TCP reading), looked up while it is shown.
+    looked_up: Option<LookedUp>,
     /// Sockets that became rows since the kernel stage last took them (opened, or moved to
     /// another key), so that it locates their counters; `None` once more than [`FRESH_CAP`]
     /// did (it then reads the maps whole).
@@ -174,6 +175,7 @@ impl Model {
             Action::Counters(counters) => self.counters = counters,
             Action::Health {
                 readings,
+                detail_of,
                 now_ns,
                 cost_ns,
                 every_ns,
@@ -184,6 +186,9 @@ impl Model {
                     every_ns,
                 });
                 self.observe_health(&readings, now_ns);
+                if let (Some(id), Some(tcp)) = (detail_of, readings.detail) {
+                    self.looked_up_mut(id).tcp = Some(tcp);
+                }
             }
             Action::HostName(answer) => self.hosts.answer(answer, self.now_ns),
         }
@@ -225,9 +230,9 @@ impl Model {
                 self.open.get(&to)
             }
             Change::Holders { id, holders } => {
-                let kept = self.open.get_mut(&id.key).filter(|s| s.id == id)?;
-                kept.holders = holders;
-                Some(kept)
+                self.open.get(&id.key).filter(|s| s.id == id)?;
+                self.looked_up_mut(id).holders = holders;
+                self.open.get(&id.key)
             }
             Change::Partial(id) => {
                 let kept = self.open.get_mut(&id.key).filter(|s| s.id == id)?;
@@ -239,7 +244,7 @@ impl Model {
                 self.totals.failed_connects += 1;
                 // A line in the close log: the attempt, how long it took, and why it failed.
                 let mut record = socket;
-                let took_ns = record.connect_us.unwrap_or(0).saturating_mul(1000);
+                let took_ns = record.connect_us().unwrap_or(0).saturating_mul(1000);
                 let closed = Closed {
                     at_ns: record.id.opened_ns.saturating_add(took_ns),
                     tid: record.tid,
@@ -247,7 +252,7 @@ impl Model {
                 };
                 record.close(closed, 0, 0);
                 record.closed_by = Some(ClosedBy::Failed);
-                record.error = Some(errno);
+                record.set_error(Some(errno));
                 self.log_close(record)
             }
             Change::Closed(socket) => {
@@ -270,9 +275,9 @@ impl Model {
                             open.lport = socket.lport;
                         }
                         open.closed_by = socket.closed_by;
-                        open.error = socket.error;
-                        if socket.connect_us.is_some() {
-                            open.connect_us = socket.connect_us;
+                        open.set_error(socket.error());
+                        if socket.connect_us().is_some() {
+                            open.set_connect_us(socket.connect_us());
                         }
                         open
                     }
@@ -401,10 +406,26 @@ impl Model {
             return;
         }
         for socket in self.open.rows_mut() {
-            if let Some(health) = socket.inode.and_then(|inode| readings.get(&inode)) {
-                socket.observe_tcp(*health, now_ns);
+            if let Some(reading) = socket
+                .inode()
+                .and_then(|inode| readings.by_inode.get(&inode))
+            {
+                socket.observe_tcp(*reading, now_ns);
             }
         }
+    }
+
+    /// What was looked up of socket `id` for the details view, if it is the one looked up.
+    pub fn looked_up(&self, id: SocketId) -> Option<&LookedUp> {
+        self.looked_up.as_ref().filter(|looked| looked.id == id)
+    }
+
+    /// The record of what is looked up of `id`: one socket's at a time (the one shown).
+    fn looked_up_mut(&mut self, id: SocketId) -> &mut LookedUp {
+        if self.looked_up.as_ref().is_none_or(|looked| looked.id != id) {
+            self.looked_up = Some(LookedUp::new(id));
+        }
+        self.looked_up.get_or_insert_with(|| LookedUp::new(id))
     }
 
     /// Connects and closes per second, as of a read at `now_ns` (`activity.bytes` is the
@@ -607,7 +628,7 @@ mod tests {
     fn failed_connects_are_counted_and_logged_not_kept() {
         let mut model = Model::new("tracepoint");
         let mut attempt = socket(10, 3, 100);
-        attempt.connect_us = Some(40);
+        attempt.set_connect_us(Some(40));
         let logged = model
             .apply(Change::Failed {
                 socket: attempt,
@@ -637,7 +658,7 @@ mod tests {
             0,
         );
         connecting.closed_by = Some(ClosedBy::Failed);
-        connecting.error = Some(libc::ECONNREFUSED);
+        connecting.set_error(Some(libc::ECONNREFUSED));
         let closed = model
             .apply(Change::Closed(connecting))
             .expect("closed")

@@ -49,7 +49,7 @@ fn line(socket: &Socket, clock: &WallClock, theme: Theme) -> Line<'static> {
             tcp.retrans
         ));
     }
-    if let Some(us) = socket.connect_us {
+    if let Some(us) = socket.connect_us() {
         text.push_str(&format!("  connect {}", format::micros(us)));
     }
     match closed.cause {
@@ -74,7 +74,9 @@ fn line(socket: &Socket, clock: &WallClock, theme: Theme) -> Line<'static> {
 fn outcome(socket: &Socket) -> String {
     if socket.failed().is_some() {
         // Without an errno: it failed before sending anything (the socket backend).
-        return socket.error.map_or_else(|| "failed".to_owned(), errno_name);
+        return socket
+            .error()
+            .map_or_else(|| "failed".to_owned(), errno_name);
     }
     match socket.closed_by {
         Some(ClosedBy::Local) => "local close",

@@ -135,7 +135,7 @@ type ProcessColumn = Column<ProcessView>;
 pub static SOCKET_COLUMNS: &[Column<Socket>] = &[
     SocketColumn::new("PID", 7, 0, |s, _| known(s.holder_pid()), |s, _| num(s.pid())),
     SocketColumn::new("TID", 7, 9, |s, _| s.tid.to_string(), |s, _| num(s.tid)),
-    SocketColumn::new("COMM", 15, 0, |s, _| s.comm.clone(), |s, _| text(&s.comm)),
+    SocketColumn::new("COMM", 15, 0, |s, _| s.comm.to_string(), |s, _| text(&s.comm)),
     SocketColumn::new("FD", 4, 6, |s, _| known(s.holder_fd()), |s, _| num(s.fd())),
     SocketColumn::new("PROTO", 6, 10, |s, _| proto_text(s).into(), |s, _| text(proto_text(s))),
     SocketColumn::new("DIR", 4, 5, |s, _| dir_text(s).into(), |s, _| text(dir_text(s))),
@@ -154,7 +154,7 @@ pub static SOCKET_COLUMNS: &[Column<Socket>] = &[
 #[rustfmt::skip]
 pub static TCP_COLUMNS: &[Column<Socket>] = &[
     SocketColumn::new("PID", 7, 0, |s, _| known(s.holder_pid()), |s, _| num(s.pid())),
-    SocketColumn::new("COMM", 15, 0, |s, _| s.comm.clone(), |s, _| text(&s.comm)),
+    SocketColumn::new("COMM", 15, 0, |s, _| s.comm.to_string(), |s, _| text(&s.comm)),
     SocketColumn::new("FD", 4, 8, |s, _| known(s.holder_fd()), |s, _| num(s.fd())),
     SocketColumn::new("LPORT", 6, 2, |s, _| port_text(s.lport), |s, _| num(s.lport)),
     SocketColumn::new("DESTINATION", 21, 0, |s, c| c.destination(s), destination_key).fill().keep_end(),
@@ -165,7 +165,7 @@ pub static TCP_COLUMNS: &[Column<Socket>] = &[
     SocketColumn::new("CWND", 6, 5, |s, _| tcp_text(s, |h| h.cwnd.to_string()), |s, _| tcp_key(s, |h| h.cwnd.into())).amount(),
     SocketColumn::new("SEND-Q", 9, 4, |s, _| tcp_text(s, |h| format::bytes(h.send_q.into())), |s, _| tcp_key(s, |h| h.send_q.into())).amount(),
     SocketColumn::new("RECV-Q", 9, 3, |s, _| tcp_text(s, |h| format::bytes(h.recv_q.into())), |s, _| tcp_key(s, |h| h.recv_q.into())).amount(),
-    SocketColumn::new("CONNECT", 8, 7, |s, _| s.connect_us.map_or_else(|| "-".to_owned(), format::micros), |s, _| num(s.connect_us.map_or(0, |us| us.saturating_add(1)))).amount(),
+    SocketColumn::new("CONNECT", 8, 7, |s, _| s.connect_us().map_or_else(|| "-".to_owned(), format::micros), |s, _| num(s.connect_us().map_or(0, |us| us.saturating_add(1)))).amount(),
     SocketColumn::new("AGE", 6, 9, |s, c| format::age(c.age_ns(s)), |s, c| num(c.age_ns(s))).by_clock(),
 ];
 
@@ -182,14 +182,15 @@ fn tcp_key(s: &Socket, field: fn(&TcpHealth) -> u64) -> SortKey {
 }
 
 fn mark_text(s: &Socket, _: &Context) -> String {
-    s.mark.map_or_else(String::new, HealthMark::label)
+    s.mark
+        .map_or_else(String::new, |mark| mark.label(s.idle_secs()))
 }
 
 /// Worst first when sorted largest first: trouble, then idle (longest first), then nothing.
 fn mark_key(s: &Socket, _: &Context) -> SortKey {
     num(match s.mark {
         None => 0u64,
-        Some(HealthMark::Idle { secs }) => 1 + u64::from(secs).min(1 << 32),
+        Some(HealthMark::Idle) => 1 + u64::from(s.idle_secs()),
         Some(HealthMark::AppNotReading) => 1 << 34,
         Some(HealthMark::PeerNotReading) => 2 << 34,
         Some(HealthMark::Retransmitting) => 3 << 34,
@@ -200,7 +201,7 @@ fn mark_key(s: &Socket, _: &Context) -> SortKey {
 #[rustfmt::skip]
 pub static PROCESS_COLUMNS: &[Column<ProcessView>] = &[
     ProcessColumn::new("PID", 7, 0, |p, _| p.pid.to_string(), |p, _| num(p.pid)),
-    ProcessColumn::new("COMM", 15, 0, |p, _| p.comm.clone(), |p, _| text(&p.comm)),
+    ProcessColumn::new("COMM", 15, 0, |p, _| p.comm.to_string(), |p, _| text(&p.comm)),
     ProcessColumn::new("SOCKETS", 8, 5, sockets_text, |p, _| num(p.sockets as u64)).amount(),
     ProcessColumn::new("DESTINATIONS", 16, 0, |p, _| p.destinations.clone(), |p, _| text(&p.destinations)).fill(),
     ProcessColumn::new("SENT", 10, 6, |p, _| format::bytes(p.bytes_sent), |p, _| num(p.bytes_sent)).amount(),

@@ -19,7 +19,7 @@ use crate::{
     model::{dns::HostName, Model},
     socket::{
         holder_fd, holder_pid, CloseCause, ClosedBy, Direction, HealthMark, Origin, Proto, Socket,
-        SocketId, TcpHealth, Throughput,
+        SocketId, TcpDetail, TcpHealth, Throughput,
     },
 };
 
@@ -192,16 +192,17 @@ fn fields(
         ),
         field(
             "fd",
-            match s.inode {
+            match s.inode() {
                 Some(inode) => format!("{}  (socket:[{inode}])", known(s.holder_fd())),
                 None => known(s.holder_fd()),
             },
         ),
     ];
+    let looked_up = shown.looked_up(s.id);
     // Shown when another fd holds it too (a forked child, a `dup`, a program started on it).
-    if s.holders.iter().any(|holder| *holder != s.key()) {
-        let holders: Vec<String> = s
-            .holders
+    let holders = looked_up.map_or(&[][..], |looked| &looked.holders[..]);
+    if holders.iter().any(|holder| *holder != s.key()) {
+        let holders: Vec<String> = holders
             .iter()
             .map(|h| format!("pid {} fd {}", h.pid, h.fd))
             .collect();
@@ -244,7 +245,7 @@ fn fields(
         field("state", state),
         field("connected", connected),
     ]);
-    if let Some(us) = s.connect_us {
+    if let Some(us) = s.connect_us() {
         lines.push(field("connect took", format::micros(us)));
     }
     if let Some(closed) = s.closed {
@@ -258,7 +259,7 @@ fn fields(
         ));
     }
     if let Some(by) = s.closed_by {
-        let error = s.error.map(errno_name).unwrap_or_default();
+        let error = s.error().map(errno_name).unwrap_or_default();
         lines.push(field(
             "ended by",
             match by {
@@ -267,7 +268,7 @@ fn fields(
                 ClosedBy::ResetSent => "a reset this end sent".to_owned(),
                 ClosedBy::ResetReceived => format!("a reset from the peer ({error})"),
                 ClosedBy::Timeout => format!("a timeout: the peer stopped answering ({error})"),
-                ClosedBy::Failed if s.error.is_none() => {
+                ClosedBy::Failed if s.error().is_none() => {
                     "the connect failed before sending anything (errno not seen)".to_owned()
                 }
                 ClosedBy::Failed => format!("the connect failed: {error}"),
@@ -284,7 +285,18 @@ fn fields(
     lines.push(field("sent", count(s.bytes_sent, s.rates.now.send)));
     lines.push(field("received", count(s.bytes_recv, s.rates.now.recv)));
     if let Some(h) = s.tcp {
-        lines.extend(tcp_fields(s, &h).into_iter().map(|(l, v)| field(l, v)));
+        let detail = looked_up.and_then(|looked| looked.tcp);
+        lines.extend(
+            tcp_fields(s, &h, detail.as_ref())
+                .into_iter()
+                .map(|(l, v)| field(l, v)),
+        );
+        if detail.is_none() && !s.is_closed() {
+            lines.push(field(
+                "more",
+                "rto, mss, delivery and the rest come with the next reading while shown".into(),
+            ));
+        }
         // With many sockets health is read less often than the table: say how old it is.
         if let Some(read) = live.health_read {
             let age_ns = live.now_ns.saturating_sub(read.at_ns);
@@ -324,88 +336,100 @@ fn fields(
     lines
 }
 
-/// What `ss -ti` says of the socket, as its latest reading has it.
-fn tcp_fields(s: &Socket, h: &TcpHealth) -> Vec<(&'static str, String)> {
+/// What `ss -ti` says of the socket, as its latest reading has it: what its row keeps (`h`),
+/// and the rest of the reading when one was taken while it was shown (`detail`).
+fn tcp_fields(
+    s: &Socket,
+    h: &TcpHealth,
+    detail: Option<&TcpDetail>,
+) -> Vec<(&'static str, String)> {
     let ms = |us: u64| format::micros(us);
     let peer_window = h.snd_wnd.map_or_else(String::new, |w| {
         format!("  peer window {}", format::bytes(w.into()))
     });
-    vec![
-        (
-            "health",
-            s.mark.map_or_else(
-                || "ok".to_owned(),
-                |mark| match mark {
-                    HealthMark::Retransmitting => {
-                        "retransmitting (the count rose in the last 5 s)".into()
-                    }
-                    HealthMark::PeerNotReading => {
-                        "the peer is not reading (it advertises a zero window)".into()
-                    }
-                    HealthMark::AppNotReading => "this app is not reading (Recv-Q grows)".into(),
-                    HealthMark::Idle { secs } => format!("idle: no data either way for {secs} s"),
-                },
-            ),
+    let mut fields = vec![(
+        "health",
+        s.mark.map_or_else(
+            || "ok".to_owned(),
+            |mark| match mark {
+                HealthMark::Retransmitting => {
+                    "retransmitting (the count rose in the last 5 s)".into()
+                }
+                HealthMark::PeerNotReading => {
+                    "the peer is not reading (it advertises a zero window)".into()
+                }
+                HealthMark::AppNotReading => "this app is not reading (Recv-Q grows)".into(),
+                HealthMark::Idle => {
+                    format!("idle: no data either way for {} s", s.idle_secs())
+                }
+            },
         ),
+    )];
+    let rtt = format!("{} (var {})", ms(h.rtt_us.into()), ms(h.rttvar_us.into()));
+    let queues = format!(
+        "send-q {}  recv-q {}",
+        format::bytes(h.send_q.into()),
+        format::bytes(h.recv_q.into())
+    );
+    let Some(d) = detail else {
+        fields.extend([
+            ("rtt", rtt),
+            ("window", format!("cwnd {}{peer_window}", h.cwnd)),
+            ("queues", queues),
+            ("retrans", format!("{} in all", h.retrans)),
+        ]);
+        return fields;
+    };
+    let ssthresh = if d.ssthresh >= 0x7fff_ffff {
+        "-".to_owned()
+    } else {
+        d.ssthresh.to_string()
+    };
+    fields.extend([
         (
             "rtt",
             format!(
-                "{} (var {})  min {}  rto {}",
-                ms(h.rtt_us.into()),
-                ms(h.rttvar_us.into()),
-                ms(h.min_rtt_us.into()),
-                ms(h.rto_us.into())
+                "{rtt}  min {}  rto {}",
+                ms(d.min_rtt_us.into()),
+                ms(d.rto_us.into())
             ),
         ),
         (
             "window",
             format!(
-                "cwnd {}  ssthresh {}  mss {}{peer_window}",
-                h.cwnd,
-                if h.ssthresh >= 0x7fff_ffff {
-                    "-".to_owned()
-                } else {
-                    h.ssthresh.to_string()
-                },
-                h.snd_mss
+                "cwnd {}  ssthresh {ssthresh}  mss {}{peer_window}",
+                h.cwnd, d.snd_mss
             ),
         ),
-        (
-            "queues",
-            format!(
-                "send-q {}  recv-q {}  unacked {} segs",
-                format::bytes(h.send_q.into()),
-                format::bytes(h.recv_q.into()),
-                h.unacked
-            ),
-        ),
+        ("queues", format!("{queues}  unacked {} segs", d.unacked)),
         (
             "retrans",
             format!(
                 "{} in all, {} in flight, lost {}",
-                h.retrans, h.retrans_out, h.lost
+                h.retrans, d.retrans_out, d.lost
             ),
         ),
         (
             "delivered",
             format!(
                 "acked {} B  received {} B  delivery {}  pacing {}",
-                h.bytes_acked,
-                h.bytes_received,
-                format::rate(h.delivery_rate),
-                format::rate(h.pacing_rate)
+                d.bytes_acked,
+                d.bytes_received,
+                format::rate(d.delivery_rate),
+                format::rate(d.pacing_rate)
             ),
         ),
         (
             "time",
             format!(
                 "busy {}  rwnd-limited {}  sndbuf-limited {}",
-                ms(h.busy_us),
-                ms(h.rwnd_limited_us),
-                ms(h.sndbuf_limited_us)
+                ms(d.busy_us),
+                ms(d.rwnd_limited_us),
+                ms(d.sndbuf_limited_us)
             ),
         ),
-    ]
+    ]);
+    fields
 }
 
 fn history_chart(

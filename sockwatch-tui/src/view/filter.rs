@@ -257,7 +257,7 @@ mod tests {
         let mut sockets = sample();
         sockets[0].0.mark = Some(HealthMark::Retransmitting);
         sockets[2].0.mark = Some(HealthMark::AppNotReading);
-        sockets[3].0.mark = Some(HealthMark::Idle { secs: 30 });
+        sockets[3].0.mark = Some(HealthMark::Idle);
         assert_eq!(shown("health:", &sockets), ["curl", "Python3"]);
         assert_eq!(shown("health:retrans", &sockets), ["curl"]);
         assert_eq!(shown("health:APP", &sockets), ["Python3"]);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     model::dns::HostNames,
-    socket::{Socket, SocketId, Throughput},
+    socket::{Comm, Socket, SocketId, Throughput},
 };
 
 /// What reading a socket needs besides the socket: names and the clock of the model shown.
@@ -39,7 +39,7 @@ impl<'a> Context<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessView {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub sockets: usize,
     /// Of `sockets`, how many are closed (lingering).
     pub closed: usize,
@@ -70,7 +70,7 @@ pub fn by_process(sockets: &[&Socket], context: &Context) -> Vec<ProcessView> {
             let newest = members
                 .iter()
                 .max_by_key(|m| m.id.opened_ns)
-                .map(|m| m.comm.clone())
+                .map(|m| m.comm)
                 .unwrap_or_default();
             ProcessView {
                 pid,

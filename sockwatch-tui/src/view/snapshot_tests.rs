@@ -21,7 +21,10 @@ use crate::{
         dns::{Answer, HostNames, Outcome},
         Action, HealthRead, Model,
     },
-    socket::{CloseCause, Closed, ClosedBy, Origin, Proto, Socket, SocketKey, State, TcpHealth},
+    socket::{
+        CloseCause, Closed, ClosedBy, Origin, Proto, Socket, SocketKey, State, TcpDetail,
+        TcpHealth, TcpReading,
+    },
 };
 
 const SEC: u64 = 1_000_000_000;
@@ -88,7 +91,7 @@ fn busy_model() -> Dashboard {
         );
     }
     let mut refused = socket(1400, 3, "nc", Ipv4Addr::LOCALHOST, 9);
-    refused.connect_us = Some(45);
+    refused.set_connect_us(Some(45));
     change(
         &mut dashboard,
         Change::Failed {
@@ -98,7 +101,7 @@ fn busy_model() -> Dashboard {
     );
     closed(&mut curl, 12 * SEC, 78, 1500, CloseCause::Close);
     curl.closed_by = Some(ClosedBy::Peer);
-    curl.connect_us = Some(1_250);
+    curl.set_connect_us(Some(1_250));
     change(&mut dashboard, Change::Closed(curl));
     // A socket open at start that the check against /proc found gone: one repair.
     let mut repaired = socket(1600, 9, "worker", DB, 5432);
@@ -379,7 +382,7 @@ fn handed_off_sockets_show_their_holder_or_a_dash() {
         fd: 1,
     };
     for (from, to, comm) in [(accepted.id, worker, "socat"), (passed.id, nobody, "socat")] {
-        let comm = comm.to_owned();
+        let comm = comm.into();
         change(&mut dashboard, Change::Moved { from, to, comm });
     }
     insta::assert_snapshot!(render(&dashboard, 110, 14));
@@ -390,7 +393,7 @@ fn handed_off_sockets_show_their_holder_or_a_dash() {
 fn details_list_every_holder_of_a_shared_socket() {
     let mut dashboard = Dashboard::new(Model::new("socket"), ViewState::default());
     let mut shared = socket(2000, 6, "socat", Ipv4Addr::LOCALHOST, 41000);
-    shared.inode = Some(4242);
+    shared.set_inode(Some(4242));
     change(&mut dashboard, Change::Opened(shared.clone()));
     let holders = vec![shared.key(), SocketKey { pid: 2001, fd: 6 }];
     let id = shared.id;
@@ -425,14 +428,13 @@ fn with_tcp_health() -> Dashboard {
     ];
     for (key, inode) in sockets {
         if let Some(socket) = dashboard.model.open.get_mut(&key) {
-            socket.inode = Some(inode);
-            socket.connect_us = Some(inode * 10);
+            socket.set_inode(Some(inode));
+            socket.set_connect_us(Some(inode * 10));
         }
     }
     let reading = |second: u64| {
         let db = TcpHealth {
             state: 1,
-            lport: 40_100,
             rtt_us: 1_250,
             rttvar_us: 300,
             cwnd: if second == 0 { 10 } else { 5 },
@@ -441,7 +443,6 @@ fn with_tcp_health() -> Dashboard {
         };
         let redis = TcpHealth {
             state: 1,
-            lport: 40_200,
             rtt_us: 45,
             cwnd: 10,
             recv_q: 100 + second as u32 * 4000,
@@ -449,7 +450,6 @@ fn with_tcp_health() -> Dashboard {
         };
         let ssh = TcpHealth {
             state: 1,
-            lport: 40_300,
             rtt_us: 85_000,
             rttvar_us: 2_000,
             cwnd: 24,
@@ -457,11 +457,19 @@ fn with_tcp_health() -> Dashboard {
             zero_window: true,
             ..TcpHealth::default()
         };
-        Readings::from_iter([(41, db), (42, redis), (43, ssh)])
+        let by_inode = [(41, db, 40_100), (42, redis, 40_200), (43, ssh, 40_300)]
+            .into_iter()
+            .map(|(inode, health, lport)| (inode, TcpReading { health, lport }))
+            .collect();
+        Readings {
+            by_inode,
+            ..Readings::default()
+        }
     };
     for second in 0..2 {
         dashboard.update(Message::Model(Action::Health {
             readings: reading(second),
+            detail_of: None,
             now_ns: (75 + second) * SEC,
             cost_ns: 1_000_000,
             every_ns: 100_000_000,
@@ -522,6 +530,53 @@ fn details_show_what_ss_ti_shows_with_the_rtt_history() {
     );
     let screen = render(&model, 100, 34);
     assert!(screen.contains("peer is not reading"), "{screen}");
+    // Read before it was shown: what the row keeps, and when the rest comes.
+    assert!(
+        screen.contains("cwnd 24  peer") || screen.contains("cwnd 24 "),
+        "{screen}"
+    );
+    assert!(screen.contains("come with the next reading"), "{screen}");
+    // The next reading while it is shown brings the whole of it.
+    let ssh = model.view.details.expect("the details of ssh");
+    let mut readings = Readings {
+        by_inode: model
+            .model
+            .open
+            .values()
+            .filter_map(|s| {
+                Some((
+                    s.inode()?,
+                    TcpReading {
+                        health: s.tcp?,
+                        lport: s.lport,
+                    },
+                ))
+            })
+            .collect(),
+        ..Readings::default()
+    };
+    readings.detail = Some(TcpDetail {
+        min_rtt_us: 80_000,
+        rto_us: 290_000,
+        snd_mss: 1448,
+        ssthresh: 0x7fff_ffff,
+        unacked: 20,
+        pacing_rate: 2_000_000,
+        delivery_rate: 1_500_000,
+        bytes_acked: 3_000_000,
+        busy_us: 64_000_000,
+        rwnd_limited_us: 12_000_000,
+        ..TcpDetail::default()
+    });
+    model.update(Message::Model(Action::Health {
+        readings,
+        detail_of: Some(ssh),
+        now_ns: 77 * SEC,
+        cost_ns: 1_000_000,
+        every_ns: 100_000_000,
+    }));
+    let screen = render(&model, 100, 34);
+    assert!(!screen.contains("come with the next reading"), "{screen}");
     insta::assert_snapshot!(screen);
 }
 

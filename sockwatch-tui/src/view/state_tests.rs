@@ -592,7 +592,7 @@ fn the_close_log_narrows_with_the_scope_and_the_filter() {
             .view
             .log(&model.model)
             .iter()
-            .map(|c| c.comm.clone())
+            .map(|c| c.comm.to_string())
             .collect()
     };
     assert_eq!(comms(&model), ["psql"]);
@@ -613,7 +613,7 @@ fn a_followed_socket_that_moves_to_another_holder_stays_selected_and_detailed() 
     };
     assert_eq!(model.view.details, Some(from));
     let to = SocketKey { pid: 101, fd: 3 };
-    let comm = "worker".to_owned();
+    let comm = "worker".into();
     model.update(Message::Model(Action::Change(Change::Moved {
         from,
         to,
@@ -685,6 +685,7 @@ fn a_refresh_where_nothing_moved_keeps_the_listing_unless_closed_rows_linger() {
     // A TCP health reading changes what the TCP columns sort and filter by: made anew.
     model.update(Message::Model(Action::Health {
         readings: Default::default(),
+        detail_of: None,
         now_ns: 4 * SEC,
         cost_ns: 1,
         every_ns: 100,
