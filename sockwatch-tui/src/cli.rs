@@ -106,11 +106,11 @@ pub struct Args {
 
     /// Size of the kernel-to-user event ring buffer, in KiB (a power of two).
     ///
-    /// 8 MiB takes a storm of 50,000 loopback connections opened in a second (100,000 sockets)
-    /// with room to spare: four times the 2 MiB at which such a storm began to drop records
-    /// here (4,240 in one run, none in another). User space maps the ring twice, so it costs
-    /// twice its size in RSS.
-    #[arg(long, value_name = "KIB", default_value_t = 8_192, value_parser = parse_ring_kib)]
+    /// 4 MiB takes a storm of 50,000 loopback connections opened in a second (100,000 sockets):
+    /// the bench's storm dropped none at 4 MiB, with records drained every 100 ms and on a
+    /// wake-up once a sixteenth of the ring waits; 2 MiB began to drop (4,240 in one run, none
+    /// in another). User space maps the ring twice, so it costs twice its size in RSS.
+    #[arg(long, value_name = "KIB", default_value_t = 4_096, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
 
     /// Show only these processes (repeat or comma-separate for several).

@@ -72,7 +72,9 @@ fn of_process(open: &OpenSockets, pid: u32) -> impl Iterator<Item = &Socket> {
 
 #[derive(Default)]
 pub struct Tracker {
-    /// Socket inodes learned from /proc (at accept or adoption, or at the first check).
+    /// Socket inodes learned from /proc (at accept, or at the first check) for sockets whose
+    /// row does not carry one: a row's own (`Socket::inode`) is not kept again here (at 100k
+    /// sockets, 3 MiB).
     inodes: HashMap<SocketId, u64>,
     /// Sockets whose fd the previous reconciliation found gone or changed (acted on at the next
     /// one, so a close whose record is still on its way is not mistaken for a missed one).
@@ -194,10 +196,6 @@ impl Tracker {
     /// connect can get the number before the closing thread's record is sent). The older one
     /// is kept aside until its close record comes ([`MISSING_GRACE_NS`] at most).
     fn opened(&mut self, socket: Socket, open: &OpenSockets) -> Vec<Change> {
-        // The kernel named the socket: no /proc lookup needed to check it later.
-        if let Some(inode) = socket.inode() {
-            self.inodes.insert(socket.id, inode);
-        }
         if let Some(old) = open.get(&socket.key()) {
             if old.id.opened_ns < socket.id.opened_ns {
                 self.displaced
@@ -291,8 +289,10 @@ impl Tracker {
             changes.push(Change::Closed(vanished(stale, ts_ns)));
             self.forget(stale.id);
         }
+        // An inode learned here goes with the row (one it carries moves with it anyway).
+        let learned = self.inodes.remove(&row.id);
         self.forget(row.id);
-        if let Some(inode) = row.inode() {
+        if let Some(inode) = learned {
             self.inodes
                 .insert(SocketId::new(to, row.id.opened_ns), inode);
         }
@@ -336,7 +336,7 @@ impl Tracker {
         for socket in of_process(open, pid).filter(|s| s.id.opened_ns < ts_ns) {
             match tables.get(socket.key()) {
                 Some(entry) => {
-                    if entry.id == socket.id && !self.still_open(socket.id) {
+                    if entry.id == socket.id && !self.still_open(open, socket.id) {
                         gone.push((socket.key(), Some(socket.id)));
                     }
                 }
@@ -344,7 +344,7 @@ impl Tracker {
                 // hit its entry, and that close's record is still to come.
                 None => {
                     let now = procfs::socket_inode(pid, socket.fd()).ok().flatten();
-                    if now.is_none() || now != self.inodes.get(&socket.id).copied() {
+                    if now.is_none() || now != self.known_inode(open, socket.id) {
                         self.exec_closed.insert(socket.id);
                     }
                 }
@@ -444,7 +444,7 @@ impl Tracker {
         let mut gone = Vec::new();
         let mut suspects = HashSet::new();
         for &id in map.iter().filter(|id| id.key.pid != own_pid) {
-            if self.still_open(id) {
+            if self.still_open(open, id) {
                 continue;
             }
             if self.suspects.contains(&id) {
@@ -573,20 +573,33 @@ impl Tracker {
                 }
                 continue;
             }
-            self.inodes.insert(socket.id, inode);
             changes.push(Change::Opened(socket));
         }
         changes
     }
 
     /// Whether the socket's fd still holds the same socket (learning its inode if new).
-    fn still_open(&mut self, id: SocketId) -> bool {
+    fn still_open(&mut self, open: &OpenSockets, id: SocketId) -> bool {
         let inode = match procfs::socket_inode(id.key.pid, id.key.fd) {
             Ok(Some(inode)) => inode,
             // The fd is gone, or now names something that is not a socket.
             Ok(None) | Err(_) => return false,
         };
-        *self.inodes.entry(id).or_insert(inode) == inode
+        match self.known_inode(open, id) {
+            Some(known) => known == inode,
+            None => {
+                self.inodes.insert(id, inode);
+                true
+            }
+        }
+    }
+
+    /// The inode of socket `id`: its row's, or one learned here from /proc.
+    fn known_inode(&self, open: &OpenSockets, id: SocketId) -> Option<u64> {
+        open.get(&id.key)
+            .filter(|row| row.id == id)
+            .and_then(Socket::inode)
+            .or_else(|| self.inodes.get(&id).copied())
     }
 
     /// Completes an accepted socket from /proc; `None` when it is not IPv4 after all.
@@ -612,7 +625,8 @@ impl Tracker {
             // The kernel read it from the socket where it could (the socket backend).
             socket.lport = self.listener_port(key.pid, listener).unwrap_or(0);
         }
-        if let Some(inode) = inode {
+        // The kernel's inode, where it named the socket, is the row's; else /proc's is kept here.
+        if let Some(inode) = inode.filter(|_| socket.inode().is_none()) {
             self.inodes.insert(socket.id, inode);
         }
         Some(socket)
