@@ -45,6 +45,15 @@ pub mod directions {
     pub const INBOUND: u32 = 2;
 }
 
+/// Which of `--pid` and `--port` the kernel applies (the `SCOPE` global's bits): a socket is
+/// tracked only if it is in every one given (`SCOPE_PIDS`, `SCOPE_PORTS`).
+pub mod scope {
+    pub const PIDS: u32 = 1;
+    pub const PORTS: u32 = 2;
+    /// Values each of `SCOPE_PIDS` and `SCOPE_PORTS` holds at most.
+    pub const MAX_VALUES: u32 = 1024;
+}
+
 /// Names of the maps in the eBPF object, shared by both sides.
 pub mod maps {
     /// `HashMap<SocketKey, TrackedSocket>`: the sockets being watched, with their counters.
@@ -84,6 +93,10 @@ pub mod maps {
     /// `LruHashMap<u64 /* struct sock * */, u64 /* ns */>`: the socket backend's accepted TCP
     /// sockets, from their handshake until a process first uses them.
     pub const ACCEPTED: &str = "ACCEPTED";
+    /// `HashMap<u32 /* pid */, u8>`: `--pid`, when given (see [`super::scope`]).
+    pub const SCOPE_PIDS: &str = "SCOPE_PIDS";
+    /// `HashMap<u16 /* port */, u8>`: `--port`, when given.
+    pub const SCOPE_PORTS: &str = "SCOPE_PORTS";
 }
 
 /// A [`SocketKey::fd`] at or above this is not an fd number: the socket's fd was not found
@@ -219,6 +232,8 @@ pub mod globals {
     pub const SYSCALL_WRAPPER: &str = "SYSCALL_WRAPPER";
     /// `u32`: a [`super::directions`] mask.
     pub const DIRECTIONS: &str = "DIRECTIONS";
+    /// `u32`: a [`super::scope`] mask.
+    pub const SCOPE: &str = "SCOPE";
 }
 
 /// The one list of hooked syscalls, passed to `$callback!` as one row per syscall:

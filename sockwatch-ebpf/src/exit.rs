@@ -8,7 +8,7 @@ use sockwatch_common::{
 
 use crate::{
     enter::ipv4_sockaddr,
-    maps::{NEW_SOCKETS, TRACKED},
+    maps::{pid_in_scope, ports_in_scope, NEW_SOCKETS, TRACKED},
     state::{
         atomic_add, current, emit, key, new_socket, opened, process_event, take_inflight, track,
         untrack,
@@ -153,6 +153,9 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
         r if r == -i64::from(EINPROGRESS) => Some(SocketState::Connecting),
         _ => None,
     };
+    if !pid_in_scope(pid) {
+        return;
+    }
     // Built once, in place: the map entry is the event's own socket record.
     let event = SocketEvent {
         result: ret as i32,
@@ -162,6 +165,9 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
             new_socket(tid, call.fd, call.daddr, call.dport, state, proto, 0),
         )
     };
+    if !ports_in_scope(event.socket.dport, event.socket.lport) {
+        return;
+    }
     if state.is_some() {
         let _ = NEW_SOCKETS.remove(socket_key);
         track(pid, call.fd, &event.socket);
@@ -181,6 +187,9 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
             None => return,
         }
     };
+    if !pid_in_scope(pid) {
+        return;
+    }
     let socket = new_socket(
         tid,
         fd,
@@ -190,6 +199,9 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
         IPPROTO_TCP,
         flags,
     );
+    if !ports_in_scope(socket.dport, socket.lport) {
+        return;
+    }
     let event = SocketEvent {
         arg: call.fd,
         ..opened(EventKind::Accept, key(pid, fd), socket)

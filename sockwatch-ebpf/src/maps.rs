@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sockwatch_common::{
-    directions, Counter, HotCounts, InflightCall, SkBytes, SocketKey, TcpFate, TrackedSocket,
-    COUNTER_COUNT,
+    directions, scope, Counter, HotCounts, InflightCall, SkBytes, SocketKey, TcpFate,
+    TrackedSocket, COUNTER_COUNT,
 };
 
 /// Default sizes; user space overrides them at load time from its flags.
@@ -139,6 +139,38 @@ pub fn tracking(direction: u32) -> bool {
     // SAFETY: a volatile read of our own read-only global, so the value user space set at load
     // time is used rather than the compile-time constant.
     unsafe { core::ptr::read_volatile(&DIRECTIONS) & direction != 0 }
+}
+
+/// `--pid` and `--port`, when given (`SCOPE` says which): the sockets of other processes and
+/// ports are never tracked, so they cost no record, map entry or count.
+#[map(name = "SCOPE_PIDS")]
+pub static SCOPE_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(scope::MAX_VALUES, 0);
+
+#[map(name = "SCOPE_PORTS")]
+pub static SCOPE_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(scope::MAX_VALUES, 0);
+
+/// Which of `SCOPE_PIDS` and `SCOPE_PORTS` apply; set by user space at load time.
+#[unsafe(no_mangle)]
+static SCOPE: u32 = 0;
+
+/// Whether a socket of process `pid` is within `--pid`.
+#[inline(always)]
+pub fn pid_in_scope(pid: u32) -> bool {
+    // SAFETY: a volatile read of our own read-only global (as `tracking`).
+    let scope = unsafe { core::ptr::read_volatile(&SCOPE) };
+    // SAFETY: only tested for presence.
+    scope & scope::PIDS == 0 || unsafe { SCOPE_PIDS.get(&pid) }.is_some()
+}
+
+/// Whether a socket with remote port `dport` and local port `lport` is within `--port`: either
+/// is one of its ports, or the local port is not known yet (0; user space decides then).
+#[inline(always)]
+pub fn ports_in_scope(dport: u16, lport: u16) -> bool {
+    // SAFETY: as in `pid_in_scope`.
+    let scope = unsafe { core::ptr::read_volatile(&SCOPE) };
+    // SAFETY: only tested for presence.
+    let listed = |port: u16| unsafe { SCOPE_PORTS.get(&port) }.is_some();
+    scope & scope::PORTS == 0 || lport == 0 || listed(dport) || listed(lport)
 }
 
 /// Adds one to a per-CPU counter. Per-CPU, so no atomics are needed.

@@ -25,7 +25,10 @@ use crate::{
         current_files, current_is_user, fd_of_sock, file_of_sock, holds, inode_of_sock, ipv4_peer,
         local_port,
     },
-    maps::{bump, submit_flags, ACCEPTED, ADOPTED, ADOPTED_PENDING, EVENTS, SK_BYTES, TRACKED},
+    maps::{
+        bump, pid_in_scope, submit_flags, ACCEPTED, ADOPTED, ADOPTED_PENDING, EVENTS, SK_BYTES,
+        TRACKED,
+    },
     state::{comm, current, emit, key, note_process, now_ns, opened},
 };
 
@@ -290,6 +293,10 @@ fn first_use(sk: u64) -> Option<*mut SkBytes> {
 /// Tracks an accepted socket in the process using it, at its fd there, and reports it.
 #[inline(always)]
 fn accepted(sk: u64) -> Option<*mut SkBytes> {
+    // Out of `--pid`: its note is gone, so it is never looked at again.
+    if !pid_in_scope(current().1) {
+        return None;
+    }
     let socket = accepted_socket(sk, current().0 as u32)?;
     let fd = fd_of_sock(sk).unwrap_or_else(|| unknown_fd(socket.ino));
     let at = key(current().1, fd);

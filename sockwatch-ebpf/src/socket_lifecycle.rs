@@ -32,7 +32,10 @@ use crate::{
         current_is_user, fd_of_sock, file_of_sock, inode_of_sock, ipv4_peer, letting_go,
         local_port, non_blocking, sock_error, Letting,
     },
-    maps::{count_by_socket, tracking, ACCEPTED, ADOPTED, ADOPTED_PENDING, SK_BYTES, TRACKED},
+    maps::{
+        count_by_socket, pid_in_scope, ports_in_scope, tracking, ACCEPTED, ADOPTED,
+        ADOPTED_PENDING, SK_BYTES, TRACKED,
+    },
     socket_layer::{accepted_socket, report_udp_connect, track_socket, unknown_fd, NO_LISTENER},
     state::{comm, current, emit, key, now_ns, opened},
 };
@@ -109,6 +112,11 @@ fn connecting(daddr: u32, port: u32, proto: u32, pointer: u64) {
         }
         released(sk, Letting::Close);
     }
+    // Out of `--pid`/`--port`: never tracked (a local port not bound yet is decided at the
+    // handshake's end).
+    if !pid_in_scope(current().1) || !ports_in_scope(dport, local_port(sk)) {
+        return;
+    }
     track_connect(sk, daddr, dport, proto);
 }
 
@@ -183,6 +191,14 @@ fn handshake_ended(sk: u64, established: bool) {
         return;
     }
     socket.lport = local_port(sk);
+    // Its local port bound now: out of `--port` after all, it stops being tracked, unreported.
+    if !ports_in_scope(socket.dport, socket.lport) {
+        if SK_BYTES.remove(sk).is_ok() {
+            hot::free(sk, &bytes);
+            let _ = TRACKED.remove(bytes.key);
+        }
+        return;
+    }
     let result = if established {
         // SAFETY: as above.
         unsafe {
@@ -220,8 +236,15 @@ fn handshake_ended(sk: u64, established: bool) {
 /// `accept()`, and is tracked at its first use.
 #[inline(always)]
 fn inbound_established(sk: u64) {
-    if tracking(directions::INBOUND) && ipv4_peer(sk).is_some() {
-        let _ = ACCEPTED.insert(sk, now_ns(), 0);
+    if !tracking(directions::INBOUND) {
+        return;
+    }
+    // Its process is not known before its first use (`socket_layer::accepted`): the ports
+    // only, here.
+    if let Some((_, dport)) = ipv4_peer(sk) {
+        if ports_in_scope(u16::from_be(dport), local_port(sk)) {
+            let _ = ACCEPTED.insert(sk, now_ns(), 0);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use crossterm::event::{Event as TermEvent, EventStream};
 use futures::StreamExt;
+use sockwatch_common::scope;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -28,7 +29,7 @@ use crate::{
     kernel::{
         decode::KernelRecord,
         diag::Diag,
-        loader::{self, KernelTables, LoadOptions},
+        loader::{self, KernelScope, KernelTables, LoadOptions},
         tracker::{Change, Tracker},
     },
     logfile::Log,
@@ -305,8 +306,9 @@ enum Output<'a> {
         reported_drops: u64,
         /// `--json-samples`: a `sample` line per open socket at every refresh.
         samples: bool,
-        /// `--pid`/`--comm`/`--port`: the sockets whose records are written. The model keeps
-        /// every socket, so the checks and totals are the same as without.
+        /// `--pid`/`--comm`/`--port`: the sockets whose records are written. The kernel tracks
+        /// only those of the pids and ports given; the name, and a local port learned late,
+        /// are for user space to check.
         scope: Scope,
     },
     Dashboard {
@@ -431,12 +433,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if !args.json && !std::io::stdout().is_terminal() {
         anyhow::bail!("the dashboard needs a terminal on stdout; use --json for scripts");
     }
+    for (flag, values) in [("--pid", args.pid.len()), ("--port", args.port.len())] {
+        if values > scope::MAX_VALUES as usize {
+            anyhow::bail!("{flag}: at most {} values", scope::MAX_VALUES);
+        }
+    }
     let options = LoadOptions {
         max_sockets: args.max_sockets,
         ring_bytes: args.ring_kib * 1024,
         directions: args.direction.mask(),
         read_batch: args.read_batch,
         hot_slots: args.hot_slots,
+        scope: KernelScope {
+            pids: args.pid.clone(),
+            ports: args.port.clone(),
+        },
     };
     let (probes, ring, tables) = loader::attach(args.probe, options)?;
     log.line(format_args!("attached the {} probes", probes.backend));
@@ -645,9 +656,11 @@ async fn run_loop(
         (output, Some(inputs))
     };
     if !args.no_existing {
+        let scope = args.scope();
         let existing = source.tracker.adopt_existing(
             &mut source.tables,
             args.direction.mask(),
+            |socket| scope.matches(socket),
             monotonic_ns(),
         );
         for change in existing {

@@ -1272,3 +1272,97 @@ fn the_port_scope_chooses_which_sockets_json_reports() {
         .collect();
     assert!(strays.is_empty(), "records out of scope: {strays:#?}");
 }
+
+/// The keys of process `pid` in the kernel's map of tracked sockets, sorted.
+fn tracked_of(sw: &Sockwatch, pid: u32) -> Vec<(u32, u32)> {
+    let mut keys: Vec<_> = sw
+        .tracked_keys()
+        .into_iter()
+        .filter(|&(p, _)| p == pid)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// `--port` is applied in the kernel: a socket of another port, either end, is never tracked
+/// (it is not in the kernel's map), so it costs no record, entry or count.
+#[test]
+fn the_kernel_tracks_only_the_ports_in_scope() {
+    let (wanted_listener, wanted) = net::raw_listener();
+    let (other_listener, other) = net::raw_listener();
+    let mut sw = Sockwatch::start(&["--port", &wanted.to_string()]);
+    let pid = std::process::id();
+    // Out of scope first: had it been tracked, it would be by the time the sockets in scope,
+    // tracked in the same calls of the same thread, are.
+    let outside = net::connected(other);
+    let (outside_accepted, _) = net::accept_with_peer(other_listener);
+    net::sendto_all(outside, 100);
+    net::sendto_all(outside_accepted, 10);
+    let inside = net::connected(wanted);
+    let (inside_accepted, _) = net::accept_with_peer(wanted_listener);
+    net::sendto_all(inside, 200);
+    // An accepted socket is tracked at its first use on the socket backend.
+    net::sendto_all(inside_accepted, 20);
+    sw.wait_for("connect in scope", record_of("connect", pid, inside));
+    sw.wait_for(
+        "accept in scope",
+        inbound_of("accept", pid, inside_accepted),
+    );
+    let mut expected = vec![(pid, inside as u32), (pid, inside_accepted as u32)];
+    expected.sort_unstable();
+    assert_eq!(
+        tracked_of(&sw, pid),
+        expected,
+        "the kernel's map: the scope only"
+    );
+    for fd in [outside, outside_accepted, inside, inside_accepted] {
+        net::close(fd);
+    }
+    sw.wait_for("close in scope", record_of("close", pid, inside));
+    net::close(wanted_listener);
+    net::close(other_listener);
+    let rest = sw.stop();
+    let strays: Vec<_> = rest
+        .iter()
+        .filter(|r| r["dport"] == other || r["lport"] == other)
+        .collect();
+    assert!(strays.is_empty(), "records out of scope: {strays:#?}");
+    let end = rest.last().expect("the end record");
+    assert_eq!(u64_of(end, "connects"), 1, "{end}");
+}
+
+/// `--pid` is applied in the kernel: this process's sockets, out of scope, are never tracked.
+#[test]
+fn the_kernel_tracks_only_the_processes_in_scope() {
+    let mut other = Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep for a pid");
+    let mut sw = Sockwatch::start(&["--pid", &other.id().to_string()]);
+    let pid = std::process::id();
+    let (listener, port) = net::raw_listener();
+    let client = net::connected(port);
+    let (accepted, _) = net::accept_with_peer(listener);
+    net::sendto_all(client, 100);
+    net::sendto_all(accepted, 10);
+    // Each was tracked, if at all, within the calls above (the connect, the accept or the
+    // first send): the map shows none now.
+    assert_eq!(
+        tracked_of(&sw, pid),
+        [],
+        "sockets out of --pid in the kernel's map"
+    );
+    for fd in [client, accepted, listener] {
+        net::close(fd);
+    }
+    let rest = sw.stop();
+    let ours: Vec<_> = rest.iter().filter(|r| r["pid"] == pid).collect();
+    assert!(ours.is_empty(), "records out of scope: {ours:#?}");
+    let end = rest.last().expect("the end record");
+    assert_eq!(
+        (u64_of(end, "connects"), u64_of(end, "open")),
+        (0, 0),
+        "{end}"
+    );
+    process::kill_and_reap(&mut other);
+}

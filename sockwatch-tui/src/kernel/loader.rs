@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sockwatch_common::{
-    globals, maps, Counter, KernelOffsets, SkBytes, SocketKey, TrackedSocket, SYSCALLS,
+    globals, maps, scope, Counter, KernelOffsets, SkBytes, SocketKey, TrackedSocket, SYSCALLS,
 };
 
 use super::procfs;
@@ -61,7 +61,7 @@ impl fmt::Display for Backend {
 }
 
 /// How the kernel side is set up: map sizes and what to track.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub max_sockets: u32,
     pub ring_bytes: u32,
@@ -71,6 +71,54 @@ pub struct LoadOptions {
     pub read_batch: u32,
     /// `SK_HOT`'s size (a power of two), if not twice `max_sockets` rounded up to one (tests).
     pub hot_slots: Option<u32>,
+    /// `--pid` and `--port`: the kernel tracks only the sockets within them.
+    pub scope: KernelScope,
+}
+
+/// The processes and ports the kernel tracks sockets of (each list, when not empty): an
+/// outbound socket by its remote port or its local one once bound, an accepted one by either.
+#[derive(Clone, Debug, Default)]
+pub struct KernelScope {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+}
+
+impl KernelScope {
+    /// The `SCOPE` global: which lists apply.
+    fn mask(&self) -> u32 {
+        let given = |values: usize, bit: u32| if values > 0 { bit } else { 0 };
+        given(self.pids.len(), scope::PIDS) | given(self.ports.len(), scope::PORTS)
+    }
+
+    /// Fills `SCOPE_PIDS` and `SCOPE_PORTS`, before any program runs (with `SCOPE` set and
+    /// a list still empty, nothing would be tracked).
+    fn fill(&self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+        let failed = |name: &str, e: aya::maps::MapError| kernel_error(format!("map {name}"), e);
+        if !self.pids.is_empty() {
+            let mut pids: HashMap<_, u32, u8> = HashMap::try_from(
+                ebpf.map_mut(maps::SCOPE_PIDS)
+                    .ok_or_else(|| missing(maps::SCOPE_PIDS))?,
+            )
+            .map_err(|e| failed(maps::SCOPE_PIDS, e))?;
+            for pid in &self.pids {
+                pids.insert(pid, 1, 0)
+                    .map_err(|e| failed(maps::SCOPE_PIDS, e))?;
+            }
+        }
+        if !self.ports.is_empty() {
+            let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
+                ebpf.map_mut(maps::SCOPE_PORTS)
+                    .ok_or_else(|| missing(maps::SCOPE_PORTS))?,
+            )
+            .map_err(|e| failed(maps::SCOPE_PORTS, e))?;
+            for port in &self.ports {
+                ports
+                    .insert(port, 1, 0)
+                    .map_err(|e| failed(maps::SCOPE_PORTS, e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The attached programs. Dropping this detaches them.
@@ -452,6 +500,7 @@ pub fn attach(
         .map_max_entries(maps::EVENTS, options.ring_bytes)
         .override_global(globals::SYSCALL_WRAPPER, &wrapper, true)
         .override_global(globals::DIRECTIONS, &options.directions, true)
+        .override_global(globals::SCOPE, &options.scope.mask(), true)
         .override_global(globals::OFFSETS, &offsets, true)
         .override_global(globals::COUNT_BY_SOCKET, &count_by_socket, true)
         .map_max_entries(maps::SK_BYTES, options.max_sockets)
@@ -461,6 +510,7 @@ pub fn attach(
         .override_global(globals::HOT_MASK, &(hot_slots - 1), true)
         .load(EBPF_OBJECT)
         .map_err(|e| permission_or(e, "loading the eBPF object"))?;
+    options.scope.fill(&mut ebpf)?;
 
     match (&symbols, backend) {
         (_, Backend::Socket) => attach_socket_hooks(&mut ebpf)?,
@@ -686,10 +736,13 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| kernel_error(format!("map {name}"), anyhow::anyhow!("not in object")))?;
+    let map = ebpf.take_map(name).ok_or_else(|| missing(name))?;
     T::try_from(map).map_err(|e| kernel_error(format!("map {name}"), e))
+}
+
+/// A map the object should have and has not (a stale object).
+fn missing(name: &str) -> ProbeError {
+    kernel_error(format!("map {name}"), anyhow::anyhow!("not in object"))
 }
 
 /// Turns a kernel `EPERM` anywhere in the error chain into [`ProbeError::NotPermitted`].

@@ -514,6 +514,7 @@ impl Tracker {
         &mut self,
         tables: &mut KernelTables,
         mask: u32,
+        in_scope: impl Fn(&Socket) -> bool,
         now_ns: u64,
     ) -> Vec<Change> {
         let inet = procfs::inet_sockets();
@@ -562,7 +563,8 @@ impl Tracker {
             if inbound {
                 socket.direction = Direction::In;
             }
-            if !tables.adopt(key, &tracked_value(&socket)) {
+            // Out of `--pid`/`--comm`/`--port`: the kernel does not track it either.
+            if !in_scope(&socket) || !tables.adopt(key, &tracked_value(&socket)) {
                 continue;
             }
             // The scan above is not atomic: the socket may have been closed since, and an entry
