@@ -507,24 +507,39 @@ impl Rates {
         };
         self.last_ns = now_ns;
         let bucket = now_ns.saturating_sub(self.bucket_start_ns);
-        if bucket >= SEC {
+        if bucket + SECOND_SLACK_NS >= SEC {
             // Read once a second or less often, the bucket is this interval: its rate is the
             // one just taken (two divisions fewer for each of 100,000 rows a second).
             let just_now = bucket == elapsed
                 && (self.bucket_sent, self.bucket_recv) == (sent_delta, recv_delta);
-            self.history.push(match just_now {
-                true => self.now,
-                false => Throughput {
+            let sample = if bucket.abs_diff(SEC) <= SECOND_SLACK_NS {
+                // That second's bytes: a sender steady by the second has equal seconds, kept
+                // as one run, not rates that differ by when each reading came (a run each,
+                // some 10 MiB over five minutes for 20,000 such rows).
+                Throughput {
+                    send: self.bucket_sent,
+                    recv: self.bucket_recv,
+                }
+            } else if just_now {
+                self.now
+            } else {
+                Throughput {
                     send: per_second(self.bucket_sent, bucket),
                     recv: per_second(self.bucket_recv, bucket),
-                },
-            });
+                }
+            };
+            self.history.push(sample);
             self.bucket_start_ns = now_ns;
             self.bucket_sent = 0;
             self.bucket_recv = 0;
         }
     }
 }
+
+/// A history bucket this close to a second, either way, is taken as the second: its bytes are
+/// that second's rate (within 1% of the rate over its exact length). Readings a second apart
+/// come a few ms early or late.
+const SECOND_SLACK_NS: u64 = SEC / 100;
 
 pub fn per_second(bytes: u64, elapsed_ns: u64) -> u64 {
     if elapsed_ns == 0 {
@@ -911,6 +926,30 @@ mod tests {
             "{:?}",
             s.rates.history
         );
+    }
+
+    #[test]
+    fn a_steady_sender_read_a_few_ms_off_the_second_keeps_one_run() {
+        let mut s = socket();
+        // 64 bytes a second, read 3 ms late, then 2 ms early, and so on.
+        let mut at = SEC;
+        for second in 1..=60u64 {
+            at += if second % 2 == 0 {
+                SEC - 2_000_000
+            } else {
+                SEC + 3_000_000
+            };
+            s.observe(64 * second, 0, at);
+        }
+        assert!(
+            s.rates.history.iter().all(|t| t.send == 64),
+            "{:?}",
+            s.rates.history
+        );
+        assert_eq!(s.rates.history.heap_bytes(), 0, "one run, inline");
+        // A reading 1.5 s after the last: the rate over its length.
+        s.observe(64 * 61 + 32, 0, at + SEC + SEC / 2);
+        assert_eq!(s.rates.history.iter().last().map(|t| t.send), Some(64));
     }
 
     #[test]
