@@ -50,6 +50,10 @@ pub mod directions {
 pub mod scope {
     pub const PIDS: u32 = 1;
     pub const PORTS: u32 = 2;
+    /// A port of `SCOPE_PORTS` lies in the kernel's ephemeral range
+    /// (`net.ipv4.ip_local_port_range`): a socket whose local port is not bound yet may still
+    /// get it, so it is decided once bound. Otherwise it is decided by its remote port alone.
+    pub const UNBOUND_MAY_MATCH: u32 = 4;
     /// Values each of `SCOPE_PIDS` and `SCOPE_PORTS` holds at most.
     pub const MAX_VALUES: u32 = 1024;
 }

@@ -8,7 +8,8 @@ use sockwatch_common::{
 
 use crate::{
     enter::ipv4_sockaddr,
-    maps::{pid_in_scope, ports_in_scope, NEW_SOCKETS, TRACKED},
+    identity::socket_of,
+    maps::{pid_in_scope, ports_in_scope, NEW_SOCKETS, SK_FATE, TRACKED},
     state::{
         atomic_add, current, emit, key, new_socket, opened, process_event, take_inflight, track,
         untrack,
@@ -166,6 +167,10 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
         )
     };
     if !ports_in_scope(event.socket.dport, event.socket.lport) {
+        // A socket tracked before (a UDP socket connected again, to a port out of scope)
+        // ends here: what it moves from now on is not its row's.
+        let socket = &event.socket;
+        untrack(pid, call.fd, tid, CloseHow::Close, (socket.sk, socket.ino));
         return;
     }
     if state.is_some() {
@@ -188,6 +193,8 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
         }
     };
     if !pid_in_scope(pid) {
+        // Its fate was noted at its handshake (by its ports): it is never reported.
+        let _ = SK_FATE.remove(socket_of(fd).0);
         return;
     }
     let socket = new_socket(

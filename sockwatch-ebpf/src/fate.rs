@@ -6,7 +6,11 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use sockwatch_common::{ClosedBy, EventKind, SocketEvent, TcpFate, EINPROGRESS};
 
-use crate::{identity::sock_error, maps::SK_FATE, state::now_ns};
+use crate::{
+    identity::{ipv4_peer, local_port, sock_error},
+    maps::{pid_in_scope, ports_in_scope, SK_FATE},
+    state::{current, now_ns},
+};
 
 /// TCP states (`include/net/tcp_states.h`).
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -19,6 +23,14 @@ const TCP_CLOSE_WAIT: i32 = 8;
 const ECONNRESET: u32 = 104;
 const ETIMEDOUT: u32 = 110;
 
+/// Whether socket `sk` (of process `pid`, where known) is within `--pid` and `--port`.
+#[inline(always)]
+fn in_scope(sk: u64, pid: Option<u32>) -> bool {
+    pid.is_none_or(pid_in_scope)
+        && ipv4_peer(sk)
+            .is_none_or(|(_, dport)| ports_in_scope(u16::from_be(dport), local_port(sk)))
+}
+
 /// Socket `sk` went from state `old` to `new` (`inet_sock_set_state`). Entries are made only
 /// where a socket starts (a connect, an accept); later changes update an entry, never make
 /// one, so what happens after a close was reported (TCP's own close, after the socket
@@ -26,8 +38,10 @@ const ETIMEDOUT: u32 = 110;
 #[inline(always)]
 pub fn on_state(sk: u64, old: i32, new: i32) {
     match (old, new) {
-        // A connect starts: whatever an earlier socket at this address left is replaced.
-        (TCP_CLOSE, TCP_SYN_SENT) => {
+        // A connect starts: whatever an earlier socket at this address left is replaced. Not
+        // for a socket out of `--pid`/`--port`: it is never reported, and its entry would only
+        // push others out. (In the connecting process, its local port bound.)
+        (TCP_CLOSE, TCP_SYN_SENT) if in_scope(sk, Some(current().1)) => {
             let fate = TcpFate {
                 syn_ns: now_ns(),
                 closed_by: ClosedBy::Followed as u32,
@@ -35,8 +49,8 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
             };
             let _ = SK_FATE.insert(sk, fate, 0);
         }
-        // An accepted socket starts.
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+        // An accepted socket starts (its process not known yet: the ports only).
+        (TCP_SYN_RECV, TCP_ESTABLISHED) if in_scope(sk, None) => {
             let fate = TcpFate {
                 closed_by: ClosedBy::Followed as u32,
                 ..TcpFate::default()

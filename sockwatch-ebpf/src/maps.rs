@@ -141,8 +141,9 @@ pub fn tracking(direction: u32) -> bool {
     unsafe { core::ptr::read_volatile(&DIRECTIONS) & direction != 0 }
 }
 
-/// `--pid` and `--port`, when given (`SCOPE` says which): the sockets of other processes and
-/// ports are never tracked, so they cost no record, map entry or count.
+/// `--pid` and `--port`, when given (`SCOPE` says which): a socket of another process or port is
+/// not tracked where it starts (its connect, its accept or first use), and costs no record or
+/// count (see `ports_in_scope` for one whose local port is not bound yet).
 #[map(name = "SCOPE_PIDS")]
 pub static SCOPE_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(scope::MAX_VALUES, 0);
 
@@ -163,14 +164,21 @@ pub fn pid_in_scope(pid: u32) -> bool {
 }
 
 /// Whether a socket with remote port `dport` and local port `lport` is within `--port`: either
-/// is one of its ports, or the local port is not known yet (0; user space decides then).
+/// is one of its ports. A local port not bound yet (0) can only become one of them if one lies
+/// in the ephemeral range (`UNBOUND_MAY_MATCH`): then the socket is kept until it is bound.
 #[inline(always)]
 pub fn ports_in_scope(dport: u16, lport: u16) -> bool {
     // SAFETY: as in `pid_in_scope`.
     let scope = unsafe { core::ptr::read_volatile(&SCOPE) };
     // SAFETY: only tested for presence.
     let listed = |port: u16| unsafe { SCOPE_PORTS.get(&port) }.is_some();
-    scope & scope::PORTS == 0 || lport == 0 || listed(dport) || listed(lport)
+    if scope & scope::PORTS == 0 || listed(dport) {
+        return true;
+    }
+    match lport {
+        0 => scope & scope::UNBOUND_MAY_MATCH != 0,
+        port => listed(port),
+    }
 }
 
 /// Adds one to a per-CPU counter. Per-CPU, so no atomics are needed.

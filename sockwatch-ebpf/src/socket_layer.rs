@@ -27,7 +27,7 @@ use crate::{
     },
     maps::{
         bump, pid_in_scope, submit_flags, ACCEPTED, ADOPTED, ADOPTED_PENDING, EVENTS, SK_BYTES,
-        TRACKED,
+        SK_FATE, TRACKED,
     },
     state::{comm, current, emit, key, note_process, now_ns, opened},
 };
@@ -295,6 +295,7 @@ fn first_use(sk: u64) -> Option<*mut SkBytes> {
 fn accepted(sk: u64) -> Option<*mut SkBytes> {
     // Out of `--pid`: its note is gone, so it is never looked at again.
     if !pid_in_scope(current().1) {
+        let _ = SK_FATE.remove(sk);
         return None;
     }
     let socket = accepted_socket(sk, current().0 as u32)?;

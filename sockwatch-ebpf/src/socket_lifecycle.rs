@@ -34,7 +34,7 @@ use crate::{
     },
     maps::{
         count_by_socket, pid_in_scope, ports_in_scope, tracking, ACCEPTED, ADOPTED,
-        ADOPTED_PENDING, SK_BYTES, TRACKED,
+        ADOPTED_PENDING, SK_BYTES, SK_FATE, TRACKED,
     },
     socket_layer::{accepted_socket, report_udp_connect, track_socket, unknown_fd, NO_LISTENER},
     state::{comm, current, emit, key, now_ns, opened},
@@ -196,6 +196,7 @@ fn handshake_ended(sk: u64, established: bool) {
         if SK_BYTES.remove(sk).is_ok() {
             hot::free(sk, &bytes);
             let _ = TRACKED.remove(bytes.key);
+            let _ = SK_FATE.remove(sk);
         }
         return;
     }
@@ -341,6 +342,9 @@ fn never_used(sk: u64, how: Letting) {
         };
         // A kernel thread's release (a deferred one) names no process: pid 0.
         let pid = if current_is_user() { pid } else { 0 };
+        if !pid_in_scope(pid) {
+            return;
+        }
         let at = key(pid, unknown_fd(socket.ino));
         emit(&SocketEvent {
             arg: NO_LISTENER,

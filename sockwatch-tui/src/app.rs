@@ -14,7 +14,6 @@ use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use crossterm::event::{Event as TermEvent, EventStream};
 use futures::StreamExt;
-use sockwatch_common::scope;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -432,11 +431,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut log = Log::open(args.log_file.as_deref())?;
     if !args.json && !std::io::stdout().is_terminal() {
         anyhow::bail!("the dashboard needs a terminal on stdout; use --json for scripts");
-    }
-    for (flag, values) in [("--pid", args.pid.len()), ("--port", args.port.len())] {
-        if values > scope::MAX_VALUES as usize {
-            anyhow::bail!("{flag}: at most {} values", scope::MAX_VALUES);
-        }
     }
     let options = LoadOptions {
         max_sockets: args.max_sockets,
@@ -858,7 +852,8 @@ fn finish(
     for socket in &open {
         Record::open(socket, &clock, now_ns).write_line(&mut out)?;
     }
-    // The totals are the whole machine's: the scope chooses which sockets are listed.
+    // The totals count what the kernel tracked (with `--pid`/`--port`, their sockets only);
+    // the scope chooses which sockets are listed.
     Record::End {
         time: clock.unix_secs(now_ns),
         open: open.len(),

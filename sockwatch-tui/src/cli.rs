@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{error::ErrorKind, CommandFactory, Parser, ValueEnum};
 
 use crate::view::{filter::Scope, state::ViewOptions};
 
@@ -135,6 +135,19 @@ pub struct Args {
 }
 
 impl Args {
+    /// What clap cannot check by itself, failing as its own errors do (exit status 2): the
+    /// kernel keeps at most `scope::MAX_VALUES` of each of `--pid` and `--port`.
+    pub fn checked(self) -> Result<Self, clap::Error> {
+        let most = sockwatch_common::scope::MAX_VALUES as usize;
+        for (flag, values) in [("--pid", self.pid.len()), ("--port", self.port.len())] {
+            if values > most {
+                let message = format!("{flag}: at most {most} values");
+                return Err(Self::command().error(ErrorKind::TooManyValues, message));
+            }
+        }
+        Ok(self)
+    }
+
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval)
     }

@@ -4,7 +4,7 @@ use clap::Parser;
 use sockwatch_tui::{app, cli::Args};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::parse().checked().unwrap_or_else(|error| error.exit());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

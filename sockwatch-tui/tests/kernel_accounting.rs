@@ -1366,3 +1366,62 @@ fn the_kernel_tracks_only_the_processes_in_scope() {
     );
     process::kill_and_reap(&mut other);
 }
+
+/// A TCP listener on 127.0.0.1 at a port below the range the kernel picks local ports from, so
+/// that no socket connecting out gets it as its local port.
+fn listener_below_ephemeral() -> (std::os::fd::RawFd, u16) {
+    use std::os::fd::IntoRawFd;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("net.ipv4.ip_local_port_range");
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|low| low.parse().ok())
+        .expect("its low end");
+    (low.saturating_sub(3000)..low)
+        .rev()
+        .find_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+        .map(|listener| {
+            let port = listener.local_addr().expect("addr").port();
+            (listener.into_raw_fd(), port)
+        })
+        .expect("a free port below the ephemeral range")
+}
+
+/// With no port of `--port` one the kernel may pick as a local port, a connect is decided at
+/// once by its remote port: a UDP socket connected to another port is never tracked (its local
+/// port is bound after the connect hook, so it could not be decided later).
+#[test]
+fn the_kernel_decides_an_unbound_connect_by_its_remote_port() {
+    let (wanted_listener, wanted) = listener_below_ephemeral();
+    let (other_listener, other) = listener_below_ephemeral();
+    let mut sw = Sockwatch::start(&["--port", &wanted.to_string()]);
+    let pid = std::process::id();
+    let outside_udp = net::connected_udp(other);
+    net::sendto_all(outside_udp, 30);
+    let outside = net::connected(other);
+    net::sendto_all(outside, 100);
+    let inside = net::connected(wanted);
+    net::sendto_all(inside, 200);
+    sw.wait_for("connect in scope", record_of("connect", pid, inside));
+    assert_eq!(
+        tracked_of(&sw, pid),
+        [(pid, inside as u32)],
+        "the kernel's map: the scope only"
+    );
+    for fd in [
+        outside_udp,
+        outside,
+        inside,
+        wanted_listener,
+        other_listener,
+    ] {
+        net::close(fd);
+    }
+    let rest = sw.stop();
+    let strays: Vec<_> = rest
+        .iter()
+        .filter(|r| r["dport"] == other || r["lport"] == other)
+        .collect();
+    assert!(strays.is_empty(), "records out of scope: {strays:#?}");
+}

@@ -75,8 +75,10 @@ pub struct LoadOptions {
     pub scope: KernelScope,
 }
 
-/// The processes and ports the kernel tracks sockets of (each list, when not empty): an
-/// outbound socket by its remote port or its local one once bound, an accepted one by either.
+/// The processes and ports the kernel tracks sockets of (each list, when not empty): a socket
+/// by its remote port or its local one; one whose local port is not bound yet (a connect's,
+/// before the kernel picks one) by its remote port, unless a port listed is one the kernel
+/// may pick (then it is decided once bound).
 #[derive(Clone, Debug, Default)]
 pub struct KernelScope {
     pub pids: Vec<u32>,
@@ -87,7 +89,15 @@ impl KernelScope {
     /// The `SCOPE` global: which lists apply.
     fn mask(&self) -> u32 {
         let given = |values: usize, bit: u32| if values > 0 { bit } else { 0 };
-        given(self.pids.len(), scope::PIDS) | given(self.ports.len(), scope::PORTS)
+        let (low, high) = ephemeral_ports().unwrap_or((0, u16::MAX));
+        let pickable = self.ports.iter().any(|port| (low..=high).contains(port));
+        given(self.pids.len(), scope::PIDS)
+            | given(self.ports.len(), scope::PORTS)
+            | if pickable {
+                scope::UNBOUND_MAY_MATCH
+            } else {
+                0
+            }
     }
 
     /// Fills `SCOPE_PIDS` and `SCOPE_PORTS`, before any program runs (with `SCOPE` set and
@@ -738,6 +748,14 @@ where
 {
     let map = ebpf.take_map(name).ok_or_else(|| missing(name))?;
     T::try_from(map).map_err(|e| kernel_error(format!("map {name}"), e))
+}
+
+/// The local ports the kernel picks from (`net.ipv4.ip_local_port_range`), as sockwatch's own
+/// network namespace has them; `None` if unreadable.
+fn ephemeral_ports() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut ports = text.split_whitespace().map(str::parse::<u16>);
+    Some((ports.next()?.ok()?, ports.next()?.ok()?))
 }
 
 /// A map the object should have and has not (a stale object).

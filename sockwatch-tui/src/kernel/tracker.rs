@@ -536,7 +536,7 @@ impl Tracker {
             let Some(found) = inet.get(&inode).filter(|s| s.is_connected()) else {
                 continue;
             };
-            if pid == own_pid || !known.insert(inode) {
+            if pid == own_pid || known.contains(&inode) {
                 continue;
             }
             let inbound = found.proto == Proto::Tcp && listening.contains(&found.local.port());
@@ -563,8 +563,13 @@ impl Tracker {
             if inbound {
                 socket.direction = Direction::In;
             }
-            // Out of `--pid`/`--comm`/`--port`: the kernel does not track it either.
-            if !in_scope(&socket) || !tables.adopt(key, &tracked_value(&socket)) {
+            // Out of `--pid`/`--comm`/`--port`: the kernel does not track it either (another
+            // holder of it may be in scope).
+            if !in_scope(&socket) {
+                continue;
+            }
+            known.insert(inode);
+            if !tables.adopt(key, &tracked_value(&socket)) {
                 continue;
             }
             // The scan above is not atomic: the socket may have been closed since, and an entry

@@ -225,6 +225,10 @@ impl Model {
                 let mut socket = self.open.remove(&from.key)?;
                 socket.id.key = to;
                 socket.comm = comm;
+                // What the details view looked up goes with it (the view follows it there).
+                if let Some(looked) = self.looked_up.as_mut().filter(|l| l.id == from) {
+                    looked.id = socket.id;
+                }
                 self.note_fresh(socket.id);
                 self.open.insert(socket);
                 self.open.get(&to)
