@@ -1266,9 +1266,14 @@ fn the_port_scope_chooses_which_sockets_json_reports() {
     net::close(wanted_listener);
     net::close(other_listener);
     let rest = sw.stop();
-    let strays: Vec<_> = rest
+    assert_none_of_port(&rest, other);
+}
+
+/// No record in `records` is of a socket with `port` at either end.
+fn assert_none_of_port(records: &[Value], port: u16) {
+    let strays: Vec<_> = records
         .iter()
-        .filter(|r| r["dport"] == other || r["lport"] == other)
+        .filter(|r| r["dport"] == port || r["lport"] == port)
         .collect();
     assert!(strays.is_empty(), "records out of scope: {strays:#?}");
 }
@@ -1322,11 +1327,7 @@ fn the_kernel_tracks_only_the_ports_in_scope() {
     net::close(wanted_listener);
     net::close(other_listener);
     let rest = sw.stop();
-    let strays: Vec<_> = rest
-        .iter()
-        .filter(|r| r["dport"] == other || r["lport"] == other)
-        .collect();
-    assert!(strays.is_empty(), "records out of scope: {strays:#?}");
+    assert_none_of_port(&rest, other);
     let end = rest.last().expect("the end record");
     assert_eq!(u64_of(end, "connects"), 1, "{end}");
 }
@@ -1419,9 +1420,5 @@ fn the_kernel_decides_an_unbound_connect_by_its_remote_port() {
         net::close(fd);
     }
     let rest = sw.stop();
-    let strays: Vec<_> = rest
-        .iter()
-        .filter(|r| r["dport"] == other || r["lport"] == other)
-        .collect();
-    assert!(strays.is_empty(), "records out of scope: {strays:#?}");
+    assert_none_of_port(&rest, other);
 }

@@ -103,32 +103,23 @@ impl KernelScope {
     /// Fills `SCOPE_PIDS` and `SCOPE_PORTS`, before any program runs (with `SCOPE` set and
     /// a list still empty, nothing would be tracked).
     fn fill(&self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-        let failed = |name: &str, e: aya::maps::MapError| kernel_error(format!("map {name}"), e);
-        if !self.pids.is_empty() {
-            let mut pids: HashMap<_, u32, u8> = HashMap::try_from(
-                ebpf.map_mut(maps::SCOPE_PIDS)
-                    .ok_or_else(|| missing(maps::SCOPE_PIDS))?,
-            )
-            .map_err(|e| failed(maps::SCOPE_PIDS, e))?;
-            for pid in &self.pids {
-                pids.insert(pid, 1, 0)
-                    .map_err(|e| failed(maps::SCOPE_PIDS, e))?;
-            }
-        }
-        if !self.ports.is_empty() {
-            let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
-                ebpf.map_mut(maps::SCOPE_PORTS)
-                    .ok_or_else(|| missing(maps::SCOPE_PORTS))?,
-            )
-            .map_err(|e| failed(maps::SCOPE_PORTS, e))?;
-            for port in &self.ports {
-                ports
-                    .insert(port, 1, 0)
-                    .map_err(|e| failed(maps::SCOPE_PORTS, e))?;
-            }
-        }
-        Ok(())
+        fill_set(ebpf, maps::SCOPE_PIDS, &self.pids)?;
+        fill_set(ebpf, maps::SCOPE_PORTS, &self.ports)
     }
+}
+
+/// Puts each of `values` in the hash map `name` used as a set (values 1); nothing if none.
+fn fill_set<K: aya::Pod>(ebpf: &mut Ebpf, name: &str, values: &[K]) -> Result<(), ProbeError> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let failed = |e: aya::maps::MapError| kernel_error(format!("map {name}"), e);
+    let map = ebpf.map_mut(name).ok_or_else(|| missing(name))?;
+    let mut set: HashMap<_, K, u8> = HashMap::try_from(map).map_err(failed)?;
+    for value in values {
+        set.insert(value, 1, 0).map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// The attached programs. Dropping this detaches them.
