@@ -11,18 +11,48 @@
 
 use std::fmt;
 
+use thin_vec::ThinVec;
+
+/// The runs before the newest: one allocation with its length and room in front (a `ThinVec`),
+/// behind one pointer in the history (a row of 100,000 keeps two).
+type Bytes = ThinVec<u8>;
+
+/// One run as written, before it goes into a history's bytes (so they grow by what it takes).
+pub struct Run {
+    bytes: [u8; RUN_MAX],
+    len: usize,
+}
+
+impl Run {
+    fn new() -> Self {
+        Self {
+            bytes: [0; RUN_MAX],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn written(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// Seconds of per-second history kept per socket (the details view's sparklines).
 pub const HISTORY_LEN: usize = 300;
 
 /// A sample a [`History`] keeps: written as variable-length integers.
 pub trait Sample: Copy + PartialEq + Default {
-    fn put(self, out: &mut Vec<u8>);
+    fn put(self, out: &mut Run);
     /// Reads one back from the front of `bytes`, moving past it.
     fn take(bytes: &mut &[u8]) -> Self;
 }
 
 impl Sample for u64 {
-    fn put(self, out: &mut Vec<u8>) {
+    fn put(self, out: &mut Run) {
         put_varint(self, out);
     }
 
@@ -32,7 +62,7 @@ impl Sample for u64 {
 }
 
 impl Sample for (u32, u32) {
-    fn put(self, out: &mut Vec<u8>) {
+    fn put(self, out: &mut Run) {
         put_varint(u64::from(self.0), out);
         put_varint(u64::from(self.1), out);
     }
@@ -48,7 +78,7 @@ impl Sample for (u32, u32) {
 /// of equal samples as one entry: most sockets of a busy machine sit idle, and their five
 /// minutes of zero rates and unchanging RTT take a few bytes each. The newest run is kept
 /// inline: a socket idle since it opened has no other, and allocates nothing, and the older
-/// runs sit behind one pointer (a row of 100,000 keeps two histories).
+/// runs sit in one allocation behind one pointer (a row of 100,000 keeps two histories).
 ///
 /// In declaration order (`repr(C)`): what a reading a second after the last touches first.
 #[derive(Clone)]
@@ -59,21 +89,21 @@ pub struct History<T> {
     newest_seen: u16,
     /// Samples in all: at most [`HISTORY_LEN`].
     len: u16,
-    /// The runs before the newest, oldest first; `None` while there are none.
-    older: Option<Box<Runs>>,
+    /// Where in `older` the runs not yet aged out start.
+    start: u16,
+    /// The oldest run when its sample is the default, seen `lead` times before the runs in
+    /// `older`: a socket idle from its start (zero rates) until it moved keeps it here, so one
+    /// that then moves steadily allocates nothing.
+    lead: u16,
+    /// The runs before the newest, written one after another, oldest first: each its count of
+    /// seconds, then its sample. The count comes first so that the oldest run can lose seconds
+    /// in place (it is rewritten in as many bytes as it had); whole runs that age out only move
+    /// `start`, and the bytes before it go at once when there are enough of them to be worth
+    /// moving the rest. Empty (no allocation) while there are none.
+    older: Bytes,
 }
 
 const _: () = assert!(HISTORY_LEN <= u16::MAX as usize);
-
-/// Runs written one after another, oldest first, from `start`: each its count of seconds, then
-/// its sample. The count comes first so that the oldest run can lose seconds in place (it is
-/// rewritten in as many bytes as it had); whole runs that age out only move `start`, and the
-/// bytes before it go at once when there are enough of them to be worth moving the rest.
-#[derive(Clone, Default)]
-struct Runs {
-    bytes: Vec<u8>,
-    start: usize,
-}
 
 /// Bytes of aged-out runs kept before the rest is moved down over them: a move of about a KiB
 /// once every half minute or so for a socket with a new sample every second.
@@ -83,9 +113,13 @@ const COMPACT_AT: usize = 128;
 const RUN_MAX: usize = 3 + 2 * 10;
 
 /// Room added at a time as runs come: a doubling vector would leave up to half of it unused,
-/// on each of 100,000 rows. At least a run's.
-const GROW: usize = 64;
-const _: () = assert!(GROW >= RUN_MAX);
+/// on each of 100,000 rows. With `older`'s 16-byte header, 64 bytes asked of the allocator.
+const GROW: usize = 48;
+/// Room for the first runs: a socket whose rate or RTT first changes writes one run of a few
+/// bytes. A tenth of 100,000 sockets starting to send wrote some 30,000 histories' first runs
+/// within seconds: with room for 48 bytes each, 1 MB more than with room for these (32 bytes
+/// asked of the allocator, against 64).
+const FIRST: usize = 16;
 
 impl<T> Default for History<T>
 where
@@ -96,7 +130,9 @@ where
             newest: T::default(),
             newest_seen: 0,
             len: 0,
-            older: None,
+            start: 0,
+            lead: 0,
+            older: Bytes::new(),
         }
     }
 }
@@ -104,7 +140,12 @@ where
 impl<T> History<T> {
     /// Bytes from its start that a push a second after the last touches (the newest run and
     /// the length), for a row to keep them with what else each refresh reads.
-    pub const HOT: usize = std::mem::offset_of!(Self, older);
+    pub const HOT: usize = std::mem::offset_of!(Self, start);
+
+    /// The runs before the newest not yet aged out.
+    fn live(&self) -> &[u8] {
+        &self.older[usize::from(self.start)..]
+    }
 }
 
 impl<T: Sample> History<T> {
@@ -119,9 +160,7 @@ impl<T: Sample> History<T> {
             if self.newest_seen == 0 {
                 self.newest = sample;
             } else if self.newest != sample || self.newest_seen == u16::MAX {
-                self.older
-                    .get_or_insert_with(Box::default)
-                    .push((self.newest, self.newest_seen));
+                self.push_older(self.newest, self.newest_seen);
                 (self.newest, self.newest_seen) = (sample, 0);
             }
             let add = left.min(usize::from(u16::MAX - self.newest_seen));
@@ -132,20 +171,21 @@ impl<T: Sample> History<T> {
         // The oldest go, a run at a time where whole runs are too old.
         while usize::from(self.len) > HISTORY_LEN {
             let over = usize::from(self.len) - HISTORY_LEN;
-            let dropped = match &mut self.older {
-                None => {
-                    let dropped = over.min(usize::from(self.newest_seen));
-                    self.newest_seen -= dropped as u16;
-                    dropped
+            let dropped = if self.lead > 0 {
+                let dropped = over.min(usize::from(self.lead));
+                self.lead -= dropped as u16;
+                dropped
+            } else if self.live().is_empty() {
+                let dropped = over.min(usize::from(self.newest_seen));
+                self.newest_seen -= dropped as u16;
+                dropped
+            } else {
+                let dropped = self.drop_oldest(over);
+                // Nothing older left: its room goes too (a socket busy once, idle since).
+                if self.live().is_empty() {
+                    (self.older, self.start) = (Bytes::new(), 0);
                 }
-                Some(older) => {
-                    let dropped = older.drop_oldest::<T>(over);
-                    // Nothing older left: its room goes too (a socket busy once, idle since).
-                    if older.is_empty() {
-                        self.older = None;
-                    }
-                    dropped
-                }
+                dropped
             };
             self.len -= dropped as u16;
         }
@@ -161,15 +201,17 @@ impl<T: Sample> History<T> {
 
     /// The runs, oldest first: each sample with how many seconds in a row it was seen.
     fn runs(&self) -> impl Iterator<Item = (T, u16)> + '_ {
-        let mut bytes = self.older.as_deref().map_or(&[][..], Runs::live);
-        std::iter::from_fn(move || {
+        let mut bytes = self.live();
+        let written = std::iter::from_fn(move || {
             (!bytes.is_empty()).then(|| {
                 let seen = take_varint(&mut bytes) as u16;
                 (T::take(&mut bytes), seen)
             })
-        })
-        .chain(std::iter::once((self.newest, self.newest_seen)))
-        .filter(|&(_, seen)| seen > 0)
+        });
+        std::iter::once((T::default(), self.lead))
+            .chain(written)
+            .chain(std::iter::once((self.newest, self.newest_seen)))
+            .filter(|&(_, seen)| seen > 0)
     }
 
     /// Every sample, oldest first.
@@ -180,50 +222,61 @@ impl<T: Sample> History<T> {
 
     /// Bytes it holds on the heap.
     pub fn heap_bytes(&self) -> usize {
-        self.older
-            .as_ref()
-            .map_or(0, |older| size_of::<Runs>() + older.bytes.capacity())
-    }
-}
-
-impl Runs {
-    fn is_empty(&self) -> bool {
-        self.start == self.bytes.len()
-    }
-
-    /// The runs not yet aged out.
-    fn live(&self) -> &[u8] {
-        &self.bytes[self.start..]
-    }
-
-    fn push<T: Sample>(&mut self, (sample, seen): (T, u16)) {
-        if self.bytes.capacity() - self.bytes.len() < RUN_MAX {
-            self.bytes.reserve_exact(GROW);
+        match self.older.capacity() {
+            0 => 0,
+            room => 2 * size_of::<usize>() + room,
         }
-        put_varint(u64::from(seen), &mut self.bytes);
-        sample.put(&mut self.bytes);
     }
 
-    /// Takes up to `seconds` from the oldest run; returns how many it took.
-    fn drop_oldest<T: Sample>(&mut self, seconds: usize) -> usize {
-        let mut rest = &self.bytes[self.start..];
+    fn push_older(&mut self, sample: T, seen: u16) {
+        if self.lead == 0 && self.live().is_empty() && sample == T::default() {
+            self.lead = seen;
+            return;
+        }
+        let mut run = Run::new();
+        put_varint(u64::from(seen), &mut run);
+        sample.put(&mut run);
+        let need = run.written().len();
+        if self.older.capacity() - self.older.len() < need {
+            let room = if self.older.capacity() == 0 {
+                FIRST
+            } else {
+                GROW
+            };
+            self.older.reserve_exact(room.max(need));
+        }
+        self.older.extend_from_slice(run.written());
+    }
+
+    /// Takes up to `seconds` from the oldest of the older runs; returns how many it took.
+    fn drop_oldest(&mut self, seconds: usize) -> usize {
+        let start = usize::from(self.start);
+        let mut rest = &self.older[start..];
         let before = rest.len();
         let seen = take_varint(&mut rest) as usize;
         let count_len = before - rest.len();
         if seconds < seen {
-            let at = self.start;
-            put_varint_in((seen - seconds) as u64, &mut self.bytes[at..at + count_len]);
+            put_varint_in(
+                (seen - seconds) as u64,
+                &mut self.older[start..start + count_len],
+            );
             return seconds;
         }
         T::take(&mut rest);
-        self.start = self.bytes.len() - rest.len();
-        if !self.is_empty() && self.start >= COMPACT_AT {
-            self.bytes.drain(..self.start);
+        let start = self.older.len() - rest.len();
+        if !rest.is_empty() && start >= COMPACT_AT {
+            self.older.drain(..start);
             self.start = 0;
+        } else {
+            // At most what a whole history of runs writes (asserted below).
+            self.start = start as u16;
         }
         seen
     }
 }
+
+// The runs of a whole history, each of the largest, fit where `start` can point.
+const _: () = assert!(HISTORY_LEN * RUN_MAX + GROW <= u16::MAX as usize);
 
 impl<T: Sample> PartialEq for History<T> {
     fn eq(&self, other: &Self) -> bool {
@@ -240,7 +293,7 @@ impl<T: Sample + fmt::Debug> fmt::Debug for History<T> {
 }
 
 /// LEB128: seven bits a byte, low first; the top bit says another byte follows.
-fn put_varint(mut value: u64, out: &mut Vec<u8>) {
+fn put_varint(mut value: u64, out: &mut Run) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -303,6 +356,34 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_idle_then_steady_allocates_nothing() {
+        let mut history = History::default();
+        history.push_n(0u64, 100);
+        history.push_n(64, 150);
+        assert_eq!((history.run_count(), history.heap_bytes()), (2, 0));
+        // A third run is written out; the idle seconds age out first, then the steady ones.
+        history.push_n(3, 10);
+        assert!(history.heap_bytes() > 0);
+        history.push_n(5, 60);
+        let mut expected = vec![0; 80];
+        expected.extend([64; 150].iter().chain(&[3; 10]).chain(&[5; 60]));
+        assert_eq!(history.iter().collect::<Vec<_>>(), expected);
+        history.push_n(5, 100);
+        let mut expected = vec![64; 130];
+        expected.extend([3; 10].iter().chain(&[5; 160]));
+        assert_eq!(history.iter().collect::<Vec<_>>(), expected);
+        // Idle again: a run of zeros after others is written out like any.
+        history.push_n(0, 20);
+        history.push(1);
+        let samples: Vec<u64> = history.iter().collect();
+        assert_eq!(samples.len(), HISTORY_LEN);
+        assert_eq!(
+            samples[HISTORY_LEN - 22..],
+            [&[5][..], &[0; 20], &[1]].concat()[..]
+        );
+    }
+
+    #[test]
     fn a_history_keeps_runs_once_and_drops_its_oldest_second() {
         let mut history = History::default();
         // An idle socket: five minutes and more of zeros are one entry.
@@ -361,15 +442,17 @@ mod tests {
 
     #[test]
     fn a_count_rewritten_smaller_keeps_its_length() {
-        let mut bytes = Vec::new();
-        put_varint(300, &mut bytes);
+        let mut run = Run::new();
+        put_varint(300, &mut run);
+        let mut bytes = run.written().to_vec();
         assert_eq!(bytes.len(), 2);
         put_varint_in(5, &mut bytes);
         let mut read = &bytes[..];
         assert_eq!((take_varint(&mut read), read.len()), (5, 0));
-        let mut big = Vec::new();
+        let mut big = Run::new();
         put_varint(u64::MAX, &mut big);
-        let mut read = &big[..];
+        let big = big.written();
+        let mut read = big;
         assert_eq!((big.len(), take_varint(&mut read)), (10, u64::MAX));
     }
 }

@@ -405,7 +405,7 @@ pub struct Throughput {
 }
 
 impl Sample for Throughput {
-    fn put(self, out: &mut Vec<u8>) {
+    fn put(self, out: &mut crate::history::Run) {
         self.send.put(out);
         self.recv.put(out);
     }

@@ -33,29 +33,36 @@ pub struct Count {
 }
 
 /// Where a row's counters are, as the last full read or a lookup found them, and what the
-/// model was last told of them.
+/// model was last told of them. 56 bytes: one per open socket (100,000 of them at scale).
 #[derive(Clone, Copy, Debug)]
 struct Watch {
     id: SocketId,
     /// The kernel's `struct sock *`; 0 for a socket found at start that has moved no byte
     /// since (the kernel learns its socket then, and says so with `Counter::Adopted`).
     sk: u64,
-    /// The socket's inode (0 where not known): with `sk` and the row's key, enough to tell
-    /// its `SK_BYTES` entry from a newer socket's at the same address (see [`SocketCounters::reread`]).
-    ino: u64,
+    /// The counts the model was last given; for a watch without a slot, also its `SK_BYTES`
+    /// (or, while `sk` is 0, `TRACKED`) counts as of `spill`: they move only with the
+    /// generation, so a refresh that finds it unmoved has nothing to read.
+    told: (u64, u64),
+    /// The socket's inode (0 where not known, or past 32 bits: sockets take theirs from the
+    /// kernel's 32-bit `get_next_ino`): with `sk` and the row's key, enough to tell its
+    /// `SK_BYTES` entry from a newer socket's at the same address (see [`SocketCounters::reread`]).
+    ino: u32,
     /// Its `SK_HOT` slot, or [`NO_SLOT`] (watches are kept in order of slot, then id: slots in
     /// memory order, then the rest).
     hot: u32,
-    /// Its `SK_BYTES` counts (or, while `sk` is 0, its `TRACKED` ones), read when its pair's
-    /// generation was `spill`.
-    base: (u64, u64),
-    spill: u64,
-    /// The counts the model was last given.
-    told: (u64, u64),
+    /// The low 32 bits of its pair's generation when its `SK_BYTES` counts were read (a pair
+    /// cannot count 2^32 times between two refreshes).
+    spill: u32,
     /// Told at the last refresh with counts that moved (or never told): told again at the
     /// next, so its rate falls back to zero.
     moving: bool,
+    /// With a slot, and bytes in `SK_BYTES` too (a message raced the claim of the slot): those
+    /// are in [`SocketCounters::apart`], and its counts are theirs plus the slot's.
+    apart: bool,
 }
+
+const _: () = assert!(std::mem::size_of::<Watch>() == 56);
 
 const NO_SLOT: u32 = u32::MAX;
 
@@ -97,6 +104,9 @@ pub struct SocketCounters {
     /// The watches before a full read, while it locates the rows anew: what each row was told
     /// carries over (or the refresh after every full read would tell every row again).
     previous: Vec<Watch>,
+    /// The `SK_BYTES` counts of the watches with a slot whose socket counted there too (see
+    /// [`Watch::apart`]): a few, where most would keep two zeros.
+    apart: foldhash::HashMap<SocketId, (u64, u64)>,
     /// Lookups a refresh may make before a full read is cheaper.
     lookup_budget: usize,
     /// The kernel's count of sockets found at start that it has learned, when rows without a
@@ -126,6 +136,7 @@ impl SocketCounters {
             adopted_pending,
             watches: Vec::new(),
             previous: Vec::new(),
+            apart: foldhash::HashMap::default(),
             lookup_budget: (max_sockets / BUCKETS_PER_LOOKUP).max(MIN_LOOKUPS) as usize,
             adoptions_seen: 0,
         }
@@ -182,6 +193,7 @@ impl SocketCounters {
     /// the last one are dropped that way).
     pub fn relocate_all(&mut self, adoptions: u64) {
         self.previous = std::mem::take(&mut self.watches);
+        self.apart.clear();
         self.adoptions_seen = adoptions;
     }
 
@@ -201,7 +213,8 @@ impl SocketCounters {
             .get(hot_pair(value.sk, self.hot_mask) as usize)
             .copied()
             .unwrap_or(0);
-        if let Some(watch) = self.watch(id, value, raw, spill) {
+        if let Some((watch, base)) = self.watch(id, value, raw, spill) {
+            let watch = self.keep_apart(&watch, base);
             self.watches.push(watch);
         }
     }
@@ -213,38 +226,60 @@ impl SocketCounters {
         carry_told(&mut self.watches, &std::mem::take(&mut self.previous));
     }
 
+    /// Where row `id` is counted, as `value` (its `TRACKED` value) and `raw` (its `SK_BYTES`
+    /// value, without its slot's counts) say, with its pair's generation `spill` as read before
+    /// them; and the counts it has in `SK_BYTES` (or `TRACKED`) beside any slot's. `told` holds
+    /// its counts as read, with `moving` set: the model hears them at the next refresh.
     fn watch(
         &self,
         id: SocketId,
         value: &TrackedSocket,
         raw: Option<&SkBytes>,
         spill: u64,
-    ) -> Option<Watch> {
+    ) -> Option<(Watch, (u64, u64))> {
         let unborn = Watch {
             id,
             sk: 0,
+            told: (value.bytes_sent, value.bytes_recv),
             ino: 0,
             hot: NO_SLOT,
-            base: (value.bytes_sent, value.bytes_recv),
             spill: 0,
-            told: (0, 0),
             moving: true,
+            apart: false,
         };
         match raw {
-            _ if value.sk == 0 => Some(unborn),
-            Some(bytes) if counts_of(value, bytes) => Some(Watch {
-                sk: value.sk,
-                ino: if bytes.ino != 0 { bytes.ino } else { value.ino },
-                hot: self
-                    .hot_slot(value.sk, bytes)
-                    .map_or(NO_SLOT, |(index, _)| index),
-                base: (bytes.bytes_sent, bytes.bytes_recv),
-                spill,
-                ..unborn
-            }),
+            _ if value.sk == 0 => Some((unborn, unborn.told)),
+            Some(bytes) if counts_of(value, bytes) => {
+                let base = (bytes.bytes_sent, bytes.bytes_recv);
+                let slot = self.hot_slot(value.sk, bytes);
+                let told = slot.map_or(base, |(_, slot)| {
+                    (base.0 + slot.bytes_sent, base.1 + slot.bytes_recv)
+                });
+                let ino = if bytes.ino != 0 { bytes.ino } else { value.ino };
+                let watch = Watch {
+                    sk: value.sk,
+                    told,
+                    ino: u32::try_from(ino).unwrap_or(0),
+                    hot: slot.map_or(NO_SLOT, |(index, _)| index),
+                    spill: spill as u32,
+                    ..unborn
+                };
+                Some((watch, base))
+            }
             // Not counted (yet): located by a lookup when the model says it is new.
             _ => None,
         }
+    }
+
+    /// Keeps `watch`'s counts `base` beside its slot's where it has both (see [`Watch::apart`]).
+    fn keep_apart(&mut self, watch: &Watch, base: (u64, u64)) -> Watch {
+        let apart = watch.hot != NO_SLOT && base != (0, 0);
+        if apart {
+            self.apart.insert(watch.id, base);
+        } else if watch.apart {
+            self.apart.remove(&watch.id);
+        }
+        Watch { apart, ..*watch }
     }
 
     /// The counters that moved since the last refresh, of the rows watched and of `fresh`
@@ -261,14 +296,14 @@ impl SocketCounters {
         open: usize,
         adoptions: u64,
     ) -> Option<Vec<Count>> {
-        let (Ok(hot), Ok(_)) = (&self.hot_mapped, &self.spill) else {
+        if self.hot_mapped.is_err() || self.spill.is_err() {
             return None;
-        };
+        }
         if fresh.len() > self.lookup_budget || self.watches.len() > 2 * open + self.lookup_budget {
             return None;
         }
         let mut lookups = fresh.len();
-        let mut added: Vec<Watch> = fresh
+        let mut added: Vec<(Watch, (u64, u64))> = fresh
             .iter()
             .filter_map(|&id| self.look_up(tracked, id))
             .collect();
@@ -280,7 +315,16 @@ impl SocketCounters {
             let stale = if watch.sk == 0 {
                 adopted_since
             } else {
-                self.generation(watch.sk) != watch.spill
+                self.generation(watch.sk) as u32 != watch.spill
+            };
+            // Its counts beside the slot's (or, without a slot, all of them): unmoved unless
+            // its pair's generation moved.
+            let mut base = if watch.hot == NO_SLOT {
+                watch.told
+            } else if watch.apart {
+                self.apart.get(&watch.id).copied().unwrap_or_default()
+            } else {
+                (0, 0)
             };
             if stale {
                 lookups += 1;
@@ -289,18 +333,18 @@ impl SocketCounters {
                 }
                 // Its own entry in `SK_BYTES` is the one lookup a socket still counted there
                 // needs (most moved because they spill); a change of slot or entry, both.
-                if let Some((base, spill)) = self.reread(&watch) {
-                    watch.base = base;
-                    watch.spill = spill;
+                if let Some((read, spill)) = self.reread(&watch) {
+                    base = read;
+                    watch.spill = spill as u32;
                 } else {
                     match self.look_up(tracked, watch.id) {
                         // Its slot may have changed (a socket found at start has one now).
-                        Some(found) if found.hot != watch.hot => {
-                            added.push(found);
+                        Some((found, read)) if found.hot != watch.hot => {
+                            added.push((found, read));
                             watch.sk = u64::MAX;
                         }
-                        Some(found) => {
-                            watch.base = found.base;
+                        Some((found, read)) => {
+                            base = read;
                             watch.spill = found.spill;
                             watch.sk = found.sk;
                         }
@@ -309,21 +353,25 @@ impl SocketCounters {
                         None => watch.sk = u64::MAX,
                     }
                 }
+                if watch.sk != u64::MAX {
+                    watch = self.keep_apart(&watch, base);
+                }
             }
             let now = if watch.sk == u64::MAX {
                 None
             } else if watch.hot == NO_SLOT {
-                Some(watch.base)
+                Some(base)
             } else {
                 let counted = |slot: HotCounts| {
-                    let sent = watch.base.0.saturating_add(slot.bytes_sent);
-                    let recv = watch.base.1.saturating_add(slot.bytes_recv);
+                    let sent = base.0.saturating_add(slot.bytes_sent);
+                    let recv = base.1.saturating_add(slot.bytes_recv);
                     (slot.sk == watch.sk).then_some((sent, recv))
                 };
                 // Counters only grow: lower ones are a slot being freed (zeroed before its
                 // socket is cleared). Freed, or taken by another socket: released, its close
                 // record on its way.
                 let told = watch.told;
+                let hot = self.hot_mapped.as_ref().ok()?;
                 hot.get(watch.hot)
                     .and_then(counted)
                     .filter(|&(sent, recv)| sent >= told.0 && recv >= told.1)
@@ -340,26 +388,42 @@ impl SocketCounters {
             self.adoptions_seen = adoptions;
         }
         if gone {
-            self.watches.retain(|w| w.sk != u64::MAX);
+            self.forget(|w| w.sk == u64::MAX);
         }
         if !added.is_empty() {
-            for watch in &added {
+            // A socket watched under another row before (its row moved to another holder):
+            // the new row's watch replaces it.
+            let sockets: std::collections::HashSet<u64> = added
+                .iter()
+                .map(|(w, _)| w.sk)
+                .filter(|&sk| sk != 0)
+                .collect();
+            self.forget(|w| sockets.contains(&w.sk));
+            for (watch, base) in added {
                 counts.push(Count {
                     id: watch.id,
                     sent: watch.told.0,
                     recv: watch.told.1,
                 });
+                let watch = self.keep_apart(&watch, base);
+                self.watches.push(watch);
             }
-            // A socket watched under another row before (its row moved to another holder):
-            // the new row's watch replaces it.
-            let sockets: std::collections::HashSet<u64> =
-                added.iter().map(|w| w.sk).filter(|&sk| sk != 0).collect();
-            self.watches.retain(|w| !sockets.contains(&w.sk));
             // Sorted runs merge in linear time.
-            self.watches.extend(added);
             self.watches.sort_by_key(Watch::order);
         }
         Some(counts)
+    }
+
+    /// Drops the watches `which` picks, and what they kept apart.
+    fn forget(&mut self, which: impl Fn(&Watch) -> bool) {
+        let apart = &mut self.apart;
+        self.watches.retain(|w| {
+            let drop = which(w);
+            if drop && w.apart {
+                apart.remove(&w.id);
+            }
+            !drop
+        });
     }
 
     /// `watch`'s `SK_BYTES` counts and its pair's generation, read anew: `None` unless the
@@ -372,21 +436,21 @@ impl SocketCounters {
         // The generation first: a count after it moves it again.
         let spill = self.generation(watch.sk);
         let bytes = self.bytes.get(&watch.sk, 0).ok()?;
-        let same = bytes.ino == watch.ino && bytes.key == watch.id.key;
+        let same = bytes.ino == u64::from(watch.ino) && bytes.key == watch.id.key;
         let slot = self
             .hot_slot(watch.sk, &bytes)
             .map_or(NO_SLOT, |(index, _)| index);
         (same && slot == watch.hot).then_some(((bytes.bytes_sent, bytes.bytes_recv), spill))
     }
 
-    /// Where row `id` is counted now, from the maps (a lookup or two); `None` when its entry
-    /// is gone or is a newer socket's. Its counts are the `base` of the watch returned, slot
-    /// included (`told`), so the model is told them.
+    /// Where row `id` is counted now, from the maps (a lookup or two), with its counts beside
+    /// any slot's (see [`Self::watch`]; its `told` holds them all, slot included, so the model
+    /// is told them); `None` when its entry is gone or is a newer socket's.
     fn look_up(
         &self,
         tracked: &HashMap<MapData, SocketKey, TrackedSocket>,
         id: SocketId,
-    ) -> Option<Watch> {
+    ) -> Option<(Watch, (u64, u64))> {
         let value = tracked.get(&id.key, 0).ok()?;
         if value.connect_ns != id.opened_ns {
             return None;
@@ -397,21 +461,21 @@ impl SocketCounters {
         // The generation first: a count after it moves it again.
         let spill = self.generation(value.sk);
         let bytes = self.bytes.get(&value.sk, 0).ok()?;
-        let mut watch = self.watch(id, &value, Some(&bytes), spill)?;
-        let counted = self.with_hot_counts(value.sk, bytes);
-        watch.told = (counted.bytes_sent, counted.bytes_recv);
-        Some(watch)
+        self.watch(id, &value, Some(&bytes), spill)
     }
 }
-/// What each of `watches` was told as `previous` (both in [`Watch::order`]) watched it, where
-/// at the same slot: one pass beside both.
+
+/// What each of `watches` (as a full read found them, in [`Watch::order`]) had told the model
+/// as `previous` (in the same order) watched it, where at the same slot: unless the counts
+/// differ, it is not told them again. One pass beside both.
 fn carry_told(watches: &mut [Watch], previous: &[Watch]) {
     let mut previous = previous.iter().peekable();
     for watch in watches {
         while previous.next_if(|p| p.order() < watch.order()).is_some() {}
         if let Some(before) = previous.next_if(|p| p.order() == watch.order()) {
-            watch.told = before.told;
-            watch.moving = before.moving;
+            if before.told == watch.told {
+                watch.moving = before.moving;
+            }
         }
     }
 }
@@ -431,41 +495,53 @@ mod tests {
         Watch {
             id: SocketId::new(SocketKey { pid: 1, fd }, 5),
             sk: 0xffff_8000 + u64::from(fd),
+            told: (told, 0),
             ino: 0,
             hot,
-            base: (0, 0),
             spill: 0,
-            told: (told, 0),
             moving,
+            apart: false,
         }
     }
 
     #[test]
-    fn a_full_read_keeps_what_each_row_was_told() {
+    fn a_full_read_tells_again_only_what_moved_or_was_moving() {
         let previous = [
             watch(4, 1, 40, false),
             watch(3, 2, 30, true),
             watch(9, 5, 90, false),
             watch(6, NO_SLOT, 60, false),
             watch(7, NO_SLOT, 70, false),
+            watch(10, NO_SLOT, 100, false),
         ];
-        // Fd 3 is still at slot 2; fd 9 moved to another slot; fd 8 is new; fd 4 closed; fd 7
-        // is still without a slot, fd 6 has one now.
+        // As the full read found them: fd 3 is still at slot 2, unmoved; fd 9 moved to another
+        // slot; fd 8 is new; fd 4 closed; fd 7 is still without a slot, unmoved, fd 10 too but
+        // it counted since; fd 6 has a slot now.
         let mut watches = [
-            watch(3, 2, 0, true),
-            watch(6, 3, 0, true),
-            watch(9, 6, 0, true),
+            watch(3, 2, 30, true),
+            watch(6, 3, 60, true),
+            watch(9, 6, 90, true),
             watch(8, 7, 0, true),
-            watch(7, NO_SLOT, 0, true),
+            watch(7, NO_SLOT, 70, true),
+            watch(10, NO_SLOT, 101, true),
         ];
         carry_told(&mut watches, &previous);
         let told: Vec<_> = watches.iter().map(|w| (w.told.0, w.moving)).collect();
         assert_eq!(
             told,
-            [(30, true), (0, true), (0, true), (0, true), (70, false)]
+            [
+                (30, true),
+                (60, true),
+                (90, true),
+                (0, true),
+                (70, false),
+                (101, true)
+            ]
         );
         let mut idle = watches[4];
         assert_eq!(idle.tell((70, 0)), None, "not told again after a full read");
+        let mut counted = watches[5];
+        assert!(counted.tell((101, 0)).is_some(), "told what moved");
     }
 
     #[test]
@@ -474,12 +550,12 @@ mod tests {
         let mut watch = Watch {
             id,
             sk: 0xffff_8000,
+            told: (10, 0),
             ino: 0,
             hot: 7,
-            base: (0, 0),
             spill: 0,
-            told: (10, 0),
             moving: true,
+            apart: false,
         };
         let told = |sent| Some(Count { id, sent, recv: 0 });
         // New to the model: told even unchanged.
