@@ -253,7 +253,8 @@ impl SocketCounters {
                 let base = (bytes.bytes_sent, bytes.bytes_recv);
                 let slot = self.hot_slot(value.sk, bytes);
                 let told = slot.map_or(base, |(_, slot)| {
-                    (base.0 + slot.bytes_sent, base.1 + slot.bytes_recv)
+                    let sent = base.0.saturating_add(slot.bytes_sent);
+                    (sent, base.1.saturating_add(slot.bytes_recv))
                 });
                 let ino = if bytes.ino != 0 { bytes.ino } else { value.ino };
                 let watch = Watch {
