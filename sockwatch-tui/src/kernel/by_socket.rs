@@ -214,7 +214,7 @@ impl SocketCounters {
             .copied()
             .unwrap_or(0);
         if let Some((watch, base)) = self.watch(id, value, raw, spill) {
-            let watch = self.keep_apart(&watch, base);
+            let watch = keep_apart(&mut self.apart, &watch, base);
             self.watches.push(watch);
         }
     }
@@ -272,17 +272,6 @@ impl SocketCounters {
         }
     }
 
-    /// Keeps `watch`'s counts `base` beside its slot's where it has both (see [`Watch::apart`]).
-    fn keep_apart(&mut self, watch: &Watch, base: (u64, u64)) -> Watch {
-        let apart = watch.hot != NO_SLOT && base != (0, 0);
-        if apart {
-            self.apart.insert(watch.id, base);
-        } else if watch.apart {
-            self.apart.remove(&watch.id);
-        }
-        Watch { apart, ..*watch }
-    }
-
     /// The counters that moved since the last refresh, of the rows watched and of `fresh`
     /// (rows new to the model since: located by a lookup), read from memory; a lookup only for
     /// a fresh row, one whose pair's generation moved, or (when the kernel learned some) one
@@ -297,9 +286,9 @@ impl SocketCounters {
         open: usize,
         adoptions: u64,
     ) -> Option<Vec<Count>> {
-        if self.hot_mapped.is_err() || self.spill.is_err() {
+        let (Ok(hot), Ok(_)) = (&self.hot_mapped, &self.spill) else {
             return None;
-        }
+        };
         if fresh.len() > self.lookup_budget || self.watches.len() > 2 * open + self.lookup_budget {
             return None;
         }
@@ -355,7 +344,7 @@ impl SocketCounters {
                     }
                 }
                 if watch.sk != u64::MAX {
-                    watch = self.keep_apart(&watch, base);
+                    watch = keep_apart(&mut self.apart, &watch, base);
                 }
             }
             let now = if watch.sk == u64::MAX {
@@ -372,7 +361,6 @@ impl SocketCounters {
                 // socket is cleared). Freed, or taken by another socket: released, its close
                 // record on its way.
                 let told = watch.told;
-                let hot = self.hot_mapped.as_ref().ok()?;
                 hot.get(watch.hot)
                     .and_then(counted)
                     .filter(|&(sent, recv)| sent >= told.0 && recv >= told.1)
@@ -406,7 +394,7 @@ impl SocketCounters {
                     sent: watch.told.0,
                     recv: watch.told.1,
                 });
-                let watch = self.keep_apart(&watch, base);
+                let watch = keep_apart(&mut self.apart, &watch, base);
                 self.watches.push(watch);
             }
             // Sorted runs merge in linear time.
@@ -463,6 +451,25 @@ impl SocketCounters {
         let spill = self.generation(value.sk);
         let bytes = self.bytes.get(&value.sk, 0).ok()?;
         self.watch(id, &value, Some(&bytes), spill)
+    }
+}
+
+/// Keeps `watch`'s counts `base` beside its slot's in `apart` where it has both (see
+/// [`Watch::apart`]), and forgets them where it no longer does.
+fn keep_apart(
+    apart: &mut foldhash::HashMap<SocketId, (u64, u64)>,
+    watch: &Watch,
+    base: (u64, u64),
+) -> Watch {
+    let kept = watch.hot != NO_SLOT && base != (0, 0);
+    if kept {
+        apart.insert(watch.id, base);
+    } else if watch.apart {
+        apart.remove(&watch.id);
+    }
+    Watch {
+        apart: kept,
+        ..*watch
     }
 }
 
