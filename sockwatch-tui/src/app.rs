@@ -11,7 +11,6 @@ use std::{
 };
 
 use anyhow::Context;
-use aya::maps::{MapData, RingBuf};
 use crossterm::event::{Event as TermEvent, EventStream};
 use futures::StreamExt;
 use tokio::{
@@ -29,6 +28,7 @@ use crate::{
         decode::KernelRecord,
         diag::Diag,
         loader::{self, KernelScope, KernelTables, LoadOptions},
+        ring::EventRing,
         tracker::{Change, Tracker},
     },
     logfile::Log,
@@ -49,7 +49,7 @@ use crate::{
 
 /// Where socket changes come from: the ring buffer and the maps, squared by the tracker.
 struct Source {
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<EventRing>,
     tables: KernelTables,
     tracker: Tracker,
     /// TCP health; `None` where the kernel has no socket diagnostics (said in the log).
@@ -92,7 +92,7 @@ impl Source {
         } = self;
         let mut drained = Drained::default();
         let ring = ring.get_mut();
-        while let Some(item) = ring.next() {
+        while let Some(item) = ring.next_record() {
             let record = match KernelRecord::decode(&item) {
                 Ok(record) => record,
                 Err(error) => {
@@ -459,8 +459,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
     let clock = WallClock::now();
-    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as the
-    // AsyncFd owns the RingBuf.
+    // SAFETY: the EventRing owns its map fd, which stays open and unchanged for as long as the
+    // AsyncFd owns the EventRing.
     let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("watching the event ring buffer")?;

@@ -109,7 +109,7 @@ pub struct Args {
     /// 4 MiB takes a storm of 50,000 loopback connections opened in a second (100,000 sockets):
     /// the bench's storm dropped none at 4 MiB, with records drained every 100 ms and on a
     /// wake-up once a sixteenth of the ring waits; 2 MiB began to drop (4,240 in one run, none
-    /// in another). User space maps the ring twice, so it costs twice its size in RSS.
+    /// in another). It is resident in sockwatch's memory whole (mapped once: `kernel/ring.rs`).
     #[arg(long, value_name = "KIB", default_value_t = 4_096, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
 

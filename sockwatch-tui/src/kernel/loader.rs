@@ -4,7 +4,7 @@
 use std::fmt;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
@@ -17,6 +17,7 @@ use super::{
     btf, bulk,
     by_socket::{counts_of, Count, SocketCounters},
     decode::tracked_socket,
+    ring::EventRing,
     support::{
         self, kernel_error, kprobes_available, socket_tracepoints_available,
         syscall_tracepoints_available, ProbeError, SyscallSymbols,
@@ -457,7 +458,7 @@ fn choose_syscall_backend() -> Result<Backend, ProbeError> {
 pub fn attach(
     choice: ProbeChoice,
     options: LoadOptions,
-) -> Result<(Probes, RingBuf<MapData>, KernelTables), ProbeError> {
+) -> Result<(Probes, EventRing, KernelTables), ProbeError> {
     support::check_privileges()?;
     // Tracepoint ids live in tracefs: the syscall tracepoints, and sched_process_exit, which
     // both backends use.
@@ -537,7 +538,11 @@ pub fn attach(
         Some(aya::maps::Map::HashMap(data)) => data.info().map(|info| info.id()).unwrap_or(0),
         _ => 0,
     };
-    let events = take_map(&mut ebpf, maps::EVENTS)?;
+    let events = match ebpf.take_map(maps::EVENTS) {
+        Some(aya::maps::Map::RingBuf(data)) => EventRing::new(data, options.ring_bytes)
+            .map_err(|e| kernel_error(format!("map {}", maps::EVENTS), e))?,
+        _ => return Err(missing(maps::EVENTS)),
+    };
     let tables = KernelTables {
         tracked_map_id,
         tracked: take_map(&mut ebpf, maps::TRACKED)?,
