@@ -81,7 +81,7 @@ pub mod maps {
     /// the kernel's own socket, whoever moves the bytes (their counters, unless in `SK_HOT`).
     pub const SK_BYTES: &str = "SK_BYTES";
     /// `Array<HotCounts>`: the socket backend's counters where the socket layer finds them
-    /// without a hash lookup (see [`super::HotCounts`]); its size is a power of two.
+    /// without a hash lookup (see [`super::HotCounts`]); its size is even (pairs of slots).
     pub const SK_HOT: &str = "SK_HOT";
     /// `Array<u64>`, mmapable, half `SK_HOT`'s size: one generation per pair of hot slots,
     /// raised each time a socket whose pair it is counts bytes in `SK_BYTES` instead (it has no
@@ -207,19 +207,23 @@ pub struct HotCounts {
 }
 
 /// The first of the two `SK_HOT` slots socket `sk` may use (the other is this one `^ 1`, in
-/// the same cache line); `mask` is `SK_HOT`'s size minus one. The kernel finds a socket's slot
-/// with it, user space its `SK_SPILL` generation.
+/// the same cache line); `pairs` is half `SK_HOT`'s size. The kernel finds a socket's slot
+/// with it.
 #[inline(always)]
-pub fn hot_slot(sk: u64, mask: u32) -> u32 {
-    // `struct sock`s are slab objects of a few KiB: the low bits say little, so multiply
-    // (Fibonacci hashing) and take bits from the middle of the product.
-    ((sk >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 & mask
+pub fn hot_slot(sk: u64, pairs: u32) -> u32 {
+    hot_pair(sk, pairs) * 2
 }
 
-/// Socket `sk`'s pair of `SK_HOT` slots: its index in `SK_SPILL`.
+/// Socket `sk`'s pair of `SK_HOT` slots (of `pairs`): its index in `SK_SPILL`.
 #[inline(always)]
-pub fn hot_pair(sk: u64, mask: u32) -> u32 {
-    hot_slot(sk, mask) >> 1
+pub fn hot_pair(sk: u64, pairs: u32) -> u32 {
+    // `struct sock`s are slab objects of a few KiB: the low bits say little, so multiply
+    // (Fibonacci hashing) and take bits from the middle of the product.
+    let hash = ((sk >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32;
+    // Onto 0..pairs by a multiply and a shift (Lemire's reduction), not a mask: the array
+    // need not be a power of two, so it can be sized to the sockets and not up to twice that
+    // (a mapped array is resident whole: 2 MiB less at 100k sockets).
+    ((u64::from(hash) * u64::from(pairs)) >> 32) as u32
 }
 
 /// Names of the global variables user space sets at load time.
@@ -229,8 +233,8 @@ pub mod globals {
     pub const COUNT_BY_SOCKET: &str = "COUNT_BY_SOCKET";
     /// [`super::KernelOffsets`].
     pub const OFFSETS: &str = "OFFSETS";
-    /// `u32`: the size of `SK_HOT` minus one (a power of two minus one).
-    pub const HOT_MASK: &str = "HOT_MASK";
+    /// `u32`: half the size of `SK_HOT`: its pairs of slots, and `SK_SPILL`'s size.
+    pub const HOT_PAIRS: &str = "HOT_PAIRS";
     /// `u32`: 1 when the kprobe backend's syscall symbols take a `struct pt_regs *` of the
     /// user registers (x86_64's `__x64_sys_*` wrappers), 0 when they take the arguments directly.
     pub const SYSCALL_WRAPPER: &str = "SYSCALL_WRAPPER";

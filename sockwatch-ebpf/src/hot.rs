@@ -15,21 +15,21 @@ use crate::{
     state::atomic_add,
 };
 
-/// Set by user space at load time: `SK_HOT`'s size minus one.
+/// Set by user space at load time: half `SK_HOT`'s size.
 #[unsafe(no_mangle)]
-static HOT_MASK: u32 = 1;
+static HOT_PAIRS: u32 = 1;
 
 /// The first of the two `SK_HOT` slots socket `sk` may use (the other is this one `^ 1`, in
 /// the same cache line).
 #[inline(always)]
 fn hot_slot(sk: u64) -> u32 {
-    sockwatch_common::hot_slot(sk, hot_mask())
+    sockwatch_common::hot_slot(sk, hot_pairs())
 }
 
 #[inline(always)]
-fn hot_mask() -> u32 {
+fn hot_pairs() -> u32 {
     // SAFETY: a volatile read of our own read-only global, set by user space at load time.
-    unsafe { core::ptr::read_volatile(&raw const HOT_MASK) }
+    unsafe { core::ptr::read_volatile(&raw const HOT_PAIRS) }
 }
 
 /// Says that socket `sk` counted bytes in `SK_BYTES` (it has no slot, or raced its claim): its
@@ -37,7 +37,7 @@ fn hot_mask() -> u32 {
 /// raise could leave new bytes unread.
 #[inline(always)]
 pub fn spilled(sk: u64) {
-    if let Some(generation) = SK_SPILL.get_ptr_mut(sockwatch_common::hot_pair(sk, hot_mask())) {
+    if let Some(generation) = SK_SPILL.get_ptr_mut(sockwatch_common::hot_pair(sk, hot_pairs())) {
         // SAFETY: a valid map value pointer, an aligned u64.
         unsafe { atomic_add(generation, 1) };
     }

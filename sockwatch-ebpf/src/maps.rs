@@ -51,8 +51,8 @@ pub const FORKED: u32 = 2;
 #[map(name = "SK_BYTES")]
 pub static SK_BYTES: HashMap<u64, SkBytes> = HashMap::with_max_entries(TRACKED_DEFAULT, 0);
 
-/// The socket backend's hot counters (see `hot`); user space sizes it to a power of two (two
-/// slots where the syscall backends load it unused). Mmapable: user space reads every slot
+/// The socket backend's hot counters (see `hot`), in pairs; user space sizes it to the sockets
+/// (two slots where the syscall backends load it unused). Mmapable: user space reads every slot
 /// each refresh from memory, not with a syscall per socket.
 #[map(name = "SK_HOT")]
 pub static SK_HOT: Array<HotCounts> = Array::with_max_entries(2, BPF_F_MMAPABLE);

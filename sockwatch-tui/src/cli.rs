@@ -99,8 +99,8 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub full_read_ms: Option<u64>,
 
-    /// Hot counter slots of the socket backend (a power of two; by default twice
-    /// `--max-sockets` rounded up to one). For tests: a few slots make sockets count without one.
+    /// Hot counter slots of the socket backend (an even number; by default a slot and a half
+    /// per `--max-sockets`). For tests: a few slots make sockets count without one.
     #[arg(long, value_name = "N", hide = true, value_parser = parse_hot_slots)]
     pub hot_slots: Option<u32>,
 
@@ -203,8 +203,8 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
 
 fn parse_hot_slots(value: &str) -> Result<u32, String> {
     let slots: u32 = value.parse().map_err(|e| format!("{e}"))?;
-    if !(2..=1 << 22).contains(&slots) || !slots.is_power_of_two() {
-        return Err("a power of two from 2 to 4194304".into());
+    if !(2..=1 << 22).contains(&slots) || !slots.is_multiple_of(2) {
+        return Err("an even number from 2 to 4194304".into());
     }
     Ok(slots)
 }

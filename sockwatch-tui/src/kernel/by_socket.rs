@@ -95,8 +95,8 @@ pub struct SocketCounters {
     pub hot_mapped: Result<MappedArray<HotCounts>, String>,
     /// `SK_SPILL` mapped into memory, or why not (then every refresh is a full read).
     pub spill: Result<MappedArray<u64>, String>,
-    /// `SK_HOT`'s size minus one.
-    pub hot_mask: u32,
+    /// Half `SK_HOT`'s size: its pairs of slots, and `SK_SPILL`'s size.
+    pub hot_pairs: u32,
     pub adopted: HashMap<MapData, u64, SocketKey>,
     pub adopted_pending: Array<MapData, u32>,
     /// Every located row, by slot then id.
@@ -125,13 +125,13 @@ impl SocketCounters {
         adopted_pending: Array<MapData, u32>,
     ) -> Self {
         let hot_mapped = MappedArray::new(hot.map(), hot_slots).map_err(|e| e.to_string());
-        let spill = MappedArray::new(spill.map(), (hot_slots / 2).max(1));
+        let spill = MappedArray::new(spill.map(), hot_slots / 2);
         Self {
             bytes,
             hot,
             hot_mapped,
             spill: spill.map_err(|e| e.to_string()),
-            hot_mask: hot_slots - 1,
+            hot_pairs: hot_slots / 2,
             adopted,
             adopted_pending,
             watches: Vec::new(),
@@ -174,7 +174,7 @@ impl SocketCounters {
     fn generation(&self, sk: u64) -> u64 {
         let spill = self.spill.as_ref().ok();
         spill
-            .and_then(|spill| spill.get(hot_pair(sk, self.hot_mask)))
+            .and_then(|spill| spill.get(hot_pair(sk, self.hot_pairs)))
             .unwrap_or(0)
     }
 
@@ -184,7 +184,7 @@ impl SocketCounters {
         let Ok(spill) = &self.spill else {
             return Vec::new();
         };
-        (0..=self.hot_mask / 2)
+        (0..self.hot_pairs)
             .map_while(|pair| spill.get(pair))
             .collect()
     }
@@ -210,7 +210,7 @@ impl SocketCounters {
         generations: &[u64],
     ) {
         let spill = generations
-            .get(hot_pair(value.sk, self.hot_mask) as usize)
+            .get(hot_pair(value.sk, self.hot_pairs) as usize)
             .copied()
             .unwrap_or(0);
         if let Some((watch, base)) = self.watch(id, value, raw, spill) {

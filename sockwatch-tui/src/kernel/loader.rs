@@ -70,7 +70,7 @@ pub struct LoadOptions {
     pub directions: u32,
     /// Entries a batched map read asks for per call (`bulk::BATCH`; tests make it small).
     pub read_batch: u32,
-    /// `SK_HOT`'s size (a power of two), if not twice `max_sockets` rounded up to one (tests).
+    /// `SK_HOT`'s size (even), if not [`hot_slots_for`] `max_sockets` (tests).
     pub hot_slots: Option<u32>,
     /// `--pid` and `--port`: the kernel tracks only the sockets within them.
     pub scope: KernelScope,
@@ -486,14 +486,11 @@ pub fn attach(
     support::raise_memlock_limit();
 
     let wrapper: u32 = symbols.as_ref().map_or(1, |s| u32::from(s.takes_pt_regs));
-    // A power of two (a slot is found by masking; the flag's range caps it), two slots where
-    // nothing uses them. Twice the sockets: a socket whose pair of slots is taken counts in
-    // `SK_BYTES`, and each of its counts costs the next refresh a lookup or two; at 100k
-    // sockets in as many slots a fifth of them did (7% in twice as many), for 4 MiB more.
+    // Two slots where nothing uses them.
     let hot_slots = match backend {
         Backend::Socket => options
             .hot_slots
-            .unwrap_or_else(|| (2 * options.max_sockets.clamp(1, 1 << 21)).next_power_of_two()),
+            .unwrap_or_else(|| hot_slots_for(options.max_sockets)),
         Backend::Tracepoint | Backend::Kprobe => 2,
     };
     let mut ebpf = EbpfLoader::new()
@@ -508,8 +505,8 @@ pub fn attach(
         .map_max_entries(maps::SK_BYTES, options.max_sockets)
         .map_max_entries(maps::SK_FATE, options.max_sockets)
         .map_max_entries(maps::SK_HOT, hot_slots)
-        .map_max_entries(maps::SK_SPILL, (hot_slots / 2).max(1))
-        .override_global(globals::HOT_MASK, &(hot_slots - 1), true)
+        .map_max_entries(maps::SK_SPILL, hot_slots / 2)
+        .override_global(globals::HOT_PAIRS, &(hot_slots / 2), true)
         .load(EBPF_OBJECT)
         .map_err(|e| permission_or(e, "loading the eBPF object"))?;
     options.scope.fill(&mut ebpf)?;
@@ -570,6 +567,17 @@ pub fn attach(
         fate,
     };
     Ok((probes, events, tables))
+}
+
+/// `SK_HOT`'s size for `max_sockets`: a slot and a half per socket, in whole pages of both
+/// `SK_HOT` and `SK_SPILL` (pairs by the 512 generations of a page). A socket whose pair of
+/// slots is taken counts in `SK_BYTES`, and each of its counts costs the next refresh a lookup
+/// or two: at 100k sockets in as many slots a fifth of them did, 7% in twice as many (then a
+/// power of two: 262,144 slots, 8 MiB resident), about a tenth in these 196,608 (6 MiB).
+pub fn hot_slots_for(max_sockets: u32) -> u32 {
+    const PAIRS_PER_PAGE: u32 = 512;
+    let pairs = (max_sockets.clamp(1, 1 << 21) * 3).div_ceil(4);
+    2 * pairs.next_multiple_of(PAIRS_PER_PAGE)
 }
 
 /// Raw tracepoints every backend attaches, each with a program of its name: resets sent and
@@ -775,5 +783,59 @@ fn permission_or(error: impl Into<anyhow::Error>, context: impl Into<String>) ->
         ProbeError::NotPermitted
     } else {
         kernel_error(context, error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockwatch_common::hot_pair;
+
+    /// A slot and a half a socket, in whole pages of `SK_HOT` (32-byte slots) and `SK_SPILL`
+    /// (a generation of 8 bytes a pair).
+    #[test]
+    fn hot_slots_are_a_slot_and_a_half_a_socket_in_whole_pages() {
+        assert_eq!(hot_slots_for(131_072), 196_608);
+        assert_eq!(hot_slots_for(1), 1024);
+        for max in [1, 1000, 65_536, 100_000, 1 << 21, u32::MAX] {
+            let slots = hot_slots_for(max);
+            assert!(
+                u64::from(slots) * 2 >= 3 * u64::from(max.min(1 << 21)),
+                "{max}"
+            );
+            assert_eq!(slots % (4096 / 32), 0, "{max}");
+            assert_eq!((slots / 2) % (4096 / 8), 0, "{max}");
+        }
+    }
+
+    /// Sockets spread evenly over the pairs: 100,000 `struct sock` addresses in the slots of
+    /// `--max-sockets 131072` (0.51 sockets a slot) leave about a tenth of them without a slot
+    /// of their pair, as sockets thrown at random would (a Poisson count of 1.02 a pair).
+    #[test]
+    fn sockets_spread_over_the_hot_pairs() {
+        let pairs = hot_slots_for(131_072) / 2;
+        let mut held = vec![0u8; pairs as usize];
+        let mut without = 0;
+        // Slab objects of 2.5 KiB in 32 KiB slabs, scattered over 64 GiB of the direct map.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let slab = 0xffff_8880_0000_0000 + (state % (1 << 21)) * 32 * 1024;
+            let sk = slab + (state >> 40) % 12 * 2560;
+            let pair = hot_pair(sk, pairs);
+            assert!(pair < pairs);
+            let held = &mut held[pair as usize];
+            if *held < 2 {
+                *held += 1;
+            } else {
+                without += 1;
+            }
+        }
+        assert!(
+            (7_000..14_000).contains(&without),
+            "{without} of 100,000 without a slot"
+        );
     }
 }

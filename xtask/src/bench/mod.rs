@@ -90,9 +90,10 @@ fn measure(
     if runs(Step::Dashboard) {
         say("bench: 5. the dashboard at scale (tmux)");
         // 100,000 sockets: ten holders, as a process may hold 20,000 fds here. Measured over
-        // 150 s: the checks against /proc and the TCP health reads are each spaced to 1% of a
-        // core (one every 70 s or so and 10 s at 100k), so a window of one period holds one
-        // check or none by chance; two periods and more hold them nearer their share.
+        // 150 s: the TCP health reads are spaced to 1% of a core (one every 10 s or so at
+        // 100k), the full reads and the checks against /proc to half a percent each (20 s, and
+        // 140 s with its own full read): a window holds one check or two by chance (0.7 s each,
+        // half a percent of the window), the rest many times over, near their share.
         let (holders, per_holder, secs) = if smoke {
             (1, 10, 1.0)
         } else {
