@@ -100,8 +100,10 @@ impl EventRing {
         loop {
             if self.pos == self.producer_pos {
                 // The consumer position just stored must be visible before the producer's is
-                // read, as the kernel reads ours after storing its own to decide on a
-                // wake-up: without a full fence both sides could miss the other.
+                // read: a submit without a wake-up flag reads ours after storing its own to
+                // decide on a wake-up, and without a full fence each side could miss the
+                // other's. (Ours all pass a flag, `submit_flags`: this keeps the reader right
+                // should one not.)
                 fence(Ordering::SeqCst);
                 self.producer_pos = self.producer_pos().load(Ordering::Acquire);
                 if self.pos == self.producer_pos {
@@ -119,7 +121,21 @@ impl EventRing {
             }
             let len = (header & !(BUSY_BIT | DISCARD_BIT)) as usize;
             let advance = (HEADER + len).next_multiple_of(8);
-            if header & DISCARD_BIT != 0 || len > self.mask {
+            let produced = self.producer_pos.wrapping_sub(self.pos);
+            if advance > produced || advance > self.mask + 1 {
+                // A length the kernel cannot have written: whatever stands here cannot be read
+                // as records. An empty record (which no decoder takes: the caller says it
+                // skips one) hands back everything produced so far, so that the reader neither
+                // goes past the kernel nor reads on through old bytes as new.
+                return Some(Record {
+                    bytes: &[],
+                    // SAFETY: as in `consumer_pos`.
+                    consumer: unsafe { self.consumer.base.cast::<AtomicUsize>().as_ref() },
+                    pos: &mut self.pos,
+                    advance: produced,
+                });
+            }
+            if header & DISCARD_BIT != 0 {
                 self.pos += advance;
                 self.consumer_pos().store(self.pos, Ordering::Release);
                 continue;
