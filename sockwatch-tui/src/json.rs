@@ -22,8 +22,11 @@ pub struct SocketFields<'a> {
     pub fd: Option<u32>,
     pub proto: &'static str,
     pub direction: &'static str,
-    /// The remote end: destination of a connect, peer of an accept.
+    /// The remote end: destination of a connect, peer of an accept (an IPv4-mapped IPv6
+    /// address as IPv4).
     pub daddr: String,
+    /// 4 or 6: the family of `daddr`.
+    pub family: u8,
     pub dport: u16,
     /// Local port; 0 when not known.
     pub lport: u16,
@@ -42,7 +45,8 @@ impl<'a> SocketFields<'a> {
             fd: socket.holder_fd(),
             proto: socket.proto.label(),
             direction: socket.direction.label(),
-            daddr: socket.daddr.to_string(),
+            daddr: socket.daddr().to_string(),
+            family: socket.family(),
             dport: socket.dport,
             lport: socket.lport,
             inode: socket.inode(),
@@ -334,6 +338,32 @@ mod tests {
         serde_json::from_slice(&out).expect("valid JSON")
     }
 
+    /// An IPv6 peer: its compressed text and family 6; an IPv4-mapped one: IPv4 and 4.
+    #[test]
+    fn records_say_the_family_of_the_remote_end() {
+        let mut socket = endpoint();
+        socket.set_daddr("fd00:0:0::17".parse::<std::net::Ipv6Addr>().unwrap());
+        let value = line(&Record::failed(
+            &socket,
+            libc::ECONNREFUSED,
+            &WallClock::default(),
+        ));
+        assert_eq!(
+            (&value["daddr"], &value["family"]),
+            (&"fd00::17".into(), &6.into())
+        );
+        socket.set_daddr(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        let value = line(&Record::failed(
+            &socket,
+            libc::ECONNREFUSED,
+            &WallClock::default(),
+        ));
+        assert_eq!(
+            (&value["daddr"], &value["family"]),
+            (&"10.0.0.1".into(), &4.into())
+        );
+    }
+
     #[test]
     fn connect_record_has_the_documented_fields() {
         let mut socket = endpoint();
@@ -346,7 +376,8 @@ mod tests {
         assert_eq!(
             value,
             serde_json::json!({"event": "connect", "time": 1.0, "pid": 7, "tid": 8, "comm": "curl",
-                "fd": 4, "proto": "tcp", "direction": "out", "daddr": "127.0.0.1", "dport": 8080,
+                "fd": 4, "proto": "tcp", "direction": "out", "daddr": "127.0.0.1", "family": 4,
+                "dport": 8080,
                 "lport": 40000, "inode": null, "complete": true, "result": "ECONNREFUSED",
                 "bytes_sent": 0,
                 "bytes_recv": 0, "connect_us": 52})

@@ -10,8 +10,8 @@
 
 use std::{
     fmt,
-    net::Ipv4Addr,
-    num::{NonZeroI32, NonZeroU64},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    num::{NonZeroI32, NonZeroU32},
     ops::Deref,
 };
 
@@ -263,7 +263,33 @@ pub struct TcpHealth {
     /// `last_data_recv`), in ms.
     pub quiet_ms: u32,
     /// The peer's advertised window, on kernels that report it.
-    pub snd_wnd: Option<u32>,
+    pub snd_wnd: PeerWindow,
+}
+
+/// The peer's advertised window in bytes, or none on kernels that do not report it: an
+/// `Option<u32>` in 4 bytes rather than 8 (on each row), the window never being `u32::MAX`
+/// (a 16-bit window scaled by at most 14 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerWindow(u32);
+
+impl PeerWindow {
+    const NONE: u32 = u32::MAX;
+
+    pub fn get(self) -> Option<u32> {
+        (self.0 != Self::NONE).then_some(self.0)
+    }
+}
+
+impl Default for PeerWindow {
+    fn default() -> Self {
+        Self(Self::NONE)
+    }
+}
+
+impl From<Option<u32>> for PeerWindow {
+    fn from(window: Option<u32>) -> Self {
+        Self(window.map_or(Self::NONE, |w| w.min(Self::NONE - 1)))
+    }
 }
 
 /// The rest of a TCP reading: what only the details view shows, of the one socket it shows.
@@ -362,7 +388,7 @@ impl HealthMark {
         let waiting = |h: &TcpHealth| h.recv_q > 0;
         if retrans_rose_ns.is_some_and(|at| now_ns.saturating_sub(at) < RETRANS_MARK_NS) {
             Some(Self::Retransmitting)
-        } else if now.zero_window || (now.snd_wnd == Some(0) && now.send_q > 0) {
+        } else if now.zero_window || (now.snd_wnd.get() == Some(0) && now.send_q > 0) {
             Some(Self::PeerNotReading)
         } else if waiting(now) && before.is_some_and(|b| waiting(b) && now.recv_q >= b.recv_q) {
             Some(Self::AppNotReading)
@@ -576,12 +602,13 @@ pub fn holder_fd(key: SocketKey) -> Option<u32> {
 /// One socket: who holds it, both ends, its state, its counters and rates, and how it ended.
 ///
 /// In declaration order (`repr(C)`): what every refresh reads of each of 100k rows (identity,
-/// counters, state, ends, rates, the newest second of history) in its first three cache lines,
+/// counters, state, ports, rates, the newest second of history) in its first three cache lines,
 /// so that a row costs the fewest memory reads; [`prefetch`] asks for those lines ahead. Aligned
 /// to a line, so a row's lines are its own, and 256 bytes, so the alignment wastes none: what
-/// fits a row of 100,000 in four lines is kept here, the rest of what the details view shows
-/// only for the socket it shows ([`LookedUp`]). Optional numbers use the niche of a value they
-/// never take (an inode or errno of 0, a handshake of `u32::MAX` µs).
+/// fits a row of 100,000 in four lines is kept here (a remote address of either family in 16
+/// bytes), the rest of what the details view shows only for the socket it shows
+/// ([`LookedUp`]). Optional numbers use the niche of a value they never take (an inode or errno
+/// of 0, a handshake of `u32::MAX` µs, a window of `u32::MAX`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[repr(C, align(64))]
 pub struct Socket {
@@ -606,13 +633,15 @@ pub struct Socket {
     pub dport: u16,
     /// Local port; 0 when not known.
     pub lport: u16,
-    /// The remote end: the destination of a connect, the peer of an accept.
-    pub daddr: Ipv4Addr,
-    pub rates: Rates,
-    pub comm: Comm,
     /// The socket's inode number (`socket:[N]` in /proc, `ino:N` in `ss -e`): the kernel
-    /// socket, whoever holds it. Not known without the kernel's BTF.
-    inode: Option<NonZeroU64>,
+    /// socket, whoever holds it. Not known without the kernel's BTF. 32 bits, as sockfs
+    /// numbers its inodes (`get_next_ino`).
+    inode: Option<NonZeroU32>,
+    pub rates: Rates,
+    /// The remote end: the destination of a connect, the peer of an accept ([`Self::daddr`]);
+    /// IPv4 as IPv4-mapped IPv6, so that either fits in 16 bytes (an `IpAddr` takes 17).
+    daddr: Ipv6Addr,
+    pub comm: Comm,
     /// The thread that connected (or accepted); for a socket found at start, the process id.
     pub tid: u32,
     /// The errno that ended it: a failed connect's, a reset's, a timeout's.
@@ -625,8 +654,10 @@ pub struct Socket {
     /// TCP health at the latest refresh that found the socket in the kernel's diagnostics;
     /// once closed, the last reading. `None` for UDP, and before the first reading.
     pub tcp: Option<TcpHealth>,
-    /// When its retransmit count last rose (kernel monotonic ns).
-    retrans_rose_ns: Option<NonZeroU64>,
+    /// When its retransmit count last rose, in ms of the kernel's monotonic clock, wrapping
+    /// (32 bits hold 49 days: it is compared only with readings a few seconds apart, and
+    /// cleared once older than the mark lasts); 0: not lately.
+    retrans_rose_ms: u32,
     /// (smoothed RTT in us, retransmits so far) at most once a second, oldest first, as
     /// long as [`Rates::history`].
     pub tcp_history: History<(u32, u32)>,
@@ -634,6 +665,14 @@ pub struct Socket {
 
 /// [`Socket::connect_us`] not known.
 const NO_CONNECT_US: u32 = u32::MAX;
+
+/// How a row keeps a remote address: IPv4 as IPv4-mapped IPv6.
+fn mapped(addr: IpAddr) -> Ipv6Addr {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
 
 /// How many rows ahead a pass over rows asks for them ([`prefetch`]): enough for a memory
 /// read to arrive before the pass gets there, few enough not to evict what it still needs.
@@ -692,7 +731,7 @@ impl Socket {
     pub fn new(
         key: SocketKey,
         opened_ns: u64,
-        daddr: Ipv4Addr,
+        daddr: impl Into<IpAddr>,
         dport: u16,
         comm: impl Into<Comm>,
     ) -> Self {
@@ -703,7 +742,7 @@ impl Socket {
             proto: Proto::Unknown,
             direction: Direction::Out,
             origin: Origin::Connect,
-            daddr,
+            daddr: mapped(daddr.into()),
             dport,
             lport: 0,
             inode: None,
@@ -715,7 +754,7 @@ impl Socket {
             rates: Rates::starting(opened_ns),
             closed: None,
             tcp: None,
-            retrans_rose_ns: None,
+            retrans_rose_ms: 0,
             mark: None,
             connect_us: NO_CONNECT_US,
             closed_by: None,
@@ -725,14 +764,34 @@ impl Socket {
         }
     }
 
+    /// The remote end's address (an IPv4-mapped one as IPv4).
+    pub fn daddr(&self) -> IpAddr {
+        self.daddr.to_canonical()
+    }
+
+    pub fn set_daddr(&mut self, daddr: impl Into<IpAddr>) {
+        self.daddr = mapped(daddr.into());
+    }
+
+    /// 4 or 6: the family of its remote end as shown (an IPv4-mapped peer is 4).
+    pub fn family(&self) -> u8 {
+        match self.daddr() {
+            IpAddr::V4(_) => 4,
+            IpAddr::V6(_) => 6,
+        }
+    }
+
     /// Its inode; `None` when not known.
     pub fn inode(&self) -> Option<u64> {
-        self.inode.map(NonZeroU64::get)
+        self.inode.map(|inode| u64::from(inode.get()))
     }
 
     /// Sets its inode (0 is none).
+    /// (0 is none; sockfs inodes are 32-bit, so a larger number is no socket's and none too).
     pub fn set_inode(&mut self, inode: Option<u64>) {
-        self.inode = inode.and_then(NonZeroU64::new);
+        self.inode = inode
+            .and_then(|inode| u32::try_from(inode).ok())
+            .and_then(NonZeroU32::new);
     }
 
     /// The errno that ended it, if one did.
@@ -793,9 +852,9 @@ impl Socket {
         end.saturating_sub(self.id.opened_ns)
     }
 
-    /// `ip:port` of the remote end.
+    /// `ip:port` of the remote end (`[ip]:port` for IPv6).
     pub fn remote(&self) -> String {
-        format!("{}:{}", self.daddr, self.dport)
+        SocketAddr::new(self.daddr(), self.dport).to_string()
     }
 
     /// Takes what an open record says of this very socket (the same id) that a map read did
@@ -850,15 +909,24 @@ impl Socket {
     pub fn observe_tcp(&mut self, reading: TcpReading, now_ns: u64) {
         let health = reading.health;
         let before = self.tcp;
+        // Wrapping ms: only differences of a few seconds are taken from it.
+        let now_ms = (now_ns / 1_000_000) as u32;
+        let rose_ago_ms = now_ms.wrapping_sub(self.retrans_rose_ms);
+        if self.retrans_rose_ms != 0 && u64::from(rose_ago_ms) * 1_000_000 >= RETRANS_MARK_NS {
+            self.retrans_rose_ms = 0;
+        }
         if before.is_some_and(|before| health.retrans > before.retrans) {
-            self.retrans_rose_ns = NonZeroU64::new(now_ns);
+            self.retrans_rose_ms = now_ms.max(1);
         }
         if reading.lport != 0 {
             self.lport = reading.lport;
         }
         self.proto = Proto::Tcp;
         self.tcp = Some(health);
-        let rose_ns = self.retrans_rose_ns.map(NonZeroU64::get);
+        let rose_ns = (self.retrans_rose_ms != 0).then(|| {
+            let ago_ms = now_ms.wrapping_sub(self.retrans_rose_ms);
+            now_ns.saturating_sub(u64::from(ago_ms) * 1_000_000)
+        });
         self.mark = HealthMark::of(&health, before.as_ref(), rose_ns, now_ns);
         // Seconds since boot fit 32 bits for 136 years.
         let second = u32::try_from(now_ns / SEC).unwrap_or(u32::MAX);
@@ -884,6 +952,7 @@ impl Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
 
     fn socket() -> Socket {
         Socket::new(
@@ -893,6 +962,74 @@ mod tests {
             80,
             "curl",
         )
+    }
+
+    /// An IPv6 peer is kept and shown as IPv6 (bracketed before its port, compressed); an
+    /// IPv4-mapped one as IPv4, as the kernel's IPv6 sockets name their IPv4 peers.
+    #[test]
+    fn remote_ends_of_either_family() {
+        let mut s = socket();
+        assert_eq!((s.remote(), s.family()), ("127.0.0.1:80".to_owned(), 4));
+        s.set_daddr(std::net::Ipv6Addr::LOCALHOST);
+        assert_eq!((s.remote(), s.family()), ("[::1]:80".to_owned(), 6));
+        s.set_daddr(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        assert_eq!(s.daddr(), IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(s.family(), 4);
+        let long: std::net::Ipv6Addr = "2001:0db8:0000:0000:0000:8a2e:0370:7334".parse().unwrap();
+        s.set_daddr(long);
+        assert_eq!(s.remote(), "[2001:db8::8a2e:370:7334]:80");
+    }
+
+    /// Rows keep 32-bit inodes, as sockfs numbers them: a larger number names no socket.
+    #[test]
+    fn an_inode_is_a_32_bit_number() {
+        let mut s = socket();
+        s.set_inode(Some(u64::from(u32::MAX)));
+        assert_eq!(s.inode(), Some(u64::from(u32::MAX)));
+        s.set_inode(Some(1 << 32));
+        assert_eq!(s.inode(), None);
+        s.set_inode(Some(0));
+        assert_eq!(s.inode(), None);
+    }
+
+    #[test]
+    fn a_peer_window_not_reported_is_none_and_a_zero_one_is_zero() {
+        assert_eq!(TcpHealth::default().snd_wnd.get(), None);
+        for window in [None, Some(0), Some(65_535), Some(1 << 30)] {
+            assert_eq!(PeerWindow::from(window).get(), window);
+        }
+        assert_eq!(size_of::<Option<TcpHealth>>(), 36);
+    }
+
+    /// A rise of the retransmit count marks the row for 5 s from the reading that saw it,
+    /// also across the wrap of the 32-bit millisecond clock the row keeps it in.
+    #[test]
+    fn a_retransmission_marks_the_row_for_five_seconds_across_the_clock_wrap() {
+        // Two seconds before 2^32 ms of the monotonic clock.
+        let base = (u64::from(u32::MAX) - 2_000) * 1_000_000;
+        let reading = |retrans| TcpReading {
+            health: TcpHealth {
+                state: 1,
+                retrans,
+                ..TcpHealth::default()
+            },
+            lport: 0,
+        };
+        let mut s = socket();
+        s.observe_tcp(reading(0), base);
+        assert_eq!(s.mark, None);
+        s.observe_tcp(reading(1), base + SEC);
+        assert_eq!(s.mark, Some(HealthMark::Retransmitting));
+        s.observe_tcp(reading(1), base + 5 * SEC);
+        assert_eq!(
+            s.mark,
+            Some(HealthMark::Retransmitting),
+            "4 s on, past the wrap"
+        );
+        s.observe_tcp(reading(1), base + 6 * SEC + 1_000_000);
+        assert_eq!(s.mark, None, "5.001 s on");
+        s.observe_tcp(reading(2), base + 7 * SEC);
+        assert_eq!(s.mark, Some(HealthMark::Retransmitting), "a new rise");
     }
 
     #[test]
@@ -976,7 +1113,7 @@ mod tests {
         let established = TcpHealth {
             state: 1,
             quiet_ms: 50,
-            snd_wnd: Some(65_536),
+            snd_wnd: Some(65_536).into(),
             ..TcpHealth::default()
         };
         let of = |now: &TcpHealth, before: Option<&TcpHealth>, rose: Option<u64>| {
@@ -990,7 +1127,7 @@ mod tests {
         );
         assert_eq!(of(&established, None, Some(4 * SEC)), None, "6 s ago");
         let full = TcpHealth {
-            snd_wnd: Some(0),
+            snd_wnd: Some(0).into(),
             send_q: 1000,
             ..established
         };
@@ -1017,7 +1154,7 @@ mod tests {
         // Still connecting: no window yet and no data ever, but nothing is wrong.
         let connecting = TcpHealth {
             state: 2,
-            snd_wnd: Some(0),
+            snd_wnd: Some(0).into(),
             quiet_ms: 90_000,
             ..TcpHealth::default()
         };

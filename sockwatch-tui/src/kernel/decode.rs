@@ -296,7 +296,11 @@ pub fn tracked_value(socket: &Socket) -> TrackedSocket {
         // The kernel's own address of it is not in /proc; the inode is.
         sk: 0,
         ino: socket.inode().unwrap_or(0),
-        daddr: u32::from_ne_bytes(socket.daddr.octets()),
+        // The kernel's records hold IPv4 only (an IPv6 peer is not adopted yet).
+        daddr: match socket.daddr() {
+            std::net::IpAddr::V4(v4) => u32::from_ne_bytes(v4.octets()),
+            std::net::IpAddr::V6(_) => 0,
+        },
         dport: socket.dport,
         lport: socket.lport,
         tid: socket.tid,
@@ -394,7 +398,7 @@ mod tests {
             panic!("not a connect: {record:?}")
         };
         assert_eq!(socket.key(), SocketKey { pid: 42, fd: 5 });
-        assert_eq!(socket.daddr, Ipv4Addr::LOCALHOST);
+        assert_eq!(socket.daddr(), Ipv4Addr::LOCALHOST);
         assert_eq!(
             (socket.dport, socket.proto, socket.direction, socket.origin),
             (8080, Proto::Tcp, Direction::Out, Origin::Connect)
@@ -588,8 +592,8 @@ mod tests {
             "comm is cut as the kernel cuts it"
         );
         assert_eq!(
-            (back.id, back.daddr, back.dport, back.lport, back.proto),
-            (socket.id, socket.daddr, 5432, 40_000, Proto::Udp)
+            (back.id, back.daddr(), back.dport, back.lport, back.proto),
+            (socket.id, socket.daddr(), 5432, 40_000, Proto::Udp)
         );
         assert_eq!(back.inode(), Some(77));
         assert_eq!(

@@ -359,7 +359,7 @@ fn parse_socket(payload: &[u8]) -> Option<(u64, TcpReading, &[u8])> {
         retrans: u32_at(100),
         // last_data_sent, last_data_recv.
         quiet_ms: u32_at(44).min(u32_at(52)),
-        snd_wnd: (info.len() >= 232).then(|| u32_at(228)),
+        snd_wnd: (info.len() >= 232).then(|| u32_at(228)).into(),
     };
     let reading = TcpReading {
         health,
@@ -450,7 +450,7 @@ mod tests {
         assert_eq!((health.rtt_us, health.rttvar_us), (1500, 300));
         assert_eq!((health.cwnd, health.retrans), (10, 3));
         assert!(health.zero_window);
-        assert_eq!(health.snd_wnd, None, "not sent by this kernel");
+        assert_eq!(health.snd_wnd.get(), None, "not sent by this kernel");
         let detail = readings.detail.expect("the detail asked for");
         assert_eq!((detail.delivery_rate, detail.min_rtt_us), (0, 0));
 

@@ -625,7 +625,7 @@ impl Tracker {
                 tables.take(key);
                 return None;
             };
-            socket.daddr = *found.remote.ip();
+            socket.set_daddr(*found.remote.ip());
             socket.dport = found.remote.port();
             socket.lport = found.local.port();
         } else if socket.lport == 0 {

@@ -10,7 +10,7 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     sync::{mpsc, Arc, Mutex},
     thread,
 };
@@ -50,15 +50,15 @@ pub enum Outcome {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub outcome: Outcome,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostNames {
     enabled: bool,
-    names: HashMap<Ipv4Addr, HostName>,
-    requests: Vec<Ipv4Addr>,
+    names: HashMap<IpAddr, HostName>,
+    requests: Vec<IpAddr>,
 }
 
 impl HostNames {
@@ -81,20 +81,20 @@ impl HostNames {
     }
 
     /// The name to show for `addr`, when names are on and one is known.
-    pub fn name(&self, addr: Ipv4Addr) -> Option<&str> {
+    pub fn name(&self, addr: IpAddr) -> Option<&str> {
         match self.names.get(&addr) {
             Some(HostName::Found(name)) if self.enabled => Some(name),
             _ => None,
         }
     }
 
-    pub fn status(&self, addr: Ipv4Addr) -> Option<&HostName> {
+    pub fn status(&self, addr: IpAddr) -> Option<&HostName> {
         self.names.get(&addr)
     }
 
     /// Notes that `addrs` are on screen at `now_ns`: unknown ones (and old misses) are queued
     /// for lookup, and lookups past their timeout are given up.
-    pub fn observe(&mut self, addrs: impl Iterator<Item = Ipv4Addr>, now_ns: u64) {
+    pub fn observe(&mut self, addrs: impl Iterator<Item = IpAddr>, now_ns: u64) {
         for name in self.names.values_mut() {
             if let HostName::Pending { since_ns } = *name {
                 if now_ns.saturating_sub(since_ns) >= LOOKUP_TIMEOUT_NS {
@@ -126,7 +126,7 @@ impl HostNames {
     }
 
     /// Addresses to hand to the resolver (each once).
-    pub fn take_requests(&mut self) -> Vec<Ipv4Addr> {
+    pub fn take_requests(&mut self) -> Vec<IpAddr> {
         std::mem::take(&mut self.requests)
     }
 
@@ -156,17 +156,17 @@ fn clean(name: &str) -> String {
 }
 
 /// How one address is looked up (the system resolver, or a fake in tests).
-pub type Lookup = fn(Ipv4Addr) -> Option<String>;
+pub type Lookup = fn(IpAddr) -> Option<String>;
 
 /// The system resolver: PTR lookup through `getnameinfo(NI_NAMEREQD)`.
-pub fn system_lookup(addr: Ipv4Addr) -> Option<String> {
-    dns_lookup::lookup_addr(&IpAddr::V4(addr)).ok()
+pub fn system_lookup(addr: IpAddr) -> Option<String> {
+    dns_lookup::lookup_addr(&addr).ok()
 }
 
 /// Worker threads answering lookups on a channel. Dropping it lets idle workers end; a worker
 /// stuck in the system resolver ends when its call returns.
 pub struct Resolver {
-    queue: mpsc::SyncSender<Ipv4Addr>,
+    queue: mpsc::SyncSender<IpAddr>,
 }
 
 impl Resolver {
@@ -176,7 +176,7 @@ impl Resolver {
         lookup: Lookup,
         deliver: impl Fn(Answer) -> bool + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
-        let (queue, requests) = mpsc::sync_channel::<Ipv4Addr>(QUEUE_LEN);
+        let (queue, requests) = mpsc::sync_channel::<IpAddr>(QUEUE_LEN);
         let requests = Arc::new(Mutex::new(requests));
         let deliver = Arc::new(deliver);
         for n in 0..workers.max(1) {
@@ -201,7 +201,7 @@ impl Resolver {
     }
 
     /// Queues a lookup without waiting; `Busy` when the queue is full.
-    pub fn request(&self, addr: Ipv4Addr) -> Result<(), Answer> {
+    pub fn request(&self, addr: IpAddr) -> Result<(), Answer> {
         self.queue.try_send(addr).map_err(|_| Answer {
             addr,
             outcome: Outcome::Busy,
@@ -214,10 +214,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use std::net::Ipv4Addr;
 
     const SEC: u64 = 1_000_000_000;
-    const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-    const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
     #[test]
     fn each_address_is_asked_once_and_cached() {
@@ -279,7 +280,7 @@ mod tests {
 
     #[test]
     fn a_hanging_resolver_does_not_block_requests() {
-        fn hang(_: Ipv4Addr) -> Option<String> {
+        fn hang(_: IpAddr) -> Option<String> {
             thread::sleep(Duration::from_secs(3600));
             None
         }
@@ -287,7 +288,7 @@ mod tests {
         let resolver = Resolver::start(1, hang, move |a| tx.send(a).is_ok()).expect("started");
         // The worker takes one and hangs; the queue fills; then requests fail without waiting.
         let results: Vec<_> = (0..=QUEUE_LEN + 1)
-            .map(|i| resolver.request(Ipv4Addr::from(i as u32)))
+            .map(|i| resolver.request(IpAddr::V4(Ipv4Addr::from(i as u32))))
             .collect();
         assert!(results.iter().any(Result::is_err), "queue is bounded");
         assert!(rx.try_recv().is_err());
@@ -295,7 +296,7 @@ mod tests {
 
     #[test]
     fn workers_answer() {
-        fn fake(addr: Ipv4Addr) -> Option<String> {
+        fn fake(addr: IpAddr) -> Option<String> {
             (addr == A).then(|| "a.example".to_owned())
         }
         let (tx, rx) = mpsc::channel();

@@ -457,7 +457,7 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
     use crate::socket::{Closed, SocketKey};
@@ -569,13 +569,13 @@ mod tests {
         let mut model = Model::new("tracepoint");
         let mut accepted = socket(10, 3, 100);
         accepted.lport = 8080;
-        accepted.daddr = Ipv4Addr::new(127, 0, 0, 2);
+        accepted.set_daddr(Ipv4Addr::new(127, 0, 0, 2));
         accepted.origin = Origin::Accept;
         model.update(Action::Change(Change::Opened(accepted)));
         model.update(read(&[(10, 3, 100, 40)], 2 * SEC));
         // The kernel's close record knows neither the local port nor (here) the peer.
         let mut record = socket(10, 3, 100);
-        record.daddr = Ipv4Addr::UNSPECIFIED;
+        record.set_daddr(Ipv4Addr::UNSPECIFIED);
         record.close(
             Closed {
                 at_ns: 3 * SEC,
@@ -587,8 +587,8 @@ mod tests {
         );
         let kept = model.apply(Change::Closed(record)).expect("logged").clone();
         assert_eq!(
-            (kept.lport, kept.daddr),
-            (8080, Ipv4Addr::new(127, 0, 0, 2))
+            (kept.lport, kept.daddr()),
+            (8080, IpAddr::from(Ipv4Addr::new(127, 0, 0, 2)))
         );
         assert_eq!(kept.bytes_sent, 50, "final counts from the close");
         assert_eq!(kept.rates.history.len(), 1, "its history stays");
@@ -601,13 +601,13 @@ mod tests {
         model.update(read(&[(10, 3, 100, 7)], 2 * SEC));
         let mut accepted = socket(10, 3, 100);
         accepted.lport = 8080;
-        accepted.daddr = Ipv4Addr::new(127, 0, 0, 9);
+        accepted.set_daddr(Ipv4Addr::new(127, 0, 0, 9));
         accepted.origin = Origin::Accept;
         accepted.direction = crate::socket::Direction::In;
         let kept = model.apply(Change::Opened(accepted)).expect("kept").clone();
         assert_eq!(
-            (kept.lport, kept.daddr),
-            (8080, Ipv4Addr::new(127, 0, 0, 9))
+            (kept.lport, kept.daddr()),
+            (8080, IpAddr::from(Ipv4Addr::new(127, 0, 0, 9)))
         );
         assert_eq!((kept.origin, kept.bytes_sent), (Origin::Accept, 7));
         // A record older than the socket on that fd changes nothing.

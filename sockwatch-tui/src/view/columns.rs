@@ -1,7 +1,7 @@
 //! The table's columns, one line each: title, width, how the cell reads and how it sorts.
 //! Adding a column is adding a line here (e.g. `PROTO`: `text: |s| s.socket.proto.label()...`).
 
-use std::{borrow::Borrow, cmp::Ordering};
+use std::{borrow::Borrow, cmp::Ordering, net::IpAddr};
 
 use super::{
     format,
@@ -96,15 +96,19 @@ fn text(s: &str) -> SortKey {
     SortKey::Text(s.to_lowercase().into())
 }
 
-/// Names sort by name; bare addresses by their numeric value (zero-padded), then port.
+/// Names sort by name; bare addresses by their numeric value (zero-padded), IPv4 before
+/// IPv6, then port.
 fn destination_key(s: &Socket, context: &Context) -> SortKey {
     let port = s.dport;
     match context.host(s) {
         Some(host) => SortKey::Text(format!("{}:{port:05}", host.to_lowercase()).into()),
-        None => {
-            let [a, b, c, d] = s.daddr.octets();
-            SortKey::Text(format!("{a:03}.{b:03}.{c:03}.{d:03}:{port:05}").into())
-        }
+        None => match s.daddr() {
+            IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                SortKey::Text(format!("4 {a:03}.{b:03}.{c:03}.{d:03}:{port:05}").into())
+            }
+            IpAddr::V6(v6) => SortKey::Text(format!("6 {:032x}:{port:05}", u128::from(v6)).into()),
+        },
     }
 }
 

@@ -156,7 +156,7 @@ fn fields(
     let host = if !live.hosts.enabled() {
         "names are off (n turns them on)".to_owned()
     } else {
-        match live.hosts.status(s.daddr) {
+        match live.hosts.status(s.daddr()) {
             Some(HostName::Found(name)) => name.clone(),
             Some(HostName::Pending { .. }) => "looking up…".to_owned(),
             Some(HostName::Missing { .. }) => "no name".to_owned(),
@@ -344,7 +344,7 @@ fn tcp_fields(
     detail: Option<&TcpDetail>,
 ) -> Vec<(&'static str, String)> {
     let ms = |us: u64| format::micros(us);
-    let peer_window = h.snd_wnd.map_or_else(String::new, |w| {
+    let peer_window = h.snd_wnd.get().map_or_else(String::new, |w| {
         format!("  peer window {}", format::bytes(w.into()))
     });
     let mut fields = vec![(

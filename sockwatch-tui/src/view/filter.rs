@@ -31,7 +31,11 @@ enum Term {
 impl Term {
     fn parse(word: &str) -> Result<Self, String> {
         let lower = word.to_lowercase();
-        if let Some(port) = lower.strip_prefix(':') {
+        // `:443`, but not `::1` (an IPv6 address, plain text below).
+        if let Some(port) = lower
+            .strip_prefix(':')
+            .filter(|rest| !rest.starts_with(':'))
+        {
             return port_number(word, port).map(Self::Port);
         }
         if let Some((field, value)) = lower.split_once(':') {
@@ -54,7 +58,7 @@ impl Term {
                 "host" => return needs_value().map(Self::Host),
                 "ip" => return needs_value().map(Self::Ip),
                 "health" => return health_word(word, value).map(Self::Health),
-                // `127.0.0.1:8080` and the like: plain text.
+                // `127.0.0.1:8080`, `[::1]:8080`, `fe80::1` and the like: plain text.
                 _ => {}
             }
         }
@@ -73,14 +77,14 @@ impl Term {
             Self::Text(text) => {
                 s.comm.to_lowercase().contains(text.as_str())
                     || host().contains(text.as_str())
-                    || format!("{}:{}", s.daddr, s.dport).contains(text.as_str())
+                    || s.remote().contains(text.as_str())
             }
             Self::Number(n) => s.pid() == *n || u16::try_from(*n).is_ok_and(has_port),
             Self::Pid(pid) => s.pid() == *pid,
             Self::Port(port) => has_port(*port),
             Self::Comm(comm) => s.comm.to_lowercase().contains(comm.as_str()),
             Self::Host(name) => host().contains(name.as_str()),
-            Self::Ip(ip) => s.daddr.to_string().contains(ip.as_str()),
+            Self::Ip(ip) => s.daddr().to_string().contains(ip.as_str()),
             Self::Health(None) => s.mark.is_some_and(HealthMark::is_trouble),
             Self::Health(Some(word)) => s.mark.is_some_and(|mark| mark.word() == *word),
         }
@@ -268,6 +272,30 @@ mod tests {
             filter.problems(),
             ["health:slow: health is retrans, peer, app or idle"]
         );
+    }
+
+    /// IPv6 rows: a plain word matches `[address]:port`, `ip:` a prefix of the address, and
+    /// `::1` is an address, not a port.
+    #[test]
+    fn ipv6_addresses_are_matched_as_text_and_by_ip() {
+        let six = |pid, comm: &str, ip: &str, port| {
+            let ip: std::net::Ipv6Addr = ip.parse().unwrap();
+            (
+                Socket::new(SocketKey { pid, fd: 3 }, 1, ip, port, comm),
+                None,
+            )
+        };
+        let mut sockets = sample();
+        sockets.push(six(200, "node", "::1", 8080));
+        sockets.push(six(201, "java", "fd00::5", 9000));
+        let filter = Filter::new("::1");
+        assert!(filter.problems().is_empty(), "{:?}", filter.problems());
+        assert_eq!(shown("::1", &sockets), ["node"]);
+        assert_eq!(shown("[::1]:8080", &sockets), ["node"]);
+        assert_eq!(shown("ip:fd00:", &sockets), ["java"]);
+        assert_eq!(shown("ip:FD00::5", &sockets), ["java"]);
+        assert_eq!(shown(":8080", &sockets), ["curl", "node"]);
+        assert_eq!(shown("ip:127.0.0.1", &sockets), ["curl"]);
     }
 
     #[test]

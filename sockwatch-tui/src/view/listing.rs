@@ -19,7 +19,7 @@ pub struct Context<'a> {
 impl<'a> Context<'a> {
     /// The remote end's name, when names are on and it has one.
     pub fn host(&self, socket: &Socket) -> Option<&'a str> {
-        self.hosts.name(socket.daddr)
+        self.hosts.name(socket.daddr())
     }
 
     /// `host:port` when the name is known, `ip:port` otherwise.

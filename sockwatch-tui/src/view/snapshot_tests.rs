@@ -1,7 +1,7 @@
 //! Snapshot tests of whole frames at fixed sizes. Time is injected (a zero wall-clock offset
 //! and fixed kernel timestamps), so frames are deterministic without scrubbing.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ratatui::{
     backend::TestBackend,
@@ -33,7 +33,7 @@ const WEB: Ipv4Addr = Ipv4Addr::new(93, 184, 216, 34);
 
 /// A TCP socket connected at 10 s by thread pid + 1 (its `socket()` call was seen: the
 /// protocol is known).
-fn socket(pid: u32, fd: u32, comm: &str, addr: Ipv4Addr, port: u16) -> Socket {
+fn socket(pid: u32, fd: u32, comm: &str, addr: impl Into<IpAddr>, port: u16) -> Socket {
     let mut socket = Socket::new(SocketKey { pid, fd }, 10 * SEC, addr, port, comm);
     socket.tid = pid + 1;
     socket.proto = Proto::Tcp;
@@ -137,7 +137,7 @@ fn busy_model() -> Dashboard {
                 (WEB, None),
             ] {
                 dashboard.update(Message::Model(Action::HostName(Answer {
-                    addr,
+                    addr: addr.into(),
                     outcome: name.map_or(Outcome::NoName, |n| Outcome::Name(n.into())),
                 })));
             }
@@ -171,6 +171,31 @@ fn render(model: &Dashboard, width: u16, height: u16) -> String {
 #[test]
 fn dashboard_with_open_and_closed_sockets() {
     insta::assert_snapshot!(render(&busy_model(), 110, 20));
+}
+
+/// IPv6 rows beside an IPv4 one: `[address]:port`, compressed as RFC 5952 says; at 80 columns
+/// a long address gives way at its start and keeps its port.
+#[test]
+fn ipv6_rows_show_their_addresses_in_brackets() {
+    let mut dashboard = Dashboard::new(Model::new("socket"), ViewState::default());
+    let documentation = Ipv6Addr::new(0x2001, 0xdb8, 0x85a3, 0, 0, 0x8a2e, 0x370, 0x7334);
+    for (pid, fd, comm, addr, port) in [
+        (2100, 5, "node", IpAddr::V6(Ipv6Addr::LOCALHOST), 8080),
+        (2100, 6, "node", IpAddr::V6(documentation), 443),
+        (2200, 4, "curl", IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+    ] {
+        change(
+            &mut dashboard,
+            Change::Opened(socket(pid, fd, comm, addr, port)),
+        );
+    }
+    for width in [80, 160] {
+        act(&mut dashboard, &[ViewAction::Resize { width, height: 14 }]);
+        insta::assert_snapshot!(
+            format!("ipv6_rows_at_{width}_columns"),
+            render(&dashboard, width, 14)
+        );
+    }
 }
 
 #[test]

@@ -397,7 +397,7 @@ impl ViewState {
 
     /// Remote addresses of the open sockets in scope: the names worth looking up.
     /// `only`: of those sockets alone.
-    pub fn addresses(&self, live: &Model, only: Option<&[SocketId]>) -> Vec<std::net::Ipv4Addr> {
+    pub fn addresses(&self, live: &Model, only: Option<&[SocketId]>) -> Vec<std::net::IpAddr> {
         let open = &self.shown(live).open;
         let sockets: Box<dyn Iterator<Item = &Socket>> = match only {
             Some(ids) => Box::new(
@@ -408,7 +408,7 @@ impl ViewState {
         };
         sockets
             .filter(|s| self.scope.matches(s))
-            .map(|s| s.daddr)
+            .map(Socket::daddr)
             .collect()
     }
 

@@ -555,7 +555,7 @@ fn names_show_when_answered_and_the_key_turns_them_off() {
     let asked = model.model.hosts.take_requests();
     assert_eq!(asked.len(), 4);
     model.update(Message::Model(Action::HostName(Answer {
-        addr: Ipv4Addr::new(10, 0, 0, 5),
+        addr: Ipv4Addr::new(10, 0, 0, 5).into(),
         outcome: Outcome::Name("db.internal".into()),
     })));
     let name_of_psql = |model: &Dashboard| match visible(model).listing {
