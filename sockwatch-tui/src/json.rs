@@ -342,26 +342,20 @@ mod tests {
     #[test]
     fn records_say_the_family_of_the_remote_end() {
         let mut socket = endpoint();
-        socket.set_daddr("fd00:0:0::17".parse::<std::net::Ipv6Addr>().unwrap());
-        let value = line(&Record::failed(
-            &socket,
-            libc::ECONNREFUSED,
-            &WallClock::default(),
-        ));
-        assert_eq!(
-            (&value["daddr"], &value["family"]),
-            (&"fd00::17".into(), &6.into())
-        );
-        socket.set_daddr(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
-        let value = line(&Record::failed(
-            &socket,
-            libc::ECONNREFUSED,
-            &WallClock::default(),
-        ));
-        assert_eq!(
-            (&value["daddr"], &value["family"]),
-            (&"10.0.0.1".into(), &4.into())
-        );
+        let v6: std::net::Ipv6Addr = "fd00:0:0::17".parse().unwrap();
+        let mapped = Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped();
+        for (addr, text, family) in [(v6, "fd00::17", 6), (mapped, "10.0.0.1", 4)] {
+            socket.set_daddr(addr);
+            let value = line(&Record::failed(
+                &socket,
+                libc::ECONNREFUSED,
+                &WallClock::default(),
+            ));
+            assert_eq!(
+                (&value["daddr"], &value["family"]),
+                (&text.into(), &family.into())
+            );
+        }
     }
 
     #[test]

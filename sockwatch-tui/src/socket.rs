@@ -786,8 +786,8 @@ impl Socket {
         self.inode.map(|inode| u64::from(inode.get()))
     }
 
-    /// Sets its inode (0 is none).
-    /// (0 is none; sockfs inodes are 32-bit, so a larger number is no socket's and none too).
+    /// Sets its inode (0 is none; sockfs inodes are 32-bit: a larger number is no socket's, and
+    /// none too).
     pub fn set_inode(&mut self, inode: Option<u64>) {
         self.inode = inode
             .and_then(|inode| u32::try_from(inode).ok())
@@ -909,14 +909,15 @@ impl Socket {
     pub fn observe_tcp(&mut self, reading: TcpReading, now_ns: u64) {
         let health = reading.health;
         let before = self.tcp;
-        // Wrapping ms: only differences of a few seconds are taken from it.
-        let now_ms = (now_ns / 1_000_000) as u32;
+        // Wrapping ms: only differences of a few seconds are taken from it. Never 0, which
+        // stands for no rise (1 ms early once in 49 days).
+        let now_ms = ((now_ns / 1_000_000) as u32).max(1);
         let rose_ago_ms = now_ms.wrapping_sub(self.retrans_rose_ms);
         if self.retrans_rose_ms != 0 && u64::from(rose_ago_ms) * 1_000_000 >= RETRANS_MARK_NS {
             self.retrans_rose_ms = 0;
         }
         if before.is_some_and(|before| health.retrans > before.retrans) {
-            self.retrans_rose_ms = now_ms.max(1);
+            self.retrans_rose_ms = now_ms;
         }
         if reading.lport != 0 {
             self.lport = reading.lport;
@@ -998,6 +999,7 @@ mod tests {
         for window in [None, Some(0), Some(65_535), Some(1 << 30)] {
             assert_eq!(PeerWindow::from(window).get(), window);
         }
+        assert_eq!(PeerWindow::from(Some(u32::MAX)).get(), Some(u32::MAX - 1));
         assert_eq!(size_of::<Option<TcpHealth>>(), 36);
     }
 
@@ -1030,6 +1032,12 @@ mod tests {
         assert_eq!(s.mark, None, "5.001 s on");
         s.observe_tcp(reading(2), base + 7 * SEC);
         assert_eq!(s.mark, Some(HealthMark::Retransmitting), "a new rise");
+        // Readings 2^32 ms (49.7 days) apart would find an old rise "4 s ago": it was cleared
+        // at the reading that found it 5 s old.
+        s.observe_tcp(reading(2), base + 13 * SEC);
+        assert_eq!(s.mark, None);
+        s.observe_tcp(reading(2), base + 11 * SEC + (1 << 32) * 1_000_000);
+        assert_eq!(s.mark, None, "no rise since");
     }
 
     #[test]

@@ -96,8 +96,9 @@ fn text(s: &str) -> SortKey {
     SortKey::Text(s.to_lowercase().into())
 }
 
-/// Names sort by name; bare addresses by their numeric value (zero-padded), IPv4 before
-/// IPv6, then port.
+/// Names sort by name; bare addresses by their numeric value (zero-padded), then port: IPv4
+/// as ever (`010.000.000.001:00443`), IPv6 after it and before names (`[` + 32 hex digits
+/// sorts after digits and before lowercase letters).
 fn destination_key(s: &Socket, context: &Context) -> SortKey {
     let port = s.dport;
     match context.host(s) {
@@ -105,9 +106,9 @@ fn destination_key(s: &Socket, context: &Context) -> SortKey {
         None => match s.daddr() {
             IpAddr::V4(v4) => {
                 let [a, b, c, d] = v4.octets();
-                SortKey::Text(format!("4 {a:03}.{b:03}.{c:03}.{d:03}:{port:05}").into())
+                SortKey::Text(format!("{a:03}.{b:03}.{c:03}.{d:03}:{port:05}").into())
             }
-            IpAddr::V6(v6) => SortKey::Text(format!("6 {:032x}:{port:05}", u128::from(v6)).into()),
+            IpAddr::V6(v6) => SortKey::Text(format!("[{:032x}]:{port:05}", u128::from(v6)).into()),
         },
     }
 }
@@ -526,6 +527,45 @@ pub fn fitting<R>(columns: &[Column<R>], width: u16) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::dns::{Answer, HostNames, Outcome};
+    use crate::socket::SocketKey;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// Bare addresses by number, IPv4 first (as before IPv6 rows came), then names.
+    #[test]
+    fn destinations_sort_ipv4_then_ipv6_by_number_then_names() {
+        let mut hosts = HostNames::new(true);
+        let named = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
+        hosts.observe([named].into_iter(), 0);
+        let outcome = Outcome::Name("db.internal".into());
+        hosts.answer(
+            Answer {
+                addr: named,
+                outcome,
+            },
+            0,
+        );
+        let context = Context {
+            hosts: &hosts,
+            now_ns: 0,
+        };
+        let row = |addr: IpAddr, port| Socket::new(SocketKey { pid: 1, fd: 3 }, 0, addr, port, "x");
+        let in_order = [
+            row(Ipv4Addr::new(9, 0, 0, 1).into(), 80),
+            row(Ipv4Addr::new(10, 0, 0, 1).into(), 80),
+            row(Ipv4Addr::new(10, 0, 0, 1).into(), 443),
+            row(Ipv6Addr::LOCALHOST.into(), 8080),
+            row("fd00::1".parse::<Ipv6Addr>().unwrap().into(), 80),
+            row(named, 5432),
+        ];
+        let keys: Vec<_> = in_order
+            .iter()
+            .map(|s| destination_key(s, &context))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(sorted, keys);
+    }
 
     #[test]
     fn column_titles_are_unique_and_the_default_exists() {

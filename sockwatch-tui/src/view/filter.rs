@@ -2,11 +2,12 @@
 //! `--port` scope given on the command line.
 //!
 //! A filter is words separated by spaces; a socket is shown when it matches every word (so each
-//! word narrows). A plain word matches the process name, the host name or `ip:port` (case does
-//! not matter); a number matches the pid or a port exactly; `pid:`, `port:`, `comm:`, `host:`
-//! and `ip:` pin a word to one field, and `:443` means port 443; `health:` keeps sockets with a
-//! TCP trouble mark (`health:retrans`, `peer`, `app`, `idle`: that mark). A word that cannot mean
-//! anything (`pid:abc`) is ignored and reported, never an error.
+//! word narrows). A plain word matches the process name, the host name or `ip:port`
+//! (`[::1]:8080` for IPv6; case does not matter); a number matches the pid or a port exactly;
+//! `pid:`, `port:`, `comm:`, `host:` and `ip:` pin a word to one field, and `:443` means port
+//! 443 (`::1` is an address); `health:` keeps sockets with a TCP trouble mark (`health:retrans`,
+//! `peer`, `app`, `idle`: that mark). A word that cannot mean anything (`pid:abc`) is ignored
+//! and reported, never an error.
 
 use crate::socket::{HealthMark, Socket};
 
