@@ -2,8 +2,8 @@
 
 use aya_ebpf::helpers::bpf_probe_read_user;
 use sockwatch_common::{
-    flags, ipv4_mapped, same_address, CallKind, CloseHow, EventKind, InflightCall, SocketEvent,
-    SocketState, EINPROGRESS, IPPROTO_TCP, MAX_MMSG,
+    flags, CallKind, CloseHow, EventKind, InflightCall, SocketEvent, SocketState, EINPROGRESS,
+    IPPROTO_TCP, MAX_MMSG,
 };
 
 use crate::{
@@ -133,7 +133,7 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
     if let Some(sock) = TRACKED.get_ptr_mut(socket_key) {
         // SAFETY: a valid map value pointer; aligned fields, each read and stored whole.
         unsafe {
-            if same_address(&(*sock).daddr, &call.daddr)
+            if (*sock).daddr == call.daddr
                 && (*sock).dport == call.dport
                 && (*sock).flags & flags::PREEXISTING == 0
             {
@@ -200,7 +200,7 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
     let socket = new_socket(
         tid,
         fd,
-        ipv4_mapped(daddr),
+        daddr,
         dport,
         Some(SocketState::Established),
         IPPROTO_TCP,

@@ -4,7 +4,7 @@
 //! they cost nothing to calls that do not change a connection's state.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use sockwatch_common::{ClosedBy, EventKind, RecordFate, SocketEvent, TcpFate, EINPROGRESS};
+use sockwatch_common::{ClosedBy, EventKind, SocketEvent, TcpFate, EINPROGRESS};
 
 use crate::{
     identity::{ipv4_peer, local_port, sock_error},
@@ -169,7 +169,7 @@ pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
 /// # Safety
 /// `out` must point into a reserved ring buffer record.
 #[inline(always)]
-pub unsafe fn annotate(event: &SocketEvent, out: *mut RecordFate) {
+pub unsafe fn annotate(event: &SocketEvent, out: *mut TcpFate) {
     let sk = event.socket.sk;
     let close = event.kind == EventKind::Close as u32;
     let connect = event.kind == EventKind::Connect as u32;
@@ -191,5 +191,5 @@ pub unsafe fn annotate(event: &SocketEvent, out: *mut RecordFate) {
         }
     }
     // SAFETY: guaranteed by the caller.
-    unsafe { out.write(RecordFate::of(&fate)) };
+    unsafe { out.write(fate) };
 }

@@ -15,8 +15,8 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use sockwatch_common::{
-    flags, Counter, EventKind, EventRecord, HotCounts, RecordFate, SkBytes, SocketEvent, SocketKey,
-    SocketState, TrackedSocket, FD_UNKNOWN, IPPROTO_TCP,
+    flags, Counter, EventKind, EventRecord, HotCounts, SkBytes, SocketEvent, SocketKey,
+    SocketState, TcpFate, TrackedSocket, FD_UNKNOWN, IPPROTO_TCP,
 };
 
 use crate::{
@@ -255,7 +255,7 @@ fn emit_moved(sk: u64, to: SocketKey, from: SocketKey, bytes: *const SkBytes) {
     // `bytes` are valid map value pointers.
     unsafe {
         // A move has no fate to tell.
-        (*record).fate = RecordFate::default();
+        (*record).fate = TcpFate::default();
         let event = &raw mut (*record).event;
         core::ptr::copy_nonoverlapping(row, &raw mut (*event).socket, 1);
         (*event).kind = EventKind::Moved as u32;
@@ -318,7 +318,7 @@ pub fn accepted_socket(sk: u64, tid: u32) -> Option<TrackedSocket> {
         connect_ns: now_ns(),
         sk,
         ino: inode_of_sock(sk),
-        daddr: sockwatch_common::ipv4_mapped(daddr),
+        daddr,
         dport: u16::from_be(dport),
         lport: local_port(sk),
         tid,

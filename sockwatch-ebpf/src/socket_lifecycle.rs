@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SockAddrContext, SockContext},
 };
 use sockwatch_common::{
-    directions, flags, ipv4_mapped, same_address, CloseHow, EventKind, SocketEvent, SocketKey,
-    SocketState, TrackedSocket, EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
+    directions, flags, CloseHow, EventKind, SocketEvent, SocketKey, SocketState, TrackedSocket,
+    EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -107,10 +107,7 @@ fn connecting(daddr: u32, port: u32, proto: u32, pointer: u64) {
     if let Some(bytes) = unsafe { SK_BYTES.get(sk) }.copied() {
         // SAFETY: copied out at once.
         let row = unsafe { TRACKED.get(bytes.key) }.copied();
-        let same = |row: &TrackedSocket| {
-            row.sk == sk && same_address(&row.daddr, &ipv4_mapped(daddr)) && row.dport == dport
-        };
-        if row.as_ref().is_some_and(same) {
+        if row.is_some_and(|row| row.sk == sk && row.daddr == daddr && row.dport == dport) {
             return;
         }
         released(sk, Letting::Close);
@@ -140,7 +137,7 @@ fn track_connect(sk: u64, daddr: u32, dport: u16, proto: u32) {
         connect_ns: now_ns(),
         sk,
         ino,
-        daddr: ipv4_mapped(daddr),
+        daddr,
         dport,
         lport: local_port(sk),
         tid: pid_tgid as u32,

@@ -86,10 +86,9 @@ pub fn call(kind: CallKind, fd: u32, ptr: u64, arg: u64) -> InflightCall {
     InflightCall {
         kind: kind as u32,
         fd,
-        daddr: [0; 4],
+        daddr: 0,
         dport: 0,
         _pad0: 0,
-        _pad1: 0,
         ptr,
         arg,
     }
@@ -150,7 +149,7 @@ pub fn note_process(pid: u32) {
 pub fn new_socket(
     tid: u32,
     fd: u32,
-    daddr: [u32; 4],
+    daddr: u32,
     dport: u16,
     state: Option<SocketState>,
     proto: u32,
@@ -173,7 +172,6 @@ pub fn new_socket(
         },
         proto,
         flags,
-        _pad0: 0,
         comm: comm(),
     }
 }
