@@ -544,7 +544,7 @@ impl ClosedBy {
 /// What the kernel's TCP told of a socket's start and end, by `struct sock *` (the `SK_FATE`
 /// map): made when a TCP socket starts connecting or is accepted while sockwatch runs, tracked
 /// or not (an LRU map: knowing whether it is tracked would cost a lookup at each change),
-/// updated as it ends, told in its connect and close records ([`RecordFate`]).
+/// updated as it ends, copied into its connect and close records.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpFate {
