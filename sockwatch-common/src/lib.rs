@@ -384,8 +384,9 @@ pub struct TrackedSocket {
     /// The socket's inode number, as `/proc/PID/fd` (`socket:[N]`) and `ss -e` show it: its
     /// identity for users. 0 when not known.
     pub ino: u64,
-    /// Destination (for inbound sockets: peer) IPv4 address, network byte order.
-    pub daddr: u32,
+    /// Destination (for inbound sockets: peer) address, as `struct in6_addr` holds it (network
+    /// byte order): an IPv4 one IPv4-mapped ([`ipv4_mapped`]).
+    pub daddr: [u32; 4],
     /// Destination port, host byte order.
     pub dport: u16,
     /// Local port, host byte order; 0 when the kernel side does not know it.
@@ -398,7 +399,22 @@ pub struct TrackedSocket {
     pub proto: u32,
     /// [`flags`] bits.
     pub flags: u32,
+    pub _pad0: u32,
     pub comm: [u8; COMM_LEN],
+}
+
+/// IPv4 address `addr` (network byte order) as the IPv4-mapped IPv6 one (`::ffff:a.b.c.d`),
+/// in `struct in6_addr`'s words: how the shared records hold an IPv4 address.
+#[inline(always)]
+pub const fn ipv4_mapped(addr: u32) -> [u32; 4] {
+    [0, 0, u32::to_be(0xffff), addr]
+}
+
+/// Whether two addresses are the same, word by word (an array `==` may become a `memcmp`
+/// call, which the BPF target has not).
+#[inline(always)]
+pub fn same_address(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
 }
 
 /// What a thread is in the middle of: the value of the `INFLIGHT` map, written at syscall
@@ -409,10 +425,11 @@ pub struct InflightCall {
     /// A [`CallKind`] value: the exit handler acts on it.
     pub kind: u32,
     pub fd: u32,
-    /// For connect: destination address (network order) and port (host order).
-    pub daddr: u32,
+    /// For connect: destination address (as [`TrackedSocket::daddr`]) and port (host order).
+    pub daddr: [u32; 4],
     pub dport: u16,
     pub _pad0: u16,
+    pub _pad1: u32,
     /// A user pointer kept for the exit: the `mmsghdr` vector, the accept address buffer; for
     /// close and dup2, the closed socket's `struct sock *`.
     pub ptr: u64,
@@ -558,6 +575,57 @@ pub struct TcpFate {
     pub error: u32,
 }
 
+/// What a record tells of its socket's [`TcpFate`] (for a connect or a close): what user space
+/// shows of it, in 8 bytes rather than the 24 the kernel keeps to work it out (a record of a
+/// storm's 100,000 sockets is one of many waiting in the ring).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordFate {
+    /// How long its handshake took (SYN sent to established or failed), in µs;
+    /// [`RecordFate::NO_CONNECT_US`] when not seen.
+    pub connect_us: u32,
+    /// A [`ClosedBy`] value.
+    pub closed_by: u16,
+    /// The errno that ended it (a failed handshake, a reset, a timeout); 0 otherwise (errnos
+    /// are below 4096).
+    pub error: u16,
+}
+
+impl RecordFate {
+    pub const NO_CONNECT_US: u32 = u32::MAX;
+
+    /// What a record tells of `fate`.
+    #[inline(always)]
+    pub fn of(fate: &TcpFate) -> Self {
+        let connect_us = if fate.syn_ns != 0 && fate.handshake_ns >= fate.syn_ns {
+            let us = (fate.handshake_ns - fate.syn_ns) / 1000;
+            if us >= Self::NO_CONNECT_US as u64 {
+                Self::NO_CONNECT_US - 1
+            } else {
+                us as u32
+            }
+        } else {
+            Self::NO_CONNECT_US
+        };
+        Self {
+            connect_us,
+            closed_by: fate.closed_by as u16,
+            error: fate.error as u16,
+        }
+    }
+}
+
+impl Default for RecordFate {
+    /// No fate: not followed, no handshake seen.
+    fn default() -> Self {
+        Self {
+            connect_us: Self::NO_CONNECT_US,
+            closed_by: ClosedBy::Unknown as u16,
+            error: 0,
+        }
+    }
+}
+
 /// One record in the `EVENTS` ring buffer: the event, and for a connect or a close the TCP
 /// fate of its socket, written by `emit` straight into the ring buffer (never on a program's
 /// stack, where every byte counts).
@@ -565,7 +633,7 @@ pub struct TcpFate {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventRecord {
     pub event: SocketEvent,
-    pub fate: TcpFate,
+    pub fate: RecordFate,
 }
 
 /// One event: what happened (`kind`, by whom, when) to which
@@ -643,6 +711,7 @@ mod pod {
     unsafe impl aya::Pod for super::SocketEvent {}
     unsafe impl aya::Pod for super::TcpFate {}
     unsafe impl aya::Pod for super::EventRecord {}
+    unsafe impl aya::Pod for super::RecordFate {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::SkBytes {}
     // SAFETY: as above.
@@ -652,10 +721,12 @@ mod pod {
 // Layout checks: the kernel and user space must agree byte for byte.
 const _: () = {
     assert!(core::mem::size_of::<SocketKey>() == 8);
-    assert!(core::mem::size_of::<TrackedSocket>() == 80);
-    assert!(core::mem::size_of::<InflightCall>() == 32);
-    assert!(core::mem::size_of::<SocketEvent>() == 112);
+    assert!(core::mem::size_of::<TrackedSocket>() == 96);
+    assert!(core::mem::size_of::<InflightCall>() == 48);
+    assert!(core::mem::size_of::<SocketEvent>() == 128);
     assert!(core::mem::size_of::<TcpFate>() == 24);
+    assert!(core::mem::size_of::<RecordFate>() == 8);
+    // No larger than before addresses took 16 bytes: a storm's records fill the ring no sooner.
     assert!(core::mem::size_of::<EventRecord>() == 136);
     assert!(core::mem::size_of::<KernelOffsets>() == 92);
     assert!(core::mem::size_of::<SkBytes>() == 48);

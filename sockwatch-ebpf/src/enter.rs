@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::bpf_probe_read_user;
 use sockwatch_common::{
-    directions, CallKind, InflightCall, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+    directions, ipv4_mapped, CallKind, InflightCall, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -96,7 +96,7 @@ pub fn connect(args: &impl SyscallArgs) {
     stash(
         pid_tgid,
         InflightCall {
-            daddr,
+            daddr: ipv4_mapped(daddr),
             dport: u16::from_be(dport),
             ..call(CallKind::Connect, fd as u32, 0, 0)
         },

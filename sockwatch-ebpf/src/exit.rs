@@ -2,8 +2,8 @@
 
 use aya_ebpf::helpers::bpf_probe_read_user;
 use sockwatch_common::{
-    flags, CallKind, CloseHow, EventKind, InflightCall, SocketEvent, SocketState, EINPROGRESS,
-    IPPROTO_TCP, MAX_MMSG,
+    flags, ipv4_mapped, same_address, CallKind, CloseHow, EventKind, InflightCall, SocketState,
+    EINPROGRESS, IPPROTO_TCP, MAX_MMSG,
 };
 
 use crate::{
@@ -11,8 +11,8 @@ use crate::{
     identity::socket_of,
     maps::{pid_in_scope, ports_in_scope, NEW_SOCKETS, SK_FATE, TRACKED},
     state::{
-        atomic_add, current, emit, key, new_socket, opened, process_event, take_inflight, track,
-        untrack,
+        atomic_add, current, emit, emit_process, key, new_socket, take_inflight, track, untrack,
+        Head,
     },
 };
 
@@ -70,13 +70,7 @@ pub fn syscall_exit(ret: i64, expected: CallKind) {
         }
         CallKind::CloseRange if ret == 0 && (call.arg >> 32) & CLOSE_RANGE_CLOEXEC == 0 => {
             let last = call.arg as u32;
-            emit(&process_event(
-                EventKind::CloseRange,
-                pid,
-                tid,
-                call.fd,
-                last,
-            ));
+            emit_process(EventKind::CloseRange, pid, tid, call.fd, last);
         }
         _ => {}
     }
@@ -133,7 +127,7 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
     if let Some(sock) = TRACKED.get_ptr_mut(socket_key) {
         // SAFETY: a valid map value pointer; aligned fields, each read and stored whole.
         unsafe {
-            if (*sock).daddr == call.daddr
+            if same_address(&(*sock).daddr, &call.daddr)
                 && (*sock).dport == call.dport
                 && (*sock).flags & flags::PREEXISTING == 0
             {
@@ -157,27 +151,20 @@ fn connected(call: &InflightCall, ret: i64, pid: u32, tid: u32) {
     if !pid_in_scope(pid) {
         return;
     }
-    // Built once, in place: the map entry is the event's own socket record.
-    let event = SocketEvent {
-        result: ret as i32,
-        ..opened(
-            EventKind::Connect,
-            socket_key,
-            new_socket(tid, call.fd, call.daddr, call.dport, state, proto, 0),
-        )
-    };
-    if !ports_in_scope(event.socket.dport, event.socket.lport) {
+    // Built once: the map entry and the event's record are copies of it.
+    let socket = new_socket(tid, call.fd, call.daddr, call.dport, state, proto, 0);
+    if !ports_in_scope(socket.dport, socket.lport) {
         // A socket tracked before (a UDP socket connected again, to a port out of scope)
         // ends here: what it moves from now on is not its row's.
-        let socket = &event.socket;
         untrack(pid, call.fd, tid, CloseHow::Close, (socket.sk, socket.ino));
         return;
     }
     if state.is_some() {
         let _ = NEW_SOCKETS.remove(socket_key);
-        track(pid, call.fd, &event.socket);
+        track(pid, call.fd, &socket);
     }
-    emit(&event);
+    let head = Head::opened(EventKind::Connect, socket_key, &socket).result(ret as i32);
+    emit(head, &socket);
 }
 
 fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
@@ -200,7 +187,7 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
     let socket = new_socket(
         tid,
         fd,
-        daddr,
+        ipv4_mapped(daddr),
         dport,
         Some(SocketState::Established),
         IPPROTO_TCP,
@@ -209,10 +196,7 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
     if !ports_in_scope(socket.dport, socket.lport) {
         return;
     }
-    let event = SocketEvent {
-        arg: call.fd,
-        ..opened(EventKind::Accept, key(pid, fd), socket)
-    };
-    track(pid, fd, &event.socket);
-    emit(&event);
+    track(pid, fd, &socket);
+    let head = Head::opened(EventKind::Accept, key(pid, fd), &socket).arg(call.fd);
+    emit(head, &socket);
 }

@@ -4,7 +4,7 @@
 //! they cost nothing to calls that do not change a connection's state.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use sockwatch_common::{ClosedBy, EventKind, SocketEvent, TcpFate, EINPROGRESS};
+use sockwatch_common::{ClosedBy, EventKind, RecordFate, TcpFate, EINPROGRESS};
 
 use crate::{
     identity::{ipv4_peer, local_port, sock_error},
@@ -162,17 +162,17 @@ pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Writes the fate of `event`'s socket into its ring buffer record (`out`): for a connect,
-/// how the handshake went; for a close, also who ended it. The entry goes once reported for
+/// Writes the fate of socket `sk` into the ring buffer record (`out`) of an event of `kind`
+/// (`result`: a connect's return value): for a connect, how the handshake went; for a close,
+/// also who ended it. The entry goes once reported for
 /// good (a close, a failed connect).
 ///
 /// # Safety
 /// `out` must point into a reserved ring buffer record.
 #[inline(always)]
-pub unsafe fn annotate(event: &SocketEvent, out: *mut TcpFate) {
-    let sk = event.socket.sk;
-    let close = event.kind == EventKind::Close as u32;
-    let connect = event.kind == EventKind::Connect as u32;
+pub unsafe fn annotate(kind: EventKind, result: i32, sk: u64, out: *mut RecordFate) {
+    let close = kind as u32 == EventKind::Close as u32;
+    let connect = kind as u32 == EventKind::Connect as u32;
     let mut fate = TcpFate::default();
     if sk != 0 && (close || connect) {
         // SAFETY: copied out at once.
@@ -182,8 +182,8 @@ pub unsafe fn annotate(event: &SocketEvent, out: *mut TcpFate) {
             // further). One reported in progress whose handshake has already failed is still
             // tracked: its close reports the failure.
             let failed = connect
-                && event.result < 0
-                && event.result != -EINPROGRESS
+                && result < 0
+                && result != -EINPROGRESS
                 && fate.closed_by == ClosedBy::Failed as u32;
             if close || failed {
                 let _ = SK_FATE.remove(sk);
@@ -191,5 +191,5 @@ pub unsafe fn annotate(event: &SocketEvent, out: *mut TcpFate) {
         }
     }
     // SAFETY: guaranteed by the caller.
-    unsafe { out.write(fate) };
+    unsafe { out.write(RecordFate::of(&fate)) };
 }

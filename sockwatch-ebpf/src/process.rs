@@ -8,7 +8,7 @@ use sockwatch_common::EventKind;
 use crate::{
     identity::files_and_mm_of,
     maps::{count_by_socket, EXECS, FORKED, PROCS},
-    state::{current, emit, has_tracked_sockets, now_ns, process_event},
+    state::{current, emit_process, has_tracked_sockets, now_ns},
 };
 
 /// `execve`/`execveat` returned: a successful exec has closed the close-on-exec fds.
@@ -17,7 +17,7 @@ pub fn exec_exit(ret: i64) {
     if ret != 0 || !has_tracked_sockets(pid) {
         return;
     }
-    emit(&process_event(EventKind::Exec, pid, pid_tgid as u32, 0, 0));
+    emit_process(EventKind::Exec, pid, pid_tgid as u32, 0, 0);
 }
 
 /// `sched:sched_process_exit` for the thread-group leader: the process is going away. On the
@@ -34,13 +34,7 @@ pub fn process_exit() {
     if count_by_socket() && !forked {
         return;
     }
-    emit(&process_event(
-        EventKind::ProcessExit,
-        pid,
-        pid,
-        0,
-        u32::from(forked),
-    ));
+    emit_process(EventKind::ProcessExit, pid, pid, 0, u32::from(forked));
 }
 
 /// `sched:sched_process_fork` (`TP_PROTO(struct task_struct *parent, struct task_struct
@@ -68,7 +62,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
     }
-    emit(&process_event(EventKind::Fork, pid, pid_tgid as u32, 0, 0));
+    emit_process(EventKind::Fork, pid, pid_tgid as u32, 0, 0);
     0
 }
 

@@ -15,8 +15,8 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use sockwatch_common::{
-    flags, Counter, EventKind, EventRecord, HotCounts, SkBytes, SocketEvent, SocketKey,
-    SocketState, TcpFate, TrackedSocket, FD_UNKNOWN, IPPROTO_TCP,
+    flags, Counter, EventKind, HotCounts, SkBytes, SocketKey, SocketState, TrackedSocket,
+    FD_UNKNOWN, IPPROTO_TCP,
 };
 
 use crate::{
@@ -25,11 +25,8 @@ use crate::{
         current_files, current_is_user, fd_of_sock, file_of_sock, holds, inode_of_sock, ipv4_peer,
         local_port,
     },
-    maps::{
-        bump, pid_in_scope, submit_flags, ACCEPTED, ADOPTED, ADOPTED_PENDING, EVENTS, SK_BYTES,
-        SK_FATE, TRACKED,
-    },
-    state::{comm, current, emit, key, note_process, now_ns, opened},
+    maps::{bump, pid_in_scope, ACCEPTED, ADOPTED, ADOPTED_PENDING, SK_BYTES, SK_FATE, TRACKED},
+    state::{comm, current, emit, key, note_process, now_ns, Draft, Head},
 };
 
 /// `MSG_PEEK`: a receive that leaves the data queued moved nothing.
@@ -125,15 +122,15 @@ pub fn report_udp_connect(sk: u64, key: SocketKey) {
         return;
     };
     let lport = local_port(sk);
-    // SAFETY: a valid map value pointer; aligned fields read and stored whole.
-    let socket = unsafe {
+    // SAFETY: a valid map value pointer; aligned fields read and stored whole; the record goes
+    // from the map straight into the ring.
+    unsafe {
         if (*row).sk != sk {
             return;
         }
         core::ptr::write_volatile(&raw mut (*row).lport, lport);
-        *row
-    };
-    emit(&opened(EventKind::Connect, key, socket));
+        emit(Head::opened(EventKind::Connect, key, &*row), row);
+    }
 }
 
 /// An fd key for a socket whose fd is not known: unique per socket within a process (see
@@ -170,7 +167,7 @@ pub fn track_socket(
         bump(Counter::TrackedFull);
         return None;
     }
-    if TRACKED.insert(key, *socket, 0).is_err() {
+    if TRACKED.insert(key, socket, 0).is_err() {
         bump(Counter::TrackedFull);
         let _ = SK_BYTES.remove(socket.sk);
         // The slot an older socket at this address may have left.
@@ -238,37 +235,24 @@ fn make_room(key: SocketKey, sk: u64) {
 }
 
 /// Reports the row of socket `sk` now at `to` (moved from `from`) with its counts (`bytes`:
-/// its `SK_BYTES` value), copied from the map straight into the ring buffer: on 6.12 a program
-/// and the subprograms it calls share 512 bytes of stack, and an event built on it would not
-/// fit.
+/// its `SK_BYTES` value), copied from the map straight into the ring buffer.
 #[inline(always)]
 fn emit_moved(sk: u64, to: SocketKey, from: SocketKey, bytes: *const SkBytes) {
     let Some(row) = TRACKED.get_ptr(to) else {
         return;
     };
-    let Some(mut slot) = EVENTS.reserve::<EventRecord>(0) else {
-        bump(Counter::RingbufDrops);
+    let head = Head::now(EventKind::Moved, to, current().0 as u32)
+        .arg(from.pid)
+        .result(from.fd as i32);
+    let Some(mut draft) = Draft::new(head, row) else {
         return;
     };
-    let record = slot.as_mut_ptr();
-    // SAFETY: `record` is the reserved slot, written whole before it is submitted; `row` and
-    // `bytes` are valid map value pointers.
+    let socket = draft.socket();
+    // SAFETY: the record's socket in our reserved slot; `bytes` is a valid map value pointer.
     unsafe {
-        // A move has no fate to tell.
-        (*record).fate = TcpFate::default();
-        let event = &raw mut (*record).event;
-        core::ptr::copy_nonoverlapping(row, &raw mut (*event).socket, 1);
-        (*event).kind = EventKind::Moved as u32;
-        (*event).tid = current().0 as u32;
-        (*event).key = to;
-        (*event).ts_ns = now_ns();
-        (*event).arg = from.pid;
-        (*event).result = from.fd as i32;
-        let (sent, recv) = hot::counts(sk, &*bytes);
-        (*event).socket.bytes_sent = sent;
-        (*event).socket.bytes_recv = recv;
+        ((*socket).bytes_sent, (*socket).bytes_recv) = hot::counts(sk, &*bytes);
     }
-    slot.submit(submit_flags());
+    draft.send();
 }
 
 /// The first use of a socket without counters: one found open at start, or one accepted.
@@ -302,10 +286,10 @@ fn accepted(sk: u64) -> Option<*mut SkBytes> {
     let fd = fd_of_sock(sk).unwrap_or_else(|| unknown_fd(socket.ino));
     let at = key(current().1, fd);
     let bytes = track_socket(at, &socket, 0)?;
-    emit(&SocketEvent {
-        arg: NO_LISTENER,
-        ..opened(EventKind::Accept, at, socket)
-    });
+    emit(
+        Head::opened(EventKind::Accept, at, &socket).arg(NO_LISTENER),
+        &socket,
+    );
     Some(bytes)
 }
 
@@ -318,7 +302,7 @@ pub fn accepted_socket(sk: u64, tid: u32) -> Option<TrackedSocket> {
         connect_ns: now_ns(),
         sk,
         ino: inode_of_sock(sk),
-        daddr,
+        daddr: sockwatch_common::ipv4_mapped(daddr),
         dport: u16::from_be(dport),
         lport: local_port(sk),
         tid,

@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SockAddrContext, SockContext},
 };
 use sockwatch_common::{
-    directions, flags, CloseHow, EventKind, SocketEvent, SocketKey, SocketState, TrackedSocket,
-    EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
+    directions, flags, ipv4_mapped, same_address, CloseHow, EventKind, SocketKey, SocketState,
+    TrackedSocket, EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -37,7 +37,7 @@ use crate::{
         ADOPTED_PENDING, SK_BYTES, SK_FATE, TRACKED,
     },
     socket_layer::{accepted_socket, report_udp_connect, track_socket, unknown_fd, NO_LISTENER},
-    state::{comm, current, emit, key, now_ns, opened},
+    state::{comm, current, emit, key, now_ns, Draft, Head},
 };
 
 /// Allow the call: a cgroup program's verdict.
@@ -105,9 +105,15 @@ fn connecting(daddr: u32, port: u32, proto: u32, pointer: u64) {
     // starts another.
     // SAFETY: copied out at once.
     if let Some(bytes) = unsafe { SK_BYTES.get(sk) }.copied() {
-        // SAFETY: copied out at once.
-        let row = unsafe { TRACKED.get(bytes.key) }.copied();
-        if row.is_some_and(|row| row.sk == sk && row.daddr == daddr && row.dport == dport) {
+        let same = TRACKED.get_ptr(bytes.key).is_some_and(|row| {
+            // SAFETY: a valid map value pointer; fields read whole.
+            unsafe {
+                (*row).sk == sk
+                    && same_address(&(*row).daddr, &ipv4_mapped(daddr))
+                    && (*row).dport == dport
+            }
+        });
+        if same {
             return;
         }
         released(sk, Letting::Close);
@@ -137,7 +143,7 @@ fn track_connect(sk: u64, daddr: u32, dport: u16, proto: u32) {
         connect_ns: now_ns(),
         sk,
         ino,
-        daddr,
+        daddr: ipv4_mapped(daddr),
         dport,
         lport: local_port(sk),
         tid: pid_tgid as u32,
@@ -186,13 +192,13 @@ fn handshake_ended(sk: u64, established: bool) {
         return;
     };
     // SAFETY: a valid map value pointer; aligned fields read and stored whole.
-    let mut socket = unsafe { *row };
-    if socket.sk != sk || socket.state != SocketState::Connecting as u32 {
+    let (row_sk, state, dport) = unsafe { ((*row).sk, (*row).state, (*row).dport) };
+    if row_sk != sk || state != SocketState::Connecting as u32 {
         return;
     }
-    socket.lport = local_port(sk);
+    let lport = local_port(sk);
     // Its local port bound now: out of `--port` after all, it stops being tracked, unreported.
-    if !ports_in_scope(socket.dport, socket.lport) {
+    if !ports_in_scope(dport, lport) {
         if SK_BYTES.remove(sk).is_ok() {
             hot::free(sk, &bytes);
             let _ = TRACKED.remove(bytes.key);
@@ -200,37 +206,47 @@ fn handshake_ended(sk: u64, established: bool) {
         }
         return;
     }
-    let result = if established {
+    // SAFETY: as above.
+    let head = Head::opened(EventKind::Connect, bytes.key, unsafe { &*row });
+    if established {
         // SAFETY: as above.
         unsafe {
-            core::ptr::write_volatile(&raw mut (*row).lport, socket.lport);
+            core::ptr::write_volatile(&raw mut (*row).lport, lport);
             core::ptr::write_volatile(&raw mut (*row).state, SocketState::Established as u32);
         }
-        if non_blocking(sk) {
-            -EINPROGRESS
+        // The record tells what the connect() returned; the row is established from now on.
+        let (result, state) = if non_blocking(sk) {
+            (-EINPROGRESS, SocketState::Connecting)
         } else {
-            socket.state = SocketState::Established as u32;
-            0
+            (0, SocketState::Established)
+        };
+        if let Some(mut draft) = Draft::new(head.result(result), row) {
+            // SAFETY: the record's socket in our reserved slot.
+            unsafe { (*draft.socket()).state = state as u32 };
+            draft.send();
         }
-    } else if non_blocking(sk) || sock_error(sk) == 0 {
+        return;
+    }
+    if non_blocking(sk) || sock_error(sk) == 0 {
         // The connect returned EINPROGRESS and the failure is the application's to find out;
         // or, without an error, this end gave up on it (closed or disconnected it while it
         // was connecting). The row stays, still connecting, and its release reports how it
         // ended (`fate`).
         return;
-    } else {
-        if SK_BYTES.remove(sk).is_err() {
-            return;
+    }
+    if SK_BYTES.remove(sk).is_err() {
+        return;
+    }
+    hot::free(sk, &bytes);
+    if let Some(mut draft) = Draft::removing(head.result(-sock_error(sk)), bytes.key, row) {
+        let socket = draft.socket();
+        // SAFETY: the record's socket in our reserved slot.
+        unsafe {
+            (*socket).lport = lport;
+            (*socket).state = 0;
         }
-        hot::free(sk, &bytes);
-        let _ = TRACKED.remove(bytes.key);
-        socket.state = 0;
-        -sock_error(sk)
-    };
-    emit(&SocketEvent {
-        result,
-        ..opened(EventKind::Connect, bytes.key, socket)
-    });
+        draft.send();
+    }
 }
 
 /// An inbound TCP handshake completed: the socket waits in its listener's queue for an
@@ -277,40 +293,51 @@ fn released(sk: u64, how: Letting) {
     if bytes.unreported != 0 {
         report_udp_connect(sk, key);
     }
-    // SAFETY: copied out at once.
-    let mut socket = match unsafe { TRACKED.get(key) }.copied() {
-        Some(row) if row.sk == sk => {
-            let _ = TRACKED.remove(key);
+    let head = closing(key, how);
+    let draft = match TRACKED.get_ptr(key) {
+        // SAFETY: a valid map value pointer; fields read whole.
+        Some(row) if unsafe { (*row).sk } == sk => {
             // Closed before its handshake ended: its connect is still under way.
-            if row.state == SocketState::Connecting as u32 {
-                emit(&SocketEvent {
-                    result: -EINPROGRESS,
-                    ..opened(EventKind::Connect, key, row)
-                });
+            // SAFETY: as above.
+            if unsafe { (*row).state } == SocketState::Connecting as u32 {
+                // SAFETY: as above.
+                let opened = Head::opened(EventKind::Connect, key, unsafe { &*row });
+                emit(opened.result(-EINPROGRESS), row);
             }
-            row
+            Draft::removing(head, key, row)
         }
         // User space moved its row (or a newer socket took its fd first): it finds the row by
         // the socket's inode.
-        _ => TrackedSocket {
-            sk,
-            ino: bytes.ino,
-            flags: flags::REPLACED,
-            ..TrackedSocket::default()
-        },
+        _ => {
+            let socket = TrackedSocket {
+                sk,
+                ino: bytes.ino,
+                flags: flags::REPLACED,
+                ..TrackedSocket::default()
+            };
+            Draft::new(head, &socket)
+        }
     };
-    (socket.bytes_sent, socket.bytes_recv) = hot::free(sk, &bytes);
+    let counts = hot::free(sk, &bytes);
+    let Some(mut draft) = draft else {
+        return;
+    };
     let port = local_port(sk);
-    if port != 0 {
-        socket.lport = port;
+    let socket = draft.socket();
+    // SAFETY: the record's socket in our reserved slot.
+    unsafe {
+        ((*socket).bytes_sent, (*socket).bytes_recv) = counts;
+        if port != 0 {
+            (*socket).lport = port;
+        }
     }
-    emit(&closed(key, socket, how));
+    draft.send();
 }
 
-/// The close record of `socket` at `key`, made by the calling task (no thread when a kernel
-/// thread released it).
+/// The head of the close record of the socket at `key`, made by the calling task (no thread
+/// when a kernel thread released it).
 #[inline(always)]
-fn closed(key: SocketKey, socket: TrackedSocket, how: Letting) -> SocketEvent {
+fn closing(key: SocketKey, how: Letting) -> Head {
     let tid = if current_is_user() {
         current().0 as u32
     } else {
@@ -321,10 +348,7 @@ fn closed(key: SocketKey, socket: TrackedSocket, how: Letting) -> SocketEvent {
         Letting::Exec => CloseHow::Exec,
         Letting::Close => CloseHow::Close,
     };
-    SocketEvent {
-        arg: how as u32,
-        ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
-    }
+    Head::now(EventKind::Close, key, tid).arg(how as u32)
 }
 
 /// A socket released without ever being counted: one accepted and closed before any use, or
@@ -346,11 +370,11 @@ fn never_used(sk: u64, how: Letting) {
             return;
         }
         let at = key(pid, unknown_fd(socket.ino));
-        emit(&SocketEvent {
-            arg: NO_LISTENER,
-            ..opened(EventKind::Accept, at, socket)
-        });
-        emit(&closed(at, socket, how));
+        emit(
+            Head::opened(EventKind::Accept, at, &socket).arg(NO_LISTENER),
+            &socket,
+        );
+        emit(closing(at, how), &socket);
         return;
     }
     if ADOPTED_PENDING.get(0).is_none_or(|pending| *pending == 0) {
@@ -362,13 +386,14 @@ fn never_used(sk: u64, how: Letting) {
         return;
     };
     let _ = ADOPTED.remove(inode);
-    // SAFETY: copied out at once.
-    let Some(socket) = unsafe { TRACKED.get(at) }
-        .copied()
-        .filter(|s| s.ino == inode)
-    else {
+    let Some(row) = TRACKED.get_ptr(at) else {
         return;
     };
-    let _ = TRACKED.remove(at);
-    emit(&closed(at, socket, how));
+    // SAFETY: a valid map value pointer; a field read whole.
+    if unsafe { (*row).ino } != inode {
+        return;
+    }
+    if let Some(draft) = Draft::removing(closing(at, how), at, row) {
+        draft.send();
+    }
 }

@@ -1,10 +1,13 @@
 //! Shared building blocks: the current socket key, the in-flight stash, tracking, events.
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    maps::ring_buf::RingBufEntry,
+};
 use sockwatch_common::{
     flags::{PARTIAL, REPLACED},
-    CallKind, CloseHow, Counter, EventKind, EventRecord, InflightCall, SocketEvent, SocketKey,
-    SocketState, TrackedSocket, COMM_LEN,
+    CallKind, CloseHow, Counter, EventKind, EventRecord, InflightCall, SocketKey, SocketState,
+    TrackedSocket, COMM_LEN,
 };
 
 use crate::{
@@ -86,9 +89,10 @@ pub fn call(kind: CallKind, fd: u32, ptr: u64, arg: u64) -> InflightCall {
     InflightCall {
         kind: kind as u32,
         fd,
-        daddr: 0,
+        daddr: [0; 4],
         dport: 0,
         _pad0: 0,
+        _pad1: 0,
         ptr,
         arg,
     }
@@ -117,16 +121,22 @@ pub fn take_inflight(pid_tgid: u64, expected: CallKind) -> Option<InflightCall> 
 /// restart from zero.
 #[inline(always)]
 pub fn track(pid: u32, fd: u32, socket: &TrackedSocket) {
+    let at = key(pid, fd);
     // The number's previous socket is still here: its close freed the number, another thread
     // got it, and that close's exit has not run yet. It ends now, with its counts, rather than
     // be overwritten (its close's exit then finds this entry, not its own).
-    // SAFETY: copied out at once.
-    if let Some(old) = unsafe { TRACKED.get(key(pid, fd)) }.copied() {
-        if old.ino != 0 && socket.ino != 0 && old.ino != socket.ino {
-            end_entry(key(pid, fd), old, old.tid, CloseHow::Close);
+    if let Some(old) = TRACKED.get_ptr(at) {
+        // SAFETY: a valid map value pointer; fields read whole.
+        let (ino, tid) = unsafe { ((*old).ino, (*old).tid) };
+        if ino != 0 && socket.ino != 0 && ino != socket.ino {
+            // Copied into the ring before the insert replaces it.
+            emit(
+                Head::now(EventKind::Close, at, tid).arg(CloseHow::Close as u32),
+                old,
+            );
         }
     }
-    if TRACKED.insert(key(pid, fd), socket, 0).is_err() {
+    if TRACKED.insert(at, socket, 0).is_err() {
         bump(Counter::TrackedFull);
         return;
     }
@@ -149,7 +159,7 @@ pub fn note_process(pid: u32) {
 pub fn new_socket(
     tid: u32,
     fd: u32,
-    daddr: u32,
+    daddr: [u32; 4],
     dport: u16,
     state: Option<SocketState>,
     proto: u32,
@@ -172,90 +182,165 @@ pub fn new_socket(
         },
         proto,
         flags,
+        _pad0: 0,
         comm: comm(),
     }
-}
-
-/// The event of a socket that starts being tracked (connect, accept): made by the thread that
-/// opened it, at the moment its record was made.
-#[inline(always)]
-pub fn opened(kind: EventKind, key: SocketKey, socket: TrackedSocket) -> SocketEvent {
-    SocketEvent::new(kind, key, socket.tid, socket.connect_ns, socket)
 }
 
 /// Stops tracking `(pid, fd)` and reports its final record, counters included.
 #[inline(always)]
 pub fn untrack(pid: u32, fd: u32, tid: u32, how: CloseHow, (sk, ino): (u64, u64)) {
-    let key = key(pid, fd);
-    // SAFETY: copied out at once; the entry is removed right after.
-    let Some(socket) = (unsafe { TRACKED.get(key) }).copied() else {
+    let at = key(pid, fd);
+    let Some(row) = TRACKED.get_ptr(at) else {
         return;
     };
+    let head = Head::now(EventKind::Close, at, tid).arg(how as u32);
     // Another thread got the freed number and a socket tracked there before this exit: that
     // entry is not this close's. This socket ends with what is left of it: its identity and the
     // socket layer's counts (user space has the rest).
-    if ino != 0 && socket.ino != 0 && socket.ino != ino {
-        end_replaced(key, tid, how, sk, ino);
+    // SAFETY: a valid map value pointer; a field read whole.
+    let row_ino = unsafe { (*row).ino };
+    if ino != 0 && row_ino != 0 && row_ino != ino {
+        let socket = TrackedSocket {
+            sk,
+            ino,
+            flags: REPLACED | PARTIAL,
+            ..TrackedSocket::default()
+        };
+        emit(head, &socket);
         return;
     }
-    // Removed before the event is sent: user space never sees a closed socket still in the map.
-    let _ = TRACKED.remove(key);
-    end_entry(key, socket, tid, how);
+    if let Some(draft) = Draft::removing(head, at, row) {
+        draft.send();
+    }
 }
 
-/// Reports the end of `socket`, whose `TRACKED` entry at `key` was just removed (or is about to
-/// be replaced), with its final counts.
+/// Reports an event about a whole process (exit, exec, close_range): no socket, only the
+/// caller's comm.
 #[inline(always)]
-fn end_entry(key: SocketKey, socket: TrackedSocket, tid: u32, how: CloseHow) {
-    emit(&SocketEvent {
-        arg: how as u32,
-        ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
-    });
-}
-
-/// The close of a socket whose `TRACKED` entry a newer socket on the same fd replaced.
-#[inline(always)]
-fn end_replaced(key: SocketKey, tid: u32, how: CloseHow, sk: u64, ino: u64) {
-    let socket = TrackedSocket {
-        sk,
-        ino,
-        flags: REPLACED | PARTIAL,
-        ..TrackedSocket::default()
-    };
-    emit(&SocketEvent {
-        arg: how as u32,
-        ..SocketEvent::new(EventKind::Close, key, tid, now_ns(), socket)
-    });
-}
-
-/// An event about a whole process (exit, exec, close_range): no socket, only the caller's comm.
-#[inline(always)]
-pub fn process_event(kind: EventKind, pid: u32, tid: u32, first_fd: u32, arg: u32) -> SocketEvent {
+pub fn emit_process(kind: EventKind, pid: u32, tid: u32, first_fd: u32, arg: u32) {
     let socket = TrackedSocket {
         comm: comm(),
         ..TrackedSocket::default()
     };
-    SocketEvent {
-        arg,
-        ..SocketEvent::new(kind, key(pid, first_fd), tid, now_ns(), socket)
+    emit(Head::now(kind, key(pid, first_fd), tid).arg(arg), &socket);
+}
+
+/// What an event says besides its socket's record (see `SocketEvent`): passed by value, so
+/// that an event is never built whole on a program's stack. A program and the subprograms it
+/// calls share 512 bytes of stack, and an event is a quarter of that.
+#[derive(Clone, Copy)]
+pub struct Head {
+    kind: EventKind,
+    key: SocketKey,
+    tid: u32,
+    ts_ns: u64,
+    result: i32,
+    arg: u32,
+}
+
+impl Head {
+    /// An event of `kind` about the socket at `key`, made by thread `tid` now.
+    #[inline(always)]
+    pub fn now(kind: EventKind, key: SocketKey, tid: u32) -> Self {
+        Self::at(kind, key, tid, now_ns())
+    }
+
+    #[inline(always)]
+    pub fn at(kind: EventKind, key: SocketKey, tid: u32, ts_ns: u64) -> Self {
+        Self {
+            kind,
+            key,
+            tid,
+            ts_ns,
+            result: 0,
+            arg: 0,
+        }
+    }
+
+    /// The opening (connect, accept) of `socket`, at `key`: made by the thread that opened it,
+    /// when its record was made.
+    #[inline(always)]
+    pub fn opened(kind: EventKind, key: SocketKey, socket: &TrackedSocket) -> Self {
+        Self::at(kind, key, socket.tid, socket.connect_ns)
+    }
+
+    /// With `SocketEvent::result` (a connect's return value; a move's old fd).
+    #[inline(always)]
+    pub fn result(self, result: i32) -> Self {
+        Self { result, ..self }
+    }
+
+    /// With `SocketEvent::arg`.
+    #[inline(always)]
+    pub fn arg(self, arg: u32) -> Self {
+        Self { arg, ..self }
     }
 }
 
-/// Sends one event to user space, counting it as lost when the ring buffer is full.
-#[inline(always)]
-pub fn emit(event: &SocketEvent) {
-    match EVENTS.reserve::<EventRecord>(0) {
-        Some(mut slot) => {
-            let record = slot.as_mut_ptr();
-            // SAFETY: `record` is the reserved slot, ours until submitted; every field is
-            // written before it is.
-            unsafe {
-                (*record).event = *event;
-                crate::fate::annotate(event, &raw mut (*record).fate);
-            }
-            slot.submit(submit_flags());
+/// An event written into its ring buffer record, not yet visible to user space: a caller may
+/// still amend the socket's record in place ([`Draft::socket`]) or finish what must happen
+/// before user space reads it, then [`Draft::send`]s it.
+pub struct Draft(RingBufEntry<EventRecord>);
+
+impl Draft {
+    /// Reserves a record and writes `head`, the socket's record copied from `socket` (a map
+    /// value, or a local), and its TCP fate. `None` (counted as lost) when the ring is full.
+    #[inline(always)]
+    pub fn new(head: Head, socket: *const TrackedSocket) -> Option<Self> {
+        let Some(mut slot) = EVENTS.reserve::<EventRecord>(0) else {
+            bump(Counter::RingbufDrops);
+            return None;
+        };
+        let record = slot.as_mut_ptr();
+        // SAFETY: `record` is the reserved slot, ours until submitted; every field is written
+        // before it is; `socket` is valid for reads (the caller's word), and copied straight
+        // from where it is into the ring.
+        unsafe {
+            let event = &raw mut (*record).event;
+            core::ptr::copy_nonoverlapping(socket, &raw mut (*event).socket, 1);
+            (*event).kind = head.kind as u32;
+            (*event).tid = head.tid;
+            (*event).key = head.key;
+            (*event).ts_ns = head.ts_ns;
+            (*event).result = head.result;
+            (*event).arg = head.arg;
+            let sk = (*event).socket.sk;
+            crate::fate::annotate(head.kind, head.result, sk, &raw mut (*record).fate);
         }
-        None => bump(Counter::RingbufDrops),
+        Some(Self(slot))
+    }
+
+    /// The end of the row at `at` (`row`: its `TRACKED` value): the record copied into the
+    /// ring, then the row removed, so that user space never sees a closed socket still in the
+    /// map.
+    #[inline(always)]
+    pub fn removing(head: Head, at: SocketKey, row: *const TrackedSocket) -> Option<Self> {
+        let draft = Self::new(head, row);
+        let _ = TRACKED.remove(at);
+        draft
+    }
+
+    /// The socket's record in the ring, to amend before sending.
+    #[inline(always)]
+    pub fn socket(&mut self) -> *mut TrackedSocket {
+        // SAFETY: a field of our reserved record.
+        unsafe { &raw mut (*self.0.as_mut_ptr()).event.socket }
+    }
+
+    /// Hands the record to user space.
+    #[inline(always)]
+    pub fn send(self) {
+        self.0.submit(submit_flags());
+    }
+}
+
+/// Sends one event to user space (see [`Draft::new`]), counting it as lost when the ring
+/// buffer is full.
+#[inline(always)]
+pub fn emit(head: Head, socket: *const TrackedSocket) {
+    if let Some(draft) = Draft::new(head, socket) {
+        draft.send();
     }
 }
 

@@ -641,13 +641,14 @@ fn reconciliation_repairs_what_events_missed() {
         connect_ns: 1,
         sk: 0,
         ino: 0,
-        daddr: u32::from_ne_bytes([127, 0, 0, 1]),
+        daddr: sockwatch_common::ipv4_mapped(u32::from_ne_bytes([127, 0, 0, 1])),
         dport: 9,
         lport: 0,
         tid: pid,
         state: SocketState::Established as u32,
         proto: IPPROTO_TCP,
         flags: 0,
+        _pad0: 0,
         comm,
     };
     let update = process::output_within(

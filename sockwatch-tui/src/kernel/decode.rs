@@ -1,11 +1,11 @@
 //! Kernel records decoded into [`Socket`]s: ring buffer records, and entries of the kernel's
 //! `TRACKED` map.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use sockwatch_common::{
-    flags, CloseHow, ClosedBy as KernelClosedBy, EventKind, EventRecord, SocketEvent, SocketKey,
-    SocketState, TcpFate, TrackedSocket, COMM_LEN, EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
+    flags, CloseHow, ClosedBy as KernelClosedBy, EventKind, EventRecord, RecordFate, SocketEvent,
+    SocketKey, SocketState, TrackedSocket, COMM_LEN, EINPROGRESS, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::socket::{CloseCause, Closed, ClosedBy, Comm, Direction, Origin, Proto, Socket, State};
@@ -141,7 +141,7 @@ impl KernelRecord {
     }
 
     /// An event and, for a connect or a close, its socket's TCP fate.
-    pub fn from_raw(raw: &SocketEvent, fate: &TcpFate) -> Result<Self, DecodeError> {
+    pub fn from_raw(raw: &SocketEvent, fate: &RecordFate) -> Result<Self, DecodeError> {
         let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
         // The event carries the socket's map record: as it starts being tracked, or final.
         // A fate is TCP's: at a UDP socket's address it is another socket's, left over. (A
@@ -149,7 +149,7 @@ impl KernelRecord {
         let fate = if raw.socket.proto != IPPROTO_UDP {
             *fate
         } else {
-            TcpFate::default()
+            RecordFate::default()
         };
         let socket = || {
             let mut socket = tracked_socket(raw.key, &raw.socket);
@@ -235,15 +235,14 @@ impl KernelRecord {
 }
 
 /// How long the handshake took, when the kernel saw it start and end.
-fn connect_us(fate: &TcpFate) -> Option<u64> {
-    (fate.syn_ns != 0 && fate.handshake_ns >= fate.syn_ns)
-        .then(|| (fate.handshake_ns - fate.syn_ns) / 1000)
+fn connect_us(fate: &RecordFate) -> Option<u64> {
+    (fate.connect_us != RecordFate::NO_CONNECT_US).then_some(u64::from(fate.connect_us))
 }
 
 /// Who ended a closed socket, and the errno that did. A socket released while followed and
 /// before any sign (no FIN, no reset seen yet) was let go of here first: `Local`.
-fn ended(fate: &TcpFate, proto: Proto) -> (Option<ClosedBy>, Option<i32>) {
-    let by = match KernelClosedBy::from_u32(fate.closed_by) {
+fn ended(fate: &RecordFate, proto: Proto) -> (Option<ClosedBy>, Option<i32>) {
+    let by = match KernelClosedBy::from_u32(u32::from(fate.closed_by)) {
         KernelClosedBy::Local => Some(ClosedBy::Local),
         KernelClosedBy::Peer => Some(ClosedBy::Peer),
         KernelClosedBy::ResetSent => Some(ClosedBy::ResetSent),
@@ -258,7 +257,7 @@ fn ended(fate: &TcpFate, proto: Proto) -> (Option<ClosedBy>, Option<i32>) {
         // Not followed (older than sockwatch, or evicted from the map): not known.
         KernelClosedBy::Unknown => None,
     };
-    let error = (fate.error != 0).then_some(fate.error.cast_signed());
+    let error = (fate.error != 0).then_some(i32::from(fate.error));
     (by, error)
 }
 
@@ -267,7 +266,7 @@ pub fn tracked_socket(key: SocketKey, value: &TrackedSocket) -> Socket {
     let mut socket = Socket::new(
         key,
         value.connect_ns,
-        ipv4(value.daddr),
+        address(value.daddr),
         value.dport,
         Comm::from_kernel(&value.comm),
     );
@@ -296,11 +295,7 @@ pub fn tracked_value(socket: &Socket) -> TrackedSocket {
         // The kernel's own address of it is not in /proc; the inode is.
         sk: 0,
         ino: socket.inode().unwrap_or(0),
-        // The kernel's records hold IPv4 only (an IPv6 peer is not adopted yet).
-        daddr: match socket.daddr() {
-            std::net::IpAddr::V4(v4) => u32::from_ne_bytes(v4.octets()),
-            std::net::IpAddr::V6(_) => 0,
-        },
+        daddr: words(socket.daddr()),
         dport: socket.dport,
         lport: socket.lport,
         tid: socket.tid,
@@ -320,6 +315,7 @@ pub fn tracked_value(socket: &Socket) -> TrackedSocket {
             Direction::In => flags::INBOUND,
             Direction::Out => 0,
         },
+        _pad0: 0,
         comm: comm_bytes(&socket.comm),
     }
 }
@@ -350,9 +346,25 @@ fn origin(bits: u32) -> Origin {
     }
 }
 
-/// The kernel keeps addresses in network byte order, as `sockaddr_in` does.
-fn ipv4(network_order: u32) -> Ipv4Addr {
-    Ipv4Addr::from(network_order.to_ne_bytes())
+/// The kernel keeps addresses as `struct in6_addr` does (network byte order), an IPv4 one
+/// IPv4-mapped: the row shows that as IPv4.
+fn address(words: [u32; 4]) -> Ipv6Addr {
+    let mut bytes = [0u8; 16];
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(bytes)
+}
+
+/// [`address`] the other way.
+fn words(address: IpAddr) -> [u32; 4] {
+    let bytes = match address {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+    .octets();
+    let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
 }
 
 fn comm_bytes(comm: &str) -> [u8; COMM_LEN] {
@@ -365,6 +377,8 @@ fn comm_bytes(comm: &str) -> [u8; COMM_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sockwatch_common::TcpFate;
+    use std::net::Ipv4Addr;
 
     fn raw(kind: EventKind) -> SocketEvent {
         let mut comm = [0u8; COMM_LEN];
@@ -375,13 +389,14 @@ mod tests {
             connect_ns: 500,
             sk: 0xffff_8880_1234_5600,
             ino: 4242,
-            daddr: u32::from_ne_bytes([127, 0, 0, 1]),
+            daddr: sockwatch_common::ipv4_mapped(u32::from_ne_bytes([127, 0, 0, 1])),
             dport: 8080,
             lport: 0,
             tid: 44,
             state: SocketState::Established as u32,
             proto: IPPROTO_TCP,
             flags: 0,
+            _pad0: 0,
             comm,
         };
         SocketEvent {
@@ -392,8 +407,8 @@ mod tests {
 
     #[test]
     fn decodes_a_failed_connect() {
-        let record =
-            KernelRecord::from_raw(&raw(EventKind::Connect), &TcpFate::default()).expect("valid");
+        let record = KernelRecord::from_raw(&raw(EventKind::Connect), &RecordFate::default())
+            .expect("valid");
         let KernelRecord::Connect { socket, result } = record else {
             panic!("not a connect: {record:?}")
         };
@@ -414,7 +429,7 @@ mod tests {
     fn an_in_progress_connect_is_connecting() {
         let mut connect = raw(EventKind::Connect);
         connect.result = -EINPROGRESS;
-        let record = KernelRecord::from_raw(&connect, &TcpFate::default()).expect("valid");
+        let record = KernelRecord::from_raw(&connect, &RecordFate::default()).expect("valid");
         let KernelRecord::Connect { socket, result } = record else {
             panic!("not a connect: {record:?}")
         };
@@ -428,7 +443,7 @@ mod tests {
     fn decodes_a_close_with_lifetime_and_cause() {
         let mut dup = raw(EventKind::Close);
         dup.arg = CloseHow::DupOnto as u32;
-        let record = KernelRecord::from_raw(&dup, &TcpFate::default()).expect("valid");
+        let record = KernelRecord::from_raw(&dup, &RecordFate::default()).expect("valid");
         let KernelRecord::Close(socket) = record else {
             panic!("not a close: {record:?}")
         };
@@ -455,7 +470,9 @@ mod tests {
             closed_by: KernelClosedBy::ResetReceived as u32,
             error: libc::ECONNRESET as u32,
         };
-        let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &fate) else {
+        let Ok(KernelRecord::Close(socket)) =
+            KernelRecord::from_raw(&close, &RecordFate::of(&fate))
+        else {
             panic!("not a close")
         };
         assert_eq!(socket.connect_us(), Some(52));
@@ -466,7 +483,9 @@ mod tests {
             closed_by: KernelClosedBy::Followed as u32,
             ..TcpFate::default()
         };
-        let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &followed) else {
+        let Ok(KernelRecord::Close(socket)) =
+            KernelRecord::from_raw(&close, &RecordFate::of(&followed))
+        else {
             panic!("not a close")
         };
         assert_eq!(
@@ -474,7 +493,8 @@ mod tests {
             (Some(ClosedBy::Local), None, None)
         );
         // Not followed (older than sockwatch): not known.
-        let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &TcpFate::default())
+        let Ok(KernelRecord::Close(socket)) =
+            KernelRecord::from_raw(&close, &RecordFate::default())
         else {
             panic!("not a close")
         };
@@ -484,7 +504,9 @@ mod tests {
             closed_by: KernelClosedBy::Pending as u32,
             ..TcpFate::default()
         };
-        let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &pending) else {
+        let Ok(KernelRecord::Close(socket)) =
+            KernelRecord::from_raw(&close, &RecordFate::of(&pending))
+        else {
             panic!("not a close")
         };
         assert_eq!(
@@ -497,7 +519,9 @@ mod tests {
             error: libc::ECONNREFUSED as u32,
             ..fate
         };
-        let Ok(KernelRecord::Close(socket)) = KernelRecord::from_raw(&close, &failed) else {
+        let Ok(KernelRecord::Close(socket)) =
+            KernelRecord::from_raw(&close, &RecordFate::of(&failed))
+        else {
             panic!("not a close")
         };
         assert_eq!(socket.failed(), Some(libc::ECONNREFUSED));
@@ -508,7 +532,7 @@ mod tests {
         let mut accept = raw(EventKind::Accept);
         accept.socket.flags = flags::INBOUND | flags::PEER_UNKNOWN;
         accept.arg = 3;
-        let record = KernelRecord::from_raw(&accept, &TcpFate::default()).expect("valid");
+        let record = KernelRecord::from_raw(&accept, &RecordFate::default()).expect("valid");
         let KernelRecord::Accept {
             socket,
             listener,
@@ -529,7 +553,7 @@ mod tests {
         range.key.fd = 3;
         range.arg = u32::MAX;
         assert_eq!(
-            KernelRecord::from_raw(&range, &TcpFate::default()),
+            KernelRecord::from_raw(&range, &RecordFate::default()),
             Ok(KernelRecord::CloseRange {
                 pid: 42,
                 first: 3,
@@ -538,7 +562,7 @@ mod tests {
             })
         );
         assert_eq!(
-            KernelRecord::from_raw(&raw(EventKind::ProcessExit), &TcpFate::default()),
+            KernelRecord::from_raw(&raw(EventKind::ProcessExit), &RecordFate::default()),
             Ok(KernelRecord::ProcessExit {
                 pid: 42,
                 ts_ns: 2_000,
@@ -556,7 +580,7 @@ mod tests {
         let mut bad = raw(EventKind::Connect);
         bad.kind = 99;
         assert_eq!(
-            KernelRecord::from_raw(&bad, &TcpFate::default()),
+            KernelRecord::from_raw(&bad, &RecordFate::default()),
             Err(DecodeError::UnknownKind(99))
         );
     }
