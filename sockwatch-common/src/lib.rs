@@ -45,6 +45,14 @@ pub mod directions {
     pub const INBOUND: u32 = 2;
 }
 
+/// Which address families to track (`-4`, `-6`; the `FAMILIES` global's bits), by the remote
+/// end: an IPv4-mapped IPv6 peer is IPv4, as it is shown.
+pub mod families {
+    pub const IPV4: u32 = 1;
+    pub const IPV6: u32 = 2;
+    pub const BOTH: u32 = IPV4 | IPV6;
+}
+
 /// Which of `--pid` and `--port` the kernel applies (the `SCOPE` global's bits): a socket is
 /// tracked only if it is in every one given (`SCOPE_PIDS`, `SCOPE_PORTS`).
 pub mod scope {
@@ -240,6 +248,8 @@ pub mod globals {
     pub const SYSCALL_WRAPPER: &str = "SYSCALL_WRAPPER";
     /// `u32`: a [`super::directions`] mask.
     pub const DIRECTIONS: &str = "DIRECTIONS";
+    /// `u32`: a [`super::families`] mask.
+    pub const FAMILIES: &str = "FAMILIES";
     /// `u32`: a [`super::scope`] mask.
     pub const SCOPE: &str = "SCOPE";
 }
@@ -408,6 +418,12 @@ pub struct TrackedSocket {
 #[inline(always)]
 pub const fn ipv4_mapped(addr: u32) -> [u32; 4] {
     [0, 0, u32::to_be(0xffff), addr]
+}
+
+/// Whether `addr` (as [`TrackedSocket::daddr`]) is an IPv4 one: IPv4-mapped.
+#[inline(always)]
+pub fn is_ipv4(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == u32::to_be(0xffff)
 }
 
 /// Whether two addresses are the same, word by word (an array `==` may become a `memcmp`

@@ -9,7 +9,7 @@ use sockwatch_common::{
 use crate::{
     args::SyscallArgs,
     identity::{file_shared, inode_of_fd},
-    maps::{tracking, TRACKED},
+    maps::{family_in_scope, tracking, TRACKED},
     state::{call, current, has_tracked_sockets, is_tracked, key, mark_partial, stash},
 };
 
@@ -36,13 +36,15 @@ struct SockaddrIn6 {
     family: u16,
     port: u16,
     flowinfo: u32,
-    addr: [u8; 16],
+    /// `struct in6_addr`'s words, network byte order.
+    addr: [u32; 4],
 }
 
-/// The IPv4 destination in a user `sockaddr`: `AF_INET`, or `AF_INET6` holding an IPv4-mapped
-/// address (`::ffff:a.b.c.d`, as dual-stack programs connect). `(addr, port)` in network order.
+/// The inet address in a user `sockaddr` (`AF_INET` or `AF_INET6`): `(addr, port)`, the
+/// address as `TrackedSocket::daddr` (an IPv4 one IPv4-mapped; an IPv4-mapped IPv6 one, as
+/// dual-stack programs connect to IPv4, stays so), the port in network order.
 #[inline(always)]
-pub fn ipv4_sockaddr(ptr: u64) -> Option<(u32, u16)> {
+pub fn inet_sockaddr(ptr: u64) -> Option<([u32; 4], u16)> {
     if ptr == 0 {
         return None;
     }
@@ -52,14 +54,12 @@ pub fn ipv4_sockaddr(ptr: u64) -> Option<(u32, u16)> {
         AF_INET => {
             // SAFETY: as above.
             let sa = unsafe { bpf_probe_read_user(ptr as *const SockaddrIn) }.ok()?;
-            Some((sa.addr, sa.port))
+            Some((ipv4_mapped(sa.addr), sa.port))
         }
         AF_INET6 => {
             // SAFETY: as above.
             let sa = unsafe { bpf_probe_read_user(ptr as *const SockaddrIn6) }.ok()?;
-            let a = sa.addr;
-            let mapped = a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff;
-            mapped.then(|| (u32::from_ne_bytes([a[12], a[13], a[14], a[15]]), sa.port))
+            Some((sa.addr, sa.port))
         }
         _ => None,
     }
@@ -89,14 +89,17 @@ pub fn connect(args: &impl SyscallArgs) {
     let (Some(fd), Some(addr)) = (args.arg(0), args.arg(1)) else {
         return;
     };
-    let Some((daddr, dport)) = ipv4_sockaddr(addr) else {
+    let Some((daddr, dport)) = inet_sockaddr(addr) else {
         return;
     };
+    if !family_in_scope(&daddr) {
+        return;
+    }
     let (pid_tgid, _) = current();
     stash(
         pid_tgid,
         InflightCall {
-            daddr: ipv4_mapped(daddr),
+            daddr,
             dport: u16::from_be(dport),
             ..call(CallKind::Connect, fd as u32, 0, 0)
         },

@@ -2,14 +2,14 @@
 
 use aya_ebpf::helpers::bpf_probe_read_user;
 use sockwatch_common::{
-    flags, ipv4_mapped, same_address, CallKind, CloseHow, EventKind, InflightCall, SocketState,
-    EINPROGRESS, IPPROTO_TCP, MAX_MMSG,
+    flags, same_address, CallKind, CloseHow, EventKind, InflightCall, SocketState, EINPROGRESS,
+    IPPROTO_TCP, MAX_MMSG,
 };
 
 use crate::{
-    enter::ipv4_sockaddr,
+    enter::inet_sockaddr,
     identity::socket_of,
-    maps::{pid_in_scope, ports_in_scope, NEW_SOCKETS, SK_FATE, TRACKED},
+    maps::{family_in_scope, pid_in_scope, ports_in_scope, NEW_SOCKETS, SK_FATE, TRACKED},
     state::{
         atomic_add, current, emit, emit_process, key, new_socket, take_inflight, track, untrack,
         Head,
@@ -171,12 +171,14 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
     // The kernel has written the peer's address into the caller's buffer. No buffer: user space
     // learns the peer (and whether the socket is IPv4 at all) from /proc.
     let (daddr, dport, flags) = if call.ptr == 0 {
-        (0, 0, flags::INBOUND | flags::PEER_UNKNOWN)
+        ([0; 4], 0, flags::INBOUND | flags::PEER_UNKNOWN)
     } else {
-        match ipv4_sockaddr(call.ptr) {
-            Some((addr, port)) => (addr, u16::from_be(port), flags::INBOUND),
-            // A true IPv6 or a Unix socket peer: not ours.
-            None => return,
+        match inet_sockaddr(call.ptr) {
+            Some((addr, port)) if family_in_scope(&addr) => {
+                (addr, u16::from_be(port), flags::INBOUND)
+            }
+            // A Unix socket peer, or a family out of `-4`/`-6`: not ours.
+            _ => return,
         }
     };
     if !pid_in_scope(pid) {
@@ -187,7 +189,7 @@ fn accepted(call: &InflightCall, fd: u32, pid: u32, tid: u32) {
     let socket = new_socket(
         tid,
         fd,
-        ipv4_mapped(daddr),
+        daddr,
         dport,
         Some(SocketState::Established),
         IPPROTO_TCP,

@@ -7,8 +7,8 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use sockwatch_common::{ClosedBy, EventKind, RecordFate, TcpFate, EINPROGRESS};
 
 use crate::{
-    identity::{ipv4_peer, local_port, sock_error},
-    maps::{pid_in_scope, ports_in_scope, SK_FATE},
+    identity::{inet_peer, local_port, sock_error},
+    maps::{family_in_scope, pid_in_scope, ports_in_scope, SK_FATE},
     state::{current, now_ns},
 };
 
@@ -23,12 +23,13 @@ const TCP_CLOSE_WAIT: i32 = 8;
 const ECONNRESET: u32 = 104;
 const ETIMEDOUT: u32 = 110;
 
-/// Whether socket `sk` (of process `pid`, where known) is within `--pid` and `--port`.
+/// Whether socket `sk` (of process `pid`, where known) is within `--pid`, `--port`, `-4`/`-6`.
 #[inline(always)]
 fn in_scope(sk: u64, pid: Option<u32>) -> bool {
     pid.is_none_or(pid_in_scope)
-        && ipv4_peer(sk)
-            .is_none_or(|(_, dport)| ports_in_scope(u16::from_be(dport), local_port(sk)))
+        && inet_peer(sk).is_none_or(|(addr, dport)| {
+            family_in_scope(&addr) && ports_in_scope(u16::from_be(dport), local_port(sk))
+        })
 }
 
 /// Socket `sk` went from state `old` to `new` (`inet_sock_set_state`). Entries are made only

@@ -9,7 +9,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_loop, bpf_probe_read_kernel};
-use sockwatch_common::{KernelOffsets, AF_INET, AF_INET6};
+use sockwatch_common::{ipv4_mapped, KernelOffsets, AF_INET, AF_INET6};
 
 /// Set by user space at load time; `valid` stays 0 where the kernel has no BTF.
 #[unsafe(no_mangle)]
@@ -219,22 +219,19 @@ pub fn letting_go() -> Letting {
     Letting::Close
 }
 
-/// The peer of socket `sk` (`(address, port)` both in network order) when it is IPv4, or IPv6
-/// holding an IPv4-mapped peer (a dual-stack listener's); `None` otherwise or when not known.
+/// The peer of inet socket `sk`: its address as `TrackedSocket::daddr` (an IPv4 one
+/// IPv4-mapped, also a dual-stack socket's IPv4 peer, which the kernel keeps mapped) and its
+/// port (network order); `None` for another family or when not known.
 #[inline(always)]
-pub fn ipv4_peer(sk: u64) -> Option<(u32, u16)> {
+pub fn inet_peer(sk: u64) -> Option<([u32; 4], u16)> {
     let offsets = offsets()?;
     let family: u16 = read(sk, offsets.sock_family)?;
-    if family == AF_INET6 {
-        let v6: [u32; 4] = read(sk, offsets.sock_v6_daddr)?;
-        // `::ffff:a.b.c.d`: words 0 and 1 zero, word 2 0x0000ffff in network order.
-        if v6[0] != 0 || v6[1] != 0 || v6[2] != u32::from_be(0xffff) {
-            return None;
-        }
-    } else if family != AF_INET {
-        return None;
-    }
-    Some((read(sk, offsets.sock_daddr)?, read(sk, offsets.sock_dport)?))
+    let addr = match family {
+        AF_INET => ipv4_mapped(read(sk, offsets.sock_daddr)?),
+        AF_INET6 => read(sk, offsets.sock_v6_daddr)?,
+        _ => return None,
+    };
+    Some((addr, read(sk, offsets.sock_dport)?))
 }
 
 /// The socket's pending error (`sk->sk_err`: why a connect failed), 0 when none or not known.

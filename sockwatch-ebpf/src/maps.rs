@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sockwatch_common::{
-    directions, scope, Counter, HotCounts, InflightCall, SkBytes, SocketKey, TcpFate,
-    TrackedSocket, COUNTER_COUNT,
+    directions, families, is_ipv4, scope, Counter, HotCounts, InflightCall, SkBytes, SocketKey,
+    TcpFate, TrackedSocket, COUNTER_COUNT,
 };
 
 /// Default sizes; user space overrides them at load time from its flags.
@@ -139,6 +139,23 @@ pub fn tracking(direction: u32) -> bool {
     // SAFETY: a volatile read of our own read-only global, so the value user space set at load
     // time is used rather than the compile-time constant.
     unsafe { core::ptr::read_volatile(&DIRECTIONS) & direction != 0 }
+}
+
+/// Which address families to track; set by user space at load time (`-4`, `-6`).
+#[unsafe(no_mangle)]
+static FAMILIES: u32 = families::BOTH;
+
+/// Whether a socket whose remote end is `addr` (as `TrackedSocket::daddr`) is of a family
+/// tracked: an IPv4-mapped peer is IPv4, as it is shown.
+#[inline(always)]
+pub fn family_in_scope(addr: &[u32; 4]) -> bool {
+    let family = if is_ipv4(addr) {
+        families::IPV4
+    } else {
+        families::IPV6
+    };
+    // SAFETY: as in `tracking`.
+    unsafe { core::ptr::read_volatile(&FAMILIES) & family != 0 }
 }
 
 /// `--pid` and `--port`, when given (`SCOPE` says which): a socket of another process or port is

@@ -22,7 +22,7 @@ use sockwatch_common::{
 use crate::{
     hot,
     identity::{
-        current_files, current_is_user, fd_of_sock, file_of_sock, holds, inode_of_sock, ipv4_peer,
+        current_files, current_is_user, fd_of_sock, file_of_sock, holds, inet_peer, inode_of_sock,
         local_port,
     },
     maps::{bump, pid_in_scope, ACCEPTED, ADOPTED, ADOPTED_PENDING, SK_BYTES, SK_FATE, TRACKED},
@@ -294,15 +294,15 @@ fn accepted(sk: u64) -> Option<*mut SkBytes> {
 }
 
 /// The record of accepted socket `sk` as it starts being tracked (or is reported unused) by
-/// thread `tid` now; `None` when its peer is not IPv4.
+/// thread `tid` now; `None` when its peer is not known.
 #[inline(always)]
 pub fn accepted_socket(sk: u64, tid: u32) -> Option<TrackedSocket> {
-    let (daddr, dport) = ipv4_peer(sk)?;
+    let (daddr, dport) = inet_peer(sk)?;
     Some(TrackedSocket {
         connect_ns: now_ns(),
         sk,
         ino: inode_of_sock(sk),
-        daddr: sockwatch_common::ipv4_mapped(daddr),
+        daddr,
         dport: u16::from_be(dport),
         lport: local_port(sk),
         tid,

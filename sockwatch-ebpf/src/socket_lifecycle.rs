@@ -1,10 +1,10 @@
 //! The socket backend's lifecycle, from hooks that fire only for sockets: no syscall
 //! tracepoint, since any enabled one puts every syscall of every task on the slow path.
 //!
-//! - `cgroup/connect4`, `cgroup/connect6` (IPv4-mapped peers): a TCP or UDP `connect()`, in the
-//!   connecting thread, before the kernel performs it. The socket is tracked from here; a TCP
-//!   connect is reported when its handshake ends, a UDP one at the socket's first use or release
-//!   (its local port is bound after this hook).
+//! - `cgroup/connect4`, `cgroup/connect6` (an IPv4-mapped peer kept as IPv4): a TCP or UDP
+//!   `connect()`, in the connecting thread, before the kernel performs it. The socket is tracked
+//!   from here; a TCP connect is reported when its handshake ends, a UDP one at the socket's
+//!   first use or release (its local port is bound after this hook).
 //! - `sock:inet_sock_set_state`: the end of a connect's handshake (established, or failed with
 //!   the socket's error); and the end of an inbound one, which notes the socket for its first
 //!   use (see `socket_layer`).
@@ -29,12 +29,12 @@ use crate::{
     fate::{self, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT},
     hot,
     identity::{
-        current_is_user, fd_of_sock, file_of_sock, inode_of_sock, ipv4_peer, letting_go,
+        current_is_user, fd_of_sock, file_of_sock, inet_peer, inode_of_sock, letting_go,
         local_port, non_blocking, sock_error, Letting,
     },
     maps::{
-        count_by_socket, pid_in_scope, ports_in_scope, tracking, ACCEPTED, ADOPTED,
-        ADOPTED_PENDING, SK_BYTES, SK_FATE, TRACKED,
+        count_by_socket, family_in_scope, pid_in_scope, ports_in_scope, tracking, ACCEPTED,
+        ADOPTED, ADOPTED_PENDING, SK_BYTES, SK_FATE, TRACKED,
     },
     socket_layer::{accepted_socket, report_udp_connect, track_socket, unknown_fd, NO_LISTENER},
     state::{comm, current, emit, key, now_ns, Draft, Head},
@@ -55,26 +55,28 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
             (*sa).__bindgen_anon_1.sk as u64,
         )
     };
-    connecting(daddr, port, proto, sk);
+    connecting(ipv4_mapped(daddr), port, proto, sk);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
-    // SAFETY: the context's fields are readable by a connect6 program.
+    // SAFETY: the context's fields are readable by a connect6 program; the address a word
+    // at a time, the access every kernel's verifier allows on it.
     let (ip6, port, proto, sk) = unsafe {
+        let words = &raw const (*sa).user_ip6;
+        let word = |i: usize| core::ptr::read_volatile(words.cast::<u32>().add(i));
         (
-            (*sa).user_ip6,
+            [word(0), word(1), word(2), word(3)],
             (*sa).user_port,
             (*sa).protocol,
             (*sa).__bindgen_anon_1.sk as u64,
         )
     };
-    // Only IPv4-mapped peers (`::ffff:a.b.c.d`, as dual-stack programs connect).
-    if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == u32::from_be(0xffff) {
-        connecting(ip6[3], port, proto, sk);
-    }
+    // `struct in6_addr`'s words, as the records keep it (an IPv4-mapped peer, as dual-stack
+    // programs connect to IPv4, stays mapped: it is IPv4).
+    connecting(ip6, port, proto, sk);
     ALLOW
 }
 
@@ -87,10 +89,10 @@ fn address_of(pointer: u64) -> u64 {
     unsafe { bpf_probe_read_kernel(&raw const slot) }.unwrap_or(0)
 }
 
-/// A `connect()` of socket `sk` (`pointer`) to `daddr:port` (network order) is about to be
-/// performed: it is tracked from now on.
+/// A `connect()` of socket `sk` (`pointer`) to `daddr:port` (as `TrackedSocket::daddr`;
+/// port in network order) is about to be performed: it is tracked from now on.
 #[inline(always)]
-fn connecting(daddr: u32, port: u32, proto: u32, pointer: u64) {
+fn connecting(daddr: [u32; 4], port: u32, proto: u32, pointer: u64) {
     if !tracking(directions::OUTBOUND) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return;
     }
@@ -108,9 +110,7 @@ fn connecting(daddr: u32, port: u32, proto: u32, pointer: u64) {
         let same = TRACKED.get_ptr(bytes.key).is_some_and(|row| {
             // SAFETY: a valid map value pointer; fields read whole.
             unsafe {
-                (*row).sk == sk
-                    && same_address(&(*row).daddr, &ipv4_mapped(daddr))
-                    && (*row).dport == dport
+                (*row).sk == sk && same_address(&(*row).daddr, &daddr) && (*row).dport == dport
             }
         });
         if same {
@@ -118,18 +118,21 @@ fn connecting(daddr: u32, port: u32, proto: u32, pointer: u64) {
         }
         released(sk, Letting::Close);
     }
-    // Out of `--pid`/`--port`: never tracked (a local port not bound yet is decided at the
-    // handshake's end).
-    if !pid_in_scope(current().1) || !ports_in_scope(dport, local_port(sk)) {
+    // Out of `--pid`/`--port`/`-4`/`-6`: never tracked (a local port not bound yet is decided
+    // at the handshake's end).
+    if !pid_in_scope(current().1)
+        || !family_in_scope(&daddr)
+        || !ports_in_scope(dport, local_port(sk))
+    {
         return;
     }
-    track_connect(sk, daddr, dport, proto);
+    track_connect(sk, &daddr, dport, proto);
 }
 
-/// Tracks socket `sk` connecting to `daddr:dport` (network order, host order) now. Not inlined
-/// (nor is `released`): their stack frames then do not add up in one program.
+/// Tracks socket `sk` connecting to `daddr:dport` (as `TrackedSocket::daddr`, host order) now.
+/// Not inlined (nor is `released`): their stack frames then do not add up in one program.
 #[inline(never)]
-fn track_connect(sk: u64, daddr: u32, dport: u16, proto: u32) {
+fn track_connect(sk: u64, daddr: &[u32; 4], dport: u16, proto: u32) {
     let (pid_tgid, pid) = current();
     let ino = inode_of_sock(sk);
     let fd = fd_of_sock(sk).unwrap_or_else(|| unknown_fd(ino));
@@ -143,7 +146,7 @@ fn track_connect(sk: u64, daddr: u32, dport: u16, proto: u32) {
         connect_ns: now_ns(),
         sk,
         ino,
-        daddr: ipv4_mapped(daddr),
+        daddr: *daddr,
         dport,
         lport: local_port(sk),
         tid: pid_tgid as u32,
@@ -258,8 +261,8 @@ fn inbound_established(sk: u64) {
     }
     // Its process is not known before its first use (`socket_layer::accepted`): the ports
     // only, here.
-    if let Some((_, dport)) = ipv4_peer(sk) {
-        if ports_in_scope(u16::from_be(dport), local_port(sk)) {
+    if let Some((daddr, dport)) = inet_peer(sk) {
+        if family_in_scope(&daddr) && ports_in_scope(u16::from_be(dport), local_port(sk)) {
             let _ = ACCEPTED.insert(sk, now_ns(), 0);
         }
     }

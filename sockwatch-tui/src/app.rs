@@ -436,6 +436,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_sockets: args.max_sockets,
         ring_bytes: args.ring_kib * 1024,
         directions: args.direction.mask(),
+        families: args.families(),
         read_batch: args.read_batch,
         hot_slots: args.hot_slots,
         scope: KernelScope {
@@ -610,6 +611,7 @@ async fn run_loop(
         Record::Start {
             time: clock.unix_secs(started_ns),
             probe: backend,
+            families: args.scope().families.labels(),
             pid: std::process::id(),
             tracked_map_id: source.tables.tracked_map_id,
         }

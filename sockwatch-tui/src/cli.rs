@@ -4,7 +4,10 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{error::ErrorKind, CommandFactory, Parser, ValueEnum};
 
-use crate::view::{filter::Scope, state::ViewOptions};
+use crate::{
+    socket::Families,
+    view::{filter::Scope, state::ViewOptions},
+};
 
 pub use crate::kernel::loader::ProbeChoice;
 
@@ -30,7 +33,8 @@ impl DirectionChoice {
     }
 }
 
-/// Watch IPv4 sockets live with eBPF: every connect, the bytes each socket sends, every close.
+/// Watch TCP and UDP sockets (IPv4 and IPv6) live with eBPF: every connect, the bytes each
+/// socket sends, every close.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "sockwatch-tui", version, about)]
 pub struct Args {
@@ -42,7 +46,15 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = DirectionChoice::Both)]
     pub direction: DirectionChoice,
 
-    /// Do not pick up the IPv4 sockets already open when sockwatch starts.
+    /// Only IPv4 sockets (an IPv6 socket whose peer is IPv4-mapped counts as IPv4).
+    #[arg(short = '4', long, conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6 sockets.
+    #[arg(short = '6', long)]
+    pub ipv6: bool,
+
+    /// Do not pick up the sockets already open when sockwatch starts.
     #[arg(long)]
     pub no_existing: bool,
 
@@ -135,6 +147,16 @@ pub struct Args {
 }
 
 impl Args {
+    /// The families to track, as a `sockwatch_common::families` mask (both by default).
+    pub fn families(&self) -> u32 {
+        use sockwatch_common::families::{BOTH, IPV4, IPV6};
+        match (self.ipv4, self.ipv6) {
+            (true, _) => IPV4,
+            (_, true) => IPV6,
+            _ => BOTH,
+        }
+    }
+
     /// What clap cannot check by itself, failing as its own errors do (exit status 2): the
     /// kernel keeps at most `scope::MAX_VALUES` of each of `--pid` and `--port`.
     pub fn checked(self) -> Result<Self, clap::Error> {
@@ -157,12 +179,14 @@ impl Args {
         Duration::from_millis(self.reconcile_ms.unwrap_or(5000))
     }
 
-    /// `--pid`/`--comm`/`--port`: which sockets are shown, in the dashboard and in JSON.
+    /// `--pid`/`--comm`/`--port` and `-4`/`-6`: which sockets are shown, in the dashboard and
+    /// in JSON.
     pub fn scope(&self) -> Scope {
         Scope {
             pids: self.pid.clone(),
             comms: self.comm.clone(),
             ports: self.port.clone(),
+            families: Families::from_mask(self.families()),
         }
     }
 
@@ -261,6 +285,7 @@ mod tests {
         let json = Args::try_parse_from(["sockwatch-tui", "--json", "--pid", "7", "--port", "80"])
             .expect("the scope applies to JSON too");
         assert_eq!((json.scope().pids, json.scope().ports), (vec![7], vec![80]));
+        assert_eq!(options.scope.families, Families::Both);
         for bad in [
             &["--pid", "abc"][..],
             &["--port", "70000"],
@@ -270,5 +295,17 @@ mod tests {
             let argv = std::iter::once("sockwatch-tui").chain(bad.iter().copied());
             assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn one_family_flag_narrows_the_scope() {
+        let families = |argv: &[&str]| {
+            let argv = std::iter::once("sockwatch-tui").chain(argv.iter().copied());
+            Args::try_parse_from(argv).map(|args| args.scope().families)
+        };
+        assert_eq!(families(&[]).expect("valid"), Families::Both);
+        assert_eq!(families(&["-4"]).expect("valid"), Families::Ipv4);
+        assert_eq!(families(&["--ipv6"]).expect("valid"), Families::Ipv6);
+        assert!(families(&["-4", "-6"]).is_err());
     }
 }

@@ -103,6 +103,8 @@ pub enum Record<'a> {
     Start {
         time: f64,
         probe: &'a str,
+        /// `ipv4`, `ipv6`: the families watched (`-4`, `-6`).
+        families: &'static [&'static str],
         pid: u32,
         /// The kernel's id of the map of tracked sockets, for `bpftool map dump id N`.
         tracked_map_id: u32,
@@ -315,7 +317,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::socket::{Closed, Direction, Proto, SocketKey};
+    use crate::socket::{Closed, Direction, Families, Proto, SocketKey};
 
     fn endpoint() -> Socket {
         let mut socket = Socket::new(
@@ -539,15 +541,23 @@ mod tests {
             }),
             serde_json::json!({"event": "lost", "time": 2.0, "count": 3, "total": 10})
         );
-        assert_eq!(
-            line(&Record::Start {
-                time: 0.0,
-                probe: "kprobe",
-                pid: 1,
-                tracked_map_id: 9,
-            })["probe"],
-            "kprobe"
-        );
+        let start = line(&Record::Start {
+            time: 0.0,
+            probe: "kprobe",
+            families: Families::Ipv6.labels(),
+            pid: 1,
+            tracked_map_id: 9,
+        });
+        assert_eq!(start["probe"], "kprobe");
+        assert_eq!(start["families"], serde_json::json!(["ipv6"]));
+        let both = line(&Record::Start {
+            time: 0.0,
+            probe: "socket",
+            families: Families::Both.labels(),
+            pid: 1,
+            tracked_map_id: 9,
+        });
+        assert_eq!(both["families"], serde_json::json!(["ipv4", "ipv6"]));
         let end = line(&Record::End {
             time: 0.0,
             connects: 3,

@@ -1,4 +1,4 @@
-//! sockwatch: IPv4 sockets watched with eBPF, shown live in the terminal.
+//! sockwatch: TCP and UDP sockets (IPv4 and IPv6) watched with eBPF, shown live in the terminal.
 //!
 //! The pipeline, one folder a stage (a stage never imports a later one):
 //! `kernel` (load the programs, decode what they send, square it with the map and /proc) →

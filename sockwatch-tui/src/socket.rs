@@ -145,6 +145,47 @@ impl Direction {
     }
 }
 
+/// The address families watched (`-4`, `-6`), by a socket's [`Socket::family`]: an IPv4-mapped
+/// peer is IPv4. An enum rather than the kernel's mask, so that no value means "none".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Families {
+    #[default]
+    Both,
+    Ipv4,
+    Ipv6,
+}
+
+impl Families {
+    /// From a `sockwatch_common::families` mask (`Args::families`). The flags never give one
+    /// of neither family; it is taken as both.
+    pub fn from_mask(mask: u32) -> Self {
+        use sockwatch_common::families::{IPV4, IPV6};
+        match mask {
+            IPV4 => Self::Ipv4,
+            IPV6 => Self::Ipv6,
+            _ => Self::Both,
+        }
+    }
+
+    /// Whether a socket of `family` (4 or 6, as [`Socket::family`]) is watched.
+    pub fn contains(self, family: u8) -> bool {
+        match self {
+            Self::Both => true,
+            Self::Ipv4 => family == 4,
+            Self::Ipv6 => family == 6,
+        }
+    }
+
+    /// `ipv4`, `ipv6`: the families watched, by name.
+    pub fn labels(self) -> &'static [&'static str] {
+        match self {
+            Self::Both => &["ipv4", "ipv6"],
+            Self::Ipv4 => &["ipv4"],
+            Self::Ipv6 => &["ipv6"],
+        }
+    }
+}
+
 /// How sockwatch came to know the socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Origin {
@@ -979,6 +1020,20 @@ mod tests {
         let long: std::net::Ipv6Addr = "2001:0db8:0000:0000:0000:8a2e:0370:7334".parse().unwrap();
         s.set_daddr(long);
         assert_eq!(s.remote(), "[2001:db8::8a2e:370:7334]:80");
+    }
+
+    /// `-4` and `-6` as the kernel's mask: one family each; both by default, and for a mask
+    /// naming neither.
+    #[test]
+    fn families_from_the_mask() {
+        use sockwatch_common::families::{BOTH, IPV4, IPV6};
+        assert_eq!(Families::from_mask(IPV4), Families::Ipv4);
+        assert_eq!(Families::from_mask(IPV6), Families::Ipv6);
+        assert_eq!(Families::from_mask(BOTH), Families::Both);
+        assert_eq!(Families::from_mask(0), Families::Both);
+        assert_eq!(Families::default(), Families::Both);
+        assert!(Families::Ipv6.contains(6) && !Families::Ipv6.contains(4));
+        assert_eq!(Families::Both.labels(), ["ipv4", "ipv6"]);
     }
 
     /// Rows keep 32-bit inodes, as sockfs numbers them: a larger number names no socket.

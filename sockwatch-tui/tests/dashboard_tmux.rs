@@ -20,7 +20,7 @@ fn dashboard_shows_a_live_connection_logs_its_close_and_quits_cleanly() {
     let pid = std::process::id().to_string();
     tmux.type_line(&format!("{BIN} --interval 200 --no-resolve --pid {pid}"));
     tmux.wait_for("the dashboard", SCREEN_TIMEOUT, |s| {
-        s.contains("Open IPv4 sockets")
+        s.contains("Open sockets")
     });
 
     let server = net::CountingServer::start();
@@ -43,13 +43,39 @@ fn dashboard_shows_a_live_connection_logs_its_close_and_quits_cleanly() {
         "{screen}"
     );
 
-    net::close(fd);
-    assert_eq!(server.next_total(), 1536);
-    tmux.wait_for("the close in the log, the row gone", SCREEN_TIMEOUT, |s| {
-        let log = s.split("Closed (").nth(1).unwrap_or_default();
-        let table = s.split("Closed (").next().unwrap_or_default();
-        log.contains(&destination) && log.contains("1.5 KiB") && !table.contains(&destination)
+    // The app's `localhost` is often ::1: the same row over IPv6, bracketed.
+    let server6 = net::CountingServer::on("[::1]:0", 0);
+    let (fd6, errno) = net::connect6(std::net::Ipv6Addr::LOCALHOST, server6.port);
+    assert_eq!(errno, 0, "connect to [::1]:{}", server6.port);
+    net::sendto_all(fd6, 3072);
+    let destination6 = format!("[::1]:{}", server6.port);
+    tmux.wait_for("the IPv6 connection's row", SCREEN_TIMEOUT, |s| {
+        s.lines().any(|line| {
+            line.contains(&destination6)
+                && line.contains(&pid)
+                && line.contains("ESTAB")
+                && line.contains("3.0 KiB")
+        })
     });
+
+    net::close(fd);
+    net::close(fd6);
+    assert_eq!(server.next_total(), 1536);
+    assert_eq!(server6.next_total(), 3072);
+    tmux.wait_for(
+        "the closes in the log, the rows gone",
+        SCREEN_TIMEOUT,
+        |s| {
+            let log = s.split("Closed (").nth(1).unwrap_or_default();
+            let table = s.split("Closed (").next().unwrap_or_default();
+            log.contains(&destination)
+                && log.contains("1.5 KiB")
+                && log.contains(&destination6)
+                && log.contains("3.0 KiB")
+                && !table.contains(&destination)
+                && !table.contains(&destination6)
+        },
+    );
 
     tmux.press("q");
     assert_terminal_restored(&tmux, &state_file);
@@ -65,7 +91,7 @@ fn sigterm_restores_the_terminal() {
     // No reverse DNS: the machine's other sockets are never looked up from a test.
     tmux.type_line(&format!("{BIN} --interval 200 --no-resolve"));
     tmux.wait_for("the dashboard", SCREEN_TIMEOUT, |s| {
-        s.contains("Open IPv4 sockets")
+        s.contains("Open sockets")
     });
     let shell = tmux.pane("#{pane_pid}");
     let pkill = support::process::output_within(
@@ -121,7 +147,7 @@ fn keys_sort_filter_open_details_help_pause_and_quit() {
     // --pid: only this test's sockets, from the start.
     tmux.type_line(&format!("{BIN} --interval 200 --no-resolve --pid {pid}"));
     tmux.wait_for("the dashboard, scoped", SCREEN_TIMEOUT, |s| {
-        s.contains("Open IPv4 sockets") && s.contains(&format!("only pid {pid}"))
+        s.contains("Open sockets") && s.contains(&format!("only pid {pid}"))
     });
 
     let big = net::CountingServer::start();
@@ -176,7 +202,7 @@ fn keys_sort_filter_open_details_help_pause_and_quit() {
     assert!(details.contains("names are off"), "{details}");
     tmux.press("Escape");
     tmux.wait_for("back to the table", SCREEN_TIMEOUT, |s| {
-        s.contains("Open IPv4 sockets") && row_of(s, small.port).is_some()
+        s.contains("Open sockets") && row_of(s, small.port).is_some()
     });
 
     // Help lists the keys; Esc closes it.
@@ -256,7 +282,7 @@ fn the_tcp_view_sorts_by_rtt_and_details_show_the_kernels_numbers() {
     let pid = std::process::id();
     tmux.type_line(&format!("{BIN} --interval 200 --no-resolve --pid {pid}"));
     tmux.wait_for("the dashboard, scoped", SCREEN_TIMEOUT, |s| {
-        s.contains("Open IPv4 sockets") && s.contains(&format!("only pid {pid}"))
+        s.contains("Open sockets") && s.contains(&format!("only pid {pid}"))
     });
     let servers = [net::CountingServer::start(), net::CountingServer::start()];
     let fds: Vec<i32> = servers
@@ -366,7 +392,7 @@ fn a_refused_curl_shows_in_the_close_log_and_the_header() {
     let port = net::closed_port();
     tmux.type_line(&format!("{BIN} --interval 200 --no-resolve --port {port}"));
     tmux.wait_for("the dashboard, scoped", SCREEN_TIMEOUT, |s| {
-        s.contains("Open IPv4 sockets") && s.contains(&format!("only port {port}"))
+        s.contains("Open sockets") && s.contains(&format!("only port {port}"))
     });
     let curl = support::process::output_within(
         std::process::Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/")]),

@@ -68,6 +68,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// A `sockwatch_common::directions` mask.
     pub directions: u32,
+    /// A `sockwatch_common::families` mask (`-4`, `-6`).
+    pub families: u32,
     /// Entries a batched map read asks for per call (`bulk::BATCH`; tests make it small).
     pub read_batch: u32,
     /// `SK_HOT`'s size (even), if not [`hot_slots_for`] `max_sockets` (tests).
@@ -499,6 +501,7 @@ pub fn attach(
         .map_max_entries(maps::EVENTS, options.ring_bytes)
         .override_global(globals::SYSCALL_WRAPPER, &wrapper, true)
         .override_global(globals::DIRECTIONS, &options.directions, true)
+        .override_global(globals::FAMILIES, &options.families, true)
         .override_global(globals::SCOPE, &options.scope.mask(), true)
         .override_global(globals::OFFSETS, &offsets, true)
         .override_global(globals::COUNT_BY_SOCKET, &count_by_socket, true)

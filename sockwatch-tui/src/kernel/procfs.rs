@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     fs, io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::Path,
 };
 
@@ -18,13 +18,13 @@ pub const TCP_LISTEN: u8 = 0x0a;
 const TCP_TIME_WAIT: u8 = 0x06;
 const TCP_CLOSE: u8 = 0x07;
 
-/// One IPv4 (or IPv4-mapped IPv6) socket from the kernel's tables.
+/// One inet socket from the kernel's tables; an IPv4-mapped address as IPv4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InetSocket {
     pub inode: u64,
     pub proto: Proto,
-    pub local: SocketAddrV4,
-    pub remote: SocketAddrV4,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
     /// TCP state number; for UDP 1 means connected.
     pub state: u8,
 }
@@ -36,7 +36,7 @@ impl InetSocket {
     }
 }
 
-/// Every IPv4 socket the kernel lists, by inode.
+/// Every inet socket the kernel lists (IPv4 and IPv6, TCP and UDP), by inode.
 pub fn inet_sockets() -> HashMap<u64, InetSocket> {
     let mut sockets = HashMap::new();
     for (file, proto) in [
@@ -55,7 +55,7 @@ pub fn inet_sockets() -> HashMap<u64, InetSocket> {
     sockets
 }
 
-/// Parses one `/proc/net/{tcp,udp}{,6}` table; IPv6 rows count only when IPv4-mapped.
+/// Parses one `/proc/net/{tcp,udp}{,6}` table.
 pub fn parse_table(text: &str, proto: Proto) -> Vec<InetSocket> {
     text.lines()
         .skip(1)
@@ -77,8 +77,8 @@ pub fn parse_table(text: &str, proto: Proto) -> Vec<InetSocket> {
 }
 
 /// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): the kernel prints each 32-bit
-/// word of the address in host byte order.
-fn parse_endpoint(text: &str) -> Option<SocketAddrV4> {
+/// word of the address in host byte order. An IPv4-mapped address is IPv4, as rows show it.
+fn parse_endpoint(text: &str) -> Option<SocketAddr> {
     let (addr, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let mut bytes = Vec::with_capacity(16);
@@ -86,22 +86,15 @@ fn parse_endpoint(text: &str) -> Option<SocketAddrV4> {
         let word = u32::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
         bytes.extend_from_slice(&word.to_ne_bytes());
     }
-    let v4 = match bytes.len() {
-        4 => [bytes[0], bytes[1], bytes[2], bytes[3]],
+    let ip = match bytes.len() {
+        4 => IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]),
         16 => {
-            let unspecified = bytes.iter().all(|&b| b == 0);
-            let mapped = bytes[..10].iter().all(|&b| b == 0) && bytes[10..12] == [0xff, 0xff];
-            if unspecified {
-                [0; 4]
-            } else if mapped {
-                [bytes[12], bytes[13], bytes[14], bytes[15]]
-            } else {
-                return None;
-            }
+            let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+            IpAddr::V6(v6).to_canonical()
         }
         _ => return None,
     };
-    Some(SocketAddrV4::new(Ipv4Addr::from(v4), port))
+    Some(SocketAddr::new(ip, port))
 }
 
 /// The socket inode behind `/proc/PID/fd/FD`: `Ok(None)` when the fd is not a socket,
@@ -229,11 +222,14 @@ mod tests {
     }
 
     #[test]
-    fn keeps_only_ipv4_mapped_ipv6_rows() {
+    fn parses_ipv6_rows_and_ipv4_mapped_ones_as_ipv4() {
         let rows = parse_table(TCP6, Proto::Tcp);
-        assert_eq!(rows.len(), 1, "::1 is true IPv6: {rows:?}");
+        assert_eq!(rows.len(), 2, "{rows:?}");
         assert_eq!(rows[0].local, "127.0.0.1:8081".parse().expect("addr"));
         assert_eq!(rows[0].remote.port(), 0xD431);
+        assert_eq!(rows[1].local, "[::1]:22".parse().expect("addr"));
+        assert_eq!(rows[1].remote, "[::1]:54322".parse().expect("addr"));
+        assert!(rows[1].is_connected());
     }
 
     #[test]

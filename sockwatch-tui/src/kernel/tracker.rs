@@ -508,7 +508,7 @@ impl Tracker {
         self.move_row(socket, to, comm, open, ts_ns)
     }
 
-    /// Finds IPv4 sockets that were open before we started, hands them to the kernel map, and
+    /// Finds the sockets that were open before we started, hands them to the kernel map, and
     /// reports them opened (`existing`); `mask` is the `--direction` mask.
     pub fn adopt_existing(
         &mut self,
@@ -552,7 +552,7 @@ impl Tracker {
             let mut socket = Socket::new(
                 key,
                 now_ns,
-                *found.remote.ip(),
+                found.remote.ip(),
                 found.remote.port(),
                 procfs::comm(pid).unwrap_or_default(),
             );
@@ -609,7 +609,7 @@ impl Tracker {
             .or_else(|| self.inodes.get(&id).copied())
     }
 
-    /// Completes an accepted socket from /proc; `None` when it is not IPv4 after all.
+    /// Completes an accepted socket from /proc; `None` when it is not an inet socket after all.
     fn accepted(
         &mut self,
         mut socket: Socket,
@@ -620,12 +620,12 @@ impl Tracker {
         let key = socket.key();
         let inode = procfs::socket_inode(key.pid, key.fd).ok().flatten();
         if peer_unknown {
-            // Only /proc can say whether this is an IPv4 socket at all.
+            // Only /proc can say whether this is an inet socket at all.
             let Some(found) = inode.and_then(|inode| procfs::inet_sockets().remove(&inode)) else {
                 tables.take(key);
                 return None;
             };
-            socket.set_daddr(*found.remote.ip());
+            socket.set_daddr(found.remote.ip());
             socket.dport = found.remote.port();
             socket.lport = found.local.port();
         } else if socket.lport == 0 {

@@ -1,5 +1,5 @@
-//! Narrowing the table: the `/` filter typed in the dashboard, and the `--pid`, `--comm` and
-//! `--port` scope given on the command line.
+//! Narrowing the table: the `/` filter typed in the dashboard, and the `--pid`, `--comm`,
+//! `--port` and `-4`/`-6` scope given on the command line.
 //!
 //! A filter is words separated by spaces; a socket is shown when it matches every word (so each
 //! word narrows). A plain word matches the process name, the host name or `ip:port`
@@ -9,7 +9,7 @@
 //! `peer`, `app`, `idle`: that mark). A word that cannot mean anything (`pid:abc`) is ignored
 //! and reported, never an error.
 
-use crate::socket::{HealthMark, Socket};
+use crate::socket::{Families, HealthMark, Socket};
 
 /// Longest filter text kept (characters).
 pub const MAX_FILTER_LEN: usize = 200;
@@ -176,8 +176,8 @@ impl Filter {
     }
 }
 
-/// What `--pid`, `--comm` and `--port` allow: any of the values of each given flag, and every
-/// given flag.
+/// What `--pid`, `--comm`, `--port` and `-4`/`-6` allow: any of the values of each given flag,
+/// and every given flag.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scope {
     pub pids: Vec<u32>,
@@ -185,15 +185,22 @@ pub struct Scope {
     pub comms: Vec<String>,
     /// Destination or local ports.
     pub ports: Vec<u16>,
+    /// Both unless `-4` or `-6`, by the remote end as shown ([`Socket::family`]): a socket of
+    /// an IPv6 listener with an IPv4-mapped peer is an IPv4 one.
+    pub families: Families,
 }
 
 impl Scope {
     pub fn is_everything(&self) -> bool {
-        self.pids.is_empty() && self.comms.is_empty() && self.ports.is_empty()
+        self.pids.is_empty()
+            && self.comms.is_empty()
+            && self.ports.is_empty()
+            && self.families == Families::Both
     }
 
     pub fn matches(&self, s: &Socket) -> bool {
-        (self.pids.is_empty() || self.pids.contains(&s.pid()))
+        self.families.contains(s.family())
+            && (self.pids.is_empty() || self.pids.contains(&s.pid()))
             && (self.comms.is_empty() || self.comms.iter().any(|c| s.comm.contains(c.as_str())))
             && (self.ports.is_empty()
                 || self
@@ -202,7 +209,8 @@ impl Scope {
                     .any(|&p| s.dport == p || (s.lport != 0 && s.lport == p)))
     }
 
-    /// For the header: `pid 42,43 comm curl port 443`.
+    /// For the header: `pid 42,43 comm curl port 443`. Not the families: the header always
+    /// says those on its own.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         let join = |values: Vec<String>| values.join(",");
@@ -375,6 +383,7 @@ mod tests {
             pids: vec![100, 102],
             comms: vec![],
             ports: vec![443],
+            families: Families::Both,
         };
         let kept: Vec<u32> = sockets
             .iter()
@@ -384,5 +393,33 @@ mod tests {
         assert_eq!(kept, [100, 102]);
         assert_eq!(scope.describe(), "pid 100,102 port 443");
         assert!(Scope::default().is_everything());
+    }
+
+    /// `-4`/`-6` keep the rows of their family, by the remote end as shown: an IPv4-mapped
+    /// peer (an IPv6 listener's IPv4 client) is IPv4.
+    #[test]
+    fn scope_keeps_the_families_watched() {
+        let (v4, _) = socket(100, "curl", [10, 0, 0, 5], 443, None);
+        let mut v6 = v4.clone();
+        v6.set_daddr(std::net::Ipv6Addr::LOCALHOST);
+        let mut mapped = v4.clone();
+        mapped.set_daddr(Ipv4Addr::new(10, 0, 0, 7).to_ipv6_mapped());
+        let kept = |families| {
+            let scope = Scope {
+                families,
+                ..Scope::default()
+            };
+            [&v4, &v6, &mapped].map(|s| scope.matches(s))
+        };
+        assert_eq!(kept(Families::Both), [true, true, true]);
+        assert_eq!(kept(Families::Ipv4), [true, false, true]);
+        assert_eq!(kept(Families::Ipv6), [false, true, false]);
+        // One family is a narrowing the header shows on its own, not in `describe`.
+        let six = Scope {
+            families: Families::Ipv6,
+            ..Scope::default()
+        };
+        assert!(!six.is_everything());
+        assert_eq!(six.describe(), "");
     }
 }

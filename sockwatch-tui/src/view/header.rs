@@ -8,7 +8,17 @@ use ratatui::{
 };
 
 use super::{format, state::ViewState, theme::Theme};
-use crate::model::Model;
+use crate::{model::Model, socket::Families};
+
+/// The families watched, always on the first line: what the counters count. As wide one way as
+/// another, so that `-4`/`-6` move nothing.
+fn families(families: Families) -> &'static str {
+    match families {
+        Families::Both => "IPv4+IPv6",
+        Families::Ipv4 => "IPv4 only",
+        Families::Ipv6 => "IPv6 only",
+    }
+}
 
 /// `live` is the model as it is (its probe, whether names are on); `shown` the one on screen.
 pub fn render(
@@ -28,8 +38,13 @@ pub fn render(
     let totals = &shown.totals;
     let counters = &shown.counters;
 
-    let mut first = vec![Span::styled(" sockwatch ", theme.badge())];
-    first.extend(field("probe:", live.backend.clone()));
+    let mut first = vec![
+        Span::styled(" sockwatch ", theme.badge()),
+        Span::raw("  "),
+        Span::styled(families(view.scope.families), theme.value()),
+    ];
+    let probe = field("probe:", live.backend.clone());
+    let probe_at = first.len();
     first.extend(field("open:", shown.open.len().to_string()));
     first.extend(field(
         "connects:",
@@ -65,6 +80,12 @@ pub fn render(
         first.push(Span::raw("  "));
         first.push(Span::styled(" PAUSED ", theme.paused()));
     }
+    // The probe is left out when the line would not fit with it (at 80 columns it does not):
+    // the counters matter more, and the probe stays the same all run long.
+    let width: usize = first.iter().map(Span::width).sum();
+    if width + probe.iter().map(Span::width).sum::<usize>() <= usize::from(area.width) {
+        first.splice(probe_at..probe_at, probe);
+    }
 
     let activity = &shown.activity;
     let mut second = vec![Span::styled(" per second", theme.label())];
@@ -79,8 +100,10 @@ pub fn render(
     second.extend(field("send:", format::rate(activity.bytes.send)));
     second.extend(field("recv:", format::rate(activity.bytes.recv)));
     let mut modes = Vec::new();
-    if !view.scope.is_everything() {
-        modes.push(format!("only {}", view.scope.describe()));
+    // Not `is_everything`: the families, the one narrowing always said, are on the first line.
+    let scope = view.scope.describe();
+    if !scope.is_empty() {
+        modes.push(format!("only {scope}"));
     }
     if let Some(id) = view.follow {
         modes.push(format!("following {}/{}", id.key.pid, id.key.fd));

@@ -10,6 +10,7 @@ use ratatui::{
 };
 
 use super::{
+    filter::Scope,
     render as view,
     state::{ViewAction, ViewOptions, ViewState},
     Dashboard, Message,
@@ -22,7 +23,7 @@ use crate::{
         Action, HealthRead, Model,
     },
     socket::{
-        CloseCause, Closed, ClosedBy, Origin, Proto, Socket, SocketKey, State, TcpDetail,
+        CloseCause, Closed, ClosedBy, Families, Origin, Proto, Socket, SocketKey, State, TcpDetail,
         TcpHealth, TcpReading,
     },
 };
@@ -196,6 +197,44 @@ fn ipv6_rows_show_their_addresses_in_brackets() {
             render(&dashboard, width, 14)
         );
     }
+}
+
+/// `-6`: the header says so in place of IPv4+IPv6 (and not again among the modes of its second
+/// line). The kernel tracks no IPv4 socket then: the rows are IPv6 ones.
+#[test]
+fn ipv6_only_says_so_in_the_header() {
+    let options = ViewOptions {
+        scope: Scope {
+            families: Families::Ipv6,
+            ..Scope::default()
+        },
+        color: true,
+        ..ViewOptions::default()
+    };
+    let mut dashboard = Dashboard::new(Model::new("socket"), ViewState::new(options));
+    for (pid, fd, comm, addr, port) in [
+        (2100, 5, "node", Ipv6Addr::LOCALHOST, 8080),
+        (
+            2200,
+            4,
+            "curl",
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5),
+            443,
+        ),
+    ] {
+        change(
+            &mut dashboard,
+            Change::Opened(socket(pid, fd, comm, addr, port)),
+        );
+    }
+    act(
+        &mut dashboard,
+        &[ViewAction::Resize {
+            width: 80,
+            height: 14,
+        }],
+    );
+    insta::assert_snapshot!(render(&dashboard, 80, 14));
 }
 
 #[test]

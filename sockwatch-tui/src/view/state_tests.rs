@@ -298,6 +298,7 @@ fn command_line_scope_applies_from_the_start() {
             pids: vec![],
             comms: vec!["curl".into()],
             ports: vec![8080],
+            ..Scope::default()
         },
         linger_ns: None,
         color: false,

@@ -43,10 +43,10 @@ pub fn render(
             format!(" Processes ({}, {open} sockets{closed}) ", processes.len(),)
         }
         Listing::Sockets(_) if visible.matching == visible.in_scope => {
-            format!(" Open IPv4 sockets ({open}{closed}) ")
+            format!(" Open sockets ({open}{closed}) ")
         }
         Listing::Sockets(_) => format!(
-            " Open IPv4 sockets ({open}{closed} of {}, filtered) ",
+            " Open sockets ({open}{closed} of {}, filtered) ",
             visible.in_scope
         ),
     };
@@ -113,7 +113,7 @@ pub fn render(
         let note = if visible.in_scope > 0 {
             "no socket matches the filter (Esc clears it)"
         } else {
-            "no open IPv4 socket yet"
+            "no open socket yet"
         };
         let [_, body] =
             ratatui::layout::Layout::vertical([Constraint::Length(2), Constraint::Min(0)])

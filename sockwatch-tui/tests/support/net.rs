@@ -24,8 +24,13 @@ impl CountingServer {
 
     /// Like `start`, but first sends `greeting` bytes to each client.
     pub fn with_greeting(greeting: usize) -> Self {
+        Self::on("127.0.0.1:0", greeting)
+    }
+
+    /// Like `with_greeting`, listening on `addr` (`[::1]:0`, `[::]:0`).
+    pub fn on(addr: &str, greeting: usize) -> Self {
         use std::io::Write;
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback server");
+        let listener = TcpListener::bind(addr).expect("binding a loopback server");
         let port = listener.local_addr().expect("local addr").port();
         let (tx, received) = mpsc::channel();
         thread::spawn(move || {
@@ -227,14 +232,13 @@ pub fn ss_bytes_sent(sport: u16, expected: u64) -> Option<u64> {
 /// vm-test` a spurious tail loss probe, seen as `dsack_dups:1`, resends the last segment), so
 /// `bytes_retrans` is taken off. A counter ss does not print (it omits zeros) counts as 0.
 pub fn ss_counters(sport: u16) -> Option<(u64, u64)> {
+    ss_counters_from(&format!("127.0.0.1:{sport}"))
+}
+
+/// [`ss_counters`] of the connection from `src` (`127.0.0.1:PORT`, `[::1]:PORT`).
+pub fn ss_counters_from(src: &str) -> Option<(u64, u64)> {
     let out = super::process::output_within(
-        std::process::Command::new("ss").args([
-            "-tinH",
-            "state",
-            "established",
-            "src",
-            &format!("127.0.0.1:{sport}"),
-        ]),
+        std::process::Command::new("ss").args(["-tinH", "state", "established", "src", src]),
         super::process::COMMAND_TIMEOUT,
         "ss (iproute2)",
     );
@@ -261,9 +265,14 @@ pub fn ss_counters(sport: u16) -> Option<(u64, u64)> {
 /// bytes as they are transmitted, which lags what send() accepted while the peer's window is
 /// full. Waits at most 10 s.
 pub fn ss_counters_settled(sport: u16, sent: u64) -> Option<(u64, u64)> {
+    ss_counters_settled_from(&format!("127.0.0.1:{sport}"), sent)
+}
+
+/// [`ss_counters_settled`] of the connection from `src` (as [`ss_counters_from`]).
+pub fn ss_counters_settled_from(src: &str, sent: u64) -> Option<(u64, u64)> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let counters = ss_counters(sport);
+        let counters = ss_counters_from(src);
         if counters.is_some_and(|(s, _)| s >= sent) || std::time::Instant::now() > deadline {
             return counters;
         }
@@ -433,17 +442,7 @@ pub fn connected_udp(port: u16) -> RawFd {
 
 /// A UDP server on 127.0.0.1 that answers every datagram with one of the same size.
 pub fn udp_echo() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding udp");
-    let port = socket.local_addr().expect("addr").port();
-    thread::spawn(move || {
-        let mut buf = [0u8; 65536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            if socket.send_to(&buf[..n], from).is_err() {
-                break;
-            }
-        }
-    });
-    port
+    udp_echo_on("127.0.0.1:0")
 }
 
 /// A connected pair of Unix stream sockets (close-on-exec).
@@ -506,4 +505,87 @@ pub fn inode_of(fd: RawFd) -> u64 {
         .and_then(|rest| rest.strip_suffix(']'))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("fd {fd} is not a socket: {link}"))
+}
+
+/// A listening `AF_INET6` TCP socket on `addr` (`[::]:0` is dual-stack, as servers listen by
+/// default) as a raw fd, with its port.
+pub fn raw_listener6(addr: &str) -> (RawFd, u16) {
+    use std::os::fd::IntoRawFd;
+    let listener = TcpListener::bind(addr).expect("binding an IPv6 listener");
+    let port = listener.local_addr().expect("addr").port();
+    let fd = listener.into_raw_fd();
+    bound_blocking_calls(fd);
+    (fd, port)
+}
+
+/// `accept(2)` with a `sockaddr_in6` buffer: the new fd and the peer's address and port.
+pub fn accept6_with_peer(listener: RawFd) -> (RawFd, std::net::SocketAddrV6) {
+    // SAFETY: an all-zero sockaddr_in6 is valid.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    // SAFETY: `sa` has room for a sockaddr_in6 and `len` says so; then FD_CLOEXEC on our fd.
+    let fd = unsafe { libc::accept(listener, (&raw mut sa).cast(), &mut len) };
+    assert!(fd >= 0, "accept: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    bound_blocking_calls(fd);
+    let peer = std::net::SocketAddrV6::new(
+        sa.sin6_addr.s6_addr.into(),
+        u16::from_be(sa.sin6_port),
+        0,
+        0,
+    );
+    (fd, peer)
+}
+
+/// The local address of a socket of either family.
+pub fn local_addr(fd: RawFd) -> std::net::SocketAddr {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `sa` has room for any address and `len` says so.
+    let rc = unsafe { libc::getsockname(fd, (&raw mut sa).cast(), &mut len) };
+    assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+    match i32::from(sa.ss_family) {
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6.
+            let v6: libc::sockaddr_in6 = unsafe { *(&raw const sa).cast() };
+            std::net::SocketAddrV6::new(
+                v6.sin6_addr.s6_addr.into(),
+                u16::from_be(v6.sin6_port),
+                0,
+                0,
+            )
+            .into()
+        }
+        _ => SocketAddrV4::new([127, 0, 0, 1].into(), local_port(fd)).into(),
+    }
+}
+
+/// A UDP socket (`AF_INET6`) connected to [::1]:`port`, as a raw fd.
+pub fn connected_udp6(port: u16) -> RawFd {
+    use std::os::fd::IntoRawFd;
+    let socket = std::net::UdpSocket::bind("[::1]:0").expect("binding udp on ::1");
+    socket.connect(("::1", port)).expect("connect(udp) to ::1");
+    let fd = socket.into_raw_fd();
+    // SAFETY: FD_CLOEXEC on our own fd (std sets it already; kept explicit as tcp_socket).
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    bound_blocking_calls(fd);
+    fd
+}
+
+/// A UDP server on `addr` (`127.0.0.1:0`, `[::1]:0`) that answers every datagram with one of
+/// the same size; its port.
+pub fn udp_echo_on(addr: &str) -> u16 {
+    let socket = std::net::UdpSocket::bind(addr).expect("binding udp");
+    let port = socket.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if socket.send_to(&buf[..n], from).is_err() {
+                break;
+            }
+        }
+    });
+    port
 }
