@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashSet,
-    io::{self, IsTerminal, StdoutLock, Write},
+    io::{self, IsTerminal, Write},
     time::Duration,
 };
 
@@ -27,11 +27,13 @@ use crate::{
     kernel::{
         decode::KernelRecord,
         diag::Diag,
-        loader::{self, KernelScope, KernelTables, LoadOptions},
+        loader::{self, KernelCounters, KernelScope, KernelTables, LoadOptions},
+        procfs,
         ring::EventRing,
         tracker::{Change, Tracker},
     },
     logfile::Log,
+    metrics::{self, Metrics},
     model::{
         dns::{self, Answer, HostNames, Resolver},
         Action, Model,
@@ -299,8 +301,11 @@ struct Drained {
 /// What the changes are shown on.
 enum Output<'a> {
     Json {
+        /// `--metrics`: counted from the same changes.
+        metrics: Option<Box<Metrics>>,
         model: Box<Model>,
-        out: io::BufWriter<StdoutLock<'a>>,
+        /// Stdout, or nowhere (`--headless`).
+        out: io::BufWriter<Box<dyn Write + 'a>>,
         clock: WallClock,
         reported_drops: u64,
         /// `--json-samples`: a `sample` line per open socket at every refresh.
@@ -313,6 +318,7 @@ enum Output<'a> {
     Dashboard {
         dashboard: Box<Dashboard>,
         terminal: TerminalGuard,
+        metrics: Option<Box<Metrics>>,
     },
 }
 
@@ -335,7 +341,47 @@ impl Output<'_> {
         }
     }
 
+    /// The `--metrics` exposition as of now (empty without `--metrics`).
+    fn metrics_text(&mut self, counters: &KernelCounters) -> String {
+        let (model, metrics) = match self {
+            Self::Json { model, metrics, .. } => (&**model, metrics),
+            Self::Dashboard {
+                dashboard, metrics, ..
+            } => (&dashboard.model, metrics),
+        };
+        metrics
+            .as_mut()
+            .map_or_else(String::new, |m| m.render(model, counters))
+    }
+
     fn apply(&mut self, change: Change) -> anyhow::Result<()> {
+        // What the process is, read before its first row shows (and its JSON record is written).
+        if let Some(pid) = change.holder_pid() {
+            let now_ns = monotonic_ns();
+            let model = self.model();
+            if model.processes.wants(pid, now_ns, &model.open) {
+                let process = procfs::process(pid);
+                self.update(Action::Process {
+                    pid,
+                    process,
+                    now_ns,
+                });
+            }
+        }
+        // Counted as the kernel stage tells it: a close carries its final counts.
+        match self {
+            Self::Json {
+                metrics: Some(metrics),
+                model,
+                ..
+            } => metrics.observe(&change, &model.processes),
+            Self::Dashboard {
+                metrics: Some(metrics),
+                dashboard,
+                ..
+            } => metrics.observe(&change, &dashboard.model.processes),
+            _ => {}
+        }
         match self {
             Self::Json {
                 model,
@@ -346,10 +392,14 @@ impl Output<'_> {
             } => {
                 // An open as its record says it (the syscall's result); a close as the model
                 // keeps it (with what was learned while it was open).
+                let process = change
+                    .holder_pid()
+                    .and_then(|pid| model.processes.shared(pid));
+                let process = process.as_deref();
                 let record = match change {
                     Change::Failed { ref socket, errno } => {
                         let written = if scope.matches(socket) {
-                            Record::failed(socket, errno, clock).write_line(out)
+                            Record::failed(socket, process, errno, clock).write_line(out)
                         } else {
                             Ok(())
                         };
@@ -358,7 +408,7 @@ impl Output<'_> {
                     }
                     Change::Opened(ref socket) => {
                         let written = if scope.matches(socket) {
-                            Record::opened(socket, clock).write_line(out)
+                            Record::opened(socket, process, clock).write_line(out)
                         } else {
                             Ok(())
                         };
@@ -377,14 +427,15 @@ impl Output<'_> {
                         match model.apply(change) {
                             Some(moved) if was || scope.matches(moved) => {
                                 let now_ns = monotonic_ns();
-                                Record::moved(moved, from.key, clock, now_ns).write_line(out)
+                                Record::moved(moved, process, from.key, clock, now_ns)
+                                    .write_line(out)
                             }
                             _ => Ok(()),
                         }
                     }
                     Change::Closed(_) => match model.apply(change) {
                         Some(kept) if scope.matches(kept) => {
-                            Record::closed(kept, clock).write_line(out)
+                            Record::closed(kept, process, clock).write_line(out)
                         }
                         _ => Ok(()),
                     },
@@ -429,9 +480,11 @@ impl Output<'_> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     map_large_allocations();
     let mut log = Log::open(args.log_file.as_deref())?;
-    if !args.json && !std::io::stdout().is_terminal() {
+    if !args.json && !args.headless && !std::io::stdout().is_terminal() {
         anyhow::bail!("the dashboard needs a terminal on stdout; use --json for scripts");
     }
+    // Before the probes: a port already taken fails the run at once.
+    let metrics_listener = args.metrics.map(metrics::bind).transpose()?;
     let options = LoadOptions {
         max_sockets: args.max_sockets,
         ring_bytes: args.ring_kib * 1024,
@@ -484,7 +537,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         full_read_every: args.full_read_ms.map(Duration::from_millis),
     };
     let backend = probes.backend.to_string();
-    let result = run_loop(&args, &backend, &mut source, clock, &mut log).await;
+    let result = run_loop(
+        &args,
+        &backend,
+        &mut source,
+        clock,
+        &mut log,
+        metrics_listener,
+    )
+    .await;
     probes.release();
     result
 }
@@ -580,6 +641,16 @@ async fn next_input(terminal: &mut Option<Terminal>) -> Input {
     }
 }
 
+/// The next scrape of `--metrics`; never ready without it.
+async fn next_scrape(
+    scrapes: &mut Option<tokio::sync::mpsc::Receiver<metrics::Scrape>>,
+) -> Option<metrics::Scrape> {
+    match scrapes {
+        Some(scrapes) => scrapes.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 enum Input {
     Key(Option<io::Result<TermEvent>>),
     Answer(Answer),
@@ -600,24 +671,47 @@ async fn run_loop(
     source: &mut Source,
     clock: WallClock,
     log: &mut Log,
+    metrics_listener: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
     // The run starts now: its start record's time is read before the deadline is set, so the
     // end record comes --duration after it at the earliest, however long the set-up between
     // the two reads takes (a loaded or emulated machine can stall it for many milliseconds).
     let started_ns = monotonic_ns();
     let mut stop = Stop::new(args.duration)?;
-    let (mut output, mut terminal) = if args.json {
-        let mut out = io::BufWriter::new(io::stdout().lock());
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
+    let mut scrapes = match metrics_listener {
+        Some(listener) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            metrics::serve(listener, tx)?;
+            Some(rx)
+        }
+        None => None,
+    };
+    let metrics = args
+        .metrics
+        .map(|_| Box::new(Metrics::new(args.metrics_by_remote)));
+    let (mut output, mut terminal) = if args.json || args.headless {
+        // Headless: the same loop and records, written nowhere.
+        let sink: Box<dyn Write> = if args.headless {
+            Box::new(io::sink())
+        } else {
+            Box::new(io::stdout().lock())
+        };
+        let mut out = io::BufWriter::new(sink);
         Record::Start {
             time: clock.unix_secs(started_ns),
             probe: backend,
             families: args.scope().families.labels(),
+            metrics: metrics_addr.map(|addr| addr.to_string()),
             pid: std::process::id(),
             tracked_map_id: source.tables.tracked_map_id,
         }
         .write_line(&mut out)?;
         out.flush()?;
         let output = Output::Json {
+            metrics,
             model: Box::new(Model::counts_only(backend)),
             out,
             clock,
@@ -646,6 +740,7 @@ async fn run_loop(
         let output = Output::Dashboard {
             dashboard: Box::new(dashboard),
             terminal: guard,
+            metrics,
         };
         let inputs = Terminal {
             keys: EventStream::new(),
@@ -703,6 +798,12 @@ async fn run_loop(
                 Woke::Redraw
             }
             input = next_input(&mut terminal) => on_input(input, &mut output)?,
+            Some(scrape) = next_scrape(&mut scrapes) => {
+                let counters = source.tables.counters();
+                // A scraper that gave up is no error of ours.
+                let _ = scrape.send(output.metrics_text(&counters));
+                Woke::Quietly
+            }
             () = stop.wait() => Woke::Stop,
         };
         output.flush()?;
@@ -713,6 +814,7 @@ async fn run_loop(
             Output::Dashboard {
                 dashboard,
                 terminal: screen,
+                ..
             },
             Some(inputs),
         ) = (&mut output, &terminal)
@@ -743,10 +845,17 @@ fn refresh(
 ) -> anyhow::Result<()> {
     let counters = source.tables.counters();
     source.read_health(output);
-    if let Output::Json { samples: true, .. } = output {
-        // Counts as of now, then one line per open socket.
-        source.refresh_counts(output, log, counters.ringbuf_drops)?;
+    if let Output::Json {
+        samples, metrics, ..
+    } = output
+    {
+        // Counts as of now (for the metrics), then one line per open socket.
+        // Without either, nothing reads the counts between a socket's records.
+        if *samples || metrics.is_some() {
+            source.refresh_counts(output, log, counters.ringbuf_drops)?;
+        }
         if let Output::Json {
+            samples: true,
             model,
             out,
             clock,
@@ -756,7 +865,8 @@ fn refresh(
         {
             let now_ns = model.now_ns;
             for socket in model.open.values().filter(|s| scope.matches(s)) {
-                Record::sample(socket, clock, now_ns).write_line(out)?;
+                Record::sample(socket, model.processes.get(socket.pid()), clock, now_ns)
+                    .write_line(out)?;
             }
         }
     }
@@ -855,7 +965,8 @@ fn finish(
     };
     let open: Vec<&Socket> = model.open.values().filter(|s| scope.matches(s)).collect();
     for socket in &open {
-        Record::open(socket, &clock, now_ns).write_line(&mut out)?;
+        Record::open(socket, model.processes.get(socket.pid()), &clock, now_ns)
+            .write_line(&mut out)?;
     }
     // The totals count what the kernel tracked (with `--pid`/`--port`, their sockets only);
     // the scope chooses which sockets are listed.

@@ -67,6 +67,21 @@ pub struct Args {
     #[arg(long, requires = "json")]
     pub json_samples: bool,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (with the dashboard, --json, or
+    /// --headless): bytes, connects, accepts, closes and open sockets per process name and
+    /// owner, and sockwatch's own health.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// With --metrics: series per remote end too (one per address and port: mind the
+    /// cardinality).
+    #[arg(long, requires = "metrics")]
+    pub metrics_by_remote: bool,
+
+    /// Neither the dashboard nor JSON: only the --metrics endpoint (runs as a service).
+    #[arg(long, requires = "metrics", conflicts_with = "json")]
+    pub headless: bool,
+
     /// Stop by itself after this many seconds (with the dashboard too).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub duration: Option<Duration>,

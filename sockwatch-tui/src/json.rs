@@ -1,6 +1,6 @@
 //! Headless output: one JSON object per line (the schema is in the README).
 
-use std::io::Write;
+use std::{io::Write, num::NonZeroU32};
 
 use serde::Serialize;
 
@@ -8,7 +8,8 @@ use crate::{
     clock::WallClock,
     kernel::decode::errno_name,
     socket::{
-        holder_fd, holder_pid, CloseCause, ClosedBy, HealthMark, Origin, Socket, SocketKey, State,
+        holder_fd, holder_pid, CloseCause, ClosedBy, HealthMark, Origin, Process, Socket,
+        SocketKey, State,
     },
 };
 
@@ -32,14 +33,25 @@ pub struct SocketFields<'a> {
     pub lport: u16,
     /// The socket's inode (`socket:[N]` in /proc); null when not known.
     pub inode: Option<u64>,
+    /// Who the process belongs to: its systemd unit (`nginx.service`), its container
+    /// (`docker:3f2a1b2c3d4e`, the id in short) or its cgroup's path; null when the process
+    /// was gone before it could be read.
+    pub owner: Option<String>,
+    /// The process's cgroup path, the owner's source; null as `owner`.
+    pub cgroup: Option<&'a str>,
+    /// The pid inside the process's own pid namespace, where it differs from `pid`.
+    pub nspid: Option<u32>,
     /// False when bytes may have moved where the backend could not count them: the counts
     /// are a lower bound.
     pub complete: bool,
 }
 
 impl<'a> SocketFields<'a> {
-    fn of(socket: &'a Socket) -> Self {
+    fn of(socket: &'a Socket, process: Option<&'a Process>) -> Self {
         Self {
+            owner: process.map(|p| p.owner.to_string()),
+            cgroup: process.map(|p| &*p.cgroup),
+            nspid: process.and_then(|p| p.nspid).map(NonZeroU32::get),
             pid: socket.holder_pid(),
             comm: &socket.comm,
             fd: socket.holder_fd(),
@@ -105,6 +117,8 @@ pub enum Record<'a> {
         probe: &'a str,
         /// `ipv4`, `ipv6`: the families watched (`-4`, `-6`).
         families: &'static [&'static str],
+        /// Where `--metrics` serves (the address bound: a port 0 asked for is chosen by now).
+        metrics: Option<String>,
         pid: u32,
         /// The kernel's id of the map of tracked sockets, for `bpftool map dump id N`.
         tracked_map_id: u32,
@@ -209,9 +223,9 @@ pub enum Record<'a> {
 
 impl<'a> Record<'a> {
     /// A socket became tracked: `connect`, `accept` or `existing`, by its origin.
-    pub fn opened(socket: &'a Socket, clock: &WallClock) -> Self {
+    pub fn opened(socket: &'a Socket, process: Option<&'a Process>, clock: &WallClock) -> Self {
         let time = clock.unix_secs(socket.id.opened_ns);
-        let fields = SocketFields::of(socket);
+        let fields = SocketFields::of(socket, process);
         match socket.origin {
             Origin::Existing => Record::Existing {
                 time,
@@ -238,11 +252,16 @@ impl<'a> Record<'a> {
     }
 
     /// A connect that failed with `errno`.
-    pub fn failed(socket: &'a Socket, errno: i32, clock: &WallClock) -> Self {
+    pub fn failed(
+        socket: &'a Socket,
+        process: Option<&'a Process>,
+        errno: i32,
+        clock: &WallClock,
+    ) -> Self {
         Record::Connect {
             time: clock.unix_secs(socket.id.opened_ns),
             tid: socket.tid,
-            socket: SocketFields::of(socket),
+            socket: SocketFields::of(socket, process),
             result: errno_name(errno),
             bytes_sent: 0,
             bytes_recv: 0,
@@ -251,13 +270,13 @@ impl<'a> Record<'a> {
     }
 
     /// A socket that ended, with its final counts.
-    pub fn closed(socket: &'a Socket, clock: &WallClock) -> Self {
+    pub fn closed(socket: &'a Socket, process: Option<&'a Process>, clock: &WallClock) -> Self {
         let closed = socket.closed;
         Record::Close {
             time: clock.unix_secs(closed.map_or(0, |c| c.at_ns)),
             tid: closed.map_or(0, |c| c.tid),
             connect_tid: socket.tid,
-            socket: SocketFields::of(socket),
+            socket: SocketFields::of(socket, process),
             bytes_sent: socket.bytes_sent,
             bytes_recv: socket.bytes_recv,
             lifetime_ns: socket.age_ns(0),
@@ -270,10 +289,15 @@ impl<'a> Record<'a> {
     }
 
     /// An open socket as read at `now_ns` (`--json-samples`).
-    pub fn sample(socket: &'a Socket, clock: &WallClock, now_ns: u64) -> Self {
+    pub fn sample(
+        socket: &'a Socket,
+        process: Option<&'a Process>,
+        clock: &WallClock,
+        now_ns: u64,
+    ) -> Self {
         Record::Sample {
             time: clock.unix_secs(now_ns),
-            socket: SocketFields::of(socket),
+            socket: SocketFields::of(socket, process),
             bytes_sent: socket.bytes_sent,
             bytes_recv: socket.bytes_recv,
             tcp: TcpFields::of(socket),
@@ -281,10 +305,16 @@ impl<'a> Record<'a> {
     }
 
     /// A socket now shown under another holder (`from`: where it was).
-    pub fn moved(socket: &'a Socket, from: SocketKey, clock: &WallClock, now_ns: u64) -> Self {
+    pub fn moved(
+        socket: &'a Socket,
+        process: Option<&'a Process>,
+        from: SocketKey,
+        clock: &WallClock,
+        now_ns: u64,
+    ) -> Self {
         Record::Moved {
             time: clock.unix_secs(now_ns),
-            socket: SocketFields::of(socket),
+            socket: SocketFields::of(socket, process),
             from_pid: holder_pid(from),
             from_fd: holder_fd(from),
             bytes_sent: socket.bytes_sent,
@@ -293,10 +323,15 @@ impl<'a> Record<'a> {
     }
 
     /// At the end of a run: a socket still open at `now_ns`.
-    pub fn open(socket: &'a Socket, clock: &WallClock, now_ns: u64) -> Self {
+    pub fn open(
+        socket: &'a Socket,
+        process: Option<&'a Process>,
+        clock: &WallClock,
+        now_ns: u64,
+    ) -> Self {
         Record::Open {
             time: clock.unix_secs(now_ns),
-            socket: SocketFields::of(socket),
+            socket: SocketFields::of(socket, process),
             bytes_sent: socket.bytes_sent,
             bytes_recv: socket.bytes_recv,
             age_ns: socket.age_ns(now_ns),
@@ -350,6 +385,7 @@ mod tests {
             socket.set_daddr(addr);
             let value = line(&Record::failed(
                 &socket,
+                None,
                 libc::ECONNREFUSED,
                 &WallClock::default(),
             ));
@@ -366,6 +402,7 @@ mod tests {
         socket.set_connect_us(Some(52));
         let value = line(&Record::failed(
             &socket,
+            None,
             libc::ECONNREFUSED,
             &WallClock::default(),
         ));
@@ -374,10 +411,28 @@ mod tests {
             serde_json::json!({"event": "connect", "time": 1.0, "pid": 7, "tid": 8, "comm": "curl",
                 "fd": 4, "proto": "tcp", "direction": "out", "daddr": "127.0.0.1", "family": 4,
                 "dport": 8080,
-                "lport": 40000, "inode": null, "complete": true, "result": "ECONNREFUSED",
+                "lport": 40000, "inode": null, "owner": null, "cgroup": null, "nspid": null,
+                "complete": true, "result": "ECONNREFUSED",
                 "bytes_sent": 0,
                 "bytes_recv": 0, "connect_us": 52})
         );
+    }
+
+    /// The process's owner in short (as the table shows it), the cgroup it came from, and
+    /// the pid inside its namespace.
+    #[test]
+    fn socket_records_name_the_owner() {
+        let id = "3f2a1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccddeef";
+        let cgroup = format!("/system.slice/docker-{id}.scope");
+        let process = Process::parse(7, &format!("0::{cgroup}\n"), "NSpid:\t7\t1\n");
+        let value = line(&Record::opened(
+            &endpoint(),
+            Some(&process),
+            &WallClock::default(),
+        ));
+        assert_eq!(value["owner"], "docker:3f2a1b2c3d4e");
+        assert_eq!(value["cgroup"], cgroup.as_str());
+        assert_eq!(value["nspid"], 1);
     }
 
     #[test]
@@ -404,7 +459,7 @@ mod tests {
             recv_q: 6,
             ..crate::socket::TcpHealth::default()
         });
-        let value = line(&Record::closed(&socket, &WallClock::default()));
+        let value = line(&Record::closed(&socket, None, &WallClock::default()));
         for (field, expected) in [
             ("closed_by", serde_json::json!("reset_received")),
             ("error", serde_json::json!("ECONNRESET")),
@@ -431,7 +486,7 @@ mod tests {
             0,
             0,
         );
-        let value = line(&Record::closed(&udp, &WallClock::default()));
+        let value = line(&Record::closed(&udp, None, &WallClock::default()));
         assert_eq!(
             (&value["closed_by"], &value["rtt_us"]),
             (&serde_json::Value::Null, &serde_json::Value::Null)
@@ -443,7 +498,7 @@ mod tests {
         let mut socket = endpoint();
         socket.direction = Direction::In;
         socket.origin = Origin::Accept;
-        let value = line(&Record::opened(&socket, &WallClock::default()));
+        let value = line(&Record::opened(&socket, None, &WallClock::default()));
         assert_eq!(
             (value["event"].as_str(), value["direction"].as_str()),
             (Some("accept"), Some("in"))
@@ -451,12 +506,12 @@ mod tests {
         let mut socket = endpoint();
         socket.origin = Origin::Existing;
         assert_eq!(
-            line(&Record::opened(&socket, &WallClock::default()))["event"],
+            line(&Record::opened(&socket, None, &WallClock::default()))["event"],
             "existing"
         );
         let mut socket = endpoint();
         socket.state = State::Connecting;
-        let value = line(&Record::opened(&socket, &WallClock::default()));
+        let value = line(&Record::opened(&socket, None, &WallClock::default()));
         assert_eq!(
             (value["event"].as_str(), value["result"].as_str()),
             (Some("connect"), Some("in_progress"))
@@ -474,6 +529,7 @@ mod tests {
         };
         let value = line(&Record::moved(
             &socket,
+            None,
             from,
             &WallClock::default(),
             2_000_000_000,
@@ -500,7 +556,13 @@ mod tests {
             pid: 9,
             fd: crate::socket::NO_FD,
         };
-        let value = line(&Record::moved(&socket, back, &WallClock::default(), 0));
+        let value = line(&Record::moved(
+            &socket,
+            None,
+            back,
+            &WallClock::default(),
+            0,
+        ));
         assert_eq!(
             (&value["pid"], &value["fd"]),
             (&9.into(), &serde_json::Value::Null)
@@ -520,7 +582,7 @@ mod tests {
             1234,
             5,
         );
-        let value = line(&Record::closed(&socket, &WallClock::default()));
+        let value = line(&Record::closed(&socket, None, &WallClock::default()));
         assert_eq!(value["event"], "close");
         assert_eq!(
             (value["bytes_sent"].as_u64(), value["bytes_recv"].as_u64()),
@@ -545,6 +607,7 @@ mod tests {
             time: 0.0,
             probe: "kprobe",
             families: Families::Ipv6.labels(),
+            metrics: None,
             pid: 1,
             tracked_map_id: 9,
         });
@@ -554,10 +617,13 @@ mod tests {
             time: 0.0,
             probe: "socket",
             families: Families::Both.labels(),
+            metrics: Some("127.0.0.1:9911".into()),
             pid: 1,
             tracked_map_id: 9,
         });
         assert_eq!(both["families"], serde_json::json!(["ipv4", "ipv6"]));
+        assert_eq!(both["metrics"], "127.0.0.1:9911");
+        assert_eq!(start["metrics"], serde_json::Value::Null);
         let end = line(&Record::End {
             time: 0.0,
             connects: 3,

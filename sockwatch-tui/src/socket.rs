@@ -16,6 +16,7 @@ use std::{
 };
 
 pub use crate::history::{History, Sample, HISTORY_LEN};
+pub use crate::owner::{Owner, Process};
 pub use sockwatch_common::SocketKey;
 const SEC: u64 = 1_000_000_000;
 

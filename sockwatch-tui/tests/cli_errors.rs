@@ -93,6 +93,10 @@ fn bad_flags_are_rejected_before_anything_runs() {
         &["--duration", "-1"],
         &["--ring-kib", "1000"],
         &["--no-such-flag"],
+        &["--headless"],
+        &["--metrics-by-remote"],
+        &["--metrics", "localhost"],
+        &["--metrics", "127.0.0.1:1", "--headless", "--json"],
     ] {
         let output = run(args);
         let text = stderr(&output);
@@ -113,4 +117,20 @@ fn more_pids_or_ports_than_the_kernel_keeps_is_a_bad_flag() {
             "{text:?}"
         );
     }
+}
+
+/// `--metrics` on a port something else holds: one line naming the address, before any probe.
+#[test]
+fn a_metrics_port_in_use_is_one_clear_error() {
+    support::assert_root();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let output = run(&["--headless", "--metrics", &addr, "--duration", "1"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+    assert!(
+        text.contains(&format!("--metrics {addr}: cannot listen there")),
+        "{text:?}"
+    );
 }

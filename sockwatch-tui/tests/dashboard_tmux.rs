@@ -4,7 +4,13 @@ mod support;
 
 use std::time::Duration;
 
-use support::{net, tmux::Tmux, BIN};
+use support::{
+    cgroup::Cgroup,
+    load::{field, Load, LOAD_TIMEOUT},
+    net,
+    tmux::Tmux,
+    BIN,
+};
 
 const SCREEN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -76,6 +82,52 @@ fn dashboard_shows_a_live_connection_logs_its_close_and_quits_cleanly() {
                 && !table.contains(&destination6)
         },
     );
+
+    tmux.press("q");
+    assert_terminal_restored(&tmux, &state_file);
+}
+
+/// A process started in a unit's cgroup: `/unit:` finds its row, whose OWNER column (shown at
+/// this width) names the unit.
+#[test]
+fn a_process_in_a_units_cgroup_shows_its_unit() {
+    support::assert_root();
+    let tmux = Tmux::start("owner", 170, 24);
+    tmux.wait_for("shell prompt", SCREEN_TIMEOUT, |s| s.contains("e2e$"));
+    let state_file = format!("/tmp/sockwatch-e2e-owner-{}", std::process::id());
+    tmux.type_line(&format!("stty -g > {state_file}.before; clear"));
+    tmux.type_line(&format!("{BIN} --interval 200 --no-resolve"));
+    tmux.wait_for("the dashboard", SCREEN_TIMEOUT, |s| {
+        s.contains("Open sockets")
+    });
+    // Short enough for the column (19 cells) with a pid of up to 7 digits.
+    let unit = format!("e2e-{}.service", std::process::id());
+    tmux.press("/");
+    tmux.type_line(&format!("unit:{unit}"));
+
+    let server = net::CountingServer::start();
+    let cgroup = Cgroup::create(&unit);
+    let port = server.port.to_string();
+    let mut load = Load::spawn_in(
+        &cgroup,
+        &["exit-without-close", "--port", &port, "--bytes", "2048"],
+    );
+    let pid = field(&load.line(LOAD_TIMEOUT), "pid").to_string();
+    let destination = format!("127.0.0.1:{port}");
+    tmux.wait_for("the unit's row", SCREEN_TIMEOUT, |s| {
+        s.contains("OWNER")
+            && s.lines().any(|line| {
+                line.contains(&destination)
+                    && line.contains(&pid)
+                    && line.contains(&unit)
+                    && line.contains("2.0 KiB")
+            })
+    });
+    load.tell("go");
+    load.wait_exit(LOAD_TIMEOUT);
+    assert_eq!(server.next_total(), 2048);
+    drop(load);
+    drop(cgroup);
 
     tmux.press("q");
     assert_terminal_restored(&tmux, &state_file);

@@ -29,6 +29,9 @@ const PACKAGES: &[&str] = &[
     "zstd",
     // `cargo xtask bench`: the floor (b) and the article's per-event way (d).
     "bpftrace",
+    // The `--metrics` test: a real Prometheus server scrapes it, promtool checks the format.
+    // (Installing it starts no server: there is no init system to start it here.)
+    "prometheus",
 ];
 /// Newer bpf-linker releases need a newer LLVM than Debian's rustc uses.
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -55,11 +55,19 @@ const KERNELS: &[kernel::Source] = &[
 /// Integration tests (files in sockwatch-tui/tests/) that run on the host only, and why. Every
 /// other file there runs in the VM with each backend, so a new real-kernel test is never left
 /// out of the kprobe run.
-const HOST_ONLY_TESTS: &[(&str, &str)] = &[(
-    "dashboard_tmux",
-    "drives the dashboard in tmux, which needs bash, a terminal and terminfo in the guest; \
-     what it checks on screen does not depend on the backend",
-)];
+const HOST_ONLY_TESTS: &[(&str, &str)] = &[
+    (
+        "dashboard_tmux",
+        "drives the dashboard in tmux, which needs bash, a terminal and terminfo in the guest; \
+         what it checks on screen does not depend on the backend",
+    ),
+    (
+        "metrics",
+        "runs a real Prometheus server (Debian's package, dynamically linked, some 100 MB) \
+         against --metrics; the counts it serves are the model's, which the other files check \
+         in the guest with each backend",
+    ),
+];
 /// Tests skipped in the VM (`--skip NAME --exact`), and why. None: the guest
 /// has every tool the tests run (see [`image::GUEST_TOOLS`]).
 const SKIPPED_IN_VM: &[(&str, &str)] = &[];

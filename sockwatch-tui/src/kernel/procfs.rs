@@ -2,7 +2,8 @@
 //! which process holds which socket on which fd (`/proc/PID/fd`).
 //!
 //! Used for what the probes cannot see: sockets open before sockwatch started, the local port of
-//! accepted sockets, and the periodic check that tracked fds still name the same socket.
+//! accepted sockets, and the periodic check that tracked fds still name the same socket; and
+//! what a process is beyond its pid (its cgroup's owner, its namespace pid).
 
 use std::{
     collections::HashMap,
@@ -11,7 +12,7 @@ use std::{
     path::Path,
 };
 
-use crate::socket::Proto;
+use crate::socket::{Process, Proto};
 
 /// TCP states as `/proc/net/tcp` prints them (`include/net/tcp_states.h`).
 pub const TCP_LISTEN: u8 = 0x0a;
@@ -195,6 +196,16 @@ pub fn comm(pid: u32) -> Option<String> {
     fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("comm"))
         .ok()
         .map(|c| c.trim_end().to_owned())
+}
+
+/// Its owner (unit, container) and namespace pid, from `/proc/PID/cgroup` and `status`;
+/// `None` once the process is gone.
+pub fn process(pid: u32) -> Option<Process> {
+    let dir = Path::new("/proc").join(pid.to_string());
+    let status = fs::read_to_string(dir.join("status")).ok()?;
+    // A kernel without cgroups has no such file: every process is in the root.
+    let cgroup = fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+    Some(Process::parse(pid, &cgroup, &status))
 }
 
 #[cfg(test)]

@@ -65,6 +65,19 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The process whose row this change makes or ends (`None`: no process holds it).
+    pub fn holder_pid(&self) -> Option<u32> {
+        match self {
+            Self::Opened(socket) | Self::Failed { socket, .. } | Self::Closed(socket) => {
+                socket.holder_pid()
+            }
+            Self::Moved { to, .. } => crate::socket::holder_pid(*to),
+            Self::Partial(_) | Self::Holders { .. } => None,
+        }
+    }
+}
+
 /// The sockets of process `pid` among `open`.
 fn of_process(open: &OpenSockets, pid: u32) -> impl Iterator<Item = &Socket> {
     open.range(SocketKey { pid, fd: 0 }..=SocketKey { pid, fd: u32::MAX })

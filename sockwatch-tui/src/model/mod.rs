@@ -4,15 +4,19 @@
 //! The dashboard and `--json` both run it, so they share one history.
 
 pub mod dns;
+pub mod processes;
 
 use std::collections::VecDeque;
 
-use self::dns::{Answer, HostNames};
+use self::{
+    dns::{Answer, HostNames},
+    processes::Processes,
+};
 use crate::{
     kernel::{by_socket::Count, diag::Readings, loader::KernelCounters, tracker::Change},
     open_sockets::OpenSockets,
     socket::{
-        prefetch, CloseCause, Closed, ClosedBy, LookedUp, Origin, Socket, SocketId, State,
+        prefetch, CloseCause, Closed, ClosedBy, LookedUp, Origin, Process, Socket, SocketId, State,
         Throughput, PREFETCH_AHEAD,
     },
 };
@@ -76,6 +80,13 @@ pub enum Action {
     },
     /// A reverse DNS answer.
     HostName(Answer),
+    /// What process `pid` is (`None`: gone before it could be read), read at `now_ns` because
+    /// [`Processes::wants`] it.
+    Process {
+        pid: u32,
+        process: Option<Process>,
+        now_ns: u64,
+    },
 }
 
 /// The latest TCP health read: when, what it cost, and how long until the next.
@@ -103,6 +114,8 @@ pub struct Model {
     activity_window: VecDeque<(u64, u64, u64)>,
     /// Names of remote addresses.
     pub hosts: HostNames,
+    /// Each process's owner and namespace pid, by pid.
+    pub processes: Processes,
     /// Without rates (and their history): what `--json` needs, at a fraction of the memory.
     pub counts_only: bool,
     /// The kernel's socket diagnostics cannot be read: no TCP health (said where it would be).
@@ -170,8 +183,14 @@ impl Model {
             Action::Change(change) => {
                 self.apply(change);
             }
-            Action::Snapshot { map, now_ns } => self.snapshot(map, now_ns),
-            Action::Counts { counts, now_ns } => self.counts(counts, now_ns),
+            Action::Snapshot { map, now_ns } => {
+                self.snapshot(map, now_ns);
+                self.processes.sweep(&self.open, self.closed.iter());
+            }
+            Action::Counts { counts, now_ns } => {
+                self.counts(counts, now_ns);
+                self.processes.sweep(&self.open, self.closed.iter());
+            }
             Action::Counters(counters) => self.counters = counters,
             Action::Health {
                 readings,
@@ -191,6 +210,11 @@ impl Model {
                 }
             }
             Action::HostName(answer) => self.hosts.answer(answer, self.now_ns),
+            Action::Process {
+                pid,
+                process,
+                now_ns,
+            } => self.processes.insert(pid, process, now_ns),
         }
     }
 

@@ -27,6 +27,9 @@ pub struct Column<R> {
     pub width: u16,
     /// Takes whatever room the other columns leave.
     pub fill: bool,
+    /// Kept only while the fill column still has [`ROOM_BEFORE_EXTRAS`] cells: worth less than
+    /// a whole destination.
+    pub extra: bool,
     /// Numbers read best right-aligned.
     pub right: bool,
     /// Too long, it loses its front rather than its end (`…ample.com:443`).
@@ -54,6 +57,7 @@ impl<R> Column<R> {
             title,
             width,
             fill: false,
+            extra: false,
             right: false,
             keep_end: false,
             hide_rank,
@@ -67,6 +71,11 @@ impl<R> Column<R> {
     /// Takes the spare room.
     const fn fill(mut self) -> Self {
         self.fill = true;
+        self
+    }
+
+    const fn extra(mut self) -> Self {
+        self.extra = true;
         self
     }
 
@@ -142,8 +151,9 @@ type ProcessColumn = Column<ProcessView>;
 #[rustfmt::skip]
 pub static SOCKET_COLUMNS: &[Column<Socket>] = &[
     SocketColumn::new("PID", 7, 0, |s, _| known(s.holder_pid()), |s, _| num(s.pid())),
-    SocketColumn::new("TID", 7, 9, |s, _| s.tid.to_string(), |s, _| num(s.tid)),
+    SocketColumn::new("TID", 7, 12, |s, _| s.tid.to_string(), |s, _| num(s.tid)),
     SocketColumn::new("COMM", 15, 0, |s, _| s.comm.to_string(), |s, _| text(&s.comm)),
+    SocketColumn::new("OWNER", 19, 9, |s, c| c.owner(s), |s, c| text(&c.owner(s))).extra(),
     SocketColumn::new("FD", 4, 6, |s, _| known(s.holder_fd()), |s, _| num(s.fd())),
     SocketColumn::new("PROTO", 6, 10, |s, _| proto_text(s).into(), |s, _| text(proto_text(s))),
     SocketColumn::new("DIR", 4, 5, |s, _| dir_text(s).into(), |s, _| text(dir_text(s))),
@@ -496,14 +506,26 @@ pub fn radix_order(keys: &[u64]) -> Vec<u32> {
     pairs.into_iter().map(|(_, i)| i).collect()
 }
 
+/// How wide the fill column (the destination) must stay for an [`Column::extra`] column to be
+/// shown beside it: a host name with its port, or most IPv6 addresses with theirs.
+pub const ROOM_BEFORE_EXTRAS: u16 = 32;
+
 /// Which columns fit in `width` cells (with one cell between columns), dropping the
 /// highest-ranked first; returns their indices, left to right.
 pub fn fitting<R>(columns: &[Column<R>], width: u16) -> Vec<usize> {
     let mut shown: Vec<usize> = (0..columns.len()).collect();
     loop {
+        let extras = shown.iter().any(|&i| columns[i].extra);
         let needed: u32 = shown
             .iter()
-            .map(|&i| u32::from(columns[i].width))
+            .map(|&i| {
+                let column = &columns[i];
+                u32::from(if extras && column.fill {
+                    column.width.max(ROOM_BEFORE_EXTRAS)
+                } else {
+                    column.width
+                })
+            })
             .sum::<u32>()
             + u32::try_from(shown.len().saturating_sub(1)).unwrap_or(u32::MAX);
         if needed <= u32::from(width) {
@@ -527,7 +549,10 @@ pub fn fitting<R>(columns: &[Column<R>], width: u16) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::dns::{Answer, HostNames, Outcome};
+    use crate::model::{
+        dns::{Answer, HostNames, Outcome},
+        processes::Processes,
+    };
     use crate::socket::SocketKey;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -547,6 +572,7 @@ mod tests {
         );
         let context = Context {
             hosts: &hosts,
+            processes: &Processes::default(),
             now_ns: 0,
         };
         let row = |addr: IpAddr, port| Socket::new(SocketKey { pid: 1, fd: 3 }, 0, addr, port, "x");
@@ -661,6 +687,7 @@ mod tests {
     fn a_sort_by_numbers_or_text_keeps_ties_in_tiebreak_order_either_way() {
         let context = Context {
             hosts: &crate::model::dns::HostNames::new(false),
+            processes: &Processes::default(),
             now_ns: 0,
         };
         let columns: &[Column<(u64, &str, u32)>] = &[

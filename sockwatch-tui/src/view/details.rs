@@ -16,10 +16,10 @@ use super::{
 use crate::{
     clock::WallClock,
     kernel::decode::errno_name,
-    model::{dns::HostName, Model},
+    model::{dns::HostName, processes::Processes, Model},
     socket::{
-        holder_fd, holder_pid, CloseCause, ClosedBy, Direction, HealthMark, Origin, Proto, Socket,
-        SocketId, TcpDetail, TcpHealth, Throughput,
+        holder_fd, holder_pid, CloseCause, ClosedBy, Direction, HealthMark, Origin, Owner, Process,
+        Proto, Socket, SocketId, TcpDetail, TcpHealth, Throughput,
     },
 };
 
@@ -138,6 +138,27 @@ fn sparkline(
     );
 }
 
+/// The unit or container in full (the table shows a container's id in short).
+fn owner_text(s: &Socket, process: Option<&Process>, processes: &Processes) -> String {
+    let Some(process) = process else {
+        return match s.holder_pid().map(|pid| processes.read(pid)) {
+            Some(Some(None)) => "not known (the process was gone before it could be read)".into(),
+            Some(None) => "not read yet".into(),
+            Some(Some(Some(_))) | None => "-".into(),
+        };
+    };
+    match &process.owner {
+        Owner::Unit(unit) => unit.to_string(),
+        Owner::Container { runtime, id, pod } => {
+            let pod = pod
+                .as_ref()
+                .map_or_else(String::new, |uid| format!("  pod {uid}"));
+            format!("{} container {id}{pod}", runtime.label())
+        }
+        Owner::Cgroup(_) => "no unit or container (see its cgroup)".into(),
+    }
+}
+
 fn fields(
     live: &Model,
     view: &ViewState,
@@ -185,10 +206,19 @@ fn fields(
         Origin::Existing => String::new(),
         _ => format!("  thread {}", s.tid),
     };
+    let process = context.process(s);
+    let nspid = process
+        .and_then(|p| p.nspid)
+        .map_or_else(String::new, |inner| format!(" ({inner} in its namespace)"));
     let mut lines = vec![
         field(
             "process",
-            format!("{}  pid {}{thread}", s.comm, known(s.holder_pid())),
+            format!("{}  pid {}{nspid}{thread}", s.comm, known(s.holder_pid())),
+        ),
+        field("owner", owner_text(s, process, context.processes)),
+        field(
+            "cgroup",
+            process.map_or_else(|| "-".to_owned(), |p| p.cgroup.to_string()),
         ),
         field(
             "fd",

@@ -4,12 +4,13 @@
 //! A filter is words separated by spaces; a socket is shown when it matches every word (so each
 //! word narrows). A plain word matches the process name, the host name or `ip:port`
 //! (`[::1]:8080` for IPv6; case does not matter); a number matches the pid or a port exactly;
-//! `pid:`, `port:`, `comm:`, `host:` and `ip:` pin a word to one field, and `:443` means port
-//! 443 (`::1` is an address); `health:` keeps sockets with a TCP trouble mark (`health:retrans`,
+//! `pid:`, `port:`, `comm:`, `host:` and `ip:` pin a word to one field, `unit:` (or `owner:`)
+//! matches the owner as shown (`nginx.service`, `docker:3f2a1b2c3d4e`) and `cgroup:` the
+//! process's cgroup path, and `:443` means port 443 (`::1` is an address); `health:` keeps sockets with a TCP trouble mark (`health:retrans`,
 //! `peer`, `app`, `idle`: that mark). A word that cannot mean anything (`pid:abc`) is ignored
 //! and reported, never an error.
 
-use crate::socket::{Families, HealthMark, Socket};
+use crate::socket::{Families, HealthMark, Process, Socket};
 
 /// Longest filter text kept (characters).
 pub const MAX_FILTER_LEN: usize = 200;
@@ -25,6 +26,10 @@ enum Term {
     Comm(String),
     Host(String),
     Ip(String),
+    /// The owner as shown (`unit:nginx`, `unit:docker`, `unit:3f2a`).
+    Unit(String),
+    /// The cgroup's path (`cgroup:/system.slice`).
+    Cgroup(String),
     /// `health:` alone: any trouble (not idle); `health:retrans` and the like: that mark.
     Health(Option<&'static str>),
 }
@@ -58,6 +63,8 @@ impl Term {
                 "comm" => return needs_value().map(Self::Comm),
                 "host" => return needs_value().map(Self::Host),
                 "ip" => return needs_value().map(Self::Ip),
+                "unit" | "owner" => return needs_value().map(Self::Unit),
+                "cgroup" => return needs_value().map(Self::Cgroup),
                 "health" => return health_word(word, value).map(Self::Health),
                 // `127.0.0.1:8080`, `[::1]:8080`, `fe80::1` and the like: plain text.
                 _ => {}
@@ -71,7 +78,7 @@ impl Term {
         Ok(Self::Text(lower))
     }
 
-    fn matches(&self, s: &Socket, host: Option<&str>) -> bool {
+    fn matches(&self, s: &Socket, host: Option<&str>, process: Option<&Process>) -> bool {
         let has_port = |port: u16| s.dport == port || (s.lport != 0 && s.lport == port);
         let host = || host.unwrap_or_default().to_lowercase();
         match self {
@@ -86,6 +93,12 @@ impl Term {
             Self::Comm(comm) => s.comm.to_lowercase().contains(comm.as_str()),
             Self::Host(name) => host().contains(name.as_str()),
             Self::Ip(ip) => s.daddr().to_string().contains(ip.as_str()),
+            Self::Unit(unit) => {
+                process.is_some_and(|p| p.owner.to_string().to_lowercase().contains(unit.as_str()))
+            }
+            Self::Cgroup(path) => {
+                process.is_some_and(|p| p.cgroup.to_lowercase().contains(path.as_str()))
+            }
             Self::Health(None) => s.mark.is_some_and(HealthMark::is_trouble),
             Self::Health(Some(word)) => s.mark.is_some_and(|mark| mark.word() == *word),
         }
@@ -170,9 +183,12 @@ impl Filter {
         *self = Self::new(&text);
     }
 
-    /// Whether `socket` (whose remote end is called `host`, when named) passes every word.
-    pub fn matches(&self, socket: &Socket, host: Option<&str>) -> bool {
-        self.terms.iter().all(|term| term.matches(socket, host))
+    /// Whether `socket` (whose remote end is called `host`, when named, and whose process is
+    /// `process`, when read) passes every word.
+    pub fn matches(&self, socket: &Socket, host: Option<&str>, process: Option<&Process>) -> bool {
+        self.terms
+            .iter()
+            .all(|term| term.matches(socket, host, process))
     }
 }
 
@@ -251,7 +267,7 @@ mod tests {
         let filter = Filter::new(filter);
         sockets
             .iter()
-            .filter(|(s, host)| filter.matches(s, *host))
+            .filter(|(s, host)| filter.matches(s, *host, None))
             .map(|(s, _)| s.comm.as_str())
             .collect()
     }
@@ -421,5 +437,26 @@ mod tests {
         };
         assert!(!six.is_everything());
         assert_eq!(six.describe(), "");
+    }
+
+    /// `unit:` matches the owner as shown, `cgroup:` the path; a process not read matches
+    /// neither.
+    #[test]
+    fn unit_and_cgroup_words_match_the_process() {
+        let (row, _) = socket(100, "nginx", [10, 0, 0, 5], 443, None);
+        let id = "3f2a1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccddeef";
+        let unit = Process::parse(100, "0::/system.slice/nginx.service\n", "");
+        let docker = Process::parse(100, &format!("0::/system.slice/docker-{id}.scope\n"), "");
+        let matches = |words: &str, process: Option<&Process>| {
+            Filter::new(words).matches(&row, None, process)
+        };
+        assert!(matches("unit:nginx", Some(&unit)));
+        assert!(matches("owner:NGINX.service", Some(&unit)));
+        assert!(!matches("unit:nginx", Some(&docker)));
+        assert!(matches("unit:docker:3f2a", Some(&docker)));
+        assert!(matches("cgroup:/system.slice/docker-3f2a", Some(&docker)));
+        assert!(!matches("cgroup:nginx", Some(&docker)));
+        assert!(!matches("unit:nginx", None));
+        assert_eq!(Filter::new("unit:").problems(), ["unit: needs a value"]);
     }
 }

@@ -5,18 +5,31 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    model::dns::HostNames,
-    socket::{Comm, Socket, SocketId, Throughput},
+    model::{dns::HostNames, processes::Processes},
+    socket::{Comm, Process, Socket, SocketId, Throughput},
 };
 
-/// What reading a socket needs besides the socket: names and the clock of the model shown.
+/// What reading a socket needs besides the socket: names, processes and the clock of the model
+/// shown.
 #[derive(Clone, Copy)]
 pub struct Context<'a> {
     pub hosts: &'a HostNames,
+    pub processes: &'a Processes,
     pub now_ns: u64,
 }
 
 impl<'a> Context<'a> {
+    /// What its process is (owner, namespace pid), when read.
+    pub fn process(&self, socket: &Socket) -> Option<&'a Process> {
+        self.processes.get(socket.holder_pid()?)
+    }
+
+    /// `nginx.service`, `docker:3f2a1b2c3d4e`; `-` when not known.
+    pub fn owner(&self, socket: &Socket) -> String {
+        self.process(socket)
+            .map_or_else(|| "-".to_owned(), |p| p.owner.to_string())
+    }
+
     /// The remote end's name, when names are on and it has one.
     pub fn host(&self, socket: &Socket) -> Option<&'a str> {
         self.hosts.name(socket.daddr())

@@ -23,8 +23,8 @@ use crate::{
         Action, HealthRead, Model,
     },
     socket::{
-        CloseCause, Closed, ClosedBy, Families, Origin, Proto, Socket, SocketKey, State, TcpDetail,
-        TcpHealth, TcpReading,
+        CloseCause, Closed, ClosedBy, Families, Origin, Process, Proto, Socket, SocketKey, State,
+        TcpDetail, TcpHealth, TcpReading,
     },
 };
 
@@ -78,6 +78,34 @@ fn busy_model() -> Dashboard {
             height: 20,
         }],
     );
+    // python3 runs as a systemd service, ssh in a container (pid 12 in it); curl was gone
+    // before it could be read, and nc and worker were not read.
+    let container = "3f2a1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccddeef";
+    for (pid, process) in [
+        (
+            1300,
+            Some(Process::parse(
+                1300,
+                "0::/system.slice/orders-api.service\n",
+                "",
+            )),
+        ),
+        (
+            1500,
+            Some(Process::parse(
+                1500,
+                &format!("0::/system.slice/docker-{container}.scope\n"),
+                "NSpid:\t1500\t12\n",
+            )),
+        ),
+        (1200, None),
+    ] {
+        dashboard.update(Message::Model(Action::Process {
+            pid,
+            process,
+            now_ns: 0,
+        }));
+    }
     let mut curl = socket(1200, 5, "curl", WEB, 80);
     curl.state = State::Connecting;
     change(&mut dashboard, Change::Opened(curl.clone()));
@@ -199,6 +227,42 @@ fn ipv6_rows_show_their_addresses_in_brackets() {
     }
 }
 
+/// Wide enough, the table shows each row's owner: a unit, a container's short id, `-` where
+/// the process was not read.
+#[test]
+fn owners_at_160_columns() {
+    let mut model = busy_model();
+    act(
+        &mut model,
+        &[ViewAction::Resize {
+            width: 160,
+            height: 16,
+        }],
+    );
+    insta::assert_snapshot!(render(&model, 160, 16));
+}
+
+/// The details of a container's socket: the id in full, the cgroup, and the pid inside.
+#[test]
+fn details_of_a_containers_socket() {
+    let mut model = busy_model();
+    act(
+        &mut model,
+        &[
+            ViewAction::Resize {
+                width: 110,
+                height: 30,
+            },
+            ViewAction::FilterStart,
+        ],
+    );
+    for c in "unit:docker".chars() {
+        act(&mut model, &[ViewAction::FilterChar(c)]);
+    }
+    act(&mut model, &[ViewAction::FilterDone, ViewAction::Open]);
+    insta::assert_snapshot!(render(&model, 110, 30));
+}
+
 /// `-6`: the header says so in place of IPv4+IPv6 (and not again among the modes of its second
 /// line). The kernel tracks no IPv4 socket then: the rows are IPv6 ones.
 #[test]
@@ -264,8 +328,8 @@ fn narrow_terminal_keeps_the_important_columns() {
 #[test]
 fn sorted_by_process_name_marks_the_column() {
     let mut model = busy_model();
-    // SEND/s → ... → COMM is nine steps back; COMM sorts A to Z first, then reversed.
-    act(&mut model, &[ViewAction::SortPrevious; 9]);
+    // SEND/s → ... → COMM is ten steps back (past OWNER); COMM sorts A to Z first, then reversed.
+    act(&mut model, &[ViewAction::SortPrevious; 10]);
     act(&mut model, &[ViewAction::SortReverse]);
     insta::assert_snapshot!(render(&model, 110, 20));
 }

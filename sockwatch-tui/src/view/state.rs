@@ -228,6 +228,7 @@ impl ViewState {
     pub fn context<'a>(&'a self, live: &'a Model) -> Context<'a> {
         Context {
             hosts: &live.hosts,
+            processes: &live.processes,
             now_ns: self.shown(live).now_ns,
         }
     }
@@ -262,7 +263,9 @@ impl ViewState {
         let in_scope = |s: &&Socket| followed(s) || self.scope.matches(s);
         // No filter: nothing to match (nor names to look up for 100k rows).
         let matches = |s: &&Socket| {
-            self.filter.is_empty() || followed(s) || self.filter.matches(s, context.host(s))
+            self.filter.is_empty()
+                || followed(s)
+                || self.filter.matches(s, context.host(s), context.process(s))
         };
         let candidates = self.candidates(shown);
         if self.grouped {
@@ -347,7 +350,9 @@ impl ViewState {
         let mut entering: Vec<(SortKey, SocketId)> = prefetched(&moved_rows)
             .filter(|s| followed(s) || self.scope.matches(s))
             .filter(|s| {
-                self.filter.is_empty() || followed(s) || self.filter.matches(s, context.host(s))
+                self.filter.is_empty()
+                    || followed(s)
+                    || self.filter.matches(s, context.host(s), context.process(s))
             })
             .map(|s| ((column.key)(s, &context), s.id))
             .collect();
@@ -391,7 +396,9 @@ impl ViewState {
         let context = self.context(live);
         self.shown(live)
             .closes()
-            .filter(|s| self.scope.matches(s) && self.filter.matches(s, context.host(s)))
+            .filter(|s| {
+                self.scope.matches(s) && self.filter.matches(s, context.host(s), context.process(s))
+            })
             .collect()
     }
 

@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use super::process::{self, Lines};
+use super::{
+    cgroup::Cgroup,
+    process::{self, Lines},
+};
 
 /// Path of the traffic helper, built by cargo for this test run.
 pub const LOAD: &str = env!("CARGO_BIN_EXE_sockwatch-load");
@@ -23,8 +26,19 @@ pub struct Load {
 impl Load {
     /// Starts `sockwatch-load ARGS` with pipes on stdin and stdout (stderr is the test's).
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(LOAD)
-            .args(args)
+        Self::spawn_with(Command::new(LOAD).args(args))
+    }
+
+    /// Like `spawn`, in `cgroup` from its start.
+    pub fn spawn_in(cgroup: &Cgroup, args: &[&str]) -> Self {
+        let mut command = Command::new(LOAD);
+        command.args(args);
+        cgroup.run_in(&mut command);
+        Self::spawn_with(&mut command)
+    }
+
+    fn spawn_with(command: &mut Command) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -5,6 +5,7 @@
 //! loudly when either is missing, so a CI run cannot pass without exercising the kernel side.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod cgroup;
 pub mod io;
 pub mod load;
 pub mod net;
