@@ -23,7 +23,7 @@ use tokio::{
 use crate::{
     cli::Args,
     clock::{monotonic_ns, WallClock},
-    json::Record,
+    json::{self, Record},
     kernel::{
         decode::KernelRecord,
         diag::Diag,
@@ -702,6 +702,7 @@ async fn run_loop(
         let mut out = io::BufWriter::new(sink);
         Record::Start {
             time: clock.unix_secs(started_ns),
+            schema: json::SCHEMA,
             probe: backend,
             families: args.scope().families.labels(),
             metrics: metrics_addr.map(|addr| addr.to_string()),

@@ -108,12 +108,18 @@ impl TcpFields {
     }
 }
 
+/// The version of the records' schema (`docs/events.schema.json`): raised when a field changes
+/// meaning or goes; added fields keep it.
+pub const SCHEMA: u32 = 1;
+
 #[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Record<'a> {
     /// The probes are attached: everything after this line is seen.
     Start {
         time: f64,
+        /// Which version of `docs/events.schema.json` describes the stream: [`SCHEMA`].
+        schema: u32,
         probe: &'a str,
         /// `ipv4`, `ipv6`: the families watched (`-4`, `-6`).
         families: &'static [&'static str],
@@ -605,6 +611,7 @@ mod tests {
         );
         let start = line(&Record::Start {
             time: 0.0,
+            schema: SCHEMA,
             probe: "kprobe",
             families: Families::Ipv6.labels(),
             metrics: None,
@@ -612,9 +619,11 @@ mod tests {
             tracked_map_id: 9,
         });
         assert_eq!(start["probe"], "kprobe");
+        assert_eq!(start["schema"], 1);
         assert_eq!(start["families"], serde_json::json!(["ipv6"]));
         let both = line(&Record::Start {
             time: 0.0,
+            schema: SCHEMA,
             probe: "socket",
             families: Families::Both.labels(),
             metrics: Some("127.0.0.1:9911".into()),
