@@ -123,6 +123,14 @@ fn a_process_in_a_units_cgroup_shows_its_unit() {
                     && line.contains("2.0 KiB")
             })
     });
+    // `o`: one row for the unit, its process and socket summed.
+    tmux.press("o");
+    tmux.wait_for("the unit's group", SCREEN_TIMEOUT, |s| {
+        s.contains("Owners (1, 1 sockets)")
+            && s.lines().any(|line| {
+                line.contains(&unit) && line.contains(&destination) && line.contains("2.0 KiB")
+            })
+    });
     load.tell("go");
     load.wait_exit(LOAD_TIMEOUT);
     assert_eq!(server.next_total(), 2048);

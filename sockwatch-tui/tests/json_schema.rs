@@ -72,7 +72,10 @@ fn every_record_matches_the_published_schema() {
     assert!(!validator.is_valid(&extra), "an unknown field passes");
     let mut missing = close.clone();
     missing.as_object_mut().expect("an object").remove("owner");
-    assert!(!validator.is_valid(&missing), "a missing socket field passes");
+    assert!(
+        !validator.is_valid(&missing),
+        "a missing socket field passes"
+    );
     let kinds: BTreeSet<&str> = records.iter().filter_map(|r| r["event"].as_str()).collect();
     for kind in [
         "start", "existing", "connect", "sample", "close", "accept", "open", "end",

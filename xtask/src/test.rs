@@ -98,10 +98,13 @@ fn cargo_test(probe: Option<&str>) -> Result<()> {
 
 /// The test binaries that load the programs and count real sockets (the ones whose result
 /// depends on the backend).
-const REAL_KERNEL_TESTS: [&str; 4] = [
+const REAL_KERNEL_TESTS: [&str; 7] = [
     "kernel_accounting",
     "kernel_lifecycle",
     "tcp_health",
+    "ipv6",
+    "owner",
+    "json_schema",
     "cli_errors",
 ];
 

@@ -5,7 +5,7 @@ use std::{borrow::Borrow, cmp::Ordering, net::IpAddr};
 
 use super::{
     format,
-    listing::{Context, ProcessView},
+    listing::{Context, GroupView},
 };
 use crate::socket::{prefetch_lines, Direction, HealthMark, Proto, Socket, State, TcpHealth};
 
@@ -145,7 +145,7 @@ type SocketColumn = Column<Socket>;
 pub fn known(value: Option<u32>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
-type ProcessColumn = Column<ProcessView>;
+type GroupColumn = Column<GroupView>;
 
 /// The socket table, left to right. The default sort is `SEND/s`, largest first.
 #[rustfmt::skip]
@@ -217,16 +217,31 @@ fn mark_key(s: &Socket, _: &Context) -> SortKey {
 
 /// The table grouped by process.
 #[rustfmt::skip]
-pub static PROCESS_COLUMNS: &[Column<ProcessView>] = &[
-    ProcessColumn::new("PID", 7, 0, |p, _| p.pid.to_string(), |p, _| num(p.pid)),
-    ProcessColumn::new("COMM", 15, 0, |p, _| p.comm.to_string(), |p, _| text(&p.comm)),
-    ProcessColumn::new("SOCKETS", 8, 5, sockets_text, |p, _| num(p.sockets as u64)).amount(),
-    ProcessColumn::new("DESTINATIONS", 16, 0, |p, _| p.destinations.clone(), |p, _| text(&p.destinations)).fill(),
-    ProcessColumn::new("SENT", 10, 6, |p, _| format::bytes(p.bytes_sent), |p, _| num(p.bytes_sent)).amount(),
-    ProcessColumn::new("RECV", 10, 7, |p, _| format::bytes(p.bytes_recv), |p, _| num(p.bytes_recv)).amount(),
-    ProcessColumn::new("SEND/s", 10, 0, |p, _| format::rate(p.rate.send), |p, _| num(p.rate.send)).amount(),
-    ProcessColumn::new("RECV/s", 10, 3, |p, _| format::rate(p.rate.recv), |p, _| num(p.rate.recv)).amount(),
-    ProcessColumn::new("AGE", 6, 4, |p, _| format::age(p.age_ns), |p, _| num(p.age_ns)).by_clock(),
+pub static PROCESS_COLUMNS: &[Column<GroupView>] = &[
+    GroupColumn::new("PID", 7, 0, |p, _| p.pid.to_string(), |p, _| num(p.pid)),
+    GroupColumn::new("COMM", 15, 0, |p, _| p.comm.to_string(), |p, _| text(&p.comm)),
+    GroupColumn::new("OWNER", 19, 8, |p, _| p.owner.clone(), |p, _| text(&p.owner)).extra(),
+    GroupColumn::new("SOCKETS", 8, 5, sockets_text, |p, _| num(p.sockets as u64)).amount(),
+    GroupColumn::new("DESTINATIONS", 16, 0, |p, _| p.destinations.clone(), |p, _| text(&p.destinations)).fill(),
+    GroupColumn::new("SENT", 10, 6, |p, _| format::bytes(p.bytes_sent), |p, _| num(p.bytes_sent)).amount(),
+    GroupColumn::new("RECV", 10, 7, |p, _| format::bytes(p.bytes_recv), |p, _| num(p.bytes_recv)).amount(),
+    GroupColumn::new("SEND/s", 10, 0, |p, _| format::rate(p.rate.send), |p, _| num(p.rate.send)).amount(),
+    GroupColumn::new("RECV/s", 10, 3, |p, _| format::rate(p.rate.recv), |p, _| num(p.rate.recv)).amount(),
+    GroupColumn::new("AGE", 6, 4, |p, _| format::age(p.age_ns), |p, _| num(p.age_ns)).by_clock(),
+];
+
+/// The table grouped by owner (`o`): a unit's or container's processes and sockets, summed.
+#[rustfmt::skip]
+pub static OWNER_COLUMNS: &[Column<GroupView>] = &[
+    GroupColumn::new("OWNER", 19, 0, |p, _| p.owner.clone(), |p, _| text(&p.owner)),
+    GroupColumn::new("PROCS", 6, 6, |p, _| p.processes.to_string(), |p, _| num(p.processes as u64)).amount(),
+    GroupColumn::new("SOCKETS", 8, 5, sockets_text, |p, _| num(p.sockets as u64)).amount(),
+    GroupColumn::new("DESTINATIONS", 16, 0, |p, _| p.destinations.clone(), |p, _| text(&p.destinations)).fill(),
+    GroupColumn::new("SENT", 10, 7, |p, _| format::bytes(p.bytes_sent), |p, _| num(p.bytes_sent)).amount(),
+    GroupColumn::new("RECV", 10, 8, |p, _| format::bytes(p.bytes_recv), |p, _| num(p.bytes_recv)).amount(),
+    GroupColumn::new("SEND/s", 10, 0, |p, _| format::rate(p.rate.send), |p, _| num(p.rate.send)).amount(),
+    GroupColumn::new("RECV/s", 10, 3, |p, _| format::rate(p.rate.recv), |p, _| num(p.rate.recv)).amount(),
+    GroupColumn::new("AGE", 6, 4, |p, _| format::age(p.age_ns), |p, _| num(p.age_ns)).by_clock(),
 ];
 
 /// A count, marked `*` when it is a lower bound (bytes moved where the backend cannot see).
@@ -262,7 +277,7 @@ fn port_text(port: u16) -> String {
     }
 }
 
-fn sockets_text(p: &ProcessView, _: &Context) -> String {
+fn sockets_text(p: &GroupView, _: &Context) -> String {
     if p.closed > 0 {
         format!("{}-{}", p.sockets - p.closed, p.closed)
     } else {
@@ -450,8 +465,8 @@ impl Sort {
     }
 }
 
-pub fn process_tiebreak(p: &ProcessView) -> u32 {
-    p.pid
+pub fn group_tiebreak(p: &GroupView) -> u32 {
+    p.order
 }
 
 /// `take` of each of `items` at the positions `order` names, in that order. A gather at 100k

@@ -28,9 +28,13 @@ pub const KEYS: &[(&str, &str)] = &[
     ("r", "reverse the sort order"),
     ("space", "pause the view (counting goes on)"),
     ("Tab", "switch between the table and the close log"),
-    ("Enter", "details of the socket (of a process: its sockets)"),
+    (
+        "Enter",
+        "details of the socket (of a process or owner: its sockets)",
+    ),
     ("F", "follow the selected socket, even after it closes"),
     ("p", "group by process, or back to sockets"),
+    ("o", "group by owner (unit, container), or back to sockets"),
     (
         "t",
         "TCP health (RTT, retransmits, window, queues), or traffic",

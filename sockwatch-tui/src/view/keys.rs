@@ -58,6 +58,7 @@ fn normal(code: KeyCode) -> Option<V> {
         KeyCode::Enter => V::Open,
         KeyCode::Char('F') => V::Follow,
         KeyCode::Char('p') => V::ToggleGrouping,
+        KeyCode::Char('o') => V::ToggleOwners,
         KeyCode::Char('t') => V::ToggleTcp,
         KeyCode::Char('n') => V::ToggleNames,
         KeyCode::Char('c') => V::ToggleLinger,

@@ -1,5 +1,5 @@
 //! What the table lists: sockets by identity (open, lingering after their close, or followed),
-//! or one [`ProcessView`] per process when grouped; and the context a socket is read in (its
+//! or one [`GroupView`] per process or owner when grouped; and the context a socket is read in (its
 //! host name, the time now).
 
 use std::collections::BTreeMap;
@@ -48,11 +48,19 @@ impl<'a> Context<'a> {
     }
 }
 
-/// One process's sockets, summed: a process, not a socket, so a type of its own.
+/// One group of sockets, summed: a process (`p`), or an owner (`o`: a unit or container).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessView {
+pub struct GroupView {
+    /// The process; 0 for an owner's group.
     pub pid: u32,
+    /// The process's name (its newest socket's); empty for an owner's group.
     pub comm: Comm,
+    /// The owner as the OWNER column shows it (`-` when not known).
+    pub owner: String,
+    /// How many processes the group's sockets belong to.
+    pub processes: usize,
+    /// Rows that sort alike stay in this order: the pid, or the owner's place by name.
+    pub order: u32,
     pub sockets: usize,
     /// Of `sockets`, how many are closed (lingering).
     pub closed: usize,
@@ -65,8 +73,62 @@ pub struct ProcessView {
     pub age_ns: u64,
 }
 
+/// The sums of `members` (at least one socket), as a group keyed by `pid` or `owner`.
+fn summed(
+    members: &[&Socket],
+    pid: u32,
+    owner: String,
+    order: u32,
+    context: &Context,
+) -> GroupView {
+    let mut destinations: BTreeMap<String, usize> = BTreeMap::new();
+    for member in members {
+        *destinations.entry(context.destination(member)).or_default() += 1;
+    }
+    let mut destinations: Vec<_> = destinations.into_iter().collect();
+    destinations.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let comm = if pid == 0 {
+        Comm::default()
+    } else {
+        members
+            .iter()
+            .max_by_key(|m| m.id.opened_ns)
+            .map(|m| m.comm)
+            .unwrap_or_default()
+    };
+    let pids: std::collections::BTreeSet<u32> = members.iter().map(|m| m.pid()).collect();
+    GroupView {
+        pid,
+        comm,
+        owner,
+        processes: pids.len(),
+        order,
+        sockets: members.len(),
+        closed: members.iter().filter(|m| m.is_closed()).count(),
+        destinations: destinations
+            .iter()
+            .map(|(dest, _)| dest.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        bytes_sent: members
+            .iter()
+            .fold(0u64, |sum, m| sum.saturating_add(m.bytes_sent)),
+        bytes_recv: members
+            .iter()
+            .fold(0u64, |sum, m| sum.saturating_add(m.bytes_recv)),
+        rate: members.iter().fold(Throughput::default(), |sum, m| {
+            sum.saturating_add(m.rates.now)
+        }),
+        age_ns: members
+            .iter()
+            .map(|m| context.age_ns(m))
+            .max()
+            .unwrap_or_default(),
+    }
+}
+
 /// Groups sockets by process (pid), in pid order.
-pub fn by_process(sockets: &[&Socket], context: &Context) -> Vec<ProcessView> {
+pub fn by_process(sockets: &[&Socket], context: &Context) -> Vec<GroupView> {
     let mut groups: BTreeMap<u32, Vec<&Socket>> = BTreeMap::new();
     for socket in sockets {
         groups.entry(socket.pid()).or_default().push(socket);
@@ -74,51 +136,49 @@ pub fn by_process(sockets: &[&Socket], context: &Context) -> Vec<ProcessView> {
     groups
         .into_iter()
         .map(|(pid, members)| {
-            let mut destinations: BTreeMap<String, usize> = BTreeMap::new();
-            for member in &members {
-                *destinations.entry(context.destination(member)).or_default() += 1;
-            }
-            let mut destinations: Vec<_> = destinations.into_iter().collect();
-            destinations.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            let newest = members
-                .iter()
-                .max_by_key(|m| m.id.opened_ns)
-                .map(|m| m.comm)
-                .unwrap_or_default();
-            ProcessView {
-                pid,
-                comm: newest,
-                sockets: members.len(),
-                closed: members.iter().filter(|m| m.is_closed()).count(),
-                destinations: destinations
-                    .iter()
-                    .map(|(dest, _)| dest.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                bytes_sent: members
-                    .iter()
-                    .fold(0u64, |sum, m| sum.saturating_add(m.bytes_sent)),
-                bytes_recv: members
-                    .iter()
-                    .fold(0u64, |sum, m| sum.saturating_add(m.bytes_recv)),
-                rate: members.iter().fold(Throughput::default(), |sum, m| {
-                    sum.saturating_add(m.rates.now)
-                }),
-                age_ns: members
-                    .iter()
-                    .map(|m| context.age_ns(m))
-                    .max()
-                    .unwrap_or_default(),
-            }
+            let owner = members
+                .first()
+                .map_or_else(String::new, |m| context.owner(m));
+            summed(&members, pid, owner, pid, context)
         })
         .collect()
 }
 
-/// A row of the table: one socket, or one process when grouped.
+/// Groups sockets by owner (unit, container, or `-` when not known), in owner order.
+pub fn by_owner(sockets: &[&Socket], context: &Context) -> Vec<GroupView> {
+    let mut groups: BTreeMap<String, Vec<&Socket>> = BTreeMap::new();
+    for socket in sockets {
+        groups
+            .entry(context.owner(socket))
+            .or_default()
+            .push(socket);
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(order, (owner, members))| {
+            let order = u32::try_from(order).unwrap_or(u32::MAX);
+            summed(&members, 0, owner, order, context)
+        })
+        .collect()
+}
+
+/// An owner's row key: its name, hashed (a row key is a small copyable value).
+pub fn owner_key(owner: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same name hashes alike all run long.
+    let mut hasher = std::hash::DefaultHasher::new();
+    owner.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A row of the table: one socket, or one process or owner when grouped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RowKey {
     Socket(SocketId),
     Process(u32),
+    /// [`owner_key`] of the owner's name.
+    Owner(u64),
 }
 
 /// The table's rows, filtered and sorted.
@@ -126,14 +186,15 @@ pub enum RowKey {
 pub enum Listing {
     /// Looked up in the model shown when drawn (only the rows on screen are).
     Sockets(Vec<SocketId>),
-    Processes(Vec<ProcessView>),
+    Processes(Vec<GroupView>),
+    Owners(Vec<GroupView>),
 }
 
 impl Listing {
     pub fn len(&self) -> usize {
         match self {
             Self::Sockets(rows) => rows.len(),
-            Self::Processes(rows) => rows.len(),
+            Self::Processes(rows) | Self::Owners(rows) => rows.len(),
         }
     }
 
@@ -145,6 +206,7 @@ impl Listing {
         match self {
             Self::Sockets(rows) => rows.get(index).map(|id| RowKey::Socket(*id)),
             Self::Processes(rows) => rows.get(index).map(|p| RowKey::Process(p.pid)),
+            Self::Owners(rows) => rows.get(index).map(|o| RowKey::Owner(owner_key(&o.owner))),
         }
     }
 
@@ -152,6 +214,9 @@ impl Listing {
         match (self, key) {
             (Self::Sockets(rows), RowKey::Socket(id)) => rows.iter().position(|r| *r == id),
             (Self::Processes(rows), RowKey::Process(pid)) => rows.iter().position(|p| p.pid == pid),
+            (Self::Owners(rows), RowKey::Owner(key)) => {
+                rows.iter().position(|o| owner_key(&o.owner) == key)
+            }
             _ => None,
         }
     }

@@ -378,6 +378,15 @@ fn details_of_a_socket_with_its_history() {
     insta::assert_snapshot!(render(&model, 110, 30));
 }
 
+/// `o`: a row per unit or container (and one for processes not read), their processes and
+/// sockets summed.
+#[test]
+fn grouped_by_owner() {
+    let mut model = busy_model();
+    act(&mut model, &[ViewAction::ToggleOwners]);
+    insta::assert_snapshot!(render(&model, 110, 20));
+}
+
 #[test]
 fn grouped_by_process() {
     let mut model = busy_model();

@@ -12,11 +12,12 @@ use ratatui::layout::Size;
 
 use super::{
     columns::{
-        process_tiebreak, Column, Sort, SortKey, PROCESS_COLUMNS, SOCKET_COLUMNS, TCP_COLUMNS,
+        group_tiebreak, Column, Sort, SortKey, OWNER_COLUMNS, PROCESS_COLUMNS, SOCKET_COLUMNS,
+        TCP_COLUMNS,
     },
     filter::{Filter, Scope},
     layout,
-    listing::{by_process, Context, Listing, RowKey, Visible},
+    listing::{by_owner, by_process, owner_key, Context, GroupView, Listing, RowKey, Visible},
 };
 use crate::{
     model::Model,
@@ -66,7 +67,10 @@ pub enum ViewAction {
     Follow,
     ToggleNames,
     ToggleLinger,
+    /// `p`: one row per process, or back to sockets.
     ToggleGrouping,
+    /// `o`: one row per owner (unit, container), or back to sockets.
+    ToggleOwners,
     /// Traffic columns, or TCP health columns.
     ToggleTcp,
     FilterStart,
@@ -98,6 +102,7 @@ pub struct ViewState {
     pub focus: Focus,
     pub socket_sort: Sort,
     pub process_sort: Sort,
+    pub owner_sort: Sort,
     pub filter: Filter,
     pub editing_filter: bool,
     pub scope: Scope,
@@ -115,7 +120,9 @@ pub struct ViewState {
     pub help: bool,
     /// The socket whose details fill the screen.
     pub details: Option<SocketId>,
+    /// One row per process (`p`), or per owner when `by_owner` (`o`).
     pub grouped: bool,
+    pub by_owner: bool,
     /// The socket table shows TCP health (`TCP_COLUMNS`) rather than traffic.
     pub tcp_view: bool,
     pub tcp_sort: Sort,
@@ -161,6 +168,7 @@ impl ViewState {
             focus: Focus::Table,
             socket_sort: Sort::default(),
             process_sort: Sort::default(),
+            owner_sort: Sort::default(),
             filter: Filter::default(),
             editing_filter: false,
             scope: options.scope,
@@ -172,6 +180,7 @@ impl ViewState {
             help: false,
             details: None,
             grouped: false,
+            by_owner: false,
             tcp_view: false,
             tcp_sort: Sort::tcp(),
             follow: None,
@@ -200,12 +209,23 @@ impl ViewState {
 
     /// The sort of the table as it is (sockets, their TCP health, or processes).
     pub fn sort(&self) -> Sort {
-        if self.grouped {
+        if self.grouped && self.by_owner {
+            self.owner_sort
+        } else if self.grouped {
             self.process_sort
         } else if self.tcp_view {
             self.tcp_sort
         } else {
             self.socket_sort
+        }
+    }
+
+    /// The columns of the grouped table as it is (by process or by owner).
+    pub fn group_columns(&self) -> &'static [Column<GroupView>] {
+        if self.by_owner {
+            OWNER_COLUMNS
+        } else {
+            PROCESS_COLUMNS
         }
     }
 
@@ -271,10 +291,18 @@ impl ViewState {
         if self.grouped {
             let in_scope: Vec<&Socket> = candidates.into_iter().filter(in_scope).collect();
             let sockets: Vec<&Socket> = in_scope.iter().copied().filter(matches).collect();
-            let mut processes = by_process(&sockets, &context);
-            self.process_sort
-                .apply(PROCESS_COLUMNS, &mut processes, &context, process_tiebreak);
-            let listing = Listing::Processes(processes);
+            let mut groups = if self.by_owner {
+                by_owner(&sockets, &context)
+            } else {
+                by_process(&sockets, &context)
+            };
+            self.sort()
+                .apply(self.group_columns(), &mut groups, &context, group_tiebreak);
+            let listing = if self.by_owner {
+                Listing::Owners(groups)
+            } else {
+                Listing::Processes(groups)
+            };
             let visible = Visible {
                 selected: self.resolve(&listing),
                 listing,
@@ -451,7 +479,10 @@ impl ViewState {
             A::SortPrevious | A::SortNext | A::SortReverse => {
                 let grouped = self.grouped;
                 let columns = self.socket_columns();
-                let sort = if grouped {
+                let groups = self.group_columns();
+                let sort = if grouped && self.by_owner {
+                    &mut self.owner_sort
+                } else if grouped {
                     &mut self.process_sort
                 } else if self.tcp_view {
                     &mut self.tcp_sort
@@ -460,9 +491,9 @@ impl ViewState {
                 };
                 *sort = match action {
                     A::SortReverse => sort.reversed(),
-                    A::SortNext if grouped => sort.step(PROCESS_COLUMNS, 1),
+                    A::SortNext if grouped => sort.step(groups, 1),
                     A::SortNext => sort.step(columns, 1),
-                    _ if grouped => sort.step(PROCESS_COLUMNS, -1),
+                    _ if grouped => sort.step(groups, -1),
                     _ => sort.step(columns, -1),
                 };
             }
@@ -479,11 +510,12 @@ impl ViewState {
             // Names are the model's (its cache of them); the dashboard switches them.
             A::ToggleNames => {}
             A::ToggleLinger => self.linger = !self.linger,
-            A::ToggleGrouping => self.toggle_grouping(live),
+            A::ToggleGrouping => self.group(live, false),
+            A::ToggleOwners => self.group(live, true),
             A::ToggleTcp => {
-                // The TCP view is of sockets: from the process table, it shows them.
+                // The TCP view is of sockets: from a grouped table, it shows them.
                 if self.grouped {
-                    self.toggle_grouping(live);
+                    self.group(live, self.by_owner);
                     self.tcp_view = true;
                 } else {
                     self.tcp_view = !self.tcp_view;
@@ -603,6 +635,22 @@ impl ViewState {
                 self.selected = None;
                 self.selected_index = 0;
             }
+            // An owner: its sockets, ungrouped (one not known has no word to find it by).
+            Some(RowKey::Owner(key)) => {
+                let Listing::Owners(rows) = self.visible(live).listing else {
+                    return;
+                };
+                let Some(owner) = rows.into_iter().find(|o| owner_key(&o.owner) == key) else {
+                    return;
+                };
+                if owner.owner == "-" {
+                    return;
+                }
+                self.grouped = false;
+                self.filter = Filter::new(&format!("unit:{}", owner.owner));
+                self.selected = None;
+                self.selected_index = 0;
+            }
             None => {}
         }
     }
@@ -631,21 +679,32 @@ impl ViewState {
         }
     }
 
-    fn toggle_grouping(&mut self, live: &Model) {
+    /// `p` (`by_owner` false) or `o`: groups by process or owner, or back to sockets when the
+    /// table is grouped that way already.
+    fn group(&mut self, live: &Model, by_owner: bool) {
         let selected = self.visible(live).selected_key();
-        self.grouped = !self.grouped;
+        let ungroup = self.grouped && self.by_owner == by_owner;
+        self.grouped = !ungroup;
+        self.by_owner = by_owner;
         self.follow = None;
+        let owner_of = |id: SocketId| {
+            let context = self.context(live);
+            self.shown(live)
+                .socket(id)
+                .map(|s| RowKey::Owner(owner_key(&context.owner(s))))
+        };
         self.selected = match selected {
-            // The process of the selected socket, or the first socket of the selected process.
-            Some(RowKey::Socket(id)) => Some(RowKey::Process(id.key.pid)),
-            Some(RowKey::Process(pid)) => match self.visible(live).listing {
+            // The group of the selected socket, or the first socket of the selected group.
+            Some(RowKey::Socket(id)) if !ungroup && by_owner => owner_of(id),
+            Some(RowKey::Socket(id)) if !ungroup => Some(RowKey::Process(id.key.pid)),
+            Some(RowKey::Process(pid)) if ungroup => match self.visible(live).listing {
                 Listing::Sockets(sockets) => sockets
                     .iter()
                     .find(|id| id.key.pid == pid)
                     .map(|id| RowKey::Socket(*id)),
-                Listing::Processes(_) => None,
+                _ => None,
             },
-            None => None,
+            _ => None,
         };
     }
 }

@@ -120,7 +120,9 @@ fn typed(model: &mut Dashboard, text: &str) {
 fn order(model: &Dashboard) -> Vec<(u32, u32)> {
     match visible(model).listing {
         Listing::Sockets(rows) => rows.iter().map(|id| (id.key.pid, id.key.fd)).collect(),
-        Listing::Processes(rows) => rows.iter().map(|p| (p.pid, 0)).collect(),
+        Listing::Processes(rows) | Listing::Owners(rows) => {
+            rows.iter().map(|p| (p.pid, 0)).collect()
+        }
     }
 }
 
@@ -415,6 +417,48 @@ fn closed_sockets_linger_dimmed_when_asked() {
     assert_eq!(order(&model).len(), 3, "gone after the linger time");
 }
 
+/// curl and psql run in one unit, redis-cli's process was not read: two owners, the unit's
+/// summing both processes; Enter lists the unit's sockets; `o` again goes back to sockets.
+#[test]
+fn grouping_by_owner_sums_its_processes() {
+    let mut model = busy();
+    for pid in [100, 200] {
+        let process = crate::socket::Process::parse(pid, "0::/system.slice/api.service\n", "");
+        model.update(Message::Model(Action::Process {
+            pid,
+            process: Some(process),
+            now_ns: 0,
+        }));
+    }
+    view(&mut model, ViewAction::ToggleOwners);
+    let visible = visible(&model);
+    let Listing::Owners(owners) = &visible.listing else {
+        panic!("owners")
+    };
+    let summary: Vec<_> = owners
+        .iter()
+        .map(|o| (o.owner.as_str(), o.processes, o.sockets, o.bytes_sent))
+        .collect();
+    // By send rate, largest first (psql's 5000 B in the last second).
+    assert_eq!(summary, [("api.service", 2, 3, 5100), ("-", 1, 1, 0)]);
+    // `p` from here groups by process; `o` twice comes back to owners, then sockets.
+    view(&mut model, ViewAction::ToggleGrouping);
+    assert!(matches!(visible_listing(&model), Listing::Processes(_)));
+    view(&mut model, ViewAction::ToggleOwners);
+    view(&mut model, ViewAction::Top);
+    view(&mut model, ViewAction::Open);
+    assert!(!model.view.grouped);
+    assert_eq!(model.view.filter.text(), "unit:api.service");
+    assert_eq!(order(&model), [(200, 5), (100, 3), (100, 4)]);
+    view(&mut model, ViewAction::ToggleOwners);
+    view(&mut model, ViewAction::ToggleOwners);
+    assert!(matches!(visible_listing(&model), Listing::Sockets(_)));
+}
+
+fn visible_listing(model: &Dashboard) -> Listing {
+    visible(model).listing
+}
+
 #[test]
 fn grouping_by_process_sums_and_keeps_the_selection() {
     let mut model = busy();
@@ -567,7 +611,7 @@ fn names_show_when_answered_and_the_key_turns_them_off() {
             .and_then(|id| model.model.socket(*id))
             .map(|s| model.view.context(&model.model).destination(s))
             .unwrap_or_default(),
-        Listing::Processes(_) => String::new(),
+        Listing::Processes(_) | Listing::Owners(_) => String::new(),
     };
     assert_eq!(name_of_psql(&model), "db.internal:5432");
     typed(&mut model, "db.int");

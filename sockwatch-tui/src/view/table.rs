@@ -9,9 +9,9 @@ use ratatui::{
 };
 
 use super::{
-    columns::{fitting, Column, Sort, PROCESS_COLUMNS},
+    columns::{fitting, Column, Sort},
     format,
-    listing::{Context, Listing, ProcessView, Visible},
+    listing::{Context, GroupView, Listing, Visible},
     state::{Focus, ViewState},
     theme::Theme,
 };
@@ -42,6 +42,9 @@ pub fn render(
         Listing::Processes(processes) => {
             format!(" Processes ({}, {open} sockets{closed}) ", processes.len(),)
         }
+        Listing::Owners(owners) => {
+            format!(" Owners ({}, {open} sockets{closed}) ", owners.len())
+        }
         Listing::Sockets(_) if visible.matching == visible.in_scope => {
             format!(" Open sockets ({open}{closed}) ")
         }
@@ -63,7 +66,7 @@ pub fn render(
     let page = usize::from(inner.height.saturating_sub(1));
     let len = match &visible.listing {
         Listing::Sockets(rows) => rows.len(),
-        Listing::Processes(rows) => rows.len(),
+        Listing::Processes(rows) | Listing::Owners(rows) => rows.len(),
     };
     let start = view.offset.min(len);
     let end = start.saturating_add(page).min(len);
@@ -88,16 +91,16 @@ pub fn render(
                 socket_style,
             )
         }
-        Listing::Processes(processes) => {
-            let rows: Vec<&ProcessView> = processes[start..end].iter().collect();
+        Listing::Processes(groups) | Listing::Owners(groups) => {
+            let rows: Vec<&GroupView> = groups[start..end].iter().collect();
             table_of(
-                PROCESS_COLUMNS,
+                view.group_columns(),
                 &rows,
-                view.process_sort,
+                view.sort(),
                 inner.width,
                 &context,
                 theme,
-                process_style,
+                group_style,
             )
         }
     };
@@ -141,7 +144,7 @@ fn socket_style(socket: &Socket, column: &str, theme: Theme) -> Style {
     }
 }
 
-fn process_style(process: &ProcessView, _column: &str, theme: Theme) -> Style {
+fn group_style(process: &GroupView, _column: &str, theme: Theme) -> Style {
     if process.closed == process.sockets {
         theme.dim()
     } else {
