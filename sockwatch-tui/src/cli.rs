@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{error::ErrorKind, CommandFactory, Parser, ValueEnum};
+use clap::{error::ErrorKind, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::{
     socket::Families,
@@ -10,6 +10,19 @@ use crate::{
 };
 
 pub use crate::kernel::loader::ProbeChoice;
+
+/// What else sockwatch-tui does besides watching.
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// What this machine offers and what sockwatch will use: each backend (or why not), BTF,
+    /// tracefs, the ring buffer, privileges, perf_event_paranoid, lockdown, the pid
+    /// namespace. Exits 0 when a backend can attach.
+    Check,
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff; `man -l` shows it).
+    Man,
+}
 
 /// Which sockets to track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -36,8 +49,17 @@ impl DirectionChoice {
 /// Watch TCP and UDP sockets (IPv4 and IPv6) live with eBPF: every connect, the bytes each
 /// socket sends, every close.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "sockwatch-tui", version, about)]
+#[command(
+    name = "sockwatch-tui",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
+    /// Without one: the dashboard (or --json, --headless).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Probe backend.
     #[arg(long, value_enum, default_value_t = ProbeChoice::Auto)]
     pub probe: ProbeChoice,

@@ -28,6 +28,7 @@ const RANKS: &[(&str, u8)] = &[
     ("metrics", 3),
     ("terminal", 3),
     ("cli", 4),
+    ("check", 4),
     ("app", 5),
 ];
 

@@ -7,6 +7,7 @@
 //! See docs/ARCHITECTURE.md.
 
 pub mod app;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod history;

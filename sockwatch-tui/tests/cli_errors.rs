@@ -50,20 +50,8 @@ fn kprobe_backend_without_kprobes_is_one_clear_error() {
 #[test]
 fn without_privileges_it_says_to_use_sudo() {
     support::assert_root();
-    // Drop to nobody with no capabilities, as an ordinary user would run it.
-    let output = output_within(
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--",
-            ])
-            .args([BIN, "--json", "--duration", "1"]),
-        COMMAND_TIMEOUT,
-        "setpriv (util-linux) running sockwatch-tui as nobody",
-    );
+    // Nobody with no capabilities, as an ordinary user would run it.
+    let output = as_nobody(&["--json", "--duration", "1"]);
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert_eq!(text.lines().count(), 1, "one line: {text:?}");
@@ -71,6 +59,97 @@ fn without_privileges_it_says_to_use_sudo() {
         text.contains("needs root") && text.contains("sudo"),
         "{text:?}"
     );
+    assert!(
+        text.contains("`sockwatch-tui check`"),
+        "points to check: {text:?}"
+    );
+}
+
+/// Runs `sockwatch-tui ARGS` as nobody, without capabilities.
+fn as_nobody(args: &[&str]) -> Output {
+    output_within(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--",
+                BIN,
+            ])
+            .args(args),
+        COMMAND_TIMEOUT,
+        "setpriv (util-linux) running sockwatch-tui as nobody",
+    )
+}
+
+/// The line of `check`'s report about `what`: whether marked ok, and its text.
+fn check_line<'a>(report: &'a str, what: &str) -> (bool, &'a str) {
+    let line = report
+        .lines()
+        .find(|l| {
+            l.get(6..)
+                .is_some_and(|rest| rest.starts_with(&format!("{what} ")))
+        })
+        .unwrap_or_else(|| panic!("no {what} line in:\n{report}"));
+    (line.starts_with("  ok "), line)
+}
+
+/// `check` as root: each backend is said available exactly where the kernel shows what it
+/// needs (read here from /sys, not through sockwatch), with the reason where not; it exits 0.
+/// The same test runs in the VM's kernels, where kprobes exist and (6.1) the socket layer's
+/// tracepoints do not.
+#[test]
+fn check_says_which_backends_this_kernel_offers() {
+    support::assert_root();
+    let output = run(&["check"]);
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{report}{}", stderr(&output));
+    let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|root| root.join("events").exists())
+        .expect("check mounted tracefs, as a run does");
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    let socket = btf && tracefs.join("events/sock/sock_send_length").exists();
+    let tracepoint = tracefs.join("events/syscalls/sys_enter_connect").exists();
+    let kprobe = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    for (what, offered) in [
+        ("backend socket", socket),
+        ("backend tracepoint", tracepoint),
+        ("backend kprobe", kprobe),
+    ] {
+        let (ok, line) = check_line(&report, what);
+        assert_eq!(ok, offered, "{line}");
+        if !offered {
+            assert!(line.contains("not available: "), "says why: {line}");
+        }
+    }
+    if !kprobe {
+        let (_, line) = check_line(&report, "backend kprobe");
+        assert!(line.contains("no kprobes"), "{line}");
+    }
+    let (ok, line) = check_line(&report, "privileges");
+    assert!(ok, "{line}");
+    let (_, auto) = check_line(&report, "--probe auto");
+    let expected = if socket { "socket" } else { "tracepoint" };
+    assert!(auto.ends_with(&format!("uses {expected}")), "{auto}");
+}
+
+/// `check` without privileges: the privileges line names what is missing, and it exits 1
+/// (no backend can attach).
+#[test]
+fn check_without_privileges_says_what_is_missing() {
+    support::assert_root();
+    let output = as_nobody(&["check"]);
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{report}{}", stderr(&output));
+    let (ok, line) = check_line(&report, "privileges");
+    assert!(
+        !ok && line.contains("missing CAP_SYS_ADMIN") && line.contains("sudo"),
+        "{line}"
+    );
+    assert!(report.contains("sockwatch cannot run here"), "{report}");
 }
 
 #[test]

@@ -197,6 +197,13 @@ fn bytes_from_several_threads_add_up_on_one_socket() {
     for writer in writers {
         writer.join().expect("writer thread");
     }
+    // The server's accept first: an accept that took this fd's number between the close's
+    // entry and its exit would end the socket early, with its connecting thread as closer
+    // (the kernel side's answer to that race, `state::track`), which is not what this checks.
+    let client_port = net::local_port(fd);
+    sw.wait_for("the server's accept", |r| {
+        r["event"] == "accept" && r["pid"] == pid && r["dport"] == client_port
+    });
     net::close(fd);
 
     let connect = sw.wait_for("connect", record_of("connect", pid, fd));

@@ -38,6 +38,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build the release binary and install it with its shell completions (bash, zsh, fish)
+    /// and man page under PREFIX, so that `sudo sockwatch-tui` finds it (as root).
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+    },
     /// Check formatting and run clippy with warnings as errors.
     Lint,
     /// Setup, lint and all tests, `vm-test` included; needs root. This is what CI runs.
@@ -67,6 +73,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Task::Build { release } => binary::build(release).map(|()| ExitCode::SUCCESS),
         Task::Run { debug, args } => binary::run(debug, &args),
+        Task::Install { prefix } => binary::install(&prefix).map(|()| ExitCode::SUCCESS),
         Task::Lint => lint::run().map(|()| ExitCode::SUCCESS),
         Task::Test => test::run().map(|()| ExitCode::SUCCESS),
         Task::Bench {

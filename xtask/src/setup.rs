@@ -7,32 +7,52 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd::{self, say, warn};
 
-/// Debian's rustc 1.96 with a precompiled `core` for bpfel-unknown-none (rustup's toolchains
-/// have no rust-src, so no build-std), LLVM 22 for bpf-linker, and the tools the tests drive
-/// (on the host, and in the VM of `cargo xtask vm-test`).
-const PACKAGES: &[&str] = &[
-    "rustc-web",
-    "cargo-web",
-    "libstd-rust-web-dev-bpf",
-    "llvm-22-dev",
-    "tmux",
-    "iproute2",
-    "curl",
-    "util-linux",
+/// What a task needs installed: building and running need only the toolchain; the tests, the
+/// VM test and the benchmark bring their own tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Debian's rustc 1.96 with a precompiled `core` for bpfel-unknown-none (rustup's
+    /// toolchains have no rust-src, so no build-std), LLVM 22 for bpf-linker.
+    Build,
+    /// The tools the real-kernel tests drive, on the host.
+    Test,
+    /// `cargo xtask vm-test`: Debian's kernels under QEMU, an initramfs of busybox.
+    Vm,
+    /// `cargo xtask bench`.
+    Bench,
+}
+
+/// Every need: `cargo xtask setup` and `cargo xtask test` install all of it.
+pub const ALL: &[Need] = &[Need::Build, Need::Test, Need::Vm, Need::Bench];
+
+/// Debian packages, by the need that brings them.
+const PACKAGES: &[(&str, Need)] = &[
+    ("rustc-web", Need::Build),
+    ("cargo-web", Need::Build),
+    ("libstd-rust-web-dev-bpf", Need::Build),
+    ("llvm-22-dev", Need::Build),
+    ("tmux", Need::Test),
+    ("iproute2", Need::Test),
+    ("curl", Need::Test),
+    ("util-linux", Need::Test),
     // The reconciliation test edits the kernel map as a missed event would leave it.
-    "bpftool",
-    // `cargo xtask vm-test`: Debian's kernel under QEMU, an initramfs of busybox.
-    "qemu-system-x86",
-    "busybox-static",
-    // Uncompressing the kernels' bzImages and modules: xz (6.1), zstd (6.12's kernel).
-    "xz-utils",
-    "zstd",
-    // `cargo xtask bench`: the floor (b) and the article's per-event way (d).
-    "bpftrace",
+    ("bpftool", Need::Test),
     // The `--metrics` test: a real Prometheus server scrapes it, promtool checks the format.
     // (Installing it starts no server: there is no init system to start it here.)
-    "prometheus",
+    ("prometheus", Need::Test),
+    // `man -l` renders the generated page in the tests.
+    ("man-db", Need::Test),
+    ("qemu-system-x86", Need::Vm),
+    ("busybox-static", Need::Vm),
+    // Uncompressing the kernels' bzImages and modules: xz (6.1), zstd (6.12's kernel).
+    ("xz-utils", Need::Vm),
+    ("zstd", Need::Vm),
+    // The floor (b) and the article's per-event way (d); tmux for the render measurement.
+    ("bpftrace", Need::Bench),
+    ("tmux", Need::Bench),
+    ("bpftool", Need::Bench),
 ];
+
 /// Newer bpf-linker releases need a newer LLVM than Debian's rustc uses.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -40,9 +60,16 @@ const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
 /// Not mounted at boot on the project's machines; aya looks its tracepoint ids up there.
 const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// Everything (`cargo xtask setup`).
 pub fn run() -> Result<()> {
+    run_for(ALL)
+}
+
+/// What `needs` need, and no more: `cargo xtask run` on a fresh machine pulls no QEMU.
+pub fn run_for(needs: &[Need]) -> Result<()> {
     let root = cmd::is_root()?;
-    ensure_packages(root)?;
+    let packages = packages_for(needs);
+    ensure_packages(root, &packages)?;
     ensure_bpf_linker()?;
     ensure_tracefs(root);
     if !Path::new(BPF_CORE_DIR).is_dir() {
@@ -53,22 +80,34 @@ pub fn run() -> Result<()> {
     }
     say(format!(
         "setup: ok ({} Debian packages, bpf-linker {BPF_LINKER_VERSION}, BPF core in {BPF_CORE_DIR})",
-        PACKAGES.len()
+        packages.len()
     ));
     Ok(())
 }
 
-fn ensure_packages(root: bool) -> Result<()> {
+/// The Debian packages `needs` bring, each once.
+fn packages_for(needs: &[Need]) -> Vec<&'static str> {
+    let mut packages: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, need)| needs.contains(need))
+        .map(|(package, _)| *package)
+        .collect();
+    packages.sort_unstable();
+    packages.dedup();
+    packages
+}
+
+fn ensure_packages(root: bool, packages: &[&str]) -> Result<()> {
     // One query for all packages; `\n` is expanded by dpkg-query itself.
     let output = cmd::capture(
         Command::new("dpkg-query")
             .args(["-W", "-f=${Package} ${Status}\\n"])
-            .args(PACKAGES),
+            .args(packages),
     )
     .context("cannot run dpkg-query (this setup needs Debian)")?;
     // dpkg-query exits 1 when some package is unknown, yet still lists the others: the exit
     // status says nothing the listing does not.
-    let missing = missing_packages(PACKAGES, &String::from_utf8_lossy(&output.stdout));
+    let missing = missing_packages(packages, &String::from_utf8_lossy(&output.stdout));
     if missing.is_empty() {
         return Ok(());
     }
@@ -207,5 +246,28 @@ mod tests {
             ["iproute2", "llvm-22-dev", "util-linux"]
         );
         assert!(missing_packages(&["curl"], listing).is_empty());
+    }
+
+    /// `cargo xtask run` and `build` install the toolchain only: no QEMU, no test or benchmark
+    /// tools; the tasks that need those bring them.
+    #[test]
+    fn building_and_running_pull_only_the_toolchain() {
+        let build = packages_for(&[Need::Build]);
+        assert_eq!(
+            build,
+            [
+                "cargo-web",
+                "libstd-rust-web-dev-bpf",
+                "llvm-22-dev",
+                "rustc-web"
+            ]
+        );
+        let vm = packages_for(&[Need::Build, Need::Test, Need::Vm]);
+        assert!(vm.contains(&"qemu-system-x86") && vm.contains(&"curl"));
+        assert!(!packages_for(&[Need::Build, Need::Bench]).contains(&"qemu-system-x86"));
+        let all = packages_for(ALL);
+        for (package, _) in PACKAGES {
+            assert!(all.contains(package), "{package}");
+        }
     }
 }

@@ -41,7 +41,7 @@ pub fn run(smoke: bool, rounds: Option<usize>, only: Option<Step>) -> Result<()>
     if !cmd::is_root()? {
         bail!("`cargo xtask bench` must run as root: it loads eBPF programs and runs bpftrace");
     }
-    setup::run()?;
+    setup::run_for(&[setup::Need::Build, setup::Need::Bench])?;
     let bins = build(smoke)?;
     // Five: with pinned loops the spread is small; the whole run takes about 10 minutes on 2
     // cores, half of it the dashboard at scale.
