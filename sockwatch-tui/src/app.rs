@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context;
-use crossterm::event::{Event as TermEvent, EventStream};
+use crossterm::event::{Event as TermEvent, EventStream, KeyCode, KeyEventKind};
 use futures::StreamExt;
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -38,13 +38,14 @@ use crate::{
         dns::{self, Answer, HostNames, Resolver},
         Action, Model,
     },
+    replay,
     socket::{Proto, Socket, SocketId},
     terminal::TerminalGuard,
     view::{
         self,
         filter::Scope,
         keys,
-        state::{ViewAction, ViewState},
+        state::{KeyMode, Replaying, ViewAction, ViewState},
         Dashboard, Message,
     },
 };
@@ -479,6 +480,9 @@ impl Output<'_> {
 /// Runs until `q`, a signal, or `--duration`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     map_large_allocations();
+    if let Some(path) = &args.replay {
+        return run_replay(&args, path).await;
+    }
     let mut log = Log::open(args.log_file.as_deref())?;
     if !args.json && !args.headless && !std::io::stdout().is_terminal() {
         anyhow::bail!("the dashboard needs a terminal on stdout; use --json for scripts");
@@ -641,6 +645,112 @@ async fn next_input(terminal: &mut Option<Terminal>) -> Input {
     }
 }
 
+/// `--replay`: the dashboard driven by a recording instead of the kernel (see `replay.rs`).
+/// The replay clock runs at the recorded pace times the speed, stands still while paused, and
+/// the screen stays on the final state once everything is played, until `q`.
+async fn run_replay(args: &Args, path: &std::path::Path) -> anyhow::Result<()> {
+    let what = format!("--replay {}", path.display());
+    let text = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        io::Read::read_to_string(&mut io::stdin(), &mut text).context("reading stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(path).with_context(|| what.clone())?
+    };
+    let recording = replay::parse(&text).with_context(|| what.clone())?;
+    if !std::io::stdout().is_terminal() {
+        anyhow::bail!("the dashboard needs a terminal on stdout");
+    }
+    let mut stop = Stop::new(args.duration)?;
+    let guard = TerminalGuard::enter()?;
+    let mut model = Model::new(recording.probe.clone());
+    model.hosts = HostNames::new(!args.no_resolve);
+    let color = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let mut dashboard = Dashboard::new(model, ViewState::new(args.view_options(color)));
+    if let Ok((width, height)) = crossterm::terminal::size() {
+        dashboard.update(Message::View(ViewAction::Resize { width, height }));
+    }
+    let (answer_tx, answers) = tokio::sync::mpsc::unbounded_channel();
+    let resolver = Resolver::start(dns::WORKERS, dns::system_lookup, move |answer| {
+        answer_tx.send(answer).is_ok()
+    })
+    .context("starting the name resolver threads")?;
+    let mut inputs = Some(Terminal {
+        keys: EventStream::new(),
+        answers,
+        resolver,
+    });
+    let mut pace = Replaying {
+        speed: 1.0,
+        paused: false,
+        ended: false,
+    };
+    let mut steps: std::collections::VecDeque<_> = recording.steps.into();
+    let mut clock_ns = replay::BASE_NS;
+    let mut last = std::time::Instant::now();
+    let mut tick = every(REPLAY_FRAME);
+    let mut screen = guard;
+    loop {
+        let redraw = tokio::select! {
+            _ = tick.tick() => {
+                let now = std::time::Instant::now();
+                if !pace.paused {
+                    let elapsed = now.duration_since(last).as_nanos() as f64 * pace.speed;
+                    clock_ns = clock_ns.saturating_add(elapsed as u64);
+                }
+                last = now;
+                while steps.front().is_some_and(|(at, _)| *at <= clock_ns) {
+                    if let Some((_, action)) = steps.pop_front() {
+                        dashboard.update(Message::Model(action));
+                    }
+                }
+                pace.ended = steps.is_empty();
+                true
+            }
+            input = next_input(&mut inputs) => match input {
+                Input::Key(Some(Ok(TermEvent::Key(key))))
+                    if key.kind == KeyEventKind::Press
+                        && dashboard.view.key_mode() == KeyMode::Normal
+                        && matches!(key.code, KeyCode::Char('+' | '-' | ' ')) =>
+                {
+                    match key.code {
+                        KeyCode::Char('+') => pace.speed = (pace.speed * 2.0).min(REPLAY_FASTEST),
+                        KeyCode::Char('-') => pace.speed = (pace.speed / 2.0).max(REPLAY_SLOWEST),
+                        _ => pace.paused = !pace.paused,
+                    }
+                    true
+                }
+                input => match on_input(input, &mut dashboard)? {
+                    Woke::Stop => break,
+                    woke => woke == Woke::Redraw,
+                },
+            },
+            () = stop.wait() => break,
+        };
+        if dashboard.quit {
+            break;
+        }
+        if redraw {
+            dashboard.view.replay = Some(pace);
+            if let Some(inputs) = &inputs {
+                for addr in dashboard.model.hosts.take_requests() {
+                    if let Err(busy) = inputs.resolver.request(addr) {
+                        dashboard.update(Message::Model(Action::HostName(busy)));
+                    }
+                }
+            }
+            screen.draw(|frame| view::render(&dashboard, &recording.clock, frame))?;
+        }
+    }
+    Ok(())
+}
+
+/// How often a replay advances its clock and redraws.
+const REPLAY_FRAME: Duration = Duration::from_millis(100);
+/// Replay speeds `+` and `-` reach at most.
+const REPLAY_FASTEST: f64 = 64.0;
+const REPLAY_SLOWEST: f64 = 1.0 / 16.0;
+
 /// The next scrape of `--metrics`; never ready without it.
 async fn next_scrape(
     scrapes: &mut Option<tokio::sync::mpsc::Receiver<metrics::Scrape>>,
@@ -798,7 +908,10 @@ async fn run_loop(
                 refresh(source, &mut output, &clock, log)?;
                 Woke::Redraw
             }
-            input = next_input(&mut terminal) => on_input(input, &mut output)?,
+            input = next_input(&mut terminal) => match &mut output {
+                Output::Dashboard { dashboard, .. } => on_input(input, dashboard)?,
+                Output::Json { .. } => Woke::Quietly,
+            },
             Some(scrape) = next_scrape(&mut scrapes) => {
                 let counters = source.tables.counters();
                 // A scraper that gave up is no error of ours.
@@ -908,10 +1021,7 @@ fn refresh(
     Ok(())
 }
 
-fn on_input(input: Input, output: &mut Output) -> anyhow::Result<Woke> {
-    let Output::Dashboard { dashboard, .. } = output else {
-        return Ok(Woke::Quietly);
-    };
+fn on_input(input: Input, dashboard: &mut Dashboard) -> anyhow::Result<Woke> {
     match input {
         Input::Answer(answer) => {
             // Names show at the next refresh.

@@ -104,6 +104,12 @@ pub struct Args {
     #[arg(long, requires = "metrics", conflicts_with = "json")]
     pub headless: bool,
 
+    /// Play back a recorded --json run (`-`: from stdin) in the dashboard, at its recorded
+    /// pace (`+`/`-` change it, space pauses), ending on its final state. Needs no root;
+    /// record with --json-samples for rates between records.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "headless", "metrics"])]
+    pub replay: Option<PathBuf>,
+
     /// Stop by itself after this many seconds (with the dashboard too).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub duration: Option<Duration>,

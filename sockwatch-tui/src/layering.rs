@@ -26,6 +26,7 @@ const RANKS: &[(&str, u8)] = &[
     ("view", 3),
     ("json", 3),
     ("metrics", 3),
+    ("replay", 3),
     ("terminal", 3),
     ("cli", 4),
     ("check", 4),

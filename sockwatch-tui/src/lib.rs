@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod open_sockets;
 pub mod owner;
+pub mod replay;
 pub mod socket;
 pub mod terminal;
 pub mod view;

@@ -176,6 +176,8 @@ fn bad_flags_are_rejected_before_anything_runs() {
         &["--metrics-by-remote"],
         &["--metrics", "localhost"],
         &["--metrics", "127.0.0.1:1", "--headless", "--json"],
+        &["--replay", "x.ndjson", "--json"],
+        &["--json", "check"],
     ] {
         let output = run(args);
         let text = stderr(&output);
@@ -212,4 +214,29 @@ fn a_metrics_port_in_use_is_one_clear_error() {
         text.contains(&format!("--metrics {addr}: cannot listen there")),
         "{text:?}"
     );
+}
+
+/// `--replay` of what is not there, or not a recording: one line saying which, exit 1, the
+/// terminal never touched (and no root needed to be told).
+#[test]
+fn a_replay_of_no_recording_is_one_clear_error() {
+    support::assert_root();
+    let dir = std::env::temp_dir().join(format!("sockwatch-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let junk = dir.join("junk.ndjson");
+    std::fs::write(&junk, "this is not JSON\n").expect("writing");
+    let missing = dir.join("missing.ndjson");
+    for (file, says) in [(&missing, "No such file"), (&junk, "line 1 is not JSON")] {
+        let file = file.to_str().expect("a UTF-8 path");
+        let output = as_nobody(&["--replay", file]);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{text}");
+        assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+        assert!(
+            text.contains(&format!("--replay {file}")) && text.contains(says),
+            "{text:?}"
+        );
+        assert!(output.stdout.is_empty());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

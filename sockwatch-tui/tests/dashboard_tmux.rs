@@ -481,3 +481,69 @@ fn a_refused_curl_shows_in_the_close_log_and_the_header() {
     tmux.press("q");
     assert_terminal_restored(&tmux, &state_file);
 }
+
+/// A live `--json --json-samples` run recorded, then played back in the dashboard (no root
+/// needed, nothing attached): once played, the header's totals are the run's `end` record's,
+/// the socket still open at the end shows with the bytes its `open` record had, and the
+/// closed one is in the close log with the bytes the server received.
+#[test]
+fn a_recorded_run_replays_with_the_same_rows_and_totals() {
+    support::assert_root();
+    let pid = std::process::id();
+    let mut sw = support::Sockwatch::start(&["--json-samples"]);
+    let server = net::CountingServer::start();
+    let kept = net::connected(server.port);
+    net::sendto_all(kept, 5000);
+    let closed = net::connected(server.port);
+    net::sendto_all(closed, 777);
+    net::close(closed);
+    assert_eq!(server.next_total(), 777);
+    sw.wait_for("a sample of the kept socket", |r| {
+        support::record_of("sample", pid, kept)(r) && r["bytes_sent"] == 5000
+    });
+    let mut records = vec![sw.start.clone()];
+    records.extend(sw.stop());
+    net::close(kept);
+    let end = records.last().expect("an end record").clone();
+    assert_eq!(end["event"], "end");
+    let recording = format!("/tmp/sockwatch-e2e-replay-{pid}.ndjson");
+    let lines: Vec<String> = records.iter().map(ToString::to_string).collect();
+    std::fs::write(&recording, lines.join("\n") + "\n").expect("writing the recording");
+
+    let tmux = Tmux::start("replay", 150, 30);
+    tmux.wait_for("shell prompt", SCREEN_TIMEOUT, |s| s.contains("e2e$"));
+    let state_file = format!("/tmp/sockwatch-e2e-replay-{pid}");
+    tmux.type_line(&format!("stty -g > {state_file}.before; clear"));
+    tmux.type_line(&format!(
+        "{BIN} --replay {recording} --no-resolve --pid {pid}"
+    ));
+    let totals = format!(
+        "connects: {} ({} failed)",
+        end["connects"], end["failed_connects"]
+    );
+    let destination = format!("127.0.0.1:{}", server.port);
+    let closes = format!(
+        "closes: {}",
+        records.iter().filter(|r| r["event"] == "close").count()
+    );
+    let screen = tmux.wait_for("the replay's end", SCREEN_TIMEOUT, |s| {
+        s.contains("replay ended") && s.contains(&totals) && s.contains(&closes)
+    });
+    let table = screen.split("Closed (").next().unwrap_or_default();
+    let log = screen.split("Closed (").nth(1).unwrap_or_default();
+    let kept_row = format!("{pid} ");
+    assert!(
+        table.lines().any(|l| {
+            l.contains(&kept_row) && l.contains(&destination) && l.contains("4.9 KiB")
+        }),
+        "the open socket's row:\n{screen}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&destination) && l.contains("777 B")),
+        "the closed socket in the log:\n{screen}"
+    );
+    tmux.press("q");
+    assert_terminal_restored(&tmux, &state_file);
+    let _ = std::fs::remove_file(&recording);
+}

@@ -100,6 +100,9 @@ pub fn render(
     second.extend(field("send:", format::rate(activity.bytes.send)));
     second.extend(field("recv:", format::rate(activity.bytes.recv)));
     let mut modes = Vec::new();
+    if let Some(replay) = &view.replay {
+        modes.push(replay.label());
+    }
     // Not `is_everything`: the families, the one narrowing always said, are on the first line.
     let scope = view.scope.describe();
     if !scope.is_empty() {

@@ -202,6 +202,38 @@ fn dashboard_with_open_and_closed_sockets() {
     insta::assert_snapshot!(render(&busy_model(), 110, 20));
 }
 
+/// A recorded `--json --json-samples` run (python3 keeping one connection and closing another,
+/// curl refused), played to its end as `--replay` does: the rows, rates and close log it had,
+/// at the recorded wall-clock times (UTC here).
+#[test]
+fn a_recording_replayed_to_its_end() {
+    let recording = crate::replay::parse(include_str!("../../tests/fixtures/recording.ndjson"))
+        .expect("the fixture is a recording");
+    let mut dashboard = Dashboard::new(Model::new(recording.probe.clone()), ViewState::default());
+    act(
+        &mut dashboard,
+        &[ViewAction::Resize {
+            width: 110,
+            height: 20,
+        }],
+    );
+    for (_, action) in recording.steps {
+        dashboard.update(Message::Model(action));
+    }
+    dashboard.view.replay = Some(crate::view::state::Replaying {
+        speed: 1.0,
+        paused: false,
+        ended: true,
+    });
+    let mut clock = recording.clock;
+    clock.utc_offset_secs = 0;
+    let mut terminal = Terminal::new(TestBackend::new(110, 20)).expect("test terminal");
+    terminal
+        .draw(|frame| view(&dashboard, &clock, frame))
+        .expect("drawn");
+    insta::assert_snapshot!(terminal.backend().to_string());
+}
+
 /// IPv6 rows beside an IPv4 one: `[address]:port`, compressed as RFC 5952 says; at 80 columns
 /// a long address gives way at its start and keeps its port.
 #[test]

@@ -97,8 +97,34 @@ pub struct ViewOptions {
     pub color: bool,
 }
 
+/// A recording played back (`--replay`): how fast, paused or not, and whether it has all been
+/// played.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Replaying {
+    pub speed: f64,
+    pub paused: bool,
+    pub ended: bool,
+}
+
+impl Replaying {
+    /// As the header says it: `replay 2x`, `replay paused`, `replay ended`.
+    pub fn label(&self) -> String {
+        if self.ended {
+            "replay ended".into()
+        } else if self.paused {
+            "replay paused (space resumes)".into()
+        } else if self.speed >= 1.0 {
+            format!("replay {}x (+/- speed)", self.speed)
+        } else {
+            format!("replay 1/{}x (+/- speed)", 1.0 / self.speed)
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ViewState {
+    /// `--replay`: the recording's pace, shown in the header.
+    pub replay: Option<Replaying>,
     pub focus: Focus,
     pub socket_sort: Sort,
     pub process_sort: Sort,
@@ -165,6 +191,7 @@ impl ViewState {
 
     pub fn new(options: ViewOptions) -> Self {
         Self {
+            replay: None,
             focus: Focus::Table,
             socket_sort: Sort::default(),
             process_sort: Sort::default(),
