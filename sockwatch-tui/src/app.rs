@@ -663,23 +663,8 @@ async fn run_replay(args: &Args, path: &std::path::Path) -> anyhow::Result<()> {
     }
     let mut stop = Stop::new(args.duration)?;
     let guard = TerminalGuard::enter()?;
-    let mut model = Model::new(recording.probe.clone());
-    model.hosts = HostNames::new(!args.no_resolve);
-    let color = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    let mut dashboard = Dashboard::new(model, ViewState::new(args.view_options(color)));
-    if let Ok((width, height)) = crossterm::terminal::size() {
-        dashboard.update(Message::View(ViewAction::Resize { width, height }));
-    }
-    let (answer_tx, answers) = tokio::sync::mpsc::unbounded_channel();
-    let resolver = Resolver::start(dns::WORKERS, dns::system_lookup, move |answer| {
-        answer_tx.send(answer).is_ok()
-    })
-    .context("starting the name resolver threads")?;
-    let mut inputs = Some(Terminal {
-        keys: EventStream::new(),
-        answers,
-        resolver,
-    });
+    let (mut dashboard, inputs) = dashboard_for(args, Model::new(recording.probe.clone()))?;
+    let mut inputs = Some(inputs);
     let mut pace = Replaying {
         speed: 1.0,
         paused: false,
@@ -743,6 +728,29 @@ async fn run_replay(args: &Args, path: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The dashboard over `model` as the flags and the terminal say (names, colours, size), with
+/// its inputs: keys, and the reverse DNS threads whose answers come back on a channel.
+fn dashboard_for(args: &Args, mut model: Model) -> anyhow::Result<(Dashboard, Terminal)> {
+    model.hosts = HostNames::new(!args.no_resolve);
+    // NO_COLOR (no-color.org): set and not empty means no colours.
+    let color = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let mut dashboard = Dashboard::new(model, ViewState::new(args.view_options(color)));
+    if let Ok((width, height)) = crossterm::terminal::size() {
+        dashboard.update(Message::View(ViewAction::Resize { width, height }));
+    }
+    let (answer_tx, answers) = tokio::sync::mpsc::unbounded_channel();
+    let resolver = Resolver::start(dns::WORKERS, dns::system_lookup, move |answer| {
+        answer_tx.send(answer).is_ok()
+    })
+    .context("starting the name resolver threads")?;
+    let inputs = Terminal {
+        keys: EventStream::new(),
+        answers,
+        resolver,
+    };
+    Ok((dashboard, inputs))
 }
 
 /// How often a replay advances its clock and redraws.
@@ -835,28 +843,11 @@ async fn run_loop(
         let guard = TerminalGuard::enter()?;
         let mut model = Model::new(backend);
         model.health_unavailable = source.diag.is_none();
-        model.hosts = HostNames::new(!args.no_resolve);
-        // NO_COLOR (no-color.org): set and not empty means no colours.
-        let color = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-        let mut dashboard = Dashboard::new(model, ViewState::new(args.view_options(color)));
-        if let Ok((width, height)) = crossterm::terminal::size() {
-            dashboard.update(Message::View(ViewAction::Resize { width, height }));
-        }
-        // Reverse DNS on worker threads; their answers come back on this channel.
-        let (answer_tx, answers) = tokio::sync::mpsc::unbounded_channel();
-        let resolver = Resolver::start(dns::WORKERS, dns::system_lookup, move |answer| {
-            answer_tx.send(answer).is_ok()
-        })
-        .context("starting the name resolver threads")?;
+        let (dashboard, inputs) = dashboard_for(args, model)?;
         let output = Output::Dashboard {
             dashboard: Box::new(dashboard),
             terminal: guard,
             metrics,
-        };
-        let inputs = Terminal {
-            keys: EventStream::new(),
-            answers,
-            resolver,
         };
         (output, Some(inputs))
     };

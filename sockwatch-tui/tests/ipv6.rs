@@ -9,19 +9,8 @@ use serde_json::Value;
 use support::{
     inbound_of,
     io::{recv_exact, send_all, Receiver, Sender},
-    net, record_of, u64_of, Sockwatch,
+    net, record_of, u64_of, Sockwatch, SAMPLED,
 };
-
-/// Samples every 200 ms, each with a fresh TCP health reading (see tcp_health.rs).
-const SAMPLED: [&str; 7] = [
-    "--json-samples",
-    "--interval",
-    "200",
-    "--full-read-ms",
-    "1",
-    "--health-ms",
-    "1",
-];
 
 #[test]
 fn a_connect_to_ipv6_loopback_counts_exactly_both_ways_as_ss_does() {

@@ -13,22 +13,8 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{inbound_of, net, netns, process, record_of, u64_of, Sockwatch};
+use support::{inbound_of, net, netns, process, record_of, u64_of, Sockwatch, SAMPLED};
 
-/// Samples every 200 ms: a reading a test waits for comes soon.
-/// A sample of each socket at every refresh; each refresh reads the maps whole, so that a
-/// connect under way (in the map before any record tells of it) is sampled at once, and reads
-/// TCP health, so that a mark that takes two readings comes within two refreshes: even where
-/// a full read or a health read is slow (an emulated guest spaces them by their cost to seconds).
-const SAMPLED: [&str; 7] = [
-    "--json-samples",
-    "--interval",
-    "200",
-    "--full-read-ms",
-    "1",
-    "--health-ms",
-    "1",
-];
 /// How long the kernel may take to settle (all data acknowledged, buffers full).
 const SETTLE: Duration = Duration::from_secs(20);
 

@@ -51,6 +51,21 @@ pub fn assert_root() {
 /// fd number) for its own.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Samples every 200 ms: a reading a test waits for comes soon.
+/// A sample of each socket at every refresh; each refresh reads the maps whole, so that a
+/// connect under way (in the map before any record tells of it) is sampled at once, and reads
+/// TCP health, so that a mark that takes two readings comes within two refreshes: even where
+/// a full read or a health read is slow (an emulated guest spaces them by their cost to seconds).
+pub const SAMPLED: [&str; 7] = [
+    "--json-samples",
+    "--interval",
+    "200",
+    "--full-read-ms",
+    "1",
+    "--health-ms",
+    "1",
+];
+
 /// A running `sockwatch-tui --json`, killed when dropped.
 pub struct Sockwatch {
     _turn: MutexGuard<'static, ()>,
