@@ -809,7 +809,7 @@ async fn run_loop(
     };
     let metrics = args
         .metrics
-        .map(|_| Box::new(Metrics::new(args.metrics_by_remote)));
+        .map(|_| Box::new(Metrics::new(args.metrics_by_remote, args.scope())));
     let (mut output, mut terminal) = if args.json || args.headless {
         // Headless: the same loop and records, written nowhere.
         let sink: Box<dyn Write> = if args.headless {

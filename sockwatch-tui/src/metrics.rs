@@ -32,6 +32,7 @@ use crate::{
     kernel::{decode::errno_name, loader::KernelCounters, tracker::Change},
     model::{processes::Processes, Model},
     socket::{Origin, Socket, State},
+    view::filter::Scope,
 };
 
 /// What a series is about: a process name and owner, and the remote end when asked for.
@@ -45,6 +46,9 @@ struct Series {
 #[derive(Debug, Default)]
 pub struct Metrics {
     by_remote: bool,
+    /// `--pid`, `--comm`, `--port`, `-4`/`-6`: the sockets counted, as the dashboard and JSON
+    /// show them.
+    scope: Scope,
     /// Bytes sent and received by sockets that closed, by series.
     closed_bytes: HashMap<Series, (u64, u64)>,
     /// Connects by series and result (`ok`, `in_progress`, or the errno name).
@@ -60,9 +64,10 @@ pub struct Metrics {
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 impl Metrics {
-    pub fn new(by_remote: bool) -> Self {
+    pub fn new(by_remote: bool, scope: Scope) -> Self {
         Self {
             by_remote,
+            scope,
             ..Self::default()
         }
     }
@@ -82,6 +87,15 @@ impl Metrics {
     /// Counts a change as the kernel stage tells it (a close carries the socket's final counts,
     /// or for a `vanished` one the last the map showed), with `processes` read for its pid.
     pub fn observe(&mut self, change: &Change, processes: &Processes) {
+        let in_scope = match change {
+            Change::Opened(socket) | Change::Failed { socket, .. } | Change::Closed(socket) => {
+                self.scope.matches(socket)
+            }
+            Change::Moved { .. } | Change::Partial(_) | Change::Holders { .. } => false,
+        };
+        if !in_scope {
+            return;
+        }
         match change {
             Change::Opened(socket) => {
                 let series = self.series(socket, processes);
@@ -134,7 +148,7 @@ impl Metrics {
             .iter()
             .map(|(series, counts)| (series.clone(), *counts))
             .collect();
-        for socket in model.open.values() {
+        for socket in model.open.values().filter(|s| self.scope.matches(s)) {
             let series = self.series(socket, &model.processes);
             let entry = bytes.entry(series.clone()).or_default();
             entry.0 = entry.0.saturating_add(socket.bytes_sent);
@@ -403,7 +417,7 @@ mod tests {
             process: Some(Process::parse(7, "0::/system.slice/web.service\n", "")),
             now_ns: 0,
         });
-        let mut metrics = Metrics::new(false);
+        let mut metrics = Metrics::new(false, Scope::default());
         let counters = KernelCounters::default();
         for fd in [3, 4] {
             let change = Change::Opened(socket(7, fd, "curl"));
@@ -463,7 +477,7 @@ mod tests {
     #[test]
     fn a_counter_never_goes_backwards() {
         let mut model = Model::counts_only("socket");
-        let mut metrics = Metrics::new(false);
+        let mut metrics = Metrics::new(false, Scope::default());
         let counters = KernelCounters::default();
         let change = Change::Opened(socket(7, 3, "worker"));
         model.apply(change);
@@ -483,7 +497,7 @@ mod tests {
     fn label_values_are_escaped_and_remotes_only_when_asked() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         let model = Model::counts_only("socket");
-        let mut metrics = Metrics::new(true);
+        let mut metrics = Metrics::new(true, Scope::default());
         let s = socket(7, 3, "x");
         assert_eq!(
             labels(&metrics.series(&s, &model.processes), &[]),
@@ -494,5 +508,24 @@ mod tests {
             labels(&metrics.series(&s, &model.processes), &[]),
             "{comm=\"x\",owner=\"\"}"
         );
+    }
+
+    /// `--comm` (and the rest of the scope) narrows the metrics as it does the table.
+    #[test]
+    fn only_the_sockets_in_scope_count() {
+        let mut model = Model::counts_only("socket");
+        let scope = Scope {
+            comms: vec!["curl".into()],
+            ..Scope::default()
+        };
+        let mut metrics = Metrics::new(false, scope);
+        for (fd, comm) in [(3, "curl"), (4, "wget")] {
+            let change = Change::Opened(socket(7, fd, comm));
+            metrics.observe(&change, &model.processes);
+            model.apply(change);
+        }
+        let text = metrics.render(&model, &KernelCounters::default());
+        assert!(text.contains("comm=\"curl\""), "{text}");
+        assert!(!text.contains("wget"), "{text}");
     }
 }
