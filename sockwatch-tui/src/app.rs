@@ -369,20 +369,42 @@ impl Output<'_> {
                 });
             }
         }
-        // Counted as the kernel stage tells it: a close carries its final counts.
-        match self {
-            Self::Json {
-                metrics: Some(metrics),
-                model,
-                ..
-            } => metrics.observe(&change, &model.processes),
-            Self::Dashboard {
-                metrics: Some(metrics),
-                dashboard,
-                ..
-            } => metrics.observe(&change, &dashboard.model.processes),
-            _ => {}
+        // Opens as the kernel stage tells them; a move on the row it moves, before it does; a
+        // close on the row as the model keeps it (below).
+        if let (Some(metrics), model) = self.metrics_and_model() {
+            metrics.observe(&change, &model.processes);
+            if let Change::Moved { from, to, .. } = &change {
+                if let Some(row) = model.open.get(&from.key).filter(|s| s.id == *from) {
+                    let to = SocketId::new(*to, from.opened_ns);
+                    metrics.moving(row, to, &model.processes);
+                }
+            }
         }
+        let closed = match &change {
+            Change::Closed(socket) => Some(socket.id),
+            _ => None,
+        };
+        self.apply_to_output(change)?;
+        if let (Some(id), (Some(metrics), model)) = (closed, self.metrics_and_model()) {
+            if let Some(row) = model.socket(id).filter(|s| s.is_closed()) {
+                metrics.closed(row, &model.processes);
+            }
+        }
+        Ok(())
+    }
+
+    /// `--metrics`' counts, if on, beside the model they count.
+    fn metrics_and_model(&mut self) -> (Option<&mut Metrics>, &Model) {
+        match self {
+            Self::Json { metrics, model, .. } => (metrics.as_deref_mut(), model),
+            Self::Dashboard {
+                metrics, dashboard, ..
+            } => (metrics.as_deref_mut(), &dashboard.model),
+        }
+    }
+
+    /// The change written (JSON) and taken by the model.
+    fn apply_to_output(&mut self, change: Change) -> anyhow::Result<()> {
         match self {
             Self::Json {
                 model,
@@ -670,6 +692,7 @@ async fn run_replay(args: &Args, path: &std::path::Path) -> anyhow::Result<()> {
         paused: false,
         ended: false,
     };
+    let end_ns = recording.end_ns;
     let mut steps: std::collections::VecDeque<_> = recording.steps.into();
     let mut clock_ns = replay::BASE_NS;
     let mut last = std::time::Instant::now();
@@ -690,6 +713,15 @@ async fn run_replay(args: &Args, path: &std::path::Path) -> anyhow::Result<()> {
                     }
                 }
                 pace.ended = steps.is_empty();
+                // Time goes on between records (ages, lingering closes, the per-second
+                // averages), as a live refresh would have it, up to the recording's end.
+                let now_ns = clock_ns.min(end_ns);
+                if now_ns > dashboard.model.now_ns {
+                    dashboard.update(Message::Model(Action::Snapshot {
+                        map: Vec::new(),
+                        now_ns,
+                    }));
+                }
                 true
             }
             input = next_input(&mut inputs) => match input {

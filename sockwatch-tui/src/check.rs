@@ -128,7 +128,7 @@ pub fn run() -> Report {
             ),
         },
     );
-    let nested = pid_namespace_depth() > 1;
+    let nested = !in_initial_pid_namespace();
     push(
         "pid namespace",
         true,
@@ -235,7 +235,10 @@ fn ring_buffer() -> Result<(), String> {
     // fields left zero.
     let mut attr = [0u32; 16];
     attr[0] = BPF_MAP_TYPE_RINGBUF;
-    attr[3] = 4096;
+    // A page: the size must be a multiple of it (16 KiB, 64 KiB on some arm64 kernels).
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    attr[3] = u32::try_from(page).unwrap_or(4096);
     // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes of `attr`; the fd it returns is ours.
     let fd = unsafe {
         libc::syscall(
@@ -276,13 +279,10 @@ fn lockdown() -> Option<String> {
     Some(text[start + 1..start + end].to_owned())
 }
 
-/// How many pid namespaces deep this process is (1: the host's), from `NSpid:`.
-fn pid_namespace_depth() -> usize {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
-            Some(line.split_whitespace().count())
-        })
-        .unwrap_or(1)
+/// Whether this process is in the host's pid namespace: the initial one has a fixed inode
+/// (`PROC_PID_INIT_INO`). (`NSpid:` would not tell inside a container with its own /proc.)
+fn in_initial_pid_namespace() -> bool {
+    const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self/ns/pid").map_or(true, |m| m.ino() == PROC_PID_INIT_INO)
 }

@@ -20,13 +20,17 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(
-                shell,
-                &mut Args::command(),
-                "sockwatch-tui",
-                &mut std::io::stdout(),
-            );
-            return ExitCode::SUCCESS;
+            // Generated whole first: clap_complete panics on a write that fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), "sockwatch-tui", &mut script);
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("sockwatch-tui: writing the completions: {error}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Some(Command::Man) => {
             return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {

@@ -3,9 +3,8 @@
 //! Series are per process name and owner (`comm`, `owner`: both bounded by what runs on the
 //! machine, unlike pids), and per remote end only with `--metrics-by-remote`. Byte counters are
 //! the open sockets' counts plus what closed sockets had moved by their close, so they never go
-//! backwards when a socket closes; a row that moves to another holder (the socket backend) takes
-//! its bytes to the new holder's series, and the old series then stays at what it last served
-//! rather than going back (a counter that fell would read as a reset). Rendered at each scrape
+//! backwards when a socket closes; a row that moves to another holder (the socket backend)
+//! leaves what it moved so far with its old series, and the new one counts from the move. Rendered at each scrape
 //! from the model, in the one loop (`app.rs`); the HTTP side only carries requests to it.
 
 use std::{
@@ -25,13 +24,13 @@ use hyper::{
     service::service_fn,
     Method, Request, Response, StatusCode,
 };
-use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, oneshot};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{
     kernel::{decode::errno_name, loader::KernelCounters, tracker::Change},
     model::{processes::Processes, Model},
-    socket::{Origin, Socket, State},
+    socket::{Direction, Origin, Socket, SocketId, State},
     view::filter::Scope,
 };
 
@@ -58,6 +57,9 @@ pub struct Metrics {
     closes: HashMap<(Series, &'static str), u64>,
     /// The last byte counts served, by series: what a counter may not fall below.
     served: HashMap<Series, (u64, u64)>,
+    /// Rows that moved to another holder: their counts at the move, which their old series
+    /// kept (the new one counts from there).
+    baselines: HashMap<SocketId, (u64, u64)>,
 }
 
 /// The text format's content type (version 0.0.4), as Prometheus asks for it.
@@ -80,24 +82,21 @@ impl Metrics {
         Series {
             comm: socket.comm.as_str().into(),
             owner,
-            remote: self.by_remote.then(|| socket.remote().into()),
+            // An accepted socket's peer port is the client's ephemeral one: a series per
+            // connection. Its address alone is the peer.
+            remote: self.by_remote.then(|| match socket.direction {
+                Direction::Out => socket.remote().into(),
+                Direction::In => socket.daddr().to_string().into(),
+            }),
         }
     }
 
-    /// Counts a change as the kernel stage tells it (a close carries the socket's final counts,
-    /// or for a `vanished` one the last the map showed), with `processes` read for its pid.
+    /// Counts an open or a failed connect, as the kernel stage tells it, with `processes`
+    /// read for its pid (closes and moves are counted on the model's row: [`Self::closed`],
+    /// [`Self::moving`]).
     pub fn observe(&mut self, change: &Change, processes: &Processes) {
-        let in_scope = match change {
-            Change::Opened(socket) | Change::Failed { socket, .. } | Change::Closed(socket) => {
-                self.scope.matches(socket)
-            }
-            Change::Moved { .. } | Change::Partial(_) | Change::Holders { .. } => false,
-        };
-        if !in_scope {
-            return;
-        }
         match change {
-            Change::Opened(socket) => {
+            Change::Opened(socket) if self.scope.matches(socket) => {
                 let series = self.series(socket, processes);
                 match socket.origin {
                     Origin::Connect => {
@@ -111,33 +110,66 @@ impl Metrics {
                     Origin::Existing => {}
                 }
             }
-            Change::Failed { socket, errno } => {
+            Change::Failed { socket, errno } if self.scope.matches(socket) => {
                 let series = self.series(socket, processes);
                 let result = errno_name(*errno).into_boxed_str();
                 *self.connects.entry((series, result)).or_default() += 1;
             }
-            Change::Closed(socket) => {
-                let series = self.series(socket, processes);
-                // A connect that failed after it returned `in_progress`: its result now.
-                if let Some(errno) = socket.failed() {
-                    let result = if errno == 0 {
-                        "failed".into()
-                    } else {
-                        errno_name(errno)
-                    };
-                    *self
-                        .connects
-                        .entry((series.clone(), result.into_boxed_str()))
-                        .or_default() += 1;
-                }
-                let reason = socket.closed.map_or("close", |c| c.cause.label());
-                *self.closes.entry((series.clone(), reason)).or_default() += 1;
-                let bytes = self.closed_bytes.entry(series).or_default();
-                bytes.0 = bytes.0.saturating_add(socket.bytes_sent);
-                bytes.1 = bytes.1.saturating_add(socket.bytes_recv);
-            }
-            Change::Moved { .. } | Change::Partial(_) | Change::Holders { .. } => {}
+            _ => {}
         }
+    }
+
+    /// `row`, as the model has it, is about to move to another holder (another series): what
+    /// it moved so far stays with its series, and the new one counts from here.
+    pub fn moving(&mut self, row: &Socket, to: SocketId, processes: &Processes) {
+        let (sent, recv) = self.since_baseline(row);
+        if self.scope.matches(row) {
+            let bytes = self
+                .closed_bytes
+                .entry(self.series(row, processes))
+                .or_default();
+            bytes.0 = bytes.0.saturating_add(sent);
+            bytes.1 = bytes.1.saturating_add(recv);
+        }
+        self.baselines.remove(&row.id);
+        self.baselines.insert(to, (row.bytes_sent, row.bytes_recv));
+    }
+
+    /// `row` closed, as the model keeps it (its final counts, and the peer and local port
+    /// learned while it was open).
+    pub fn closed(&mut self, row: &Socket, processes: &Processes) {
+        let (sent, recv) = self.since_baseline(row);
+        self.baselines.remove(&row.id);
+        if !self.scope.matches(row) {
+            return;
+        }
+        let series = self.series(row, processes);
+        // A connect that failed after it returned `in_progress`: its result now.
+        if let Some(errno) = row.failed() {
+            let result = if errno == 0 {
+                "failed".into()
+            } else {
+                errno_name(errno)
+            };
+            *self
+                .connects
+                .entry((series.clone(), result.into_boxed_str()))
+                .or_default() += 1;
+        }
+        let reason = row.closed.map_or("close", |c| c.cause.label());
+        *self.closes.entry((series.clone(), reason)).or_default() += 1;
+        let bytes = self.closed_bytes.entry(series).or_default();
+        bytes.0 = bytes.0.saturating_add(sent);
+        bytes.1 = bytes.1.saturating_add(recv);
+    }
+
+    /// What `socket` moved since it came to its holder (all it moved, unless it moved there).
+    fn since_baseline(&self, socket: &Socket) -> (u64, u64) {
+        let (sent, recv) = self.baselines.get(&socket.id).copied().unwrap_or_default();
+        (
+            socket.bytes_sent.saturating_sub(sent),
+            socket.bytes_recv.saturating_sub(recv),
+        )
     }
 
     /// The exposition: every series as of the model's last refresh, and sockwatch's own health.
@@ -150,12 +182,13 @@ impl Metrics {
             .collect();
         for socket in model.open.values().filter(|s| self.scope.matches(s)) {
             let series = self.series(socket, &model.processes);
+            let (sent, recv) = self.since_baseline(socket);
             let entry = bytes.entry(series.clone()).or_default();
-            entry.0 = entry.0.saturating_add(socket.bytes_sent);
-            entry.1 = entry.1.saturating_add(socket.bytes_recv);
+            entry.0 = entry.0.saturating_add(sent);
+            entry.1 = entry.1.saturating_add(recv);
             *open.entry(series).or_default() += 1;
         }
-        // Never below what was served: a row that moved away takes its bytes along.
+        // Never below what was served (a counter that fell would read as a reset).
         for (series, counts) in &mut bytes {
             let served = self.served.entry(series.clone()).or_default();
             counts.0 = counts.0.max(served.0);
@@ -260,6 +293,15 @@ impl Metrics {
 /// A scrape waiting for its text: the loop that owns the model renders it and answers here.
 pub type Scrape = oneshot::Sender<String>;
 
+/// Scrapers served at once (Prometheus uses one connection per target).
+const MAX_CONNECTIONS: usize = 16;
+/// How long a connection may take to send a request's headers (also between requests).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection is kept at most.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// The pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// How long a scrape waits for the loop's answer (it answers between two wake-ups: at once,
 /// unless the machine is starved).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -279,19 +321,33 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 pub fn serve(listener: std::net::TcpListener, scrapes: mpsc::Sender<Scrape>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .context("--metrics: registering the listener")?;
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            // A failed accept (out of fds, a connection reset before it was taken) ends only
-            // that connection.
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            // At most MAX_CONNECTIONS at once: the rest wait in the listen backlog, and a
+            // client that holds connections open cannot take sockwatch's fds.
+            let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                // Out of fds, or a connection reset before it was taken: a pause, not a spin
+                // of the one thread.
+                Err(_) => {
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let scrapes = scrapes.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| answer(request, scrapes.clone()));
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                // A connection lasts at most this long, idle or not.
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+                drop(permit);
             });
         }
     });
@@ -444,9 +500,11 @@ mod tests {
             150,
             20,
         );
-        let change = Change::Closed(closing);
-        metrics.observe(&change, &model.processes);
-        model.apply(change);
+        let kept = model
+            .apply(Change::Closed(closing))
+            .cloned()
+            .expect("closed");
+        metrics.closed(&kept, &model.processes);
         let text = metrics.render(&model, &counters);
         // 150 closed + 100 open.
         assert_eq!(
@@ -491,6 +549,39 @@ mod tests {
             sample(&metrics.render(&model, &counters), series),
             Some("100")
         );
+    }
+
+    /// A row that moves to another holder: its bytes so far stay with the old series, the new
+    /// one counts what comes after; a new socket of the old holder adds to the old series.
+    #[test]
+    fn a_moved_row_splits_its_bytes_between_the_two_series() {
+        let mut model = Model::counts_only("socket");
+        let mut metrics = Metrics::new(false, Scope::default());
+        let counters = KernelCounters::default();
+        model.apply(Change::Opened(socket(7, 3, "server")));
+        let from = model.open.values().next().expect("the row").id;
+        let to = SocketKey { pid: 8, fd: 0 };
+        let row = model.socket(from).expect("open").clone();
+        metrics.moving(&row, SocketId::new(to, from.opened_ns), &model.processes);
+        model.apply(Change::Moved {
+            from,
+            to,
+            comm: "worker".into(),
+        });
+        model.open.get_mut(&to).expect("moved").bytes_sent = 150;
+        let mut newer = socket(7, 4, "server");
+        newer.bytes_sent = 60;
+        model.apply(Change::Opened(newer));
+        let text = metrics.render(&model, &counters);
+        let sent = |comm: &str| {
+            sample(
+                &text,
+                &format!("sockwatch_bytes_sent_total{{comm=\"{comm}\",owner=\"\"}}"),
+            )
+            .map(str::to_owned)
+        };
+        assert_eq!(sent("server").as_deref(), Some("160"), "{text}");
+        assert_eq!(sent("worker").as_deref(), Some("50"), "{text}");
     }
 
     #[test]

@@ -77,6 +77,8 @@ const SHORT_ID: usize = 12;
 impl Owner {
     /// From a cgroup path: the innermost container or unit it names.
     pub fn of_cgroup(path: &str) -> Self {
+        // A dying cgroup's path, as /proc shows it for its last processes.
+        let path = path.strip_suffix(" (deleted)").unwrap_or(path);
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let pod = parts.iter().find_map(|p| pod_uid(p));
         for (i, part) in parts.iter().enumerate().rev() {
@@ -184,6 +186,13 @@ fn container<'a>(part: &'a str, parent: &str) -> Option<(Runtime, &'a str)> {
                 .map(|id| (*runtime, id))
         });
     }
+    // podman's cgroupfs manager: `libpod_parent/libpod-ID`.
+    if let Some(id) = part
+        .strip_prefix("libpod-")
+        .filter(|id| is_container_id(id))
+    {
+        return Some((Runtime::Podman, id));
+    }
     if is_container_id(part) {
         let runtime = match parent {
             "docker" => Runtime::Docker,
@@ -204,7 +213,11 @@ fn pod_uid(part: &str) -> Option<Box<str>> {
         None => part.strip_prefix("pod")?,
     };
     let uid = uid.replace('_', "-");
-    (uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| uid.into())
+    // A UUID, or 32 hex digits (a static pod's uid is its manifest's hash).
+    let hex = uid.bytes().filter(u8::is_ascii_hexdigit).count();
+    let dashes = uid.bytes().filter(|&b| b == b'-').count();
+    ((uid.len() == 36 && hex == 32 && dashes == 4) || (uid.len() == 32 && hex == 32))
+        .then(|| uid.into())
 }
 
 /// The innermost of `NSpid:`'s pids, if not the host's.
@@ -262,6 +275,14 @@ mod tests {
         for (path, shown) in cases {
             assert_eq!(owner(&path), shown, "{path}");
         }
+        assert_eq!(
+            owner(&format!("/libpod_parent/libpod-{ID}")),
+            "podman:3f2a1b2c3d4e"
+        );
+        assert_eq!(
+            owner("/system.slice/nginx.service (deleted)"),
+            "nginx.service"
+        );
         // conmon, the monitor beside a podman container, is a unit of its own.
         let conmon = format!("/machine.slice/libpod-conmon-{ID}.scope");
         assert_eq!(owner(&conmon), format!("libpod-conmon-{ID}.scope"));
@@ -289,6 +310,20 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    /// A static pod's uid is 32 hex digits without dashes.
+    #[test]
+    fn a_static_pods_uid() {
+        let uid = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            Owner::of_cgroup(&format!("/kubepods/pod{uid}/{ID}")),
+            Owner::Container {
+                runtime: Runtime::Kubernetes,
+                id: ID.into(),
+                pod: Some(uid.into())
+            }
+        );
     }
 
     #[test]

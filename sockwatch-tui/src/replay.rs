@@ -11,6 +11,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::{bail, Context as _};
 use serde_json::Value;
+use sockwatch_common::FD_UNKNOWN;
 
 use crate::{
     clock::WallClock,
@@ -62,10 +63,12 @@ pub fn parse(text: &str) -> anyhow::Result<Recording> {
     }
     let start_secs = start["time"]
         .as_f64()
-        .context("the `start` record has no `time`")?;
+        .filter(|secs| (0.0..1e11).contains(secs))
+        .context("the `start` record has no `time` (Unix seconds)")?;
     let mut player = Player {
         start_secs,
         open: HashMap::new(),
+        displaced: Vec::new(),
         read: HashMap::new(),
         steps: Vec::new(),
         samples: None,
@@ -95,6 +98,8 @@ struct Player {
     start_secs: f64,
     /// The open sockets as their records made them, by key.
     open: HashMap<SocketKey, Socket>,
+    /// Open sockets a newer one took the key of before their close record came.
+    displaced: Vec<Socket>,
     /// The process each pid's records named (owner, cgroup, namespace pid), as last read.
     read: HashMap<u32, (Option<String>, Option<u64>)>,
     steps: Vec<(u64, Action)>,
@@ -107,8 +112,9 @@ struct Player {
 impl Player {
     fn at(&self, record: &Value) -> anyhow::Result<u64> {
         let secs = record["time"].as_f64().context("no `time`")?;
-        let ns = BASE_NS as f64 + (secs - self.start_secs) * 1e9;
-        Ok(ns.max(0.0) as u64)
+        // Within a year of the start: a record off by more is not of this run.
+        let since = (secs - self.start_secs).clamp(0.0, 365.0 * 86_400.0);
+        Ok(BASE_NS + (since * 1e9) as u64)
     }
 
     fn push(&mut self, at_ns: u64, action: Action) {
@@ -123,8 +129,15 @@ impl Player {
     }
 
     fn record(&mut self, record: &Value) -> anyhow::Result<()> {
-        let at_ns = self.at(record)?;
         let event = record["event"].as_str().context("no `event`")?;
+        const KNOWN: [&str; 9] = [
+            "connect", "accept", "existing", "sample", "open", "moved", "close", "lost", "end",
+        ];
+        // A record of a later version of this schema's kind: nothing to replay.
+        if !KNOWN.contains(&event) {
+            return Ok(());
+        }
+        let at_ns = self.at(record)?;
         if event != "sample" && event != "open" {
             self.flush_samples();
         }
@@ -148,7 +161,11 @@ impl Player {
                         return Ok(());
                     }
                 }
-                self.open.insert(socket.key(), socket.clone());
+                // A new socket on a number whose close record comes later (another thread took
+                // the number between the close's entry and exit): the older waits aside.
+                if let Some(older) = self.open.insert(socket.key(), socket.clone()) {
+                    self.displaced.push(older);
+                }
                 self.push(at_ns, Action::Change(Change::Opened(socket)));
             }
             "sample" | "open" => {
@@ -161,6 +178,13 @@ impl Player {
                 socket.bytes_recv = record["bytes_recv"].as_u64().unwrap_or(0);
                 socket.complete = record["complete"].as_bool().unwrap_or(true);
                 socket.tcp = tcp_of(record);
+                // As a live map read: bytes moved, so the connect is through.
+                if socket.bytes_sent > 0 || socket.bytes_recv > 0 {
+                    socket.state = State::Established;
+                    if let Some(open) = self.open.get_mut(&key) {
+                        open.state = State::Established;
+                    }
+                }
                 match &mut self.samples {
                     Some((time, map)) if *time == at_ns => map.push(socket),
                     _ => {
@@ -174,10 +198,18 @@ impl Player {
                     pid: u32_of(record, "from_pid").unwrap_or(NO_HOLDER),
                     fd: u32_of(record, "from_fd").unwrap_or(NO_FD),
                 };
+                let to = key_of(record);
                 let Some(mut socket) = self.open.remove(&from) else {
+                    // Moved into the recording's scope: shown from here, as the record says it.
+                    let mut socket = socket_of(record, at_ns)?;
+                    socket.origin = Origin::Existing;
+                    socket.bytes_sent = record["bytes_sent"].as_u64().unwrap_or(0);
+                    socket.bytes_recv = record["bytes_recv"].as_u64().unwrap_or(0);
+                    self.process(record, to.pid, at_ns);
+                    self.open.insert(to, socket.clone());
+                    self.push(at_ns, Action::Change(Change::Opened(socket)));
                     return Ok(());
                 };
-                let to = key_of(record);
                 let id = socket.id;
                 socket.id.key = to;
                 socket.comm = record["comm"].as_str().unwrap_or_default().into();
@@ -188,14 +220,13 @@ impl Player {
             }
             "close" => {
                 let key = key_of(record);
-                let mut socket = match self.open.remove(&key) {
+                let lifetime = record["lifetime_ns"].as_u64().unwrap_or(0);
+                let opened_ns = at_ns.saturating_sub(lifetime);
+                let mut socket = match self.take_closing(key, opened_ns) {
                     Some(open) => open,
                     // Closed without an open record (one lost, or a scope that took it late):
                     // as the close says it.
-                    None => {
-                        let lifetime = record["lifetime_ns"].as_u64().unwrap_or(0);
-                        socket_of(record, at_ns.saturating_sub(lifetime))?
-                    }
+                    None => socket_of(record, opened_ns)?,
                 };
                 let cause = close_cause(record["reason"].as_str().unwrap_or("close"));
                 let closed = Closed {
@@ -233,6 +264,25 @@ impl Player {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The socket a close at `key` is about: the one open there, or one it displaced, whichever
+    /// opened nearest `opened_ns` (the close's time less the socket's lifetime).
+    fn take_closing(&mut self, key: SocketKey, opened_ns: u64) -> Option<Socket> {
+        let distance = |s: &Socket| s.id.opened_ns.abs_diff(opened_ns);
+        let aside = self
+            .displaced
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.key() == key)
+            .min_by_key(|(_, s)| distance(s))
+            .map(|(i, s)| (i, distance(s)));
+        match (self.open.get(&key).map(distance), aside) {
+            (Some(open), Some((i, older))) if older < open => Some(self.displaced.swap_remove(i)),
+            (Some(_), _) => self.open.remove(&key),
+            (None, Some((i, _))) => Some(self.displaced.swap_remove(i)),
+            (None, None) => None,
+        }
     }
 
     /// The process a record names, handed to the model as a live run reads it (once, and
@@ -273,11 +323,17 @@ fn u16_of(record: &Value, field: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Its (pid, fd); `null`s as the model keeps a socket without a known holder or fd.
+/// Its (pid, fd). Where the fd is `null` (no holder known, or not its fd), the live model kept
+/// such sockets apart by the low bits of an fd from `FD_UNKNOWN` up: here the inode's bits do.
 fn key_of(record: &Value) -> SocketKey {
+    let fd = u32_of(record, "fd").unwrap_or_else(|| {
+        record["inode"].as_u64().map_or(NO_FD, |inode| {
+            FD_UNKNOWN | (inode as u32 & (FD_UNKNOWN - 1))
+        })
+    });
     SocketKey {
         pid: u32_of(record, "pid").unwrap_or(NO_HOLDER),
-        fd: u32_of(record, "fd").unwrap_or(NO_FD),
+        fd,
     }
 }
 
@@ -416,5 +472,51 @@ mod tests {
         assert_eq!(closed.closed_by, Some(ClosedBy::Peer));
         assert_eq!(*errno, libc::ECONNREFUSED);
         assert_eq!(recording.end_ns, BASE_NS + 3 * SEC);
+    }
+
+    fn changes(recording: &Recording) -> Vec<&Change> {
+        recording
+            .steps
+            .iter()
+            .filter_map(|(_, action)| match action {
+                Action::Change(change) => Some(change),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A new socket's open recorded before the close of the socket that had its fd number:
+    /// the close goes to the older one (by its lifetime), the newer stays open.
+    #[test]
+    fn a_close_after_its_fds_reuse_finds_the_older_socket() {
+        let at = |fd: &str, inode: u32| {
+            format!(
+                r#""pid":7,"comm":"w","fd":{fd},"proto":"tcp","direction":"in","daddr":"10.0.0.1","family":4,"dport":80,"lport":81,"inode":{inode},"owner":null,"cgroup":null,"nspid":null,"complete":true"#
+            )
+        };
+        let text = format!(
+            "{START}\n\
+             {{\"event\":\"accept\",\"time\":101.0,{},\"tid\":7}}\n\
+             {{\"event\":\"accept\",\"time\":103.0,{},\"tid\":7}}\n\
+             {{\"event\":\"close\",\"time\":103.1,{},\"tid\":7,\"connect_tid\":7,\"bytes_sent\":5,\"bytes_recv\":6,\"lifetime_ns\":2100000000,\"reason\":\"close\",\"preexisting\":false,\"closed_by\":null,\"error\":null}}\n\
+             {{\"event\":\"accept\",\"time\":104.0,{},\"tid\":7}}\n\
+             {{\"event\":\"accept\",\"time\":104.0,{},\"tid\":7}}\n",
+            at("4", 1),
+            at("4", 2),
+            at("4", 1),
+            at("null", 3),
+            at("null", 4)
+        );
+        let recording = parse(&text).expect("a recording");
+        let found = changes(&recording);
+        let [Change::Opened(first), Change::Opened(second), Change::Closed(closed), Change::Opened(third), Change::Opened(fourth)] =
+            found[..]
+        else {
+            panic!("{found:?}")
+        };
+        assert_eq!(closed.id, first.id, "the older socket closed");
+        assert_ne!(closed.id, second.id);
+        // Sockets without an fd are kept apart, as the live model kept them.
+        assert_ne!(third.key(), fourth.key());
     }
 }

@@ -28,6 +28,8 @@ enum Term {
     Ip(String),
     /// The owner as shown (`unit:nginx`, `unit:docker`, `unit:3f2a`).
     Unit(String),
+    /// Exactly this owner (`unit:=nginx.service`): what Enter on an owner's group filters by.
+    UnitExact(String),
     /// The cgroup's path (`cgroup:/system.slice`).
     Cgroup(String),
     /// `health:` alone: any trouble (not idle); `health:retrans` and the like: that mark.
@@ -63,7 +65,12 @@ impl Term {
                 "comm" => return needs_value().map(Self::Comm),
                 "host" => return needs_value().map(Self::Host),
                 "ip" => return needs_value().map(Self::Ip),
-                "unit" | "owner" => return needs_value().map(Self::Unit),
+                "unit" | "owner" => {
+                    return match value.strip_prefix('=') {
+                        Some(exact) if !exact.is_empty() => Ok(Self::UnitExact(exact.to_owned())),
+                        _ => needs_value().map(Self::Unit),
+                    };
+                }
                 "cgroup" => return needs_value().map(Self::Cgroup),
                 "health" => return health_word(word, value).map(Self::Health),
                 // `127.0.0.1:8080`, `[::1]:8080`, `fe80::1` and the like: plain text.
@@ -95,6 +102,9 @@ impl Term {
             Self::Ip(ip) => s.daddr().to_string().contains(ip.as_str()),
             Self::Unit(unit) => {
                 process.is_some_and(|p| p.owner.to_string().to_lowercase().contains(unit.as_str()))
+            }
+            Self::UnitExact(unit) => {
+                process.is_some_and(|p| p.owner.to_string().to_lowercase() == *unit)
             }
             Self::Cgroup(path) => {
                 process.is_some_and(|p| p.cgroup.to_lowercase().contains(path.as_str()))
@@ -452,6 +462,8 @@ mod tests {
         };
         assert!(matches("unit:nginx", Some(&unit)));
         assert!(matches("owner:NGINX.service", Some(&unit)));
+        assert!(matches("unit:=nginx.service", Some(&unit)));
+        assert!(!matches("unit:=nginx", Some(&unit)), "exact");
         assert!(!matches("unit:nginx", Some(&docker)));
         assert!(matches("unit:docker:3f2a", Some(&docker)));
         assert!(matches("cgroup:/system.slice/docker-3f2a", Some(&docker)));

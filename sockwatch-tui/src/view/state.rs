@@ -674,7 +674,7 @@ impl ViewState {
                     return;
                 }
                 self.grouped = false;
-                self.filter = Filter::new(&format!("unit:{}", owner.owner));
+                self.filter = Filter::new(&format!("unit:={}", owner.owner));
                 self.selected = None;
                 self.selected_index = 0;
             }

@@ -448,7 +448,7 @@ fn grouping_by_owner_sums_its_processes() {
     view(&mut model, ViewAction::Top);
     view(&mut model, ViewAction::Open);
     assert!(!model.view.grouped);
-    assert_eq!(model.view.filter.text(), "unit:api.service");
+    assert_eq!(model.view.filter.text(), "unit:=api.service");
     assert_eq!(order(&model), [(200, 5), (100, 3), (100, 4)]);
     view(&mut model, ViewAction::ToggleOwners);
     view(&mut model, ViewAction::ToggleOwners);
