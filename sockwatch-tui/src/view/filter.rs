@@ -5,7 +5,8 @@
 //! word narrows). A plain word matches the process name, the host name or `ip:port`
 //! (`[::1]:8080` for IPv6; case does not matter); a number matches the pid or a port exactly;
 //! `pid:`, `port:`, `comm:`, `host:` and `ip:` pin a word to one field, `unit:` (or `owner:`)
-//! matches the owner as shown (`nginx.service`, `docker:3f2a1b2c3d4e`) and `cgroup:` the
+//! matches the owner as shown (`nginx.service`, `docker:3f2a1b2c3d4e`; `unit:=NAME` exactly that
+//! one) and `cgroup:` the
 //! process's cgroup path, and `:443` means port 443 (`::1` is an address); `health:` keeps sockets with a TCP trouble mark (`health:retrans`,
 //! `peer`, `app`, `idle`: that mark). A word that cannot mean anything (`pid:abc`) is ignored
 //! and reported, never an error.
