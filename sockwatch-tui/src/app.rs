@@ -875,7 +875,8 @@ async fn run_loop(
         let guard = TerminalGuard::enter()?;
         let mut model = Model::new(backend);
         model.health_unavailable = source.diag.is_none();
-        let (dashboard, inputs) = dashboard_for(args, model)?;
+        let (mut dashboard, inputs) = dashboard_for(args, model)?;
+        dashboard.view.metrics = metrics_addr.map(|addr| addr.to_string());
         let output = Output::Dashboard {
             dashboard: Box::new(dashboard),
             terminal: guard,

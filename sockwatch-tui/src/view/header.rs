@@ -103,6 +103,9 @@ pub fn render(
     if let Some(replay) = &view.replay {
         modes.push(replay.label());
     }
+    if let Some(addr) = &view.metrics {
+        modes.push(format!("metrics {addr}"));
+    }
     // Not `is_everything`: the families, the one narrowing always said, are on the first line.
     let scope = view.scope.describe();
     if !scope.is_empty() {

@@ -419,6 +419,21 @@ fn grouped_by_owner() {
     insta::assert_snapshot!(render(&model, 110, 20));
 }
 
+/// With `--metrics`, the header says where the endpoint serves.
+#[test]
+fn the_header_says_where_metrics_are_served() {
+    let mut model = busy_model();
+    model.view.metrics = Some("127.0.0.1:9911".into());
+    let screen = render(&model, 110, 20);
+    assert!(
+        screen
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("· metrics 127.0.0.1:9911")),
+        "{screen}"
+    );
+}
+
 #[test]
 fn grouped_by_process() {
     let mut model = busy_model();

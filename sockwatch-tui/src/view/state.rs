@@ -125,6 +125,8 @@ impl Replaying {
 pub struct ViewState {
     /// `--replay`: the recording's pace, shown in the header.
     pub replay: Option<Replaying>,
+    /// `--metrics`: where the endpoint serves (the address bound), shown in the header.
+    pub metrics: Option<String>,
     pub focus: Focus,
     pub socket_sort: Sort,
     pub process_sort: Sort,
@@ -192,6 +194,7 @@ impl ViewState {
     pub fn new(options: ViewOptions) -> Self {
         Self {
             replay: None,
+            metrics: None,
             focus: Focus::Table,
             socket_sort: Sort::default(),
             process_sort: Sort::default(),
