@@ -2,7 +2,7 @@
 //! run rather than learned from its error. Each line is a fact read from the kernel (a file in
 //! /proc or /sys, a map it agrees to create) and what it means for sockwatch.
 
-use std::{fmt::Write as _, fs, path::Path};
+use std::{fmt::Write as _, fs};
 
 use crate::kernel::{
     btf,
@@ -76,10 +76,8 @@ pub fn run() -> Report {
     } else {
         Ok(())
     };
-    let tracefs_root = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .into_iter()
-        .find(|root| Path::new(root).join("events").exists());
-    let mounted = tracefs_mount();
+    let tracefs_root = support::tracefs_root();
+    let mounted = support::mount_of("tracefs");
     push(
         "tracefs",
         tracefs.is_ok() && (tracefs_root.is_some() || mounted.is_some()),
@@ -212,14 +210,8 @@ fn kernel_release() -> String {
 
 /// The capabilities a run needs that this process lacks.
 fn missing_capabilities() -> String {
-    let caps = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-            u64::from_str_radix(hex.trim(), 16).ok()
-        })
-        .unwrap_or(0);
-    let missing: Vec<&str> = [(21, "CAP_SYS_ADMIN"), (39, "CAP_BPF"), (38, "CAP_PERFMON")]
+    let caps = support::effective_capabilities().unwrap_or(0);
+    let missing: Vec<&str> = support::CAPABILITIES
         .into_iter()
         .filter(|(bit, _)| caps & (1u64 << bit) == 0)
         .map(|(_, name)| name)
@@ -258,16 +250,6 @@ fn ring_buffer() -> Result<(), String> {
         Some(libc::EPERM | libc::EACCES) => "cannot tell without privileges".into(),
         Some(libc::EINVAL) => "this kernel has no BPF ring buffer (Linux 5.8 or later)".into(),
         _ => format!("creating one failed: {error}"),
-    })
-}
-
-/// Where tracefs is mounted, if anywhere (from /proc/self/mounts, readable by anyone).
-fn tracefs_mount() -> Option<String> {
-    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "tracefs").then(|| target.to_owned())
     })
 }
 

@@ -90,13 +90,7 @@ pub fn socket_tracepoints_available() -> bool {
 /// v1-only or minimal system), one is mounted for the moment of attaching and lazily unmounted
 /// again: the attached programs keep the hierarchy, not the mount.
 pub fn cgroup2_root() -> Result<fs::File, ProbeError> {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mounted = mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| target.replace("\\040", " "))
-    });
-    if let Some(target) = mounted {
+    if let Some(target) = mount_of("cgroup2") {
         return fs::File::open(&target)
             .map_err(|e| ProbeError::NoCgroup2(format!("{target}: {e}")));
     }
@@ -126,6 +120,24 @@ pub fn cgroup2_root() -> Result<fs::File, ProbeError> {
     root.map_err(|e| ProbeError::NoCgroup2(e.to_string()))
 }
 
+/// Where a filesystem of type `fstype` is mounted (the first, from /proc/self/mounts, which
+/// anyone may read), if anywhere.
+pub fn mount_of(fstype: &str) -> Option<String> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, target, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == fstype).then(|| target.replace("\\040", " "))
+    })
+}
+
+/// The tracefs whose events this process can read (the tracepoint ids), if any.
+pub fn tracefs_root() -> Option<&'static str> {
+    [TRACEFS, DEBUGFS_TRACING]
+        .into_iter()
+        .find(|root| Path::new(root).join("events").exists())
+}
+
 /// Whether `<category>:<event>` exists on this kernel.
 pub fn tracepoint_exists(category: &str, event: &str) -> bool {
     [TRACEFS, DEBUGFS_TRACING].iter().any(|root| {
@@ -147,10 +159,7 @@ pub fn syscall_tracepoint_exists(event: &str) -> bool {
 /// Mounts tracefs at its usual place when no tracefs is mounted (as `perf` and bpftrace
 /// expect root to be able to), since the tracepoint ids are read from there.
 pub fn ensure_tracefs() -> Result<(), ProbeError> {
-    if [TRACEFS, DEBUGFS_TRACING]
-        .iter()
-        .any(|root| Path::new(root).join("events").exists())
-    {
+    if tracefs_root().is_some() {
         return Ok(());
     }
     if !Path::new(TRACEFS).exists() {
@@ -177,11 +186,18 @@ pub fn ensure_tracefs() -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// The capabilities loading the programs takes: CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON.
+pub const CAPABILITIES: [(u32, &str); 3] = [
+    (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    (CAP_BPF, "CAP_BPF"),
+    (CAP_PERFMON, "CAP_PERFMON"),
+];
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
 /// Fails early, with a useful message, when the process cannot load eBPF programs.
 pub fn check_privileges() -> Result<(), ProbeError> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
     let Some(caps) = effective_capabilities() else {
         // Cannot tell: let the kernel decide, errors are translated on load.
         return Ok(());
@@ -194,7 +210,8 @@ pub fn check_privileges() -> Result<(), ProbeError> {
     }
 }
 
-fn effective_capabilities() -> Option<u64> {
+/// This process's effective capabilities (`CapEff:`), as a bit set; `None` when not readable.
+pub fn effective_capabilities() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let hex = status
         .lines()
