@@ -101,6 +101,11 @@ impl OpenSockets {
             .map(|(_, &slot)| &self.rows[slot as usize])
     }
 
+    /// The rows of process `pid`, in fd order.
+    pub fn of_process(&self, pid: u32) -> impl Iterator<Item = &Socket> {
+        self.range(SocketKey { pid, fd: 0 }..=SocketKey { pid, fd: u32::MAX })
+    }
+
     /// Every row, in no particular order: for a change that does not care.
     pub fn rows_mut(&mut self) -> impl Iterator<Item = &mut Socket> {
         self.rows.iter_mut()

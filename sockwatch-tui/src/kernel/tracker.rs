@@ -78,11 +78,6 @@ impl Change {
     }
 }
 
-/// The sockets of process `pid` among `open`.
-fn of_process(open: &OpenSockets, pid: u32) -> impl Iterator<Item = &Socket> {
-    open.range(SocketKey { pid, fd: 0 }..=SocketKey { pid, fd: u32::MAX })
-}
-
 #[derive(Default)]
 pub struct Tracker {
     /// Socket inodes learned from /proc (at accept, or at the first check) for sockets whose
@@ -168,7 +163,7 @@ impl Tracker {
             KernelRecord::ProcessExit { pid, ts_ns, forked } => {
                 // Every fd of the process is gone: whatever socket the map has on each. Only a
                 // child it forked can hold them still (the socket backend says whether it did).
-                let keys = of_process(open, pid).map(|s| (s.key(), None)).collect();
+                let keys = open.of_process(pid).map(|s| (s.key(), None)).collect();
                 let end = Settle {
                     cause: CloseCause::Exit,
                     tid: pid,
@@ -178,7 +173,8 @@ impl Tracker {
                 self.settle(tables, open, keys, end)
             }
             KernelRecord::Exec { pid, ts_ns } => self.exec(pid, ts_ns, open, tables),
-            KernelRecord::Fork { pid } => of_process(open, pid)
+            KernelRecord::Fork { pid } => open
+                .of_process(pid)
                 .map(|s| Change::Partial(s.id))
                 .collect(),
             KernelRecord::Moved { socket, from } => self.moved(socket, from, open),
@@ -189,7 +185,8 @@ impl Tracker {
                 ts_ns,
             } => {
                 // A socket connected on a reused fd after the call is not one it closed.
-                let gone = of_process(open, pid)
+                let gone = open
+                    .of_process(pid)
                     .filter(|s| (first..=last).contains(&s.fd()) && s.id.opened_ns < ts_ns)
                     .map(|s| (s.key(), Some(s.id)))
                     .collect();
@@ -346,7 +343,7 @@ impl Tracker {
         tables: &mut KernelTables,
     ) -> Vec<Change> {
         let mut gone = Vec::new();
-        for socket in of_process(open, pid).filter(|s| s.id.opened_ns < ts_ns) {
+        for socket in open.of_process(pid).filter(|s| s.id.opened_ns < ts_ns) {
             match tables.get(socket.key()) {
                 Some(entry) => {
                     if entry.id == socket.id && !self.still_open(open, socket.id) {
@@ -903,7 +900,7 @@ mod tests {
         let mut before = socket(9, SEC, 0);
         before.id.key.pid = 9;
         let open = open(&[socket(3, SEC, 0), socket(u32::MAX, SEC, 0), other, before]);
-        let fds: Vec<u32> = of_process(&open, 10).map(Socket::fd).collect();
+        let fds: Vec<u32> = open.of_process(10).map(Socket::fd).collect();
         assert_eq!(fds, [3, u32::MAX]);
     }
 

@@ -12,7 +12,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     open_sockets::OpenSockets,
-    socket::{Process, Socket, SocketKey},
+    socket::{Process, Socket},
 };
 
 /// How old a pid's reading may be and still stand for a new socket of a pid with no open row.
@@ -94,9 +94,7 @@ impl Processes {
 }
 
 fn has_rows(open: &OpenSockets, pid: u32) -> bool {
-    open.range(SocketKey { pid, fd: 0 }..=SocketKey { pid, fd: u32::MAX })
-        .next()
-        .is_some()
+    open.of_process(pid).next().is_some()
 }
 
 #[cfg(test)]
@@ -104,6 +102,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use crate::socket::SocketKey;
 
     fn process(unit: &str) -> Process {
         Process::parse(7, &format!("0::/system.slice/{unit}\n"), "")
